@@ -1,0 +1,536 @@
+"""Piecewise-linear recurrent models and the protocol the cycle finder relies on.
+
+Every model here is a map ``z_{t+1} = F(z_t)`` that is affine inside each *region* of state space.
+A region is identified by a boolean *code*: which switches (ReLU inputs) are active.  Switch ``l``
+is active at ``z`` iff ``G[l] @ z + g[l] > 0`` (strict, as in the literature), where ``(G, g)`` are the
+model's *switching planes*.  Inside a region the map is ``z' = J z + c`` (:meth:`affine_pieces`).
+
+The four models share this machinery through :class:`PiecewiseLinearRNN`; users can monitor their own
+model by implementing :class:`PiecewiseLinear` (``state_dim``, ``region_codes``, ``affine_pieces``,
+``step``; ``switching_planes`` is optional and enables exhaustive enumeration and border margins).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PiecewiseLinear",
+    "PiecewiseLinearRNN",
+    "PLRNN",
+    "ShallowPLRNN",
+    "ClippedShallowPLRNN",
+    "ALRNN",
+    "MODEL_REGISTRY",
+    "require_piecewise_linear",
+    "model_from_state",
+    "model_to_state",
+    "enumerate_region_codes",
+]
+
+# The protocol methods the finder cannot work without (switching_planes is optional).
+REQUIRED_METHODS = ("region_codes", "affine_pieces", "step")
+
+
+@runtime_checkable
+class PiecewiseLinear(Protocol):
+    """What the cycle finder needs from a model.
+
+    Attributes
+    ----------
+    state_dim : int
+        Dimension ``M`` of the latent state.
+    n_switches : int
+        Number ``S`` of switches; a region code is a bool vector of that length.
+
+    Methods
+    -------
+    region_codes(z) -> BoolTensor[..., S]
+    affine_pieces(codes) -> (J[..., M, M], c[..., M])
+    step(z) -> Tensor[..., M]
+    """
+
+    state_dim: int
+    n_switches: int
+
+    def region_codes(self, z: Tensor) -> Tensor: ...
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def step(self, z: Tensor) -> Tensor: ...
+
+
+def require_piecewise_linear(model: object) -> None:
+    """Raise ``TypeError`` unless ``model`` implements the :class:`PiecewiseLinear` protocol.
+
+    Examples
+    --------
+    >>> require_piecewise_linear(PLRNN(2))
+    >>> require_piecewise_linear(torch.nn.LSTM(2, 2))
+    Traceback (most recent call last):
+    ...
+    TypeError: LSTM is not piecewise linear: it lacks region_codes, affine_pieces, step, state_dim, n_switches. ...
+    """
+    missing = [name for name in REQUIRED_METHODS if not callable(getattr(model, name, None))]
+    missing += [name for name in ("state_dim", "n_switches") if not isinstance(getattr(model, name, None), int)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} is not piecewise linear: it lacks {', '.join(missing)}. "
+            "The cycle finder is exact only for piecewise-linear maps; implement the PiecewiseLinear protocol "
+            "(state_dim, n_switches, region_codes, affine_pieces, step) or use one of "
+            f"{', '.join(MODEL_REGISTRY)}."
+        )
+
+
+def _check_state(z: Tensor, state_dim: int, what: str = "z") -> None:
+    if z.shape[-1:] != (state_dim,):
+        raise ValueError(f"{what} must have shape (..., {state_dim}), got {tuple(z.shape)}")
+
+
+class PiecewiseLinearRNN(nn.Module):
+    """Base class: region codes and Jacobians from switching planes and affine pieces.
+
+    Subclasses define :meth:`switching_planes`, :meth:`affine_pieces` and :meth:`step`.
+    ``forward(z)`` is one step of the map, batched over leading dimensions.
+    """
+
+    state_dim: int
+    n_switches: int
+
+    def switching_planes(self) -> tuple[Tensor, Tensor]:
+        """Return ``(G, g)`` with shapes ``(S, M)`` and ``(S,)``: switch ``l`` is on iff ``G[l] @ z + g[l] > 0``."""
+        raise NotImplementedError
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(J, c)``, shapes ``(..., M, M)`` and ``(..., M)``: the map ``z' = J z + c`` for ``codes``."""
+        raise NotImplementedError
+
+    def step(self, z: Tensor) -> Tensor:
+        """One step of the (nonlinear) map, batched over leading dimensions."""
+        raise NotImplementedError
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.step(z)
+
+    def switch_inputs(self, z: Tensor) -> Tensor:
+        """Return ``G z + g``, shape ``(..., S)``: the inputs of the switches at ``z``."""
+        _check_state(z, self.state_dim)
+        planes, offsets = self.switching_planes()
+        return z @ planes.T + offsets
+
+    def region_codes(self, z: Tensor) -> Tensor:
+        """Return the bool region code of ``z``, shape ``(..., S)``.
+
+        Examples
+        --------
+        >>> PLRNN(2).region_codes(torch.tensor([[1.0, -2.0]]))
+        tensor([[ True, False]])
+        """
+        return self.switch_inputs(z) > 0
+
+    def jacobian(self, z: Tensor) -> Tensor:
+        """Return the Jacobian of the map at ``z``, shape ``(..., M, M)`` (exact, piecewise constant)."""
+        return self.affine_pieces(self.region_codes(z))[0]
+
+    def _check_codes(self, codes: Tensor) -> Tensor:
+        if codes.shape[-1:] != (self.n_switches,):
+            raise ValueError(f"codes must have shape (..., {self.n_switches}), got {tuple(codes.shape)}")
+        return codes.to(self._dtype())
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def snapshot(self) -> "PiecewiseLinearRNN":
+        """Return a detached copy (no autograd graph, same device and dtype) for analysis."""
+        clone = copy.deepcopy(self)
+        for parameter in clone.parameters():
+            parameter.requires_grad_(False)
+        return clone
+
+    def realizable_codes(self, max_codes: int = 1 << 16) -> Tensor:
+        """Enumerate every region code that some state reaches, shape ``(R, S)``.
+
+        Exact: regions are cells of the arrangement of the switching planes, found by linear programs.
+
+        Examples
+        --------
+        >>> PLRNN(2).realizable_codes().shape
+        torch.Size([4, 2])
+        """
+        planes, offsets = self.switching_planes()
+        return enumerate_region_codes(planes, offsets, max_codes=max_codes)
+
+    @torch.no_grad()
+    def state_scale(self) -> float:
+        """A length scale of the switching geometry, used to size random search boxes."""
+        planes, offsets = self.switching_planes()
+        norms = planes.norm(dim=-1).clamp_min(1e-12)
+        return float((offsets.abs() / norms).max()) if offsets.numel() else 0.0
+
+
+def _dense_init(*shape: int, scale: float) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape).uniform_(-scale, scale))
+
+
+class _OffDiagonalMixin:
+    """W with a zero diagonal, enforced by masking in every use (so gradients never leave it)."""
+
+    W: nn.Parameter
+    off_diagonal_mask: Tensor
+
+    def off_diagonal_weights(self) -> Tensor:
+        return self.W * self.off_diagonal_mask
+
+
+class PLRNN(_OffDiagonalMixin, PiecewiseLinearRNN):
+    r"""Piecewise-linear RNN: ``z' = A ⊙ z + W relu(z) + h``.
+
+    Parameters
+    ----------
+    dim : int
+        State dimension ``M``.
+    weight_scale : float
+        Half-width of the uniform initialisation of ``W`` and ``h``.
+
+    Attributes
+    ----------
+    A : Parameter, shape (M,)
+        Diagonal auto-regressive weights.
+    W : Parameter, shape (M, M)
+        Coupling weights; the diagonal is masked to zero.
+    h : Parameter, shape (M,)
+        Bias.
+
+    Examples
+    --------
+    >>> model = PLRNN(3)
+    >>> model.step(torch.zeros(5, 3)).shape
+    torch.Size([5, 3])
+    """
+
+    def __init__(self, dim: int, *, weight_scale: float = 0.5) -> None:
+        super().__init__()
+        _require_positive_int(dim=dim)
+        self.state_dim = dim
+        self.n_switches = dim
+        self.A = nn.Parameter(torch.empty(dim).uniform_(0.5, 0.9))
+        self.W = _dense_init(dim, dim, scale=weight_scale)
+        self.h = _dense_init(dim, scale=weight_scale)
+        self.register_buffer("off_diagonal_mask", 1.0 - torch.eye(dim), persistent=False)
+
+    def switching_planes(self) -> tuple[Tensor, Tensor]:
+        return torch.eye(self.state_dim, dtype=self.A.dtype, device=self.A.device), torch.zeros_like(self.A)
+
+    def step(self, z: Tensor) -> Tensor:
+        _check_state(z, self.state_dim)
+        return self.A * z + torch.relu(z) @ self.off_diagonal_weights().T + self.h
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        d = self._check_codes(codes)
+        J = torch.diag(self.A) + self.off_diagonal_weights() * d.unsqueeze(-2)
+        return J, self.h.expand(d.shape[:-1] + (self.state_dim,))
+
+    def region_codes(self, z: Tensor) -> Tensor:
+        _check_state(z, self.state_dim)
+        return z > 0
+
+
+class ALRNN(_OffDiagonalMixin, PiecewiseLinearRNN):
+    r"""Almost-linear RNN: ``z' = A ⊙ z + W φ(z) + h`` with φ the identity on the first ``dim - n_relu``
+    units and relu on the last ``n_relu`` units.
+
+    Parameters
+    ----------
+    dim : int
+        State dimension ``M``.
+    n_relu : int
+        Number of piecewise-linear units (``0 <= n_relu <= dim``); ``S = n_relu`` switches.
+
+    Examples
+    --------
+    >>> model = ALRNN(4, n_relu=2)
+    >>> model.n_switches
+    2
+    """
+
+    def __init__(self, dim: int, n_relu: int, *, weight_scale: float = 0.5) -> None:
+        super().__init__()
+        _require_positive_int(dim=dim)
+        if not isinstance(n_relu, int) or not 0 <= n_relu <= dim:
+            raise ValueError(f"n_relu must be an int in [0, dim={dim}], got {n_relu!r}")
+        self.state_dim = dim
+        self.n_switches = n_relu
+        self.n_linear = dim - n_relu
+        self.A = nn.Parameter(torch.empty(dim).uniform_(0.5, 0.9))
+        self.W = _dense_init(dim, dim, scale=weight_scale)
+        self.h = _dense_init(dim, scale=weight_scale)
+        self.register_buffer("off_diagonal_mask", 1.0 - torch.eye(dim), persistent=False)
+
+    def switching_planes(self) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(self.state_dim, dtype=self.A.dtype, device=self.A.device)
+        return eye[self.n_linear :], torch.zeros(self.n_switches, dtype=self.A.dtype, device=self.A.device)
+
+    def _phi_slopes(self, d: Tensor) -> Tensor:
+        ones = torch.ones(d.shape[:-1] + (self.n_linear,), dtype=d.dtype, device=d.device)
+        return torch.cat([ones, d], dim=-1)
+
+    def step(self, z: Tensor) -> Tensor:
+        _check_state(z, self.state_dim)
+        phi = torch.cat([z[..., : self.n_linear], torch.relu(z[..., self.n_linear :])], dim=-1)
+        return self.A * z + phi @ self.off_diagonal_weights().T + self.h
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        slopes = self._phi_slopes(self._check_codes(codes))
+        J = torch.diag(self.A) + self.off_diagonal_weights() * slopes.unsqueeze(-2)
+        return J, self.h.expand(slopes.shape[:-1] + (self.state_dim,))
+
+
+class ShallowPLRNN(PiecewiseLinearRNN):
+    r"""Shallow PLRNN: ``z' = A ⊙ z + W1 relu(W2 z + h2) + h1``.
+
+    Parameters
+    ----------
+    latent_dim : int
+        State dimension ``M``.
+    hidden_dim : int
+        Hidden width ``H``; the ``S = H`` switches are the hidden ReLUs.
+
+    Attributes
+    ----------
+    A : Parameter, shape (M,)
+    W1 : Parameter, shape (M, H)
+    W2 : Parameter, shape (H, M)
+    h1 : Parameter, shape (M,)
+    h2 : Parameter, shape (H,)
+
+    Examples
+    --------
+    >>> model = ShallowPLRNN(latent_dim=3, hidden_dim=50)
+    >>> model.jacobian(torch.zeros(3)).shape
+    torch.Size([3, 3])
+    """
+
+    def __init__(self, latent_dim: int, hidden_dim: int, *, weight_scale: float | None = None) -> None:
+        super().__init__()
+        _require_positive_int(latent_dim=latent_dim, hidden_dim=hidden_dim)
+        self.state_dim = latent_dim
+        self.n_switches = self._switch_count(hidden_dim)
+        self.hidden_dim = hidden_dim
+        scale = weight_scale if weight_scale is not None else 1.0 / np.sqrt(hidden_dim)
+        self.A = nn.Parameter(torch.empty(latent_dim).uniform_(0.5, 0.9))
+        self.W1 = _dense_init(latent_dim, hidden_dim, scale=scale)
+        self.W2 = _dense_init(hidden_dim, latent_dim, scale=1.0 / np.sqrt(latent_dim))
+        self.h1 = _dense_init(latent_dim, scale=scale)
+        self.h2 = _dense_init(hidden_dim, scale=1.0)
+
+    @staticmethod
+    def _switch_count(hidden_dim: int) -> int:
+        return hidden_dim
+
+    def switching_planes(self) -> tuple[Tensor, Tensor]:
+        return self.W2, self.h2
+
+    def step(self, z: Tensor) -> Tensor:
+        _check_state(z, self.state_dim)
+        return self.A * z + torch.relu(z @ self.W2.T + self.h2) @ self.W1.T + self.h1
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        d = self._check_codes(codes)
+        gated_W1 = self.W1 * d.unsqueeze(-2)
+        J = torch.diag(self.A) + gated_W1 @ self.W2
+        return J, gated_W1 @ self.h2 + self.h1
+
+
+class ClippedShallowPLRNN(ShallowPLRNN):
+    r"""Clipped shallow PLRNN: ``z' = A ⊙ z + W1 [relu(W2 z + h2) − relu(W2 z)] + h1``.
+
+    Orbits stay bounded when ``max |A| < 1``.  There are ``S = 2H`` switches: the first ``H`` are the
+    signs of ``W2 z + h2``, the last ``H`` those of ``W2 z``.
+
+    Examples
+    --------
+    >>> ClippedShallowPLRNN(latent_dim=2, hidden_dim=5).n_switches
+    10
+    """
+
+    @staticmethod
+    def _switch_count(hidden_dim: int) -> int:
+        return 2 * hidden_dim
+
+    def switching_planes(self) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.W2, self.W2]), torch.cat([self.h2, torch.zeros_like(self.h2)])
+
+    def step(self, z: Tensor) -> Tensor:
+        _check_state(z, self.state_dim)
+        pre = z @ self.W2.T
+        return self.A * z + (torch.relu(pre + self.h2) - torch.relu(pre)) @ self.W1.T + self.h1
+
+    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        d = self._check_codes(codes)
+        shifted, unshifted = d[..., : self.hidden_dim], d[..., self.hidden_dim :]
+        J = torch.diag(self.A) + (self.W1 * (shifted - unshifted).unsqueeze(-2)) @ self.W2
+        return J, (self.W1 * shifted.unsqueeze(-2)) @ self.h2 + self.h1
+
+
+def _require_positive_int(**values: object) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# The single list of built-in model kinds: CLI choices, JSON loading and error messages read it.
+MODEL_REGISTRY: dict[str, type[PiecewiseLinearRNN]] = {
+    "PLRNN": PLRNN,
+    "ShallowPLRNN": ShallowPLRNN,
+    "ClippedShallowPLRNN": ClippedShallowPLRNN,
+    "ALRNN": ALRNN,
+}
+
+_CONSTRUCTOR_ARGS: dict[str, tuple[str, ...]] = {
+    "PLRNN": ("dim",),
+    "ShallowPLRNN": ("latent_dim", "hidden_dim"),
+    "ClippedShallowPLRNN": ("latent_dim", "hidden_dim"),
+    "ALRNN": ("dim", "n_relu"),
+}
+
+
+def _constructor_kwargs(model: PiecewiseLinearRNN) -> dict[str, int]:
+    name = type(model).__name__
+    attribute = {"dim": "state_dim", "latent_dim": "state_dim", "hidden_dim": "hidden_dim", "n_relu": "n_switches"}
+    return {arg: int(getattr(model, attribute[arg])) for arg in _CONSTRUCTOR_ARGS[name]}
+
+
+def model_to_state(model: PiecewiseLinearRNN) -> dict:
+    """Serialise a built-in model to a JSON-ready dict ``{"model": kind, "config": ..., "params": ...}``.
+
+    Examples
+    --------
+    >>> state = model_to_state(PLRNN(2))
+    >>> sorted(state["params"])
+    ['A', 'W', 'h']
+    """
+    kind = type(model).__name__
+    if kind not in MODEL_REGISTRY:
+        raise TypeError(f"model_to_state supports {', '.join(MODEL_REGISTRY)}, got {kind}")
+    return {
+        "model": kind,
+        "config": _constructor_kwargs(model),
+        "params": {name: p.detach().cpu().double().tolist() for name, p in model.named_parameters()},
+    }
+
+
+def model_from_state(state: dict) -> PiecewiseLinearRNN:
+    """Build a model from :func:`model_to_state` output (or a hand-written JSON of named tensors).
+
+    ``config`` may be omitted: sizes are then read off the parameter shapes.
+
+    Raises
+    ------
+    ValueError
+        Unknown model kind, missing or extra parameters, wrong shapes, non-finite values.
+
+    Examples
+    --------
+    >>> model = model_from_state({"model": "PLRNN", "params": {"A": [0.5], "W": [[0.0]], "h": [0.1]}})
+    >>> model.step(torch.zeros(1))
+    tensor([0.1000])
+    """
+    if not isinstance(state, dict) or "model" not in state or "params" not in state:
+        raise ValueError('model state must be a dict with keys "model" and "params" (and optionally "config")')
+    kind = state["model"]
+    if kind not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {kind!r}; expected one of {', '.join(MODEL_REGISTRY)}")
+    params = {name: torch.as_tensor(np.asarray(value, dtype=np.float64)) for name, value in state["params"].items()}
+    config = dict(state.get("config") or _infer_config(kind, params))
+    model = MODEL_REGISTRY[kind](**config).double()
+    expected = dict(model.named_parameters())
+    if set(params) != set(expected):
+        raise ValueError(f"{kind} parameters must be exactly {sorted(expected)}, got {sorted(params)}")
+    with torch.no_grad():
+        for name, value in params.items():
+            if value.shape != expected[name].shape:
+                raise ValueError(
+                    f"parameter {name} of {kind}{tuple(config.values())} must have shape "
+                    f"{tuple(expected[name].shape)}, got {tuple(value.shape)}"
+                )
+            if not torch.isfinite(value).all():
+                raise ValueError(f"parameter {name} contains NaN or Inf")
+            expected[name].copy_(value)
+    return model
+
+
+def _infer_config(kind: str, params: dict[str, Tensor]) -> dict[str, int]:
+    try:
+        if kind == "PLRNN":
+            return {"dim": int(params["A"].shape[0])}
+        if kind == "ALRNN":
+            raise ValueError('ALRNN needs "config": {"dim": ..., "n_relu": ...}')
+        return {"latent_dim": int(params["W1"].shape[0]), "hidden_dim": int(params["W1"].shape[1])}
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"cannot infer the {kind} sizes from parameters {sorted(params)}: missing {error}") from None
+
+
+def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 1 << 16) -> Tensor:
+    """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``.
+
+    Cells are built one plane at a time: a partial code is extended by ``on``/``off`` when a linear
+    program finds a state strictly inside.  Exact up to the LP tolerance, and fast for the small
+    models used as ground truth.
+
+    Parameters
+    ----------
+    planes : Tensor, shape (S, M)
+    offsets : Tensor, shape (S,)
+    max_codes : int
+        Raise ``ValueError`` when the arrangement has more cells than this.
+
+    Returns
+    -------
+    Tensor, shape (R, S), bool
+
+    Examples
+    --------
+    >>> enumerate_region_codes(torch.eye(2), torch.zeros(2)).tolist()
+    [[False, False], [False, True], [True, False], [True, True]]
+    """
+    from scipy.optimize import linprog
+
+    G = planes.detach().cpu().double().numpy()
+    g = offsets.detach().cpu().double().numpy()
+    n_switches, dim = G.shape
+    # Maximise the slack t of every chosen side; a cell exists iff t > 0 (boxed so the LP is bounded).
+    objective = np.zeros(dim + 1)
+    objective[-1] = -1.0
+    bounds = [(-1e6, 1e6)] * dim + [(None, 1.0)]
+
+    def has_interior(signs: np.ndarray, upto: int) -> bool:
+        A_ub = np.hstack([-signs[:, None] * G[:upto], np.ones((upto, 1))])
+        b_ub = signs * g[:upto]
+        result = linprog(objective, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
+        return bool(result.status == 0 and -result.fun > 1e-9)
+
+    cells: list[tuple[int, ...]] = [()]
+    for upto in range(1, n_switches + 1):
+        extended = []
+        for cell in cells:
+            for bit in (0, 1):
+                candidate = cell + (bit,)
+                if has_interior(np.where(np.array(candidate) > 0, 1.0, -1.0), upto):
+                    extended.append(candidate)
+        if len(extended) > max_codes:
+            raise ValueError(f"the arrangement has more than max_codes={max_codes} regions")
+        cells = extended
+    return torch.tensor(sorted(cells), dtype=torch.bool).reshape(len(cells), n_switches)
+
+
+def all_codes(n_switches: int) -> Tensor:
+    """All ``2**S`` codes in lexicographic order (used when every orthant is a region)."""
+    return torch.tensor(list(itertools.product((False, True), repeat=n_switches)), dtype=torch.bool).reshape(
+        -1, n_switches
+    )
