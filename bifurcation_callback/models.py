@@ -102,6 +102,8 @@ class PiecewiseLinearRNN(nn.Module):
 
     state_dim: int
     n_switches: int
+    # True when the switches are coordinate signs, so every one of the 2**S codes is a region.
+    every_code_realizable: bool = False
 
     def switching_planes(self) -> tuple[Tensor, Tensor]:
         """Return ``(G, g)`` with shapes ``(S, M)`` and ``(S,)``: switch ``l`` is on iff ``G[l] @ z + g[l] > 0``."""
@@ -163,6 +165,10 @@ class PiecewiseLinearRNN(nn.Module):
         >>> PLRNN(2).realizable_codes().shape
         torch.Size([4, 2])
         """
+        if self.every_code_realizable:
+            if 2**self.n_switches > max_codes:
+                raise ValueError(f"{type(self).__name__} has 2**{self.n_switches} regions, more than max_codes={max_codes}")
+            return all_codes(self.n_switches)
         planes, offsets = self.switching_planes()
         return enumerate_region_codes(planes, offsets, max_codes=max_codes)
 
@@ -183,6 +189,7 @@ class _OffDiagonalMixin:
 
     W: nn.Parameter
     off_diagonal_mask: Tensor
+    every_code_realizable = True
 
     def off_diagonal_weights(self) -> Tensor:
         return self.W * self.off_diagonal_mask

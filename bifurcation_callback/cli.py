@@ -1,0 +1,160 @@
+"""The ``bifurcation-callback`` console script.
+
+Each subcommand is one function ``_run_<name>(args) -> int`` registered in :data:`COMMANDS`;
+errors the user can fix (bad files, bad arguments) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "load_model"]
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
+
+
+def load_model(path: str | Path):
+    """Load a model from a parameter JSON (see :func:`~bifurcation_callback.models.model_to_state`) or a
+    Lightning checkpoint / ``torch.save`` file holding a ``state_dict`` of one of the built-in models.
+
+    Raises
+    ------
+    UsageError
+        Missing file, unreadable content, unknown model kind or wrong parameter shapes.
+    """
+    from .models import model_from_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if path.suffix == ".json":
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{path}: not valid JSON ({error})") from None
+    else:
+        state = _state_from_checkpoint(path)
+    try:
+        return model_from_state(state)
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+def _state_from_checkpoint(path: Path) -> dict:
+    """Find a built-in model's parameters in a checkpoint's state_dict (prefix such as ``rnn.`` stripped)."""
+    from .models import MODEL_REGISTRY
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for foreign files
+        raise UsageError(f"{path}: cannot be read as a torch checkpoint ({error})") from None
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    hyper = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    described = checkpoint.get("bifurcation_model") if isinstance(checkpoint, dict) else None
+    if isinstance(described, dict) and "model" in described:
+        return described
+    if not isinstance(state_dict, dict):
+        raise UsageError(f"{path}: no state_dict inside")
+    kind = hyper.get("rnn_class") if isinstance(hyper, dict) else None
+    for prefix in sorted({name.rsplit(".", 1)[0] + "." if "." in name else "" for name in state_dict}):
+        params = {name[len(prefix) :]: value for name, value in state_dict.items() if name.startswith(prefix)}
+        params = {name: value for name, value in params.items() if "." not in name}
+        guess = kind or _guess_kind(set(params))
+        if guess in MODEL_REGISTRY:
+            return {"model": guess, "params": {n: v.double().tolist() for n, v in params.items()}}
+    raise UsageError(
+        f"{path}: found no parameters of {', '.join(MODEL_REGISTRY)} in the state_dict; "
+        "save the model with bifurcation_callback.models.model_to_state to a .json file instead"
+    )
+
+
+def _guess_kind(names: set[str]) -> str | None:
+    if names == {"A", "W", "h"}:
+        return "PLRNN"
+    if names == {"A", "W1", "W2", "h1", "h2"}:
+        return "ShallowPLRNN"
+    return None
+
+
+def _add_find(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "find",
+        help="all fixed points and cycles of a saved model",
+        description="Find every fixed point and k-cycle of a saved piecewise-linear model (SCYFI).",
+    )
+    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
+    parser.add_argument("--max-order", type=int, default=4, help="search orders 1..K (default 4)")
+    parser.add_argument("--orders", type=int, nargs="+", help="search exactly these orders instead")
+    parser.add_argument("--n-starts", type=int, default=256, help="parallel random starts per order")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float32", action="store_true", help="search in float32 (default float64)")
+    parser.add_argument("--json", metavar="PATH", help="also write the CycleSet as JSON ('-' for stdout)")
+
+
+def _run_find(args: argparse.Namespace) -> int:
+    from .cycles import find_cycles
+
+    model = load_model(args.model)
+    try:
+        cycles = find_cycles(
+            model,
+            args.max_order,
+            orders=args.orders,
+            n_starts=args.n_starts,
+            seed=args.seed,
+            dtype=torch.float32 if args.float32 else torch.float64,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.json == "-":
+        print(json.dumps(cycles.to_dict(), indent=2))
+        return 0
+    counts = ", ".join(f"order {k}: {n}" for k, n in cycles.counts().items())
+    print(f"{type(model).__name__} (state dim {model.state_dim}) — {len(cycles)} cycles ({counts})")
+    print(cycles.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(cycles.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# name -> (add the subparser, run it): the single list of subcommands.
+COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
+    "find": (_add_find, _run_find),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bifurcation-callback",
+        description="Exact cycles, bifurcations and loss jumps of piecewise-linear RNNs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except UsageError as error:
+        print(f"bifurcation-callback {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,708 @@
+"""Exact fixed points and k-cycles of piecewise-linear maps (SCYFI, batched in torch).
+
+A k-cycle through regions ``D_1 .. D_k`` solves ``(I - J_k … J_1) z_1 = c̃`` where ``c̃`` accumulates the
+offsets.  SCYFI guesses region sequences, solves, simulates the true map, keeps the orbit when it visits
+the assumed regions and otherwise retries from the regions it did visit.  Here many sequences are solved
+at once with one batched ``torch.linalg.solve_ex`` per iteration, on CPU or CUDA.
+
+Every reported cycle is verified with the nonlinear map: its closing residual is small relative to its
+scale, the codes it visits are the assumed ones, its period is minimal, and it is reported once (up to
+rotation).  This module knows nothing of Lightning or TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .models import all_codes, require_piecewise_linear
+
+__all__ = [
+    "Cycle",
+    "CycleSet",
+    "FinderStats",
+    "STABILITY_KINDS",
+    "find_cycles",
+    "exhaustive_cycles",
+]
+
+# The closed vocabulary of stability kinds; Cycle.kind returns one of these.
+STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
+
+# Distance of a multiplier modulus from 1 under which a cycle counts as neutral.
+NEUTRAL_TOLERANCE = 1e-6
+
+_TOLERANCES = {
+    # closing residual (relative), point coincidence for minimal period / dedup (relative)
+    torch.float64: {"residual": 1e-9, "coincide": 1e-7},
+    torch.float32: {"residual": 1e-3, "coincide": 1e-3},
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Cycle:
+    """One verified fixed point (``order == 1``) or k-cycle.
+
+    Attributes
+    ----------
+    order : int
+        Minimal period ``k``.
+    points : ndarray, shape (k, M)
+        The cycle's points in visiting order, starting at the canonical rotation.
+    codes : ndarray, shape (k, S), bool
+        Region code of each point.
+    eigenvalues : ndarray, shape (M,), complex
+        Multipliers: eigenvalues of the k-step Jacobian product ``J_k … J_1``.
+    residual : float
+        ``|F^k(z_1) - z_1| / (1 + |z_1|)`` from simulating the true map.
+    border_margin : float
+        Smallest distance of a cycle point to a switching plane (NaN when the model has no planes);
+        near zero means a border collision is close.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)
+    >>> fixed_point = find_cycles(model, max_order=1).by_order(1)[0]
+    >>> fixed_point.points.round(6).tolist(), fixed_point.kind
+    ([[2.0]], 'stable')
+    """
+
+    order: int
+    points: np.ndarray
+    codes: np.ndarray
+    eigenvalues: np.ndarray
+    residual: float = 0.0
+    border_margin: float = float("nan")
+    is_virtual: bool = False
+
+    @property
+    def spectral_radius(self) -> float:
+        """Largest multiplier modulus; the cycle is stable iff this is below 1."""
+        return float(np.abs(self.eigenvalues).max()) if self.eigenvalues.size else 0.0
+
+    @property
+    def n_unstable(self) -> int:
+        """Number of multipliers outside the unit circle (beyond the neutral tolerance)."""
+        return int((np.abs(self.eigenvalues) > 1 + NEUTRAL_TOLERANCE).sum())
+
+    @property
+    def n_unstable_complex(self) -> int:
+        """Number of non-real multipliers outside the unit circle."""
+        outside = np.abs(self.eigenvalues) > 1 + NEUTRAL_TOLERANCE
+        return int((outside & (np.abs(self.eigenvalues.imag) > 1e-12)).sum())
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`STABILITY_KINDS`."""
+        moduli = np.abs(self.eigenvalues)
+        if np.any(np.abs(moduli - 1) <= NEUTRAL_TOLERANCE):
+            return "neutral"
+        if np.all(moduli < 1):
+            return "stable"
+        return "unstable" if np.all(moduli > 1) else "saddle"
+
+    @property
+    def is_stable(self) -> bool:
+        return self.kind == "stable"
+
+    @property
+    def key(self) -> bytes:
+        """Identity of the cycle: its canonical region-code sequence (rotation invariant)."""
+        return self.codes.astype(np.uint8).tobytes()
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; :meth:`from_dict` inverts it exactly."""
+        return {
+            "order": self.order,
+            "points": self.points.tolist(),
+            "codes": self.codes.astype(int).tolist(),
+            "eigenvalues": [[float(v.real), float(v.imag)] for v in self.eigenvalues],
+            "residual": self.residual,
+            "border_margin": None if math.isnan(self.border_margin) else self.border_margin,
+            "kind": self.kind,
+            "spectral_radius": self.spectral_radius,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cycle":
+        eigenvalues = np.array([complex(re, im) for re, im in data["eigenvalues"]], dtype=np.complex128)
+        margin = data.get("border_margin")
+        return cls(
+            order=int(data["order"]),
+            points=np.asarray(data["points"], dtype=np.float64),
+            codes=np.asarray(data["codes"], dtype=bool),
+            eigenvalues=eigenvalues,
+            residual=float(data.get("residual", 0.0)),
+            border_margin=float("nan") if margin is None else float(margin),
+        )
+
+
+@dataclass(frozen=True)
+class FinderStats:
+    """How much work a search took.
+
+    Attributes
+    ----------
+    iterations : dict[int, int]
+        Batched SCYFI iterations per order.
+    n_solves : int
+        Linear systems solved (sequences tried), all orders together.
+    n_singular : int
+        Systems skipped as singular or non-finite.
+    warm_start_hits : int
+        Warm-start sequences that were real cycles on their first solve.
+    elapsed_s : float
+        Wall time of the search.
+    """
+
+    iterations: dict[int, int] = field(default_factory=dict)
+    n_solves: int = 0
+    n_singular: int = 0
+    warm_start_hits: int = 0
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "iterations": {str(k): v for k, v in self.iterations.items()},
+            "n_solves": self.n_solves,
+            "n_singular": self.n_singular,
+            "warm_start_hits": self.warm_start_hits,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FinderStats":
+        return cls(
+            iterations={int(k): int(v) for k, v in data.get("iterations", {}).items()},
+            n_solves=int(data.get("n_solves", 0)),
+            n_singular=int(data.get("n_singular", 0)),
+            warm_start_hits=int(data.get("warm_start_hits", 0)),
+            elapsed_s=float(data.get("elapsed_s", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class CycleSet:
+    """All cycles found in one search, sorted by order.
+
+    Attributes
+    ----------
+    cycles : tuple[Cycle, ...]
+    orders : tuple[int, ...]
+        The orders that were searched.
+    complete : bool
+        False when the time budget stopped the search early.
+    stats : FinderStats
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> cycles = find_cycles(PLRNN(2), max_order=2, seed=0)
+    >>> set(cycles.counts()) == {1, 2}
+    True
+    """
+
+    cycles: tuple[Cycle, ...] = ()
+    orders: tuple[int, ...] = ()
+    complete: bool = True
+    stats: FinderStats = field(default_factory=FinderStats)
+
+    def __iter__(self) -> Iterator[Cycle]:
+        return iter(self.cycles)
+
+    def __len__(self) -> int:
+        return len(self.cycles)
+
+    def by_order(self, order: int) -> list[Cycle]:
+        """The cycles of minimal period ``order``."""
+        return [cycle for cycle in self.cycles if cycle.order == order]
+
+    def counts(self) -> dict[int, int]:
+        """Number of cycles per searched order (orders with none included)."""
+        return {order: len(self.by_order(order)) for order in self.orders}
+
+    def stable_counts(self) -> dict[int, int]:
+        """Number of stable cycles per searched order."""
+        return {order: sum(c.is_stable for c in self.by_order(order)) for order in self.orders}
+
+    @property
+    def n_stable(self) -> int:
+        return sum(cycle.is_stable for cycle in self.cycles)
+
+    def to_dict(self) -> dict:
+        return {
+            "orders": list(self.orders),
+            "complete": self.complete,
+            "cycles": [cycle.to_dict() for cycle in self.cycles],
+            "stats": self.stats.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CycleSet":
+        return cls(
+            cycles=tuple(Cycle.from_dict(c) for c in data["cycles"]),
+            orders=tuple(int(k) for k in data["orders"]),
+            complete=bool(data.get("complete", True)),
+            stats=FinderStats.from_dict(data.get("stats", {})),
+        )
+
+    def summary(self) -> str:
+        """A plain-text table: one row per cycle (order, kind, spectral radius, first point).
+
+        Examples
+        --------
+        >>> print(CycleSet(orders=(1,)).summary())
+        order  kind      |λ|max     border    first point
+        (no cycles found for orders 1)
+        """
+        rows = [f"{'order':<6} {'kind':<9} {'|λ|max':<10} {'border':<9} first point"]
+        for cycle in self.cycles:
+            point = np.array2string(cycle.points[0], precision=4, separator=", ", suppress_small=True)
+            rows.append(
+                f"{cycle.order:<6} {cycle.kind:<9} {cycle.spectral_radius:<10.4g} {cycle.border_margin:<9.3g} {point}"
+            )
+        if not self.cycles:
+            rows.append(f"(no cycles found for orders {', '.join(map(str, self.orders))})")
+        if not self.complete:
+            rows.append("(search stopped by the time budget: the list may be incomplete)")
+        return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks shared by find_cycles and exhaustive_cycles
+
+
+def _resolve_orders(max_order: int, orders: Sequence[int] | None) -> tuple[int, ...]:
+    if orders is not None:
+        resolved = tuple(orders)
+        if not resolved or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in resolved):
+            raise ValueError(f"orders must be a non-empty list of positive ints, got {orders!r}")
+        return tuple(sorted(set(int(k) for k in resolved)))
+    if not isinstance(max_order, (int, np.integer)) or isinstance(max_order, bool) or max_order < 1:
+        raise ValueError(f"max_order must be an int >= 1, got {max_order!r}")
+    return tuple(range(1, int(max_order) + 1))
+
+
+def _require_count(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None):
+    """Validate the model and return a detached copy in the finder's dtype and device."""
+    require_piecewise_linear(model)
+    if dtype not in _TOLERANCES:
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    if not isinstance(model, torch.nn.Module):
+        return model, torch.device(device or "cpu")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"model parameter {name!r} contains NaN or Inf; cycles are undefined")
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    snapshot = model.snapshot() if hasattr(model, "snapshot") else _detached_copy(model)
+    return snapshot.to(device=device, dtype=dtype), device
+
+
+def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    for parameter in clone.parameters():
+        parameter.requires_grad_(False)
+    return clone
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The batched core shared by the heuristic search and the exhaustive enumeration
+
+
+@dataclass
+class _Evaluation:
+    """Result of solving and simulating a batch of region sequences of one order."""
+
+    z1: Tensor  # (B, M)
+    trajectory: Tensor  # (B, k + 1, M): z_1 … z_{k+1} under the true map
+    products: Tensor  # (B, M, M)
+    visited: Tensor  # (B, k, S)
+    solvable: Tensor  # (B,) bool
+    real: Tensor  # (B,) bool: solvable and visiting exactly the assumed regions
+
+
+def _evaluate(model, codes: Tensor) -> _Evaluation:
+    """Solve the cycle equations for every sequence in ``codes`` (B, k, S) and simulate the true map."""
+    n_sequences, order = codes.shape[:2]
+    J, c = model.affine_pieces(codes)
+    product = J[:, 0]
+    offset = c[:, 0]
+    for j in range(1, order):
+        product = J[:, j] @ product
+        offset = (J[:, j] @ offset.unsqueeze(-1)).squeeze(-1) + c[:, j]
+    identity = torch.eye(product.shape[-1], dtype=product.dtype, device=product.device)
+    z1, info = torch.linalg.solve_ex(identity - product, offset)
+    solvable = (info == 0) & torch.isfinite(z1).all(-1)
+    z1 = torch.where(solvable.unsqueeze(-1), z1, torch.zeros_like(z1))
+    points = [z1]
+    with torch.no_grad():
+        for _ in range(order):
+            points.append(model.step(points[-1]))
+    trajectory = torch.stack(points, dim=1)
+    visited = model.region_codes(trajectory[:, :order])
+    real = solvable & (visited == codes).flatten(1).all(-1)
+    return _Evaluation(z1, trajectory, product, visited, solvable, real)
+
+
+def _canonical_rotation(codes: np.ndarray) -> int:
+    """Index of the rotation whose code sequence is lexicographically smallest."""
+    rows = [bytes(row) for row in np.packbits(codes.astype(np.uint8), axis=-1)]
+    order = len(rows)
+    return min(range(order), key=lambda r: rows[r:] + rows[:r])
+
+
+def _border_margin(model, points: np.ndarray) -> float:
+    planes_of = getattr(model, "switching_planes", None)
+    if planes_of is None:
+        return float("nan")
+    planes, offsets = (t.detach().cpu().double().numpy() for t in planes_of())
+    if planes.shape[0] == 0:
+        return float("inf")
+    distances = np.abs(points @ planes.T + offsets) / np.maximum(np.linalg.norm(planes, axis=1), 1e-300)
+    return float(distances.min())
+
+
+class _Collector:
+    """Verifies candidate cycles of one order and keeps each once (minimal period, dedup up to rotation)."""
+
+    def __init__(self, model, order: int, dtype: torch.dtype, known: dict[bytes, Cycle]) -> None:
+        self.model = model
+        self.order = order
+        self.tolerance = _TOLERANCES[dtype]
+        self.known = known
+        self.divisors = [j for j in range(1, order) if order % j == 0]
+        # Raw code sequences already judged (every rotation of a kept cycle, and rejected ones): for a fixed
+        # model the solution is a function of the sequence, so a verdict never needs repeating.
+        self.judged: set[bytes] = set()
+
+    def add(self, evaluation: _Evaluation) -> int:
+        """Verify the real sequences in ``evaluation``; return how many new cycles were stored."""
+        indices = torch.nonzero(evaluation.real).flatten()
+        if indices.numel() == 0:
+            return 0
+        codes = evaluation.visited[indices].cpu().numpy().astype(np.uint8)
+        fresh: dict[bytes, int] = {}
+        for position, code in enumerate(codes):
+            raw = code.tobytes()
+            if raw not in self.judged:
+                fresh.setdefault(raw, position)
+        if not fresh:
+            return 0
+        chosen = indices[torch.as_tensor(list(fresh.values()), device=indices.device)]
+        trajectory = evaluation.trajectory[chosen].cpu().double().numpy()
+        products = evaluation.products[chosen].cpu().double().numpy()
+        new = 0
+        for traj, product, code in zip(trajectory, products, codes[list(fresh.values())]):
+            cycle = self._verified(traj, product, code)
+            self.judged.add(code.tobytes())
+            if cycle is None or cycle.key in self.known or self._duplicate(cycle):
+                continue
+            self.known[cycle.key] = cycle
+            self.judged.update(np.roll(cycle.codes, shift, axis=0).astype(np.uint8).tobytes() for shift in range(self.order))
+            new += 1
+        return new
+
+    def _verified(self, traj: np.ndarray, product: np.ndarray, code: np.ndarray) -> Cycle | None:
+        z1, scale = traj[0], 1.0 + np.linalg.norm(traj[0])
+        residual = np.linalg.norm(traj[-1] - z1) / scale
+        # Errors of the forward simulation grow with the product's norm, so the tolerance does too.
+        if not residual <= self.tolerance["residual"] * (1.0 + np.linalg.norm(product)):
+            return None
+        system = np.eye(product.shape[0]) - product
+        singular_values = np.linalg.svd(system, compute_uv=False)
+        if singular_values[-1] <= 1e3 * np.finfo(np.float64).eps * max(singular_values[0], 1.0):
+            return None
+        points = traj[:-1]
+        for divisor in self.divisors:
+            if np.linalg.norm(points[divisor] - z1) <= self.tolerance["coincide"] * scale:
+                return None
+        shift = _canonical_rotation(code)
+        eigenvalues = np.linalg.eigvals(product).astype(np.complex128)
+        return Cycle(
+            order=self.order,
+            points=np.roll(points, -shift, axis=0),
+            codes=np.roll(code, -shift, axis=0).astype(bool),
+            eigenvalues=eigenvalues,
+            residual=float(residual),
+            border_margin=_border_margin(self.model, points),
+        )
+
+    def _duplicate(self, cycle: Cycle) -> bool:
+        # Codes identify a cycle except for points lying within rounding of a switching plane.
+        scale = 1.0 + np.linalg.norm(cycle.points, axis=1).max()
+        for other in self.known.values():
+            distances = np.linalg.norm(other.points[:, None, :] - cycle.points[None, :, :], axis=-1)
+            if np.all(distances.min(axis=1) <= self.tolerance["coincide"] * scale):
+                return True
+        return False
+
+
+class _RandomCodes:
+    """Region codes of random states in a box sized to the model's switching geometry."""
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        self.model = model
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        scale_of = getattr(model, "state_scale", None)
+        self.radius = max(10.0, 2.0 * scale_of()) if scale_of is not None else 10.0
+        self.device, self.dtype = device, dtype
+
+    def draw(self, n_sequences: int, order: int) -> Tensor:
+        states = torch.rand(
+            (n_sequences, order, self.model.state_dim), generator=self.generator, device=self.device, dtype=self.dtype
+        )
+        return self.model.region_codes((2 * states - 1) * self.radius)
+
+
+def _warm_codes(warm_start: "CycleSet | None", order: int, n_switches: int, device: torch.device) -> Tensor:
+    cycles = [] if warm_start is None else warm_start.by_order(order)
+    codes = torch.zeros((len(cycles), order, n_switches), dtype=torch.bool, device=device)
+    for i, cycle in enumerate(cycles):
+        if cycle.codes.shape != (order, n_switches):
+            raise ValueError(
+                f"warm_start cycle of order {order} has codes of shape {cycle.codes.shape}, but the model has "
+                f"{n_switches} switches: was it found on a different model?"
+            )
+        codes[i] = torch.as_tensor(cycle.codes, device=device)
+    return codes
+
+
+def _search_order(
+    model,
+    order: int,
+    warm: Tensor,
+    sampler: _RandomCodes,
+    collector: _Collector,
+    *,
+    n_starts: int,
+    inner: int,
+    outer: int,
+    deadline: float,
+) -> tuple[int, int, int, int, bool]:
+    """SCYFI for one order, batched over chains; returns (iterations, solves, singular, warm hits, finished)."""
+    n_warm = warm.shape[0]
+    codes = torch.cat([warm, sampler.draw(n_starts, order)]) if n_starts else warm
+    is_random = torch.arange(codes.shape[0], device=codes.device) >= n_warm
+    age = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+    iterations = solves = singular = warm_hits = 0
+    quiet_iterations = 0
+    while codes.shape[0] and iterations < inner * outer:
+        if time.monotonic() > deadline:
+            return iterations, solves, singular, warm_hits, False
+        evaluation = _evaluate(model, codes)
+        iterations += 1
+        solves += codes.shape[0]
+        singular += int((~evaluation.solvable).sum())
+        if iterations == 1 and n_warm:
+            warm_hits = int(evaluation.real[:n_warm].sum())
+        found = collector.add(evaluation)
+        # A chain restarts when it found a real cycle, hit a singular system or ran `inner` steps;
+        # otherwise it jumps to the regions its virtual cycle actually visited (the SCYFI heuristic).
+        age += 1
+        restart = evaluation.real | ~evaluation.solvable | (age >= inner)
+        codes = torch.where(restart[:, None, None], codes, evaluation.visited)
+        # Warm-start chains are one-shot: they are dropped rather than restarted at random.
+        keep = is_random | ~restart
+        codes, is_random, age, restart = codes[keep], is_random[keep], age[keep], restart[keep]
+        n_restart = int(restart.sum())
+        if n_restart:
+            codes[restart] = sampler.draw(n_restart, order)
+            age[restart] = 0
+        quiet_iterations = 0 if found else quiet_iterations + 1
+        # SCYFI resets its counters after every discovery; batched, a full round without one ends the search.
+        if quiet_iterations >= inner and iterations >= inner:
+            break
+    return iterations, solves, singular, warm_hits, True
+
+
+def find_cycles(
+    model: object,
+    max_order: int = 4,
+    *,
+    orders: Sequence[int] | None = None,
+    n_starts: int = 256,
+    inner: int = 20,
+    outer: int = 4,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    warm_start: CycleSet | None = None,
+    time_budget_s: float | None = None,
+) -> CycleSet:
+    """Find the fixed points and cycles of a piecewise-linear model with batched SCYFI.
+
+    Parameters
+    ----------
+    model : PiecewiseLinear
+        One of the package's models or any object implementing the protocol.  It is copied (detached) to
+        ``dtype`` and ``device``; the caller's model is not changed.
+    max_order : int
+        Search orders ``1 .. max_order``.
+    orders : list of int, optional
+        Search exactly these orders instead (e.g. ``[16]`` for a 2-D PLRNN's 16-cycles).
+    n_starts : int
+        Random region sequences solved in parallel per order (the batch size).  0 with ``warm_start``
+        re-checks only the previous cycles.
+    inner : int
+        Iterations a chain follows its visited regions before it restarts at random.
+    outer : int
+        Upper bound on the number of rounds of ``inner`` iterations; a round that finds nothing new ends
+        the search of that order earlier.
+    seed : int
+        Seed of the random region sequences (the result is deterministic for a given seed and device).
+    device, dtype
+        Where and in which precision to search; float64 by default, float32 allowed with looser tolerances.
+    warm_start : CycleSet, optional
+        Cycles of a previous snapshot: their region sequences are solved first, so an unchanged model is
+        re-analysed in one pass.
+    time_budget_s : float, optional
+        Stop after this many seconds; the result then has ``complete=False``.
+
+    Returns
+    -------
+    CycleSet
+
+    Raises
+    ------
+    TypeError
+        The model does not implement the PiecewiseLinear protocol.
+    ValueError
+        Non-finite parameters, bad orders or counts, a warm start from a model of another shape.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(-2.0); _ = model.h.fill_(1.0)   # z' = -2 z + 1 flips around 1/3
+    >>> cycles = find_cycles(model, max_order=2)
+    >>> [(c.order, c.kind, round(c.spectral_radius, 6)) for c in cycles]
+    [(1, 'unstable', 2.0)]
+    """
+    order_list = _resolve_orders(max_order, orders)
+    n_starts = _require_count("n_starts", n_starts, 0)
+    inner = _require_count("inner", inner, 1)
+    outer = _require_count("outer", outer, 1)
+    if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
+        raise ValueError(f"time_budget_s must be a positive number of seconds or None, got {time_budget_s!r}")
+    if warm_start is not None and not isinstance(warm_start, CycleSet):
+        raise TypeError(f"warm_start must be a CycleSet or None, got {type(warm_start).__name__}")
+    if n_starts == 0 and warm_start is None:
+        raise ValueError("n_starts=0 searches nothing unless a warm_start CycleSet is given")
+    started = time.monotonic()
+    deadline = started + time_budget_s if time_budget_s is not None else math.inf
+    analysed, device = _prepare_model(model, dtype, device)
+    sampler = _RandomCodes(analysed, device, dtype, seed)
+    cycles: list[Cycle] = []
+    iterations: dict[int, int] = {}
+    totals = {"solves": 0, "singular": 0, "warm": 0}
+    complete = True
+    with torch.no_grad():
+        for order in order_list:
+            warm = _warm_codes(warm_start, order, analysed.n_switches, device)
+            known: dict[bytes, Cycle] = {}
+            collector = _Collector(analysed, order, dtype, known)
+            result = _search_order(
+                analysed, order, warm, sampler, collector, n_starts=n_starts, inner=inner, outer=outer, deadline=deadline
+            )
+            iterations[order], n_solves, n_singular, warm_hits, finished = result
+            totals["solves"] += n_solves
+            totals["singular"] += n_singular
+            totals["warm"] += warm_hits
+            cycles.extend(sorted(known.values(), key=lambda c: c.key))
+            if not finished:
+                complete = False
+                break
+    stats = FinderStats(iterations, totals["solves"], totals["singular"], totals["warm"], time.monotonic() - started)
+    return CycleSet(tuple(cycles), order_list, complete, stats)
+
+
+def exhaustive_cycles(
+    model: object,
+    max_order: int = 4,
+    *,
+    orders: Sequence[int] | None = None,
+    max_sequences: int = 2_000_000,
+    batch_size: int = 1 << 16,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> CycleSet:
+    """Ground truth: solve every sequence of realizable region codes of each order.
+
+    Costs ``R**k`` solves for ``R`` realizable regions, so it is meant for small models (tests, checks).
+
+    Raises
+    ------
+    ValueError
+        When ``R**k`` exceeds ``max_sequences`` (the message gives both numbers).
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(2)
+    >>> exact = exhaustive_cycles(model, max_order=3)
+    >>> found = find_cycles(model, max_order=3)
+    >>> sorted(c.key for c in exact) == sorted(c.key for c in found)
+    True
+    """
+    order_list = _resolve_orders(max_order, orders)
+    max_sequences = _require_count("max_sequences", max_sequences, 1)
+    batch_size = _require_count("batch_size", batch_size, 1)
+    started = time.monotonic()
+    analysed, device = _prepare_model(model, dtype, device)
+    regions = _region_table(analysed).to(device)
+    n_regions = regions.shape[0]
+    largest = n_regions ** max(order_list)
+    if largest > max_sequences:
+        raise ValueError(
+            f"exhaustive search of order {max(order_list)} needs {n_regions}**{max(order_list)} = {largest} "
+            f"sequences, more than max_sequences={max_sequences}; use find_cycles or a smaller model"
+        )
+    cycles: list[Cycle] = []
+    totals = {"solves": 0, "singular": 0}
+    with torch.no_grad():
+        for order in order_list:
+            known: dict[bytes, Cycle] = {}
+            collector = _Collector(analysed, order, dtype, known)
+            total = n_regions**order
+            digits = n_regions ** torch.arange(order - 1, -1, -1, device=device)
+            for begin in range(0, total, batch_size):
+                index = torch.arange(begin, min(begin + batch_size, total), device=device)
+                evaluation = _evaluate(analysed, regions[(index[:, None] // digits) % n_regions])
+                collector.add(evaluation)
+                totals["solves"] += index.numel()
+                totals["singular"] += int((~evaluation.solvable).sum())
+            cycles.extend(sorted(known.values(), key=lambda c: c.key))
+    stats = FinderStats(
+        {k: 1 for k in order_list}, totals["solves"], totals["singular"], 0, time.monotonic() - started
+    )
+    return CycleSet(tuple(cycles), order_list, True, stats)
+
+
+def _region_table(model) -> Tensor:
+    """Every realizable region code of the model (all ``2**S`` codes when it cannot say)."""
+    if callable(getattr(model, "realizable_codes", None)):
+        return model.realizable_codes()
+    if model.n_switches > 20:
+        raise ValueError(f"{type(model).__name__} has {model.n_switches} switches and no realizable_codes()")
+    return all_codes(model.n_switches)
