@@ -445,8 +445,8 @@ def model_from_state(state: dict) -> PiecewiseLinearRNN:
     Examples
     --------
     >>> model = model_from_state({"model": "PLRNN", "params": {"A": [0.5], "W": [[0.0]], "h": [0.1]}})
-    >>> model.step(torch.zeros(1, dtype=torch.float64))
-    tensor([0.1000], dtype=torch.float64)
+    >>> model.step(torch.zeros(1, dtype=torch.float64)).tolist()
+    [0.1]
     """
     if not isinstance(state, dict) or "model" not in state or "params" not in state:
         raise ValueError('model state must be a dict with keys "model" and "params" (and optionally "config")')
