@@ -1,0 +1,246 @@
+"""BifurcationMonitor in real Trainer runs: event files read back, planted bifurcations, robustness, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tbparse import SummaryReader
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bifurcation_callback import callback as callback_module
+from bifurcation_callback.callback import LOGGED_METRICS, BifurcationMonitor
+from bifurcation_callback.cycles import find_cycles
+from bifurcation_callback.dashboard import read_jsonl
+
+from .tiny_modules import TinyRNNModule, plrnn_2d, quiet_trainer_kwargs, random_sequences
+
+
+def fit(tmp_path, module, monitor, max_steps=12, **trainer_overrides) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, **trainer_overrides))
+    trainer.fit(module, random_sequences())
+    return trainer
+
+
+def scalars_of(log_dir) -> "dict[str, dict[int, float]]":
+    frame = SummaryReader(str(log_dir)).scalars
+    table: dict[str, dict[int, float]] = {}
+    for tag, step, value in zip(frame["tag"], frame["step"], frame["value"]):
+        table.setdefault(tag, {})[int(step)] = float(value)
+    return table
+
+
+def test_tensorboard_run_logs_counts_equal_to_final_cycles(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    module = TinyRNNModule()
+    monitor = BifurcationMonitor(max_order=3, log_figures_every_n_steps=5)
+    trainer = fit(tmp_path, module, monitor, logger=logger)
+    scalars = scalars_of(logger.log_dir)
+    for tag in ("bifurcation/n_cycles/order_1", "bifurcation/n_cycles/order_3", "bifurcation/loss", "bifurcation/n_stable/total"):
+        assert tag in scalars, sorted(scalars)
+    last = trainer.global_step
+    expected = find_cycles(module.rnn, max_order=3, n_starts=512)
+    for order, count in expected.counts().items():
+        assert scalars[f"bifurcation/n_cycles/order_{order}"][last] == count
+    assert scalars["bifurcation/n_stable/total"][last] == expected.n_stable
+    assert "bifurcation/summary" in set(SummaryReader(str(logger.log_dir)).text["tag"])
+    # tbparse needs tensorflow for images; tensorboard's own reader does not (size_guidance 0 = keep all).
+    accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0}).Reload()
+    assert {"bifurcation/state_space", "bifurcation/timeline"} <= set(accumulator.Tags()["images"])
+    summary = json.loads((Path(logger.log_dir) / "summary.json").read_text())
+    assert summary["n_monitored_steps"] == last and summary["n_skipped"] == 0
+
+
+def test_every_emitted_scalar_is_documented(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    fit(tmp_path, TinyRNNModule(), BifurcationMonitor(max_order=2), logger=logger)
+    patterns = [re.compile("^" + re.sub(r"\\\{\w+\\\}", r"\\d+", re.escape(key)) + "$") for key in LOGGED_METRICS]
+    emitted = [tag for tag in scalars_of(logger.log_dir) if tag.startswith("bifurcation/")]
+    assert emitted
+    for tag in emitted:
+        assert any(p.match(tag) for p in patterns), f"{tag} is logged but not in LOGGED_METRICS"
+    for key in LOGGED_METRICS:
+        assert f"``{key}``" in BifurcationMonitor.__doc__ or key.split("/")[-1] in BifurcationMonitor.__doc__
+
+
+def flip_at(step_of_change: int):
+    """W = 0 makes the map linear, z' = A z + h: a₀ jumping from −0.8 to −1.2 makes the fixed point's
+    multiplier cross −1 (flip) while the fixed point persists in the same region."""
+
+    def schedule(step: int, rnn) -> None:
+        if step == step_of_change:
+            rnn.A[0] = -1.2
+
+    return schedule
+
+
+def test_planted_flip_is_logged_at_the_right_step(tmp_path):
+    rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
+    module = TinyRNNModule(rnn, lr=0.0, schedule=flip_at(6))
+    monitor = BifurcationMonitor(max_order=2, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
+    fit(tmp_path, module, monitor, logger=False)
+    events = monitor.events
+    assert len(events) == 1, events
+    event = events[0]
+    # The weights change inside training step 6; the monitor sees them after that optimizer step.
+    assert (event.kind, event.crossing, event.order) == ("stability_change", "-1", 1)
+    assert event.step == 7 and event.step_interval == (6, 7)
+    records = read_jsonl(tmp_path / "out" / "events.jsonl")
+    assert [r["step"] for r in records if r["events"]] == [7]
+
+
+@pytest.mark.parametrize("problem", ["nan_weights", "finder_error", "time_budget"])
+def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, problem):
+    monitor_kwargs = {"max_order": 2}
+    schedule = None
+    if problem == "nan_weights":
+
+        healthy = plrnn_2d()
+
+        def schedule(step, rnn):
+            # NaN weights after step 4's update (the SGD step spreads them), healthy again from step 5 on.
+            if step == 4:
+                rnn.h[0] = float("nan")
+            elif step == 5:
+                rnn.load_state_dict(healthy.state_dict())
+
+    elif problem == "finder_error":
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("solver exploded")
+
+        monkeypatch.setattr(callback_module, "find_cycles", broken)
+    else:
+        monitor_kwargs["time_budget_s"] = 1e-9
+    monitor = BifurcationMonitor(**monitor_kwargs)
+    module = TinyRNNModule(lr=0.0, schedule=schedule)
+    with pytest.warns(RuntimeWarning, match="BifurcationMonitor skipped step"):
+        trainer = fit(tmp_path, module, monitor, max_steps=8, logger=False)
+    assert trainer.global_step == 8
+    assert monitor.n_skipped >= 1
+    if problem == "nan_weights":
+        assert monitor.n_skipped == 1 and monitor.summary["skip_reasons"] == {"ValueError": 1}
+        assert [r["step"] for r in monitor.records if "skipped" in r] == [5]
+    else:
+        assert monitor.n_skipped == 8
+
+
+@pytest.mark.parametrize("loggers", ["none", "csv", "both"])
+def test_logger_combinations(tmp_path, loggers):
+    csv = CSVLogger(str(tmp_path), name="csv")
+    tensorboard = TensorBoardLogger(str(tmp_path), name="tb")
+    chosen = {"none": False, "csv": [csv], "both": [tensorboard, csv]}[loggers]
+    monitor = BifurcationMonitor(max_order=2)
+    trainer = fit(tmp_path, TinyRNNModule(), monitor, max_steps=5, logger=chosen)
+    assert monitor.summary is not None and monitor.summary["n_monitored_steps"] == 5
+    assert (Path(trainer.log_dir) / "events.jsonl").is_file()
+    if loggers != "none":
+        metrics = (Path(csv.log_dir) / "metrics.csv").read_text()
+        assert "bifurcation/n_cycles/order_1" in metrics
+    if loggers == "both":
+        assert "bifurcation/n_cycles/total" in scalars_of(tensorboard.log_dir)
+
+
+def test_resume_restores_state_without_duplicated_or_missing_steps(tmp_path):
+    jsonl = tmp_path / "monitor" / "events.jsonl"
+    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=5)
+    module = TinyRNNModule()
+    first = pl.Trainer(
+        max_steps=5, callbacks=[BifurcationMonitor(max_order=2, jsonl_path=str(jsonl)), checkpoints],
+        **quiet_trainer_kwargs(tmp_path, enable_checkpointing=True, logger=False),
+    )
+    first.fit(module, random_sequences())
+    resumed_monitor = BifurcationMonitor(max_order=2, jsonl_path=str(jsonl))
+    second = pl.Trainer(max_steps=10, callbacks=[resumed_monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    second.fit(TinyRNNModule(), random_sequences(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    steps = [record["step"] for record in read_jsonl(jsonl)]
+    assert steps == list(range(1, 11))
+    # The restored cycle set was the warm start: the model trained on smoothly, so no event at step 6.
+    assert all(not record["events"] for record in read_jsonl(jsonl) if record["step"] == 6)
+    assert resumed_monitor.summary["n_monitored_steps"] == 10
+
+
+def test_two_instances_have_distinct_state_keys():
+    assert BifurcationMonitor(max_order=2).state_key != BifurcationMonitor(max_order=3).state_key
+    assert BifurcationMonitor(model_attr="a").state_key != BifurcationMonitor(model_attr="b").state_key
+
+
+def test_works_with_classic_pytorch_lightning_trainer(tmp_path):
+    import pytorch_lightning
+
+    class ClassicModule(pytorch_lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.rnn = plrnn_2d()
+
+        training_step = TinyRNNModule.training_step
+        configure_optimizers = TinyRNNModule.configure_optimizers
+        lr = 1e-2
+        schedule = None
+
+    monitor = BifurcationMonitor(max_order=2)
+    trainer = pytorch_lightning.Trainer(max_steps=4, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(ClassicModule(), random_sequences())
+    assert monitor.summary["n_monitored_steps"] == 4
+
+
+def test_model_detection_errors():
+    class NoRNN(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(2, 2)
+
+    class TwoRNNs(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = plrnn_2d(), plrnn_2d()
+
+    with pytest.raises(TypeError, match="no piecewise-linear RNN"):
+        BifurcationMonitor().setup(None, NoRNN(), "fit")
+    with pytest.raises(ValueError, match=r"several piecewise-linear models \(a, b\)"):
+        BifurcationMonitor().setup(None, TwoRNNs(), "fit")
+    with pytest.raises(ValueError, match="no attribute 'c'"):
+        BifurcationMonitor(model_attr="c").setup(None, TwoRNNs(), "fit")
+    monitor = BifurcationMonitor(model_attr="b")
+    monitor.setup(None, TwoRNNs(), "fit")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_order": 0}, "max_order must be an int >= 1"),
+        ({"every_n_steps": 1.5}, "every_n_steps must be an int >= 1"),
+        ({"model_attr": ""}, "model_attr must be a non-empty"),
+        ({"finder_kwargs": {"speed": 1}}, r"unknown finder_kwargs \['speed'\]"),
+        ({"time_budget_s": -1}, "time_budget_s must be a positive number"),
+        ({"loss_key": ""}, "loss_key must be a non-empty string"),
+        ({"log_figures_every_n_steps": -1}, "log_figures_every_n_steps must be an int >= 0"),
+        ({"jump_window": -2}, "jump_window must be an int >= 0"),
+        ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
+    ],
+)
+def test_constructor_validates_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BifurcationMonitor(**kwargs)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_only_rank_zero_writes(tmp_path):
+    jsonl = tmp_path / "events.jsonl"
+    monitor = BifurcationMonitor(max_order=2, jsonl_path=str(jsonl))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_steps=4, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, strategy="ddp_spawn", devices=2, logger=False)
+        )
+        trainer.fit(TinyRNNModule(), random_sequences())
+    steps = [record["step"] for record in read_jsonl(jsonl)]
+    assert steps == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "summary.json").read_text())["n_monitored_steps"] == 4

@@ -1,0 +1,69 @@
+"""Small LightningModules for the callback tests: fast, deterministic, no training.py dependency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bifurcation_callback.models import PLRNN
+
+
+def plrnn_2d(A=(0.5, 0.6), W=((0.0, -0.4), (0.3, 0.0)), h=(0.2, -0.1)) -> PLRNN:
+    model = PLRNN(2)
+    with torch.no_grad():
+        model.A.copy_(torch.tensor(A))
+        model.W.copy_(torch.tensor(W))
+        model.h.copy_(torch.tensor(h))
+    return model
+
+
+class TinyRNNModule(pl.LightningModule):
+    """Predicts the next state of random sequences with a PLRNN; ``schedule(step, rnn)`` may edit the weights."""
+
+    def __init__(
+        self,
+        rnn: torch.nn.Module | None = None,
+        *,
+        lr: float = 1e-2,
+        schedule: Callable[[int, torch.nn.Module], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.rnn = rnn if rnn is not None else plrnn_2d()
+        self.lr = lr
+        self.schedule = schedule
+
+    def training_step(self, batch, batch_idx):
+        if self.schedule is not None:
+            with torch.no_grad():
+                self.schedule(self.global_step, self.rnn)
+        (sequence,) = batch
+        predicted = self.rnn.step(sequence[:, :-1])
+        loss = torch.mean((predicted - sequence[:, 1:]) ** 2)
+        self.log("train_loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def random_sequences(n: int = 64, length: int = 6, dim: int = 2, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randn(n, length, dim, generator=generator)
+    return DataLoader(TensorDataset(data), batch_size=8, shuffle=False)
+
+
+def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
+    kwargs = dict(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+    kwargs.update(overrides)
+    return kwargs
