@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -316,6 +317,21 @@ def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str
     return snapshot.to(device=device, dtype=dtype), device
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run on one intra-op thread: the search's tensors are small, and a second thread mostly waits
+    (measured 10x slower with two threads on a busy 2-core machine, see docs/benchmarks.md)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
@@ -371,29 +387,31 @@ def _canonical_rotation(codes: np.ndarray) -> int:
     return min(range(order), key=lambda r: rows[r:] + rows[:r])
 
 
-def _border_margin(model, points: np.ndarray) -> float:
+def _switching_geometry(model) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unit-normalised switching planes as numpy arrays (None when the model does not expose them)."""
     planes_of = getattr(model, "switching_planes", None)
     if planes_of is None:
-        return float("nan")
+        return None
     planes, offsets = (t.detach().cpu().double().numpy() for t in planes_of())
-    if planes.shape[0] == 0:
-        return float("inf")
-    distances = np.abs(points @ planes.T + offsets) / np.maximum(np.linalg.norm(planes, axis=1), 1e-300)
-    return float(distances.min())
+    norms = np.maximum(np.linalg.norm(planes, axis=1), 1e-300)
+    return planes / norms[:, None], offsets / norms
 
 
 class _Collector:
     """Verifies candidate cycles of one order and keeps each once (minimal period, dedup up to rotation)."""
 
-    def __init__(self, model, order: int, dtype: torch.dtype, known: dict[bytes, Cycle]) -> None:
-        self.model = model
+    def __init__(self, order: int, dtype: torch.dtype, geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.order = order
         self.tolerance = _TOLERANCES[dtype]
-        self.known = known
+        self.geometry = geometry
+        self.known: dict[bytes, Cycle] = {}
         self.divisors = [j for j in range(1, order) if order % j == 0]
         # Raw code sequences already judged (every rotation of a kept cycle, and rejected ones): for a fixed
         # model the solution is a function of the sequence, so a verdict never needs repeating.
         self.judged: set[bytes] = set()
+
+    def cycles(self) -> list[Cycle]:
+        return sorted(self.known.values(), key=lambda c: c.key)
 
     def add(self, evaluation: _Evaluation) -> int:
         """Verify the real sequences in ``evaluation``; return how many new cycles were stored."""
@@ -408,44 +426,57 @@ class _Collector:
                 fresh.setdefault(raw, position)
         if not fresh:
             return 0
-        chosen = indices[torch.as_tensor(list(fresh.values()), device=indices.device)]
-        trajectory = evaluation.trajectory[chosen].cpu().double().numpy()
+        self.judged.update(fresh)
+        positions = list(fresh.values())
+        chosen = indices[torch.as_tensor(positions, device=indices.device)]
+        trajectories = evaluation.trajectory[chosen].cpu().double().numpy()
         products = evaluation.products[chosen].cpu().double().numpy()
+        codes = codes[positions]
+        valid, residuals = self._verify(trajectories, products)
+        eigenvalues = np.linalg.eigvals(products[valid]).astype(np.complex128) if valid.any() else []
+        margins = self._border_margins(trajectories[valid, :-1])
         new = 0
-        for traj, product, code in zip(trajectory, products, codes[list(fresh.values())]):
-            cycle = self._verified(traj, product, code)
-            self.judged.add(code.tobytes())
-            if cycle is None or cycle.key in self.known or self._duplicate(cycle):
+        for traj, code, multipliers, residual, margin in zip(
+            trajectories[valid], codes[valid], eigenvalues, residuals[valid], margins
+        ):
+            shift = _canonical_rotation(code)
+            cycle = Cycle(
+                order=self.order,
+                points=np.roll(traj[:-1], -shift, axis=0),
+                codes=np.roll(code, -shift, axis=0).astype(bool),
+                eigenvalues=multipliers,
+                residual=float(residual),
+                border_margin=float(margin),
+            )
+            if cycle.key in self.known or self._duplicate(cycle):
                 continue
             self.known[cycle.key] = cycle
-            self.judged.update(np.roll(cycle.codes, shift, axis=0).astype(np.uint8).tobytes() for shift in range(self.order))
+            rotations = np.arange(self.order)[:, None] + np.arange(self.order)[None, :]
+            self.judged.update(row.tobytes() for row in cycle.codes.astype(np.uint8)[rotations % self.order])
             new += 1
         return new
 
-    def _verified(self, traj: np.ndarray, product: np.ndarray, code: np.ndarray) -> Cycle | None:
-        z1, scale = traj[0], 1.0 + np.linalg.norm(traj[0])
-        residual = np.linalg.norm(traj[-1] - z1) / scale
+    def _verify(self, trajectories: np.ndarray, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which candidates close up, are non-singular and have minimal period; and their residuals."""
+        z1 = trajectories[:, 0]
+        scale = 1.0 + np.linalg.norm(z1, axis=-1)
+        residuals = np.linalg.norm(trajectories[:, -1] - z1, axis=-1) / scale
         # Errors of the forward simulation grow with the product's norm, so the tolerance does too.
-        if not residual <= self.tolerance["residual"] * (1.0 + np.linalg.norm(product)):
-            return None
-        system = np.eye(product.shape[0]) - product
-        singular_values = np.linalg.svd(system, compute_uv=False)
-        if singular_values[-1] <= 1e3 * np.finfo(np.float64).eps * max(singular_values[0], 1.0):
-            return None
-        points = traj[:-1]
+        valid = residuals <= self.tolerance["residual"] * (1.0 + np.linalg.norm(products, axis=(-2, -1)))
+        singular_values = np.linalg.svd(np.eye(products.shape[-1]) - products, compute_uv=False)
+        valid &= singular_values[:, -1] > 1e3 * np.finfo(np.float64).eps * np.maximum(singular_values[:, 0], 1.0)
         for divisor in self.divisors:
-            if np.linalg.norm(points[divisor] - z1) <= self.tolerance["coincide"] * scale:
-                return None
-        shift = _canonical_rotation(code)
-        eigenvalues = np.linalg.eigvals(product).astype(np.complex128)
-        return Cycle(
-            order=self.order,
-            points=np.roll(points, -shift, axis=0),
-            codes=np.roll(code, -shift, axis=0).astype(bool),
-            eigenvalues=eigenvalues,
-            residual=float(residual),
-            border_margin=_border_margin(self.model, points),
-        )
+            valid &= np.linalg.norm(trajectories[:, divisor] - z1, axis=-1) > self.tolerance["coincide"] * scale
+        return valid, residuals
+
+    def _border_margins(self, points: np.ndarray) -> np.ndarray:
+        """Smallest distance of each candidate's points to a switching plane (NaN without planes)."""
+        if self.geometry is None:
+            return np.full(len(points), np.nan)
+        planes, offsets = self.geometry
+        if planes.shape[0] == 0:
+            return np.full(len(points), np.inf)
+        return np.abs(points @ planes.T + offsets).min(axis=(-2, -1)) if len(points) else np.empty(0)
 
     def _duplicate(self, cycle: Cycle) -> bool:
         # Codes identify a cycle except for points lying within rounding of a switching plane.
@@ -613,15 +644,15 @@ def find_cycles(
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
     analysed, device = _prepare_model(model, dtype, device)
     sampler = _RandomCodes(analysed, device, dtype, seed)
+    geometry = _switching_geometry(analysed)
     cycles: list[Cycle] = []
     iterations: dict[int, int] = {}
     totals = {"solves": 0, "singular": 0, "warm": 0}
     complete = True
-    with torch.no_grad():
+    with torch.no_grad(), _one_cpu_thread(device):
         for order in order_list:
             warm = _warm_codes(warm_start, order, analysed.n_switches, device)
-            known: dict[bytes, Cycle] = {}
-            collector = _Collector(analysed, order, dtype, known)
+            collector = _Collector(order, dtype, geometry)
             result = _search_order(
                 analysed, order, warm, sampler, collector, n_starts=n_starts, inner=inner, outer=outer, deadline=deadline
             )
@@ -629,7 +660,7 @@ def find_cycles(
             totals["solves"] += n_solves
             totals["singular"] += n_singular
             totals["warm"] += warm_hits
-            cycles.extend(sorted(known.values(), key=lambda c: c.key))
+            cycles.extend(collector.cycles())
             if not finished:
                 complete = False
                 break
@@ -671,6 +702,7 @@ def exhaustive_cycles(
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device)
     regions = _region_table(analysed).to(device)
+    geometry = _switching_geometry(analysed)
     n_regions = regions.shape[0]
     largest = n_regions ** max(order_list)
     if largest > max_sequences:
@@ -682,8 +714,7 @@ def exhaustive_cycles(
     totals = {"solves": 0, "singular": 0}
     with torch.no_grad():
         for order in order_list:
-            known: dict[bytes, Cycle] = {}
-            collector = _Collector(analysed, order, dtype, known)
+            collector = _Collector(order, dtype, geometry)
             total = n_regions**order
             digits = n_regions ** torch.arange(order - 1, -1, -1, device=device)
             for begin in range(0, total, batch_size):
@@ -692,7 +723,7 @@ def exhaustive_cycles(
                 collector.add(evaluation)
                 totals["solves"] += index.numel()
                 totals["singular"] += int((~evaluation.solvable).sum())
-            cycles.extend(sorted(known.values(), key=lambda c: c.key))
+            cycles.extend(collector.cycles())
     stats = FinderStats(
         {k: 1 for k in order_list}, totals["solves"], totals["singular"], 0, time.monotonic() - started
     )

@@ -349,9 +349,18 @@ class ShallowPLRNN(PiecewiseLinearRNN):
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
-        gated_W1 = self.W1 * d.unsqueeze(-2)
-        J = torch.diag(self.A) + gated_W1 @ self.W2
-        return J, gated_W1 @ self.h2 + self.h1
+        return self._gated_pieces(d, d)
+
+    def _gated_pieces(self, jacobian_gates: Tensor, offset_gates: Tensor) -> tuple[Tensor, Tensor]:
+        """``J = diag(A) + W1 diag(jacobian_gates) W2`` and ``c = W1 diag(offset_gates) h2 + h1``.
+
+        Written as one matrix product with the per-unit outer products ``W1[:, l] W2[l, :]`` (H, M*M),
+        which is several times faster than gating W1 for every sequence in a large batch.
+        """
+        M = self.state_dim
+        outer = (self.W1.T.unsqueeze(-1) * self.W2.unsqueeze(-2)).reshape(self.hidden_dim, M * M)
+        J = (jacobian_gates @ outer).reshape(jacobian_gates.shape[:-1] + (M, M)) + torch.diag(self.A)
+        return J, offset_gates @ (self.h2.unsqueeze(-1) * self.W1.T) + self.h1
 
 
 class ClippedShallowPLRNN(ShallowPLRNN):
@@ -381,8 +390,7 @@ class ClippedShallowPLRNN(ShallowPLRNN):
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
         shifted, unshifted = d[..., : self.hidden_dim], d[..., self.hidden_dim :]
-        J = torch.diag(self.A) + (self.W1 * (shifted - unshifted).unsqueeze(-2)) @ self.W2
-        return J, (self.W1 * shifted.unsqueeze(-2)) @ self.h2 + self.h1
+        return self._gated_pieces(shifted - unshifted, shifted)
 
 
 def _require_positive_int(**values: object) -> None:
