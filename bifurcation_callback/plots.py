@@ -162,9 +162,13 @@ def plot_bifurcation_diagram(
         ax.contour(a, b, counts.T, levels=levels, colors="black", linewidths=0.8)
     ax.set_xlabel(diagram.param_a)
     ax.set_ylabel(diagram.param_b)
-    ax.set_title(f"{diagram.model}: stable cycles ({what}); lines: number of cycles changes")
+    ax.set_title(f"{diagram.model}: stable cycles ({what})\nlines: the number of cycles changes", fontsize="medium")
     if colorbar:
-        ax.figure.colorbar(image, ax=ax, label="number of stable cycles")
+        from matplotlib.ticker import MaxNLocator
+
+        bar = ax.figure.colorbar(image, ax=ax, label="number of stable cycles")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
     return ax
 
 

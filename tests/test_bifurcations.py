@@ -389,3 +389,41 @@ def test_bad_grids_and_options():
         classify(None, None, step=1, step_interval=(0, 1))
     with pytest.raises(ValueError, match="must not exceed"):
         detect_bifurcations(CycleSet(), CycleSet(), step=1, prev_step=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_scan_writes_png_and_json(tmp_path, capsys):
+    from bifurcation_callback.cli import main
+
+    model_path = tmp_path / "model.json"
+    model_path.write_text(json.dumps(model_to_state(busy_plrnn())))
+    out = tmp_path / "out" / "diagram"
+    status = main(
+        [
+            "scan", str(model_path), "--param-a", "A[0]", "--range-a", "-1", "1", "--param-b", "h[1]",
+            "--range-b", "-1", "1", "--n", "5", "--max-order", "2", "--out", str(out), "--no-progress",
+        ]
+    )
+    assert status == 0
+    diagram = BifurcationDiagram.load(tmp_path / "out" / "diagram.json")
+    assert diagram.counts.shape == (5, 5, 2) and diagram.param_b == "h[1]"
+    assert (tmp_path / "out" / "diagram.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--param-a", "Q[0]"], "unknown parameter in spec 'Q[0]'"), (["--n", "0"], "--n must be >= 1")],
+)
+def test_cli_scan_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    from bifurcation_callback.cli import main
+
+    model_path = tmp_path / "model.json"
+    model_path.write_text(json.dumps(model_to_state(busy_plrnn())))
+    args = ["scan", str(model_path), "--param-a", "A[0]", "--range-a", "-1", "1", "--param-b", "A[1]", "--range-b", "0", "1"]
+    assert main(args + extra + ["--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("bifurcation-callback scan: error:") and message in error and "\n" not in error
