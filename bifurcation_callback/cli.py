@@ -126,9 +126,60 @@ def _run_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scan(subparsers) -> None:
+    from .bifurcations import SCAN_METHODS
+
+    parser = subparsers.add_parser(
+        "scan",
+        help="2-D bifurcation diagram of a saved model",
+        description="Count fixed points and k-cycles (and how many are stable) on a grid of two parameters; "
+        "writes OUT.png and OUT.json.",
+    )
+    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
+    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
+    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
+    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
+    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+    parser.add_argument("--n", type=int, default=50, help="grid points per axis (default 50)")
+    parser.add_argument("--max-order", type=int, default=4, help="count orders 1..K (default 4)")
+    parser.add_argument("--method", choices=SCAN_METHODS, default="auto", help="default auto: exact when small enough")
+    parser.add_argument("--out", default="diagram", help="output prefix: writes OUT.png and OUT.json (default diagram)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .bifurcations import scan
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    model = load_model(args.model)
+    grid = (np.linspace(*args.range_a, args.n), np.linspace(*args.range_b, args.n))
+    try:
+        diagram = scan(
+            model, args.param_a, args.param_b, grid, max_order=args.max_order, method=args.method,
+            progress=not args.no_progress,
+        )
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out)
+    if out.parent != Path("."):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = diagram.save(out.with_name(out.name + ".json"))
+    png_path = out.with_name(out.name + ".png")
+    diagram.plot().figure.savefig(png_path, dpi=120)
+    print(
+        f"{diagram.model}: {args.n}x{args.n} grid of {args.param_a} x {args.param_b}, orders 1..{args.max_order} "
+        f"({diagram.method}, {diagram.elapsed_s:.2f} s); wrote {png_path} and {json_path}"
+    )
+    return 0
+
+
 # name -> (add the subparser, run it): the single list of subcommands.
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "find": (_add_find, _run_find),
+    "scan": (_add_scan, _run_scan),
 }
 
 

@@ -1,19 +1,187 @@
-"""Matplotlib figures: the bifurcation timeline over the loss curve (more figures below).
+"""Matplotlib figures: cycles in state space, 2-D bifurcation diagrams, and the bifurcation timeline.
 
-Every function takes an optional ``ax`` and returns the Axes it drew on, so figures compose and tests
-can inspect them; nothing here opens a window (the Agg backend works headless).
+Figures are built with the object-oriented API on an Agg canvas (no pyplot, no display needed), so
+they work in headless training jobs and can be handed to TensorBoard's ``add_figure``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing a headless backend)
-from matplotlib.axes import Axes  # noqa: E402
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from .bifurcations import BifurcationDiagram
+    from .cycles import CycleSet
+
+__all__ = ["plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "KIND_COLOURS"]
+
+
+def new_axes(figsize: tuple[float, float] = (5.0, 4.0)) -> "Axes":
+    """A fresh Axes on its own Figure with an Agg canvas (``ax.figure.savefig`` works headless).
+
+    Examples
+    --------
+    >>> ax = new_axes()
+    >>> type(ax.figure.canvas).__name__
+    'FigureCanvasAgg'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure.add_subplot()
+
+
+def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[int, int] = (0, 1)) -> "Axes":
+    """Draw every cycle of ``cycle_set`` in state space: filled markers stable, open markers not.
+
+    Each k-cycle's points are joined in visiting order (closed polygon); colour encodes the order.
+    One-dimensional models are drawn on the line ``y = 0``.
+
+    Parameters
+    ----------
+    cycle_set : CycleSet
+    ax : Axes, optional
+        Where to draw; a new Agg figure when None.
+    dims : (int, int)
+        State coordinates on the x and y axes.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.models import PLRNN
+    >>> from bifurcation_callback.cycles import find_cycles
+    >>> model = PLRNN(2)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.W.zero_(); _ = model.h.fill_(1.0)
+    >>> ax = plot_cycles(find_cycles(model, max_order=2))
+    >>> len(ax.collections) > 0
+    True
+    """
+    from .cycles import CycleSet
+
+    if not isinstance(cycle_set, CycleSet):
+        raise TypeError(f"plot_cycles needs a CycleSet, got {type(cycle_set).__name__}")
+    if ax is None:
+        ax = new_axes()
+    from matplotlib import colormaps
+
+    orders = list(cycle_set.orders) or sorted({c.order for c in cycle_set})
+    palette = colormaps["tab10"]
+    colour = {order: palette(i % 10) for i, order in enumerate(orders)}
+    labelled: set[tuple[int, bool]] = set()
+    for cycle in cycle_set:
+        points = cycle.points
+        x = points[:, dims[0]] if points.shape[1] > dims[0] else np.zeros(len(points))
+        y = points[:, dims[1]] if points.shape[1] > dims[1] else np.zeros(len(points))
+        c = colour.get(cycle.order, "black")
+        if cycle.order > 1:
+            ax.plot(np.append(x, x[0]), np.append(y, y[0]), color=c, linewidth=0.8, alpha=0.6)
+        stable = cycle.is_stable
+        label_key = (cycle.order, stable)
+        label = None
+        if label_key not in labelled:
+            labelled.add(label_key)
+            label = f"{'fixed point' if cycle.order == 1 else f'{cycle.order}-cycle'} ({'stable' if stable else cycle.kind})"
+        ax.scatter(
+            x, y, s=40, marker="o", edgecolors=[c], facecolors=[c] if stable else "none", linewidths=1.5, label=label,
+            zorder=3,
+        )
+    ax.set_xlabel(f"z[{dims[0]}]")
+    ax.set_ylabel(f"z[{dims[1]}]")
+    ax.set_title(f"{len(cycle_set)} cycles (filled = stable)")
+    if cycle_set.cycles:
+        ax.legend(fontsize="small", loc="best")
+    else:
+        ax.text(0.5, 0.5, "no cycles found", transform=ax.transAxes, ha="center", va="center")
+    return ax
+
+
+def plot_bifurcation_diagram(
+    diagram: "BifurcationDiagram", ax: "Axes | None" = None, *, order: int | None = None, colorbar: bool = True
+) -> "Axes":
+    """Existence / stability regions of a :class:`~bifurcation_callback.bifurcations.BifurcationDiagram`.
+
+    The image is the number of stable cycles per cell (of all orders, or of ``order``); black contour
+    lines are drawn where the number of cycles changes (the bifurcation curves of the scan).
+
+    Parameters
+    ----------
+    diagram : BifurcationDiagram
+    ax : Axes, optional
+        Where to draw; a new Agg figure when None.
+    order : int, optional
+        Show only cycles of this order.
+    colorbar : bool
+        Add a colour bar.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.models import PLRNN
+    >>> from bifurcation_callback.bifurcations import scan
+    >>> model = PLRNN(2)
+    >>> diagram = scan(model, "A[0]", "A[1]", ([-1.5, 0.0, 1.5], [-1.5, 0.0, 1.5]), max_order=2)
+    >>> plot_bifurcation_diagram(diagram).get_xlabel()
+    'A[0]'
+    """
+    from .bifurcations import BifurcationDiagram
+
+    if not isinstance(diagram, BifurcationDiagram):
+        raise TypeError(f"plot_bifurcation_diagram needs a BifurcationDiagram, got {type(diagram).__name__}")
+    if order is not None and order not in diagram.orders:
+        raise ValueError(f"order {order} was not scanned; the diagram has orders {diagram.orders}")
+    if ax is None:
+        ax = new_axes()
+    if order is None:
+        stable, counts, what = diagram.total_stable, diagram.total_counts, f"orders ≤ {max(diagram.orders)}"
+    else:
+        column = diagram.orders.index(order)
+        stable, counts, what = diagram.stable[..., column], diagram.counts[..., column], f"order {order}"
+    a, b = diagram.values_a, diagram.values_b
+    extent = _extent(a, b)
+    # Rows of the image are values_b (y), columns values_a (x).
+    image = ax.imshow(
+        stable.T, origin="lower", extent=extent, aspect="auto", interpolation="nearest", cmap="viridis",
+        vmin=0, vmax=max(1, int(stable.max())),
+    )
+    if a.size > 1 and b.size > 1 and counts.min() != counts.max():
+        levels = np.arange(counts.min(), counts.max()) + 0.5
+        ax.contour(a, b, counts.T, levels=levels, colors="black", linewidths=0.8)
+    ax.set_xlabel(diagram.param_a)
+    ax.set_ylabel(diagram.param_b)
+    ax.set_title(f"{diagram.model}: stable cycles ({what})\nlines: the number of cycles changes", fontsize="medium")
+    if colorbar:
+        from matplotlib.ticker import MaxNLocator
+
+        bar = ax.figure.colorbar(image, ax=ax, label="number of stable cycles")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
+    return ax
+
+
+def _extent(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+    def edges(values: np.ndarray) -> tuple[float, float]:
+        if values.size == 1:
+            return float(values[0]) - 0.5, float(values[0]) + 0.5
+        half = 0.5 * (values[1] - values[0]), 0.5 * (values[-1] - values[-2])
+        return float(values[0] - half[0]), float(values[-1] + half[1])
+
+    return (*edges(a), *edges(b))
+
 
 # One colour per bifurcation kind, shared by every figure and the docs.
 KIND_COLOURS: dict[str, str] = {
@@ -29,8 +197,8 @@ def plot_timeline(
     records: Sequence[Mapping[str, Any]],
     loss_jumps: Sequence[Mapping[str, Any]] = (),
     *,
-    ax: Axes | None = None,
-) -> Axes:
+    ax: "Axes | None" = None,
+) -> "Axes":
     """Loss curve with a vertical line at every bifurcation event (coloured by kind) and a triangle at
     every detected loss jump; the number of cycles on a twin axis.
 
@@ -49,7 +217,7 @@ def plot_timeline(
     'training step'
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.5))
+        ax = new_axes((8.0, 3.5))
     with_loss = [r for r in records if r.get("loss") is not None]
     ax.plot([r["step"] for r in with_loss], [r["loss"] for r in with_loss], color="tab:blue", lw=1.2, label="loss")
     if with_loss and min(r["loss"] for r in with_loss) > 0:

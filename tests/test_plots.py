@@ -1,0 +1,73 @@
+"""Figures render headless (Agg), show what they claim, and reject wrong input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bifurcation_callback.bifurcations import BifurcationDiagram, scan
+from bifurcation_callback.cycles import CycleSet, exhaustive_cycles
+from bifurcation_callback.models import ShallowPLRNN
+from bifurcation_callback.plots import plot_bifurcation_diagram, plot_cycles
+
+
+def flip_model() -> ShallowPLRNN:
+    """z' = 0.5 z - 2 relu(z) + 1: an unstable fixed point 1/2.5 and a stable 2-cycle (see test_bifurcations)."""
+    model = ShallowPLRNN(latent_dim=1, hidden_dim=1).double()
+    with torch.no_grad():
+        model.A.fill_(0.5)
+        model.W1.fill_(-2.0)
+        model.W2.fill_(1.0)
+        model.h1.fill_(1.0)
+        model.h2.zero_()
+    return model
+
+
+def test_plot_cycles_marks_stable_filled_and_unstable_open(tmp_path):
+    cycles = exhaustive_cycles(flip_model(), max_order=2)
+    assert cycles.counts() == {1: 1, 2: 1}
+    ax = plot_cycles(cycles)
+    labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert labels == ["2-cycle (stable)", "fixed point (unstable)"]
+    filled = [len(c.get_facecolors()) > 0 and c.get_facecolors()[0][3] > 0 for c in ax.collections]
+    assert sorted(filled) == [False, True]
+    path = tmp_path / "cycles.png"
+    ax.figure.savefig(path)
+    assert path.stat().st_size > 1000
+
+
+def test_plot_cycles_empty_set_and_existing_axes():
+    from bifurcation_callback.plots import new_axes
+
+    ax = new_axes()
+    assert plot_cycles(CycleSet(orders=(1,)), ax=ax) is ax
+    assert any("no cycles" in t.get_text() for t in ax.texts)
+
+
+def test_diagram_plot_shows_stable_counts_and_boundaries(tmp_path):
+    model = flip_model()
+    diagram = scan(model, "W1[0,0]", "h1[0]", (np.linspace(-2.5, 0.0, 6), np.linspace(0.5, 1.5, 4)), max_order=2)
+    ax = diagram.plot()
+    image = ax.get_images()[0].get_array()
+    np.testing.assert_array_equal(np.asarray(image), diagram.total_stable.T)
+    assert ax.get_xlabel() == "W1[0,0]" and ax.get_ylabel() == "h1[0]"
+    assert len(ax.collections) > 0  # contour lines where the number of cycles changes
+    path = tmp_path / "diagram.png"
+    ax.figure.savefig(path)
+    assert path.stat().st_size > 1000
+    one_order = plot_bifurcation_diagram(diagram, order=2, colorbar=False)
+    np.testing.assert_array_equal(np.asarray(one_order.get_images()[0].get_array()), diagram.stable[..., 1].T)
+
+
+def test_plot_functions_reject_wrong_input():
+    with pytest.raises(TypeError, match="CycleSet"):
+        plot_cycles([])
+    with pytest.raises(TypeError, match="BifurcationDiagram"):
+        plot_bifurcation_diagram({})
+    diagram = BifurcationDiagram(
+        "PLRNN", "A[0]", "A[1]", np.zeros(1), np.zeros(1), (1,), np.zeros((1, 1, 1), int), np.zeros((1, 1, 1), int)
+    )
+    with pytest.raises(ValueError, match="order 3 was not scanned"):
+        plot_bifurcation_diagram(diagram, order=3)
+    plot_bifurcation_diagram(diagram)  # a single cell draws without contour lines
