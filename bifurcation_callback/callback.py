@@ -7,6 +7,7 @@ and hands the results to :class:`~bifurcation_callback.dashboard.Dashboard`; it 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -33,8 +34,9 @@ except ImportError:  # pragma: no cover - pytorch_lightning is optional
 
 __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS"]
 
-# Per-step search effort once a warm start exists: previous cycles are re-solved first, so a small
-# random search on top suffices to catch newly born cycles.  The first step uses find_cycles' defaults.
+# Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each),
+# and a small random search for newly born cycles runs on one order per monitored step, in rotation.
+# The first step uses find_cycles' thorough defaults on every order.
 MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 8, "outer": 1}
 _FINDER_KEYS = {"n_starts", "inner", "outer", "dtype", "device"}
 
@@ -187,6 +189,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._fit_seconds = 0.0
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
+        self._last_random_search: dict[int, int] = {}
         self._resumed = False
 
     @property
@@ -260,6 +263,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "skip_reasons": dict(self._skip_reasons),
             "hook_seconds": self._hook_seconds,
             "fit_seconds": self._fit_seconds,
+            "last_random_search": {str(k): v for k, v in self._last_random_search.items()},
         }
 
     @override
@@ -273,6 +277,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._skip_reasons = Counter(state_dict.get("skip_reasons", {}))
         self._hook_seconds = float(state_dict.get("hook_seconds", 0.0))
         self._fit_seconds = float(state_dict.get("fit_seconds", 0.0))
+        self._last_random_search = {int(k): int(v) for k, v in state_dict.get("last_random_search", {}).items()}
         self._resumed = True
 
     # ------------------------------------------------------------------------------------------ public results
@@ -345,12 +350,15 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _analyse(self, step: int, loss: float | None) -> None:
         started = time.perf_counter()
-        # The first search (no warm start yet) uses find_cycles' thorough defaults.
-        effort = MONITOR_FINDER_DEFAULTS if self._previous is not None else {}
+        if self._previous is None:  # no warm start yet: find_cycles' thorough defaults on every order
+            effort, random_orders = {}, None
+        else:
+            effort, random_orders = MONITOR_FINDER_DEFAULTS, [1 + len(self._records) % self.max_order]
         cycles = find_cycles(
             self._rnn,
             self.max_order,
             warm_start=self._previous,
+            random_orders=random_orders,
             seed=self.seed + step,
             time_budget_s=self.time_budget_s,
             **{**effort, **self.finder_kwargs},
@@ -368,12 +376,23 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         record = self._record(step, loss, cycles, events, timings)
         self._records.append(record)
         self._previous, self._previous_step = cycles, step
+        for order in random_orders or cycles.orders:
+            self._last_random_search[order] = step
         self._publish(record, cycles, events, step)
 
     def _compare(self, cycles: CycleSet, step: int) -> list[BifurcationEvent]:
         events = detect_bifurcations(self._previous, cycles, step=step, prev_step=self._previous_step)
         self._update_tracks(match(self._previous, cycles))
-        return events
+        return [self._honest_bracket(event) for event in events]
+
+    def _honest_bracket(self, event: BifurcationEvent) -> BifurcationEvent:
+        """A newly found cycle may have been born any time since its order's last random search, so the
+        bracket of an appearance reaches back to that search."""
+        searched = self._last_random_search.get(event.order)
+        low, high = event.step_interval
+        if event.kind != "appearance" or searched is None or searched >= low:
+            return event
+        return dataclasses.replace(event, step_interval=(searched, high))
 
     def _update_tracks(self, pairings: list) -> None:
         """Give every current cycle a track id; a persisting cycle keeps its id under its (possibly new) key."""

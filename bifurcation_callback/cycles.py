@@ -578,6 +578,7 @@ def find_cycles(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
     warm_start: CycleSet | None = None,
+    random_orders: Sequence[int] | None = None,
     time_budget_s: float | None = None,
 ) -> CycleSet:
     """Find the fixed points and cycles of a piecewise-linear model with batched SCYFI.
@@ -606,6 +607,9 @@ def find_cycles(
     warm_start : CycleSet, optional
         Cycles of a previous snapshot: their region sequences are solved first, so an unchanged model is
         re-analysed in one pass.
+    random_orders : list of int, optional
+        Orders that get the random search (default: all).  The others only re-solve the warm start, which
+        lets a training monitor spread the random search over steps (one order per step).
     time_budget_s : float, optional
         Stop after this many seconds; the result then has ``complete=False``.
 
@@ -640,6 +644,11 @@ def find_cycles(
         raise TypeError(f"warm_start must be a CycleSet or None, got {type(warm_start).__name__}")
     if n_starts == 0 and warm_start is None:
         raise ValueError("n_starts=0 searches nothing unless a warm_start CycleSet is given")
+    randomised = set(order_list if random_orders is None else random_orders)
+    if not randomised <= set(order_list):
+        raise ValueError(f"random_orders {sorted(randomised)} must be a subset of the searched orders {list(order_list)}")
+    if randomised != set(order_list) and warm_start is None:
+        raise ValueError("random_orders leaves some orders unsearched unless a warm_start CycleSet is given")
     started = time.monotonic()
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
     analysed, device = _prepare_model(model, dtype, device)
@@ -654,7 +663,15 @@ def find_cycles(
             warm = _warm_codes(warm_start, order, analysed.n_switches, device)
             collector = _Collector(order, dtype, geometry)
             result = _search_order(
-                analysed, order, warm, sampler, collector, n_starts=n_starts, inner=inner, outer=outer, deadline=deadline
+                analysed,
+                order,
+                warm,
+                sampler,
+                collector,
+                n_starts=n_starts if order in randomised else 0,
+                inner=inner,
+                outer=outer,
+                deadline=deadline,
             )
             iterations[order], n_solves, n_singular, warm_hits, finished = result
             totals["solves"] += n_solves
