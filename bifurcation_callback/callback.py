@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback as _LightningCallback
 from typing_extensions import override
 
-from .bifurcations import BIFURCATION_KINDS, BifurcationEvent, detect_bifurcations, match
+from .bifurcations import BIFURCATION_KINDS, BifurcationEvent, detect_bifurcations, localize, match
 from .cycles import CycleSet, find_cycles
 from .dashboard import Dashboard, custom_scalars_layout, events_markdown
 from .loss_jumps import correlate, detect_loss_jumps, detect_spikes
@@ -106,6 +106,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         Steps within which a loss jump counts as explained by an event (default ``5 * every_n_steps``).
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve.
+    localize_events : bool
+        Bisect along the straight line between the two weight snapshots around every step with events,
+        to give the events a sub-step ``location`` (costs about ten extra searches per such step).
     seed : int
         Base seed of the random part of the search (the step number is added).
 
@@ -148,6 +151,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jsonl_path: str | None = None,
         jump_window: int | None = None,
         max_tracked_cycles: int = 8,
+        localize_events: bool = False,
         seed: int = 0,
     ) -> None:
         self.max_order = _require_int("max_order", max_order, 1)
@@ -171,6 +175,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.jsonl_path = jsonl_path
         self.jump_window = _require_int("jump_window", jump_window, 0) if jump_window is not None else 5 * every_n_steps
         self.max_tracked_cycles = _require_int("max_tracked_cycles", max_tracked_cycles, 0)
+        if not isinstance(localize_events, bool):
+            raise ValueError(f"BifurcationMonitor: localize_events must be True or False, got {localize_events!r}")
+        self.localize_events = localize_events
         self.seed = _require_int("seed", seed, 0)
         self.summary: dict[str, Any] | None = None
         self._rnn: Any = None
@@ -190,6 +197,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
         self._last_random_search: dict[int, int] = {}
+        self._previous_weights: Any = None
         self._resumed = False
 
     @property
@@ -367,15 +375,18 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if not cycles.complete:
             self._skip(step, loss, f"time budget of {self.time_budget_s} s exceeded")
             return
+        weights = _snapshot(self._rnn) if self.localize_events else None
         if self._previous is not None:
             events = self._compare(cycles, step)
+            if events and self._previous_weights is not None:
+                events = self._localize(events, self._previous_weights, weights, step)
         else:  # the first snapshot: every cycle starts a track, nothing to compare with
             events = []
             self._update_tracks(match(CycleSet(orders=cycles.orders), cycles))
         timings = {"finder_ms": 1e3 * (searched - started), "compare_ms": 1e3 * (time.perf_counter() - searched)}
         record = self._record(step, loss, cycles, events, timings)
         self._records.append(record)
-        self._previous, self._previous_step = cycles, step
+        self._previous, self._previous_step, self._previous_weights = cycles, step, weights
         for order in random_orders or cycles.orders:
             self._last_random_search[order] = step
         self._publish(record, cycles, events, step)
@@ -403,6 +414,21 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             origin = self._tracks.get(pairing.prev.key.hex()) if pairing.prev is not None else None
             tracks[pairing.curr.key.hex()] = origin if origin is not None else self._new_track()
         self._tracks = tracks
+
+    def _localize(
+        self, events: list[BifurcationEvent], before: Any, after: Any, step: int
+    ) -> list[BifurcationEvent]:
+        """Give events the sub-step position where the cycle set changes along the weight path."""
+        result = localize(
+            before, after, max_order=self.max_order, tol=1e-3, step_interval=(self._previous_step, step)
+        )
+        if not result.converged:
+            return events
+        located = {(event.kind, event.order) for event in result.events}
+        return [
+            dataclasses.replace(event, location=result.location) if (event.kind, event.order) in located else event
+            for event in events
+        ]
 
     def _new_track(self) -> int:
         self._next_track_id += 1
@@ -567,6 +593,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         ("monitor overhead", f"{100 * summary['monitor_overhead']:.1f} %"),
     ]
     return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def _snapshot(rnn: Any) -> Any:
+    """A detached copy of the weights, taken on the main thread before the optimizer moves them again."""
+    import copy
+
+    return rnn.snapshot() if callable(getattr(rnn, "snapshot", None)) else copy.deepcopy(rnn)
 
 
 def _is_piecewise_linear(module: Any) -> bool:

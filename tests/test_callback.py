@@ -96,6 +96,16 @@ def test_planted_flip_is_logged_at_the_right_step(tmp_path):
     assert [r["step"] for r in records if r["events"]] == [7]
 
 
+def test_localize_events_places_the_flip_inside_its_step(tmp_path):
+    rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
+    module = TinyRNNModule(rnn, lr=0.0, schedule=flip_at(6))
+    monitor = BifurcationMonitor(max_order=2, localize_events=True)
+    fit(tmp_path, module, monitor, logger=False)
+    (event,) = monitor.events
+    # Along the straight weight path a₀(t) = −0.8 − 0.4 t the multiplier a₀ reaches −1 at t = 1/2.
+    assert event.location == pytest.approx(6.5, abs=1e-3)
+
+
 @pytest.mark.parametrize("problem", ["nan_weights", "finder_error", "time_budget"])
 def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, problem):
     monitor_kwargs = {"max_order": 2}
@@ -224,6 +234,7 @@ def test_model_detection_errors():
         ({"log_figures_every_n_steps": -1}, "log_figures_every_n_steps must be an int >= 0"),
         ({"jump_window": -2}, "jump_window must be an int >= 0"),
         ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
+        ({"localize_events": "yes"}, "localize_events must be True or False"),
     ],
 )
 def test_constructor_validates_arguments(kwargs, message):
