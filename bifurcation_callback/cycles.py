@@ -406,6 +406,8 @@ class _Collector:
         self.geometry = geometry
         self.known: dict[bytes, Cycle] = {}
         self.divisors = [j for j in range(1, order) if order % j == 0]
+        # rotations[r] re-indexes a cycle's k points to start at point r.
+        self.rotations = (np.arange(order)[:, None] + np.arange(order)[None, :]) % order
         # Raw code sequences already judged (every rotation of a kept cycle, and rejected ones): for a fixed
         # model the solution is a function of the sequence, so a verdict never needs repeating.
         self.judged: set[bytes] = set()
@@ -439,20 +441,21 @@ class _Collector:
         for traj, code, multipliers, residual, margin in zip(
             trajectories[valid], codes[valid], eigenvalues, residuals[valid], margins
         ):
-            shift = _canonical_rotation(code)
+            canonical = self.rotations[_canonical_rotation(code)]
             cycle = Cycle(
                 order=self.order,
-                points=np.roll(traj[:-1], -shift, axis=0),
-                codes=np.roll(code, -shift, axis=0).astype(bool),
+                points=traj[canonical],
+                codes=code[canonical].astype(bool),
                 eigenvalues=multipliers,
                 residual=float(residual),
                 border_margin=float(margin),
             )
-            if cycle.key in self.known or self._duplicate(cycle):
+            # Two code sequences can describe one cycle only if a point sits on a switching plane (to rounding).
+            near_border = not margin > self.tolerance["coincide"] * (1.0 + np.abs(traj).max())
+            if cycle.key in self.known or (near_border and self._duplicate(cycle)):
                 continue
             self.known[cycle.key] = cycle
-            rotations = np.arange(self.order)[:, None] + np.arange(self.order)[None, :]
-            self.judged.update(row.tobytes() for row in cycle.codes.astype(np.uint8)[rotations % self.order])
+            self.judged.update(row.tobytes() for row in code[self.rotations])
             new += 1
         return new
 
