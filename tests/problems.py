@@ -1,0 +1,254 @@
+"""Shared test problems: piecewise-linear maps whose cycles are known in closed form, random model
+factories, the dtype × device grid and an independent cycle checker.
+
+Every test module imports from here (STYLE.md habit 10).  The closed-form problems are derived on
+paper in the comments below; the tests then assert the finder reproduces them to 1e-10.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from bifurcation_callback import ALRNN, PLRNN, ClippedShallowPLRNN, ShallowPLRNN
+from bifurcation_callback.models import model_from_state
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_MODEL_PATH = REPO / "examples" / "models" / "plrnn_2d_16cycles.json"
+
+# ------------------------------------------------------------------------------------------------------------
+# dtype × device grid (CUDA only when present: the cuda params are skipped, not dropped, elsewhere)
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="CUDA not available")),
+]
+DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model constructors with exact float64 parameters
+
+
+def _set(model: torch.nn.Module, **values) -> torch.nn.Module:
+    model = model.double()
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(model, name).copy_(torch.as_tensor(np.asarray(value, dtype=np.float64)))
+    return model
+
+
+def plrnn(A, W, h) -> PLRNN:
+    """PLRNN ``z' = diag(A) z + W relu(z) + h`` (W's diagonal is masked by the model)."""
+    return _set(PLRNN(len(A)), A=A, W=W, h=h)
+
+
+def shallow(A, W1, W2, h1, h2) -> ShallowPLRNN:
+    """ShallowPLRNN ``z' = diag(A) z + W1 relu(W2 z + h2) + h1``."""
+    W1 = np.asarray(W1, dtype=np.float64)
+    return _set(ShallowPLRNN(W1.shape[0], W1.shape[1]), A=A, W1=W1, W2=W2, h1=h1, h2=h2)
+
+
+def paper_model(a1: float | None = None) -> PLRNN:
+    """The paper's 2-D PLRNN (two 16-cycles); ``a1`` overrides ``A[0]`` (the SCYFI unit tests vary it)."""
+    model = model_from_state(json.loads(PAPER_MODEL_PATH.read_text()))
+    if a1 is not None:
+        with torch.no_grad():
+            model.A[0] = a1
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Random models
+
+
+def random_model(kind: str, seed: int, *, dim: int = 2, hidden: int = 4, scale: float = 1.0) -> torch.nn.Module:
+    """A float64 model with weights large enough to have cycles: A ~ 0.8·N(0,1), other weights ~ N(0,1).
+
+    ``scale`` multiplies every weight (use < 1 for tame, contracting-ish models).
+    """
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: scale * rng.standard_normal(shape)  # noqa: E731
+    A = 0.8 * normal(dim)
+    if kind == "PLRNN":
+        return _set(PLRNN(dim), A=A, W=normal(dim, dim), h=normal(dim))
+    if kind == "ALRNN":
+        return _set(ALRNN(dim, n_relu=max(1, dim - 1)), A=A, W=normal(dim, dim), h=normal(dim))
+    if kind in ("ShallowPLRNN", "ClippedShallowPLRNN"):
+        cls = ShallowPLRNN if kind == "ShallowPLRNN" else ClippedShallowPLRNN
+        return _set(
+            cls(dim, hidden), A=A, W1=normal(dim, hidden), W2=normal(hidden, dim), h1=normal(dim), h2=normal(hidden)
+        )
+    raise ValueError(kind)
+
+
+MODEL_KINDS = ("PLRNN", "ShallowPLRNN", "ClippedShallowPLRNN", "ALRNN")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Closed-form problems
+
+
+@dataclass(frozen=True)
+class KnownCycle:
+    """A cycle derived by hand: points in visiting order (any rotation), multipliers, stability kind."""
+
+    points: tuple[tuple[float, ...], ...]
+    multipliers: tuple[complex, ...]
+    kind: str
+
+    @property
+    def order(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model and *all* its cycles up to ``max_order`` (proved on paper; also cross-checked exhaustively)."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    cycles: tuple[KnownCycle, ...]
+    max_order: int
+    notes: str = field(default="", compare=False)
+
+
+# (a1) 1-D map with a flip: ShallowPLRNN(1, 1) with W2 = 1, h2 = 0 gives
+#        z' = a z + w relu(z) + h,   slope a for z <= 0 ("L"), slope b = a + w for z > 0 ("R").
+#      Take a = 0.5, w = -2 (b = -1.5), h = 1.
+#      Fixed points: L: z = h / (1 - a) = 2 > 0, not in L -> virtual.
+#                    R: z = h / (1 - b) = 1 / 2.5 = 0.4 > 0, real; multiplier b = -1.5 -> unstable.
+#      2-cycle z1 in L, z2 in R: z2 = a z1 + h, z1 = b z2 + h  =>  z1 = h (1 + b) / (1 - ab),
+#                    z2 = h (1 + a) / (1 - ab).  With ab = -0.75: z1 = -0.5 / 1.75 = -2/7 <= 0,
+#                    z2 = 1.5 / 1.75 = 6/7 > 0: real.  Multiplier ab = -0.75 -> stable.
+#                    (The fixed point lost stability as b crossed -1 and this 2-cycle was born: a flip.)
+#      The invariant interval is [f(1), f(0)] = [-0.5, 1]; there are no other cycles up to order 6
+#      (the exhaustive search confirms; test_known_problem_matches_exhaustive asserts it).
+FLIP_1D = Problem(
+    name="flip_1d",
+    build=lambda: shallow(A=[0.5], W1=[[-2.0]], W2=[[1.0]], h1=[1.0], h2=[0.0]),
+    cycles=(
+        KnownCycle(points=((0.4,),), multipliers=(-1.5,), kind="unstable"),
+        KnownCycle(points=((-2 / 7,), (6 / 7,)), multipliers=(-0.75,), kind="stable"),
+    ),
+    max_order=6,
+)
+
+# (a2) Same family, a = 2, w = -1.75 (b = 0.25), h = 1: a fixed point in each piece.
+#      L: z = 1 / (1 - 2) = -1 <= 0, real, multiplier 2 -> unstable.
+#      R: z = 1 / (1 - 0.25) = 4/3 > 0, real, multiplier 0.25 -> stable.
+#      Both pieces are increasing, so the map is monotone increasing and has no cycle of period > 1
+#      (2-cycle formula: z1 = h(1+b)/(1-ab) = 1.25/0.5 = 2.5 > 0, not in L: virtual).
+TWO_FIXED_1D = Problem(
+    name="two_fixed_points_1d",
+    build=lambda: shallow(A=[2.0], W1=[[-1.75]], W2=[[1.0]], h1=[1.0], h2=[0.0]),
+    cycles=(
+        KnownCycle(points=((-1.0,),), multipliers=(2.0,), kind="unstable"),
+        KnownCycle(points=((4 / 3,),), multipliers=(0.25,), kind="stable"),
+    ),
+    max_order=6,
+)
+
+# (b) 2-D PLRNN: A = diag(0.5, 0.5), W = [[0, 2.25], [2.25, 0]], h = (-2, -2).
+#     Region (d1, d2) has Jacobian J_d = A + W diag(d).
+#     Fixed points:
+#       00: z = h / (1 - 0.5) = (-4, -4): both <= 0, real; J = 0.5 I -> multipliers (0.5, 0.5), stable.
+#       11: (I - A - W) z = h, i.e. [[0.5, -2.25], [-2.25, 0.5]] z = (-2, -2); by symmetry z1 = z2 = s,
+#           -1.75 s = -2, s = 8/7 > 0: real.  J = [[0.5, 2.25], [2.25, 0.5]] -> 0.5 ± 2.25 = 2.75, -1.75:
+#           unstable.
+#       10: z1 = 0.5 z1 - 2 => z1 = -4, not > 0: virtual.  01: virtual by symmetry.
+#     2-cycle p in 10 (p1 > 0 >= p2), q in 01 (q1 <= 0 < q2), designed as p = (2, -1), q = (-1, 2):
+#       q = J_10 p + h:  q1 = 0.5·2 - 2 = -1,         q2 = 2.25·2 + 0.5·(-1) - 2 = 2.   ✓
+#       p = J_01 q + h:  p1 = 0.5·(-1) + 2.25·2 - 2 = 2, p2 = 0.5·2 - 2 = -1.          ✓
+#       P = J_01 J_10 = [[0.5, 2.25], [0, 0.5]] [[0.5, 0], [2.25, 0.5]] = [[5.3125, 1.125], [1.125, 0.25]]:
+#       trace 89/16, det 1/16  =>  λ = (89 ± sqrt(7857)) / 32 ≈ 5.5512, 0.01126: saddle.
+#     No other cycle up to order 6 (exhaustive search; asserted by the tests).
+PLRNN_2D = Problem(
+    name="plrnn_2d",
+    build=lambda: plrnn(A=[0.5, 0.5], W=[[0.0, 2.25], [2.25, 0.0]], h=[-2.0, -2.0]),
+    cycles=(
+        KnownCycle(points=((-4.0, -4.0),), multipliers=(0.5, 0.5), kind="stable"),
+        KnownCycle(points=((8 / 7, 8 / 7),), multipliers=(2.75, -1.75), kind="unstable"),
+        KnownCycle(
+            points=((2.0, -1.0), (-1.0, 2.0)),
+            multipliers=((89 + math.sqrt(7857)) / 32, (89 - math.sqrt(7857)) / 32),
+            kind="saddle",
+        ),
+    ),
+    max_order=6,
+)
+
+KNOWN_PROBLEMS = (FLIP_1D, TWO_FIXED_1D, PLRNN_2D)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Independent verification of a reported cycle
+
+
+def _kind_from_moduli(moduli: np.ndarray, neutral: float = 1e-6) -> str:
+    if np.any(np.abs(moduli - 1) <= neutral):
+        return "neutral"
+    if np.all(moduli < 1):
+        return "stable"
+    if np.all(moduli > 1):
+        return "unstable"
+    return "saddle"
+
+
+def check_cycle(model: torch.nn.Module, cycle, *, rtol: float = 1e-8) -> None:
+    """Assert that ``cycle`` is a genuine minimal-period cycle of ``model``, recomputing everything.
+
+    Uses only ``model.step`` / ``model.region_codes`` in float64 and autograd Jacobians of ``step``.
+    """
+    model = model.double()
+    k = cycle.order
+    points = np.asarray(cycle.points, dtype=np.float64)
+    assert points.shape == (k, model.state_dim)
+    assert np.all(np.isfinite(points))
+    scale = 1.0 + np.abs(points).max()
+    # Iterating the true map from points[0] visits the points in order and returns after k steps.
+    z = torch.as_tensor(points[0])
+    jacobians = []
+    with torch.no_grad():
+        for j in range(1, k + 1):
+            jacobians.append(torch.autograd.functional.jacobian(model.step, z).numpy())
+            z = model.step(z)
+            expected = points[j % k]
+            assert np.linalg.norm(z.numpy() - expected) <= rtol * scale, (j, z, expected)
+    # Region codes of the points are the reported codes.
+    codes = model.region_codes(torch.as_tensor(points)).numpy()
+    np.testing.assert_array_equal(codes, np.asarray(cycle.codes, dtype=bool))
+    # Minimal period: no two points coincide (equivalently, no proper divisor j with points[j] == points[0]).
+    for i in range(k):
+        for j in range(i + 1, k):
+            assert np.linalg.norm(points[i] - points[j]) > 1e-6 * scale, f"points {i} and {j} coincide"
+    # Multipliers: eigenvalues of J_k … J_1 from autograd, compared as characteristic polynomials
+    # (robust to ordering and to complex pairs).
+    product = np.eye(model.state_dim)
+    for J in jacobians:
+        product = J @ product
+    eigenvalues = np.linalg.eigvals(product)
+    reported = np.asarray(cycle.eigenvalues, dtype=np.complex128)
+    assert reported.shape == (model.state_dim,)
+    bound = 1e-8 * (1.0 + np.linalg.norm(product)) ** model.state_dim
+    np.testing.assert_allclose(np.poly(reported), np.poly(eigenvalues), rtol=0, atol=bound)
+    # The stability kind follows from the moduli.
+    assert cycle.kind == _kind_from_moduli(np.abs(eigenvalues))
+    assert math.isclose(cycle.spectral_radius, np.abs(eigenvalues).max(), rel_tol=1e-7, abs_tol=1e-9)
+
+
+def same_cycle_points(a: np.ndarray, b: np.ndarray, *, rtol: float) -> bool:
+    """True when the (k, M) point arrays are the same cycle up to rotation."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return False
+    scale = 1.0 + np.abs(a).max()
+    return any(np.abs(np.roll(a, s, axis=0) - b).max() <= rtol * scale for s in range(a.shape[0]))

@@ -1,0 +1,288 @@
+"""The piecewise-linear models: affine pieces, Jacobians, shape checks, protocol checks, serialisation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bifurcation_callback import ALRNN, PLRNN, ClippedShallowPLRNN, ShallowPLRNN, model_from_state, model_to_state
+from bifurcation_callback.models import MODEL_REGISTRY, require_piecewise_linear
+from problems import DEVICES, DTYPES, MODEL_KINDS, random_model
+
+
+def _model(kind: str, seed: int = 0, dim: int = 3):
+    return random_model(kind, seed, dim=dim, hidden=5)
+
+
+def test_model_kinds_cover_the_registry():
+    assert set(MODEL_KINDS) == set(MODEL_REGISTRY)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# affine_pieces(region_codes(z)) reproduces step(z); jacobian equals autograd
+
+
+@pytest.mark.parametrize("batch", [(), (7,), (2, 3, 4)], ids=["single", "1d-batch", "3d-batch"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_affine_pieces_reproduce_step(kind, batch):
+    model = _model(kind)
+    generator = torch.Generator().manual_seed(1)
+    z = 3 * torch.randn(*batch, model.state_dim, generator=generator, dtype=torch.float64)
+    codes = model.region_codes(z)
+    assert codes.dtype == torch.bool and codes.shape == (*batch, model.n_switches)
+    J, c = model.affine_pieces(codes)
+    assert J.shape == (*batch, model.state_dim, model.state_dim) and c.shape == (*batch, model.state_dim)
+    affine = (J @ z.unsqueeze(-1)).squeeze(-1) + c
+    stepped = model.step(z)
+    assert stepped.shape == z.shape
+    torch.testing.assert_close(affine, stepped, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model(z), stepped, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_region_codes_are_signs_of_switching_planes(kind):
+    model = _model(kind)
+    z = torch.randn(50, model.state_dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    G, g = model.switching_planes()
+    torch.testing.assert_close(model.region_codes(z), z @ G.T + g > 0)
+
+
+def test_region_codes_are_strict_at_the_border():
+    # d(z) = 1[z > 0]: exactly zero is "off".
+    assert PLRNN(2).region_codes(torch.tensor([0.0, 1e-300], dtype=torch.float64)).tolist() == [False, True]
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_jacobian_equals_autograd(kind):
+    model = _model(kind)
+    z = 2 * torch.randn(10, model.state_dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # Generic points: no switch input within 1e-6 of zero, so relu is differentiable there.
+    assert model.switch_inputs(z).abs().min() > 1e-6
+    batched = model.jacobian(z)
+    assert batched.shape == (10, model.state_dim, model.state_dim)
+    for point, J in zip(z, batched):
+        expected = torch.autograd.functional.jacobian(model.step, point)
+        torch.testing.assert_close(J, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_affine_pieces_on_dtype_and_device(kind, dtype, device):
+    model = _model(kind).to(device=device, dtype=dtype)
+    z = torch.randn(4, 5, model.state_dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    z = z.to(device=device, dtype=dtype)
+    J, c = model.affine_pieces(model.region_codes(z))
+    assert J.dtype == dtype and J.device.type == device
+    atol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close((J @ z.unsqueeze(-1)).squeeze(-1) + c, model.step(z), rtol=0, atol=atol)
+
+
+def test_plrnn_w_diagonal_is_masked():
+    model = PLRNN(2).double()
+    with torch.no_grad():
+        model.A.fill_(0.0)
+        model.h.fill_(0.0)
+        model.W.copy_(torch.tensor([[5.0, 0.0], [0.0, 7.0]]))
+    z = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert model.step(z).tolist() == [0.0, 0.0]
+    assert model.jacobian(z).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_plrnn_hand_example():
+    # z' = A z + W relu(z) + h with z = (1, -2): relu = (1, 0).
+    model = PLRNN(2).double()
+    with torch.no_grad():
+        model.A.copy_(torch.tensor([0.5, 0.25]))
+        model.W.copy_(torch.tensor([[0.0, 3.0], [2.0, 0.0]]))
+        model.h.copy_(torch.tensor([0.1, 0.2]))
+    z = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    torch.testing.assert_close(model.step(z), torch.tensor([0.6, -0.5 + 2.0 + 0.2], dtype=torch.float64))
+    torch.testing.assert_close(model.jacobian(z), torch.tensor([[0.5, 0.0], [2.0, 0.25]], dtype=torch.float64))
+
+
+def test_alrnn_linear_units_have_no_switch():
+    model = ALRNN(3, n_relu=1)
+    assert model.n_switches == 1
+    codes = model.region_codes(torch.tensor([[-1.0, -1.0, 2.0], [1.0, 1.0, -2.0]]))
+    assert codes.tolist() == [[True], [False]]
+
+
+def test_clipped_shallow_has_two_switches_per_hidden_unit():
+    model = ClippedShallowPLRNN(2, 3)
+    assert model.n_switches == 6
+    G, g = model.switching_planes()
+    assert G.shape == (6, 2) and g.shape == (6,)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("method", ["step", "region_codes", "jacobian", "switch_inputs"])
+@pytest.mark.parametrize("shape", [(), (4,), (5, 2)], ids=["scalar", "wrong-dim", "batched-wrong-dim"])
+def test_wrong_state_shape_raises(kind, method, shape):
+    model = _model(kind, dim=3)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
+        getattr(model, method)(torch.zeros(shape, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_wrong_code_shape_raises(kind):
+    model = _model(kind, dim=3)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        model.affine_pieces(torch.zeros(model.n_switches + 1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    "model, missing",
+    [(torch.nn.LSTM(2, 2), "region_codes"), (object(), "affine_pieces"), (torch.nn.Linear(2, 2), "step")],
+    ids=["LSTM", "object", "Linear"],
+)
+def test_require_piecewise_linear_names_what_is_missing(model, missing):
+    with pytest.raises(TypeError, match=missing):
+        require_piecewise_linear(model)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_builtin_models_are_piecewise_linear(kind):
+    require_piecewise_linear(_model(kind))
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: PLRNN(0), "dim"),
+        (lambda: PLRNN(True), "dim"),
+        (lambda: ShallowPLRNN(2, 0), "hidden_dim"),
+        (lambda: ShallowPLRNN(2.0, 3), "latent_dim"),
+        (lambda: ClippedShallowPLRNN(-1, 3), "latent_dim"),
+        (lambda: ALRNN(2, n_relu=3), "n_relu"),
+        (lambda: ALRNN(2, n_relu=-1), "n_relu"),
+    ],
+)
+def test_constructor_arguments_validated(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Realizable regions
+
+
+def test_realizable_codes_of_a_line_arrangement():
+    # Three lines in general position in the plane cut it into 1 + 3 + 3 = 7 cells.
+    model = ShallowPLRNN(2, 3).double()
+    with torch.no_grad():
+        model.W2.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        model.h2.copy_(torch.tensor([0.0, 0.0, -1.0]))
+    codes = model.realizable_codes()
+    assert codes.shape == (7, 3)
+    # x <= 0, y <= 0 and x + y > 1 is impossible: the missing code is (0, 0, 1).
+    assert [False, False, True] not in codes.tolist()
+    # Every listed code is reached by some sampled state, and every sampled code is listed.
+    z = 5 * torch.randn(4000, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert {tuple(c) for c in model.region_codes(z).tolist()} == {tuple(c) for c in codes.tolist()}
+
+
+def test_realizable_codes_plrnn_is_every_orthant():
+    assert PLRNN(3).realizable_codes().shape == (8, 3)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="BUG: ALRNN(n_relu=0) is allowed but realizable_codes()/all_codes(0) crash")
+def test_realizable_codes_without_switches():
+    # A linear ALRNN has exactly one region, the empty code.
+    assert ALRNN(2, n_relu=0).realizable_codes().shape == (1, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# model_to_state / model_from_state
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_model_state_round_trip_through_json(kind):
+    model = _model(kind, seed=6)
+    state = json.loads(json.dumps(model_to_state(model)))
+    assert state["model"] == kind
+    rebuilt = model_from_state(state)
+    assert type(rebuilt) is type(model)
+    assert (rebuilt.state_dim, rebuilt.n_switches) == (model.state_dim, model.n_switches)
+    for (name, p), (name2, q) in zip(model.named_parameters(), rebuilt.named_parameters()):
+        assert name == name2
+        assert q.dtype == torch.float64
+        torch.testing.assert_close(q, p.detach().double(), rtol=0, atol=0)
+    z = torch.randn(6, model.state_dim, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    torch.testing.assert_close(rebuilt.step(z), model.step(z), rtol=0, atol=0)
+
+
+def test_model_from_state_infers_config():
+    model = model_from_state(
+        {"model": "ShallowPLRNN", "params": {"A": [0.5, 0.5], "W1": [[1, 2, 3]] * 2, "W2": [[1, 0]] * 3,
+                                              "h1": [0, 0], "h2": [0, 0, 0]}}
+    )
+    assert (model.state_dim, model.hidden_dim) == (2, 3)
+
+
+def _plrnn_state(**overrides):
+    state = {"model": "PLRNN", "config": {"dim": 2},
+             "params": {"A": [0.5, 0.5], "W": [[0.0, 1.0], [1.0, 0.0]], "h": [0.1, 0.2]}}
+    for key, value in overrides.items():
+        if key in state["params"]:
+            state["params"][key] = value
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        (_plrnn_state(A=[0.5, 0.5, 0.5]), r"parameter A .*shape \(2,\)"),
+        (_plrnn_state(W=[[0.0, 1.0]]), r"parameter W .*shape \(2, 2\)"),
+        (_plrnn_state(h=[math.nan, 0.0]), "parameter h contains NaN"),
+        (_plrnn_state(A=[math.inf, 0.0]), "parameter A contains NaN"),
+        (_plrnn_state(model="LSTM"), "unknown model 'LSTM'.*PLRNN"),
+        (_plrnn_state(config={"dim": 0}), "dim must be a positive int"),
+        ({"model": "PLRNN", "params": {"A": [0.5], "h": [0.0]}}, r"exactly \['A', 'W', 'h'\]"),
+        ({"model": "PLRNN", "params": {"A": [0.5], "W": [[0.0]], "h": [0.0], "B": [1.0]}}, "exactly"),
+        ({"model": "ALRNN", "params": {"A": [0.5], "W": [[0.0]], "h": [0.0]}}, "ALRNN needs"),
+        ({"params": {}}, '"model"'),
+        ([1, 2], '"model"'),
+    ],
+    ids=["A-shape", "W-shape", "h-nan", "A-inf", "unknown-kind", "bad-config", "missing-param", "extra-param",
+         "alrnn-no-config", "no-model-key", "not-a-dict"],
+)
+def test_model_from_state_rejects_bad_input(state, match):
+    with pytest.raises(ValueError, match=match):
+        model_from_state(state)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: unknown config key reaches the constructor and raises TypeError")
+def test_model_from_state_unknown_config_key_is_value_error():
+    with pytest.raises(ValueError, match="dimension"):
+        model_from_state(_plrnn_state(config={"dimension": 2}))
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG: params that is not a dict raises AttributeError ('list'.items)")
+def test_model_from_state_params_not_a_dict_is_value_error():
+    with pytest.raises(ValueError, match="params"):
+        model_from_state({"model": "PLRNN", "params": [[0.5], [[0.0]], [0.0]]})
+
+
+def test_model_to_state_rejects_foreign_models():
+    with pytest.raises(TypeError, match="PLRNN"):
+        model_to_state(torch.nn.Linear(2, 2))
+
+
+def test_snapshot_is_detached_copy():
+    model = _model("PLRNN")
+    snap = model.snapshot()
+    assert all(not p.requires_grad for p in snap.parameters())
+    with torch.no_grad():
+        snap.h.add_(1.0)
+    assert not torch.equal(snap.h, model.h)
