@@ -6,11 +6,15 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 is a CPU wheel on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo demo-full bench clean
+.PHONY: install test demo demo-full bench browser-deps docs docs-figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+DOCS_STAMP := $(VENV)/.docs-installed
+# apt-get needs root; elsewhere it goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
@@ -29,5 +33,28 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_finder.py
 
+# Headless Chromium for tests/test_dashboard_browser.py (Debian/Ubuntu packages); .ci/run calls this before `make test`.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation site in site/; --strict turns every mkdocs / mkdocstrings warning into an error.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's end-of-life banner (a notice about the theme, not about the docs).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# Regenerate the committed pictures: package figures (docs/gen_figures.py) and the TensorBoard screenshots.
+docs-figures: $(STAMP) browser-deps
+	$(PY) docs/gen_figures.py
+	UPDATE_DOCS_SCREENSHOT=1 $(PY) -m pytest -q tests/test_dashboard_browser.py
+
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache
+	rm -rf $(VENV) lightning_logs .pytest_cache site
