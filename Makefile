@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The suite includes a TensorBoard-in-Chromium test, so test installs the browser too (browser-deps).
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
 # Until the training demo lands, the demo finds the cycles of the paper's 2-D PLRNN (two 16-cycles, no 15-cycle).

@@ -3,7 +3,7 @@
 The two namespaces ship separate class hierarchies: a ``pytorch_lightning.Trainer`` rejects a
 ``lightning.pytorch.LightningModule`` (``TypeError: ... Please switch to a single import style``) and
 silently skips the hooks of a ``lightning.pytorch.LightningDataModule``.  Our classes therefore keep
-their logic in a plain mixin and are built on ``lightning.pytorch``; :func:`for_namespace` re-bases
+their logic in a plain mixin and are built on ``lightning.pytorch``; ``for_namespace`` re-bases
 the same mixin on the other namespace's base class on demand.
 """
 
@@ -33,7 +33,7 @@ def for_namespace(cls: T, namespace: str) -> T:
     cls : type
         A class whose last base is a ``lightning.pytorch`` class.
     namespace : str
-        One of :data:`LIGHTNING_NAMESPACES`.
+        One of ``LIGHTNING_NAMESPACES``.
 
     Returns
     -------

@@ -1,39 +1,27 @@
 """Bifurcations of piecewise-linear RNNs: match cycle sets, classify changes, localise them, scan 2-D grids.
 
-Detection and precise location are separate steps (as in BifurcationKit): :func:`detect_bifurcations`
+Detection and precise location are separate steps (as in BifurcationKit): ``detect_bifurcations``
 compares the cycle sets of two snapshots and returns events that carry their bracket
-``step_interval = (lo, hi)``; :func:`localize` bisects along the straight line between two weight
-snapshots to the sub-step position where the set of cycles changes.  :func:`scan` counts cycles and
+``step_interval = (lo, hi)``; ``localize`` bisects along the straight line between two weight
+snapshots to the sub-step position where the set of cycles changes.  ``scan`` counts cycles and
 stable cycles on a 2-D parameter grid, batched over cells.
 
-The vocabulary is closed: :data:`BIFURCATION_KINDS` lists every ``BifurcationEvent.kind`` and
-:data:`CROSSINGS` every ``crossing`` of a ``stability_change``.
+The vocabulary is closed: ``BIFURCATION_KINDS`` lists every ``BifurcationEvent.kind`` and
+``CROSSINGS`` every ``crossing`` of a ``stability_change``.
 
-=================  ==========================================================  =====================================
-kind               meaning (BifurcationKit name)                               what it does to gradients (paper)
-=================  ==========================================================  =====================================
-appearance         a cycle exists after but not before (``appear``)            a new attractor can capture the
-                                                                               trajectory: loss jump
-disappearance      a cycle existed before but not after (``vanish``)           the attractor the loss relied on is
-                                                                               lost: loss jump
-stability_change   same region sequence, the number of multipliers outside    the trajectory leaves / joins the
-                   the unit circle changed; ``crossing`` says how: ``+1``     cycle; at a ``+1`` crossing of a PL
-                   (``fold``; in a PL map the cycle passes through infinity),  map ``(I - P)^-1`` blows up, so
-                   ``-1`` (``pd``, flip / period doubling), ``complex``        gradients explode like at a DTB
-                   (``ns``, Neimark–Sacker)
-border_collision   a cycle point crosses a switching plane (``bc``): the       Jacobian products jump: loss jumps,
-                   cycle persists with new region codes, or a pair of          discontinuous and (per the paper)
-                   cycles appears / vanishes at the border (nonsmooth fold)    vanishing gradients
-degenerate         a cycle escapes to / comes from infinity as a real         ‖∂L/∂θ‖ → ∞: exploding gradients
-                   multiplier reaches +1 (the paper's degenerate              (Thm 1)
-                   transcritical bifurcation, DTB)
-=================  ==========================================================  =====================================
+| kind | meaning (BifurcationKit name) | what it does to gradients (paper) |
+|---|---|---|
+| appearance | a cycle exists after but not before (``appear``) | a new attractor can capture the trajectory: loss jump |
+| disappearance | a cycle existed before but not after (``vanish``) | the attractor the loss relied on is lost: loss jump |
+| stability_change | same region sequence, the number of multipliers outside the unit circle changed; ``crossing`` says how: ``+1`` (``fold``; in a PL map the cycle passes through infinity), ``-1`` (``pd``, flip / period doubling), ``complex`` (``ns``, Neimark–Sacker) | the trajectory leaves / joins the cycle; at a ``+1`` crossing of a PL map ``(I - P)^-1`` blows up, so gradients explode like at a DTB |
+| border_collision | a cycle point crosses a switching plane (``bc``): the cycle persists with new region codes, or a pair of cycles appears / vanishes at the border (nonsmooth fold) | Jacobian products jump: loss jumps, discontinuous and (per the paper) vanishing gradients |
+| degenerate | a cycle escapes to / comes from infinity as a real multiplier reaches +1 (the paper's degenerate transcritical bifurcation, DTB) | ‖∂L/∂θ‖ → ∞: exploding gradients (Thm 1) |
 
 Thresholds (module constants, documented where they are defined):
 
-* :data:`DEGENERATE_EIGENVALUE_GAP` = 0.05 — a vanishing (appearing) cycle whose last (first) multipliers
+* ``DEGENERATE_EIGENVALUE_GAP`` = 0.05 — a vanishing (appearing) cycle whose last (first) multipliers
   include a real one in ``(1 - 0.05, 1 + 0.05)`` is ``degenerate``.
-* :data:`DEGENERATE_NORM_FACTOR` = 100 — so is one whose largest point norm exceeds 100 × the typical
+* ``DEGENERATE_NORM_FACTOR`` = 100 — so is one whose largest point norm exceeds 100 × the typical
   norm of the other cycles (``1 +`` their median), the signature of a cycle escaping to infinity when
   snapshots are too coarse to catch the multiplier near +1.
 * Pairs: two cycles of the same order that appear (or vanish) together, whose region sequences differ
@@ -108,7 +96,7 @@ class Match:
     prev, curr : Cycle or None
         The cycle before and after; one of them is None when it appeared or vanished.
     status : str
-        One of :data:`MATCH_STATUSES`: ``"persisted"``, ``"appeared"`` or ``"vanished"``.
+        One of ``MATCH_STATUSES``: ``"persisted"``, ``"appeared"`` or ``"vanished"``.
     matched_by : str or None
         ``"codes"`` (same region sequence up to rotation), ``"nearest"`` (codes changed, points close:
         a border collision) or None for appeared / vanished cycles.
@@ -135,7 +123,7 @@ class BifurcationEvent:
     Attributes
     ----------
     kind : str
-        One of :data:`BIFURCATION_KINDS`.
+        One of ``BIFURCATION_KINDS``.
     order : int
         Period of the cycle involved.
     step : int
@@ -143,9 +131,9 @@ class BifurcationEvent:
     step_interval : tuple[int, int]
         Bracket ``(lo, hi)``: the last step before and the first step after the change.
     crossing : str or None
-        For ``stability_change`` one of :data:`CROSSINGS`; None otherwise.
+        For ``stability_change`` one of ``CROSSINGS``; None otherwise.
     location : float or None
-        Sub-step position in ``[lo, hi]`` once localised (:func:`localize`).
+        Sub-step position in ``[lo, hi]`` once localised (``localize``).
     eigenvalues_before, eigenvalues_after : tuple[complex, ...] or None
         Multipliers of the cycle before / after (None where it does not exist).
     stable_before, stable_after : bool or None
@@ -190,7 +178,7 @@ class BifurcationEvent:
             raise ValueError(f"location {self.location} lies outside its bracket {self.step_interval}")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (complex numbers as ``[re, im]``); :meth:`from_dict` inverts it."""
+        """JSON-ready dict (complex numbers as ``[re, im]``); ``from_dict`` inverts it."""
         return {
             "kind": self.kind,
             "order": self.order,
@@ -210,7 +198,7 @@ class BifurcationEvent:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BifurcationEvent":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of ``to_dict``."""
         lo, hi = data["step_interval"]
         return cls(
             kind=data["kind"],
@@ -257,7 +245,7 @@ def _point_distance(a: Cycle, b: Cycle) -> float:
 def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2) -> list[Match]:
     """Pair the cycles of two snapshots.
 
-    Cycles of the same order are paired first by region-code sequence up to rotation (:attr:`Cycle.key`,
+    Cycles of the same order are paired first by region-code sequence up to rotation (``Cycle.key``,
     ``matched_by="codes"``), then the leftovers by nearest point sets: the smallest, over rotations, of
     the largest point distance, relative to ``1 +`` the larger point norm, when it is at most ``rtol``
     (``matched_by="nearest"``: same cycle, new regions, i.e. a border collision).  The rest appeared or
@@ -391,9 +379,9 @@ def classify(
       all).  No change: None.
     * both present, codes changed: ``border_collision`` (stability before / after reported).
     * one missing: ``degenerate`` when the existing cycle has a real multiplier within
-      :data:`DEGENERATE_EIGENVALUE_GAP` of +1 or its points lie :data:`DEGENERATE_NORM_FACTOR` times
+      ``DEGENERATE_EIGENVALUE_GAP`` of +1 or its points lie ``DEGENERATE_NORM_FACTOR`` times
       beyond ``reference_scale``; else ``border_collision`` when ``partner`` (the other cycle of a
-      nonsmooth-fold pair, found by :func:`detect_bifurcations`) is given; else ``appearance`` /
+      nonsmooth-fold pair, found by ``detect_bifurcations``) is given; else ``appearance`` /
       ``disappearance``.
 
     Parameters
@@ -546,7 +534,7 @@ def detect_bifurcations(
     rtol: float = 1e-2,
     neutral_tolerance: float = NEUTRAL_TOLERANCE,
 ) -> list[BifurcationEvent]:
-    """All qualitative changes between two snapshots: :func:`match` then :func:`classify` for each pair.
+    """All qualitative changes between two snapshots: ``match`` then ``classify`` for each pair.
 
     Parameters
     ----------
@@ -555,9 +543,9 @@ def detect_bifurcations(
     step, prev_step : int
         The steps of the two snapshots (``prev_step <= step``); every event's bracket is ``(prev_step, step)``.
     rtol : float
-        Passed to :func:`match`.
+        Passed to ``match``.
     neutral_tolerance : float
-        Passed to :func:`classify`.
+        Passed to ``classify``.
 
     Returns
     -------
@@ -635,7 +623,7 @@ class Localization:
     n_evaluations : int
         Cycle searches made (two endpoints included).
     events : tuple[BifurcationEvent, ...]
-        :func:`detect_bifurcations` between the bracket ends, with ``location`` set to the position of
+        ``detect_bifurcations`` between the bracket ends, with ``location`` set to the position of
         ``t_star`` inside ``step_interval``.
     step_interval : tuple[int, int]
         The training steps of the two snapshots (``(0, 1)`` by default).
@@ -659,7 +647,7 @@ class Localization:
         return lo + self.t_star * (hi - lo)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; :meth:`from_dict` inverts it."""
+        """JSON-ready dict; ``from_dict`` inverts it."""
         return {
             "t_lo": self.t_lo,
             "t_hi": self.t_hi,
@@ -673,7 +661,7 @@ class Localization:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Localization":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of ``to_dict``."""
         lo, hi = data.get("step_interval", (0, 1))
         return cls(
             t_lo=float(data["t_lo"]),
@@ -688,7 +676,7 @@ class Localization:
 
 
 def _as_model(value: object, template: torch.nn.Module | None, name: str) -> torch.nn.Module:
-    """A detached float64 model from a model, a :func:`model_to_state` dict or a plain state_dict."""
+    """A detached float64 model from a model, a ``model_to_state`` dict or a plain state_dict."""
     if isinstance(value, torch.nn.Module):
         require_piecewise_linear(value)
         model = value.snapshot() if hasattr(value, "snapshot") else _detached(value)
@@ -763,9 +751,9 @@ def localize(
     them is found.  Equal endpoint signatures are not an error (the callback must never raise): the
     result then has ``converged=False`` and a ``reason``.
 
-    Cycles are found exactly by :func:`~bifurcation_callback.cycles.exhaustive_cycles` when the region
+    Cycles are found exactly by ``exhaustive_cycles`` when the region
     count bound ``R**max_order <= EXHAUSTIVE_LIMIT`` (or ``exhaustive=True``), else by
-    :func:`~bifurcation_callback.cycles.find_cycles` warm-started from the cycles at both bracket ends
+    ``find_cycles`` warm-started from the cycles at both bracket ends
     with a fixed seed, so the finder's randomness cannot move the bracket.
 
     Parameters
@@ -992,7 +980,7 @@ class BifurcationDiagram:
         return self.stable.sum(-1)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; :meth:`from_dict` inverts it."""
+        """JSON-ready dict; ``from_dict`` inverts it."""
         return {
             "model": self.model,
             "param_a": self.param_a,
@@ -1008,7 +996,7 @@ class BifurcationDiagram:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BifurcationDiagram":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of ``to_dict``."""
         n_a, n_b, n_orders = len(data["values_a"]), len(data["values_b"]), len(data["orders"])
         return cls(
             model=data["model"],
@@ -1031,11 +1019,11 @@ class BifurcationDiagram:
 
     @classmethod
     def load(cls, path: str | Path) -> "BifurcationDiagram":
-        """Read a diagram written by :meth:`save`."""
+        """Read a diagram written by ``save``."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def plot(self, ax=None, **kwargs):
-        """Draw the diagram (see :func:`bifurcation_callback.plots.plot_bifurcation_diagram`); returns the Axes."""
+        """Draw the diagram (see ``bifurcation_callback.plots.plot_bifurcation_diagram``); returns the Axes."""
         from .plots import plot_bifurcation_diagram
 
         return plot_bifurcation_diagram(self, ax=ax, **kwargs)
@@ -1231,13 +1219,13 @@ def scan(
     model : PiecewiseLinear nn.Module
         The base model (not changed).
     param_a, param_b : str
-        Parameter entries, e.g. ``"A[0]"``, ``"W[0,1]"``, ``"h[1]"`` (see :func:`parse_param_spec`).
+        Parameter entries, e.g. ``"A[0]"``, ``"W[0,1]"``, ``"h[1]"`` (see ``parse_param_spec``).
     grid : (values_a, values_b)
         Non-empty sequences of parameter values.
     max_order : int
         Count orders ``1 .. max_order``.
     method : str
-        One of :data:`SCAN_METHODS`.
+        One of ``SCAN_METHODS``.
     device, dtype
         Where and in which precision to compute (float64 by default).
     finder_kwargs : dict, optional

@@ -2,7 +2,7 @@
 bifurcations and loss jumps.
 
 The callback only wires pure functions together (find_cycles → match/classify → loss-jump correlation)
-and hands the results to :class:`~bifurcation_callback.dashboard.Dashboard`; it does no linear algebra.
+and hands the results to ``Dashboard``; it does no linear algebra.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         Dotted attribute path of the piecewise-linear RNN inside the LightningModule (e.g. ``"rnn"``).
         By default the single submodule implementing the PiecewiseLinear protocol is used.
     finder_kwargs : dict, optional
-        Overrides of :data:`MONITOR_FINDER_DEFAULTS` (``n_starts``, ``inner``, ``outer``, ``dtype``, ``device``).
+        Overrides of ``MONITOR_FINDER_DEFAULTS`` (``n_starts``, ``inner``, ``outer``, ``dtype``, ``device``).
     time_budget_s : float, optional
         Per-step budget for the cycle search; a search cut short is skipped (with a warning), never
         compared, so no spurious event is reported.

@@ -1,6 +1,6 @@
 """The ``bifurcation-callback`` console script.
 
-Each subcommand is one function ``_run_<name>(args) -> int`` registered in :data:`COMMANDS`;
+Each subcommand is one function ``_run_<name>(args) -> int`` registered in ``COMMANDS``;
 errors the user can fix (bad files, bad arguments) print one line to stderr and exit with status 2.
 """
 
@@ -22,7 +22,7 @@ class UsageError(Exception):
 
 
 def load_model(path: str | Path):
-    """Load a model from a parameter JSON (see :func:`~bifurcation_callback.models.model_to_state`) or a
+    """Load a model from a parameter JSON (see ``model_to_state``) or a
     Lightning checkpoint / ``torch.save`` file holding a ``state_dict`` of one of the built-in models.
 
     Raises

@@ -103,7 +103,7 @@ class Cycle:
 
     @property
     def kind(self) -> str:
-        """One of :data:`STABILITY_KINDS`."""
+        """One of ``STABILITY_KINDS``."""
         moduli = np.abs(self.eigenvalues)
         if np.any(np.abs(moduli - 1) <= NEUTRAL_TOLERANCE):
             return "neutral"
@@ -121,7 +121,7 @@ class Cycle:
         return self.codes.astype(np.uint8).tobytes()
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; :meth:`from_dict` inverts it exactly."""
+        """JSON-ready dict; ``from_dict`` inverts it exactly."""
         return {
             "order": self.order,
             "points": self.points.tolist(),

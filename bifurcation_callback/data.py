@@ -1,11 +1,11 @@
 """Training data for dynamical-systems reconstruction (DSR) and the measures that score a reconstruction.
 
-* :func:`lorenz63` — the standard chaotic benchmark, integrated with ``scipy.integrate.solve_ivp``.
-* :func:`plrnn_teacher` — data from the paper's 2-D PLRNN, whose attractor (a stable 16-cycle) is known,
+* ``lorenz63`` — the standard chaotic benchmark, integrated with ``scipy.integrate.solve_ivp``.
+* ``plrnn_teacher`` — data from the paper's 2-D PLRNN, whose attractor (a stable 16-cycle) is known,
   so a trained model's cycles can be compared with the ground truth.
-* :func:`load_array` — a user's ``.npy`` file, validated.
-* :class:`TimeSeriesDataModule` — random subsequences of one or several trajectories.
-* :func:`state_space_divergence` and :func:`power_spectrum_distance` — the geometric and temporal
+* ``load_array`` — a user's ``.npy`` file, validated.
+* ``TimeSeriesDataModule`` — random subsequences of one or several trajectories.
+* ``state_space_divergence`` and ``power_spectrum_distance`` — the geometric and temporal
   DSR measures used in the GTF literature (``D_stsp`` and ``D_H``).
 
 Every array here is ``(T, N)``: time first, observed dimension last.
@@ -171,7 +171,7 @@ def plrnn_teacher(
 ) -> tuple[np.ndarray, PLRNN]:
     """Data from a 2-D PLRNN whose attractor is known: a globally attracting, stable 16-cycle.
 
-    The teacher is the paper's Fig. 3 system (:data:`PLRNN_TEACHER_PARAMS`),
+    The teacher is the paper's Fig. 3 system (``PLRNN_TEACHER_PARAMS``),
     ``A = diag(0.8377689, 0.96461297)``, ``W = [[0, −0.64375], [0.52505308, 0]]``,
     ``h = (0.37298253, −0.97931491)``.  Checked by simulation: 200 random starts in ``[−5, 5]²`` all
     converge to the same 16-cycle, whose 16-step Jacobian product has a complex pair of multipliers with
@@ -180,7 +180,7 @@ def plrnn_teacher(
     (2.160, 0.136), (2.095, 0.286), (1.945, 0.396), (1.747, 0.424), (1.564, 0.347), (1.460, 0.176),
     (1.482, −0.043), (1.615, −0.242), (1.726, −0.365), (1.819, −0.426), (1.897, −0.435), (1.962, −0.403),
     (2.017, −0.338), (2.063, −0.246), (2.101, −0.134), (2.133, −0.005); ``z1 > 0`` throughout and
-    ``z2`` changes sign, so the cycle visits two regions.  Exact points: :func:`plrnn_teacher_cycle`.
+    ``z2`` changes sign, so the cycle visits two regions.  Exact points: ``plrnn_teacher_cycle``.
 
     Parameters
     ----------
@@ -422,7 +422,7 @@ class TimeSeriesDataModule(_TimeSeriesDataModuleMixin, pl.LightningDataModule):
     Raises
     ------
     ValueError
-        Bad arguments, bad arrays or files (see :func:`load_array`), a trajectory shorter than
+        Bad arguments, bad arrays or files (see ``load_array``), a trajectory shorter than
         ``seq_len + 1``, trajectories of different dimension.
 
     Examples
@@ -494,7 +494,7 @@ def state_space_divergence(
     x_true, x_gen : array or Tensor, shape (T, N)
         Lengths may differ.
     method : {"auto", "bins", "gmm"}
-        See :data:`DIVERGENCE_METHODS`.
+        See ``DIVERGENCE_METHODS``.
     n_bins : int, optional
         Bins per dimension; ``None`` picks ``min(30, max(2, floor((T_true / 20) ** (1 / N))))`` so the
         cells are not mostly empty (30 is the literature's value for long 3-D series).

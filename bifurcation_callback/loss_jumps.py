@@ -6,11 +6,11 @@ arrays and the callback only wires them together.
 Three public functions share one robust-statistics core (``_robust_zscores``: median and MAD scaled by
 1.4826, with a floor on the scale so that a noiseless series never divides by zero):
 
-- :func:`detect_loss_jumps` flags sudden changes in ``log(loss)`` (robust z-score of its first differences
-  *and* a minimum relative change of the loss) and returns :class:`LossJump` records;
-- :func:`detect_spikes` flags values far above their typical level on a log scale (gradient norms);
-- :func:`correlate` measures how often jumps (or spikes) have a bifurcation event nearby and tests that
-  against randomly placed events (permutation p-value), returning a :class:`Correlation`.
+- ``detect_loss_jumps`` flags sudden changes in ``log(loss)`` (robust z-score of its first differences
+  *and* a minimum relative change of the loss) and returns ``LossJump`` records;
+- ``detect_spikes`` flags values far above their typical level on a log scale (gradient norms);
+- ``correlate`` measures how often jumps (or spikes) have a bifurcation event nearby and tests that
+  against randomly placed events (permutation p-value), returning a ``Correlation``.
 
 Step convention: a change between the losses logged at ``steps[i-1]`` and ``steps[i]`` is reported at
 ``steps[i]``, the first step at the new level.
@@ -74,7 +74,7 @@ class LossJump:
         Signed change of ``log(loss)`` over the whole jump (sum over merged consecutive steps);
         ``exp(size)`` is the loss ratio after/before.  ``inf`` when the loss became non-finite.
     direction : {"up", "down"}
-        ``"up"`` when the loss increased, one of :data:`JUMP_DIRECTIONS`.
+        ``"up"`` when the loss increased, one of ``JUMP_DIRECTIONS``.
     zscore : float
         Robust z-score of the largest single change in the jump (``inf`` for a non-finite loss).
 
@@ -116,12 +116,12 @@ class LossJump:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossJump:
-        """Rebuild a :class:`LossJump` from :meth:`to_dict` output.
+        """Rebuild a ``LossJump`` from ``to_dict`` output.
 
         Parameters
         ----------
         data : dict
-            As produced by :meth:`to_dict` (possibly after a JSON round trip).
+            As produced by ``to_dict`` (possibly after a JSON round trip).
 
         Returns
         -------
@@ -130,7 +130,7 @@ class LossJump:
         Raises
         ------
         ValueError
-            If ``direction`` is not one of :data:`JUMP_DIRECTIONS`.
+            If ``direction`` is not one of ``JUMP_DIRECTIONS``.
 
         Examples
         --------
@@ -205,12 +205,12 @@ class Correlation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Correlation:
-        """Rebuild a :class:`Correlation` from :meth:`to_dict` output.
+        """Rebuild a ``Correlation`` from ``to_dict`` output.
 
         Parameters
         ----------
         data : dict
-            As produced by :meth:`to_dict` (possibly after a JSON round trip).
+            As produced by ``to_dict`` (possibly after a JSON round trip).
 
         Returns
         -------
@@ -381,7 +381,7 @@ def detect_loss_jumps(
           values are ignored.
         * **Fewer than 5 finite losses**: the median/MAD are meaningless, so no z-score jumps are
           reported (the result is empty unless the loss became non-finite).
-        * **Non-positive finite losses**: ``log`` is undefined, so a :class:`ValueError` is raised; shift
+        * **Non-positive finite losses**: ``log`` is undefined, so a ``ValueError`` is raised; shift
           such losses (e.g. a negative log-likelihood) to be positive before calling.
         * **Constant loss**: no jumps.
 
@@ -498,7 +498,7 @@ def detect_spikes(
     Returns
     -------
     list of int
-        Spike steps in increasing order, ready for :func:`correlate`.
+        Spike steps in increasing order, ready for ``correlate``.
 
     Raises
     ------
@@ -598,7 +598,7 @@ def correlate(
     event_steps : iterable of int or of objects with an int ``.step``
         Steps of the events, e.g. ``BifurcationEvent`` objects.
     jump_steps : iterable of int or of objects with an int ``.step``
-        Steps of the jumps, e.g. :func:`detect_loss_jumps` output or :func:`detect_spikes` output.
+        Steps of the jumps, e.g. ``detect_loss_jumps`` output or ``detect_spikes`` output.
     window : int
         Half-width of the matching window in steps (>= 0).
     n_permutations : int, default 1000

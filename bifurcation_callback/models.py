@@ -3,10 +3,10 @@
 Every model here is a map ``z_{t+1} = F(z_t)`` that is affine inside each *region* of state space.
 A region is identified by a boolean *code*: which switches (ReLU inputs) are active.  Switch ``l``
 is active at ``z`` iff ``G[l] @ z + g[l] > 0`` (strict, as in the literature), where ``(G, g)`` are the
-model's *switching planes*.  Inside a region the map is ``z' = J z + c`` (:meth:`affine_pieces`).
+model's *switching planes*.  Inside a region the map is ``z' = J z + c`` (``affine_pieces``).
 
-The four models share this machinery through :class:`PiecewiseLinearRNN`; users can monitor their own
-model by implementing :class:`PiecewiseLinear` (``state_dim``, ``region_codes``, ``affine_pieces``,
+The four models share this machinery through ``PiecewiseLinearRNN``; users can monitor their own
+model by implementing ``PiecewiseLinear`` (``state_dim``, ``region_codes``, ``affine_pieces``,
 ``step``; ``switching_planes`` is optional and enables exhaustive enumeration and border margins).
 """
 
@@ -67,7 +67,7 @@ class PiecewiseLinear(Protocol):
 
 
 def require_piecewise_linear(model: object) -> None:
-    """Raise ``TypeError`` unless ``model`` implements the :class:`PiecewiseLinear` protocol.
+    """Raise ``TypeError`` unless ``model`` implements the ``PiecewiseLinear`` protocol.
 
     Examples
     --------
@@ -96,7 +96,7 @@ def _check_state(z: Tensor, state_dim: int, what: str = "z") -> None:
 class PiecewiseLinearRNN(nn.Module):
     """Base class: region codes and Jacobians from switching planes and affine pieces.
 
-    Subclasses define :meth:`switching_planes`, :meth:`affine_pieces` and :meth:`step`.
+    Subclasses define ``switching_planes``, ``affine_pieces`` and ``step``.
     ``forward(z)`` is one step of the map, batched over leading dimensions.
     """
 
@@ -441,7 +441,7 @@ def model_to_state(model: PiecewiseLinearRNN) -> dict:
 
 
 def model_from_state(state: dict) -> PiecewiseLinearRNN:
-    """Build a model from :func:`model_to_state` output (or a hand-written JSON of named tensors).
+    """Build a model from ``model_to_state`` output (or a hand-written JSON of named tensors).
 
     ``config`` may be omitted: sizes are then read off the parameter shapes.
 
@@ -461,8 +461,13 @@ def model_from_state(state: dict) -> PiecewiseLinearRNN:
     kind = state["model"]
     if kind not in MODEL_REGISTRY:
         raise ValueError(f"unknown model {kind!r}; expected one of {', '.join(MODEL_REGISTRY)}")
+    if not isinstance(state["params"], dict):
+        raise ValueError(f'"params" must map parameter names to nested lists, got {type(state["params"]).__name__}')
     params = {name: torch.as_tensor(np.asarray(value, dtype=np.float64)) for name, value in state["params"].items()}
     config = dict(state.get("config") or _infer_config(kind, params))
+    allowed = _CONSTRUCTOR_ARGS[kind]
+    if set(config) != set(allowed):
+        raise ValueError(f'{kind} "config" must have exactly the keys {list(allowed)}, got {sorted(config)}')
     model = MODEL_REGISTRY[kind](**config).double()
     expected = dict(model.named_parameters())
     if set(params) != set(expected):
@@ -545,7 +550,12 @@ def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 
 
 
 def all_codes(n_switches: int) -> Tensor:
-    """All ``2**S`` codes in lexicographic order (used when every orthant is a region)."""
-    return torch.tensor(list(itertools.product((False, True), repeat=n_switches)), dtype=torch.bool).reshape(
-        -1, n_switches
-    )
+    """All ``2**S`` codes in lexicographic order (used when every orthant is a region).
+
+    Examples
+    --------
+    >>> all_codes(0).shape   # no switch: one region, the empty code
+    torch.Size([1, 0])
+    """
+    codes = list(itertools.product((False, True), repeat=n_switches))
+    return torch.tensor(codes, dtype=torch.bool).reshape(len(codes), n_switches)

@@ -109,7 +109,7 @@ def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[
 def plot_bifurcation_diagram(
     diagram: "BifurcationDiagram", ax: "Axes | None" = None, *, order: int | None = None, colorbar: bool = True
 ) -> "Axes":
-    """Existence / stability regions of a :class:`~bifurcation_callback.bifurcations.BifurcationDiagram`.
+    """Existence / stability regions of a ``BifurcationDiagram``.
 
     The image is the number of stable cycles per cell (of all orders, or of ``order``); black contour
     lines are drawn where the number of cycles changes (the bifurcation curves of the scan).

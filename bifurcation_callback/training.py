@@ -1,7 +1,7 @@
 """Training piecewise-linear RNNs for dynamical-systems reconstruction: BPTT, sparse and generalized TF.
 
-:class:`DSRModule` wraps any model with ``state_dim`` and a batched ``step(z)`` (the models of
-:mod:`bifurcation_callback.models`) in a ``LightningModule``.  The three training modes differ only in
+``DSRModule`` wraps any model with ``state_dim`` and a batched ``step(z)`` (the models of
+``bifurcation_callback.models``) in a ``LightningModule``.  The three training modes differ only in
 what the next step receives (``paper-notes`` §7):
 
 * ``"bptt"`` — free running: ``z_{t+1} = F(z_t)`` from the data-inferred ``z_1``.
@@ -86,7 +86,7 @@ def estimate_alpha(jacobian_norms: Tensor, *, estimator: str = "product_upper_bo
 
 
 class _DSRModuleMixin:
-    """All of :class:`DSRModule` except its Lightning base class (see ``for_namespace``)."""
+    """All of ``DSRModule`` except its Lightning base class (see ``for_namespace``)."""
 
     def __init__(
         self,
@@ -225,7 +225,7 @@ class _DSRModuleMixin:
         ----------
         x : Tensor, shape (B, T, N)
         training : str, optional
-            Overrides the module's mode (one of :data:`TRAINING_MODES`).
+            Overrides the module's mode (one of ``TRAINING_MODES``).
         alpha : float, optional
             Overrides the current α (``"gtf"`` only).
 
@@ -251,7 +251,7 @@ class _DSRModuleMixin:
         return torch.stack(predictions, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Same as :meth:`rollout` with the module's own mode and α."""
+        """Same as ``rollout`` with the module's own mode and α."""
         return self.rollout(x)
 
     @torch.no_grad()
@@ -261,7 +261,7 @@ class _DSRModuleMixin:
         Parameters
         ----------
         initial : Tensor or ndarray, shape (..., N), or (..., M) with ``latent=True``
-            Initial observation ``x_1`` (mapped to ``z_1`` by :meth:`initial_state`) or latent state.
+            Initial observation ``x_1`` (mapped to ``z_1`` by ``initial_state``) or latent state.
         n_steps : int
             Number of returned time points, the first being ``O(z_1)``.
 
@@ -289,7 +289,7 @@ class _DSRModuleMixin:
     def update_alpha(self, x: Tensor) -> float:
         """One adaptive-α update from a data batch ``x`` (B, T, N); returns the new α.
 
-        ``α_est`` comes from :func:`estimate_alpha` on ``‖J(ẑ_t)‖₂``; then ``α ← α_est`` if it is larger,
+        ``α_est`` comes from ``estimate_alpha`` on ``‖J(ẑ_t)‖₂``; then ``α ← α_est`` if it is larger,
         else ``α ← γ α + (1 − γ) α_est``.  Rising fast and decaying slowly keeps gradients bounded
         while letting forcing relax as the model becomes contracting.
         """
@@ -360,7 +360,7 @@ class _DSRModuleMixin:
 
     @classmethod
     def for_namespace(cls, namespace: str) -> type:
-        """:class:`DSRModule` built on ``namespace``'s ``LightningModule`` (see ``LIGHTNING_NAMESPACES``)."""
+        """``DSRModule`` built on ``namespace``'s ``LightningModule`` (see ``LIGHTNING_NAMESPACES``)."""
         return for_namespace(DSRModule, namespace)
 
 
@@ -373,11 +373,11 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
         The latent model; needs ``state_dim`` (``M``) and a batched ``step(z)``, plus ``jacobian(z)`` for
         adaptive α.  Stored as ``self.rnn`` (the bifurcation callback finds it there).
     training : {"bptt", "stf", "gtf"}
-        See :data:`TRAINING_MODES` and the module docstring.
+        See ``TRAINING_MODES`` and the module docstring.
     alpha : float in [0, 1] or "adaptive"
         GTF forcing strength (ignored by the other modes).  ``0`` is free running (BPTT), ``1`` restarts
         every step from ``ẑ_t``.  ``"adaptive"``: start at 1 and every ``alpha_update_every`` training
-        steps apply :meth:`update_alpha` (GTF paper: ``product_upper_bound``, ``γ = 0.999``).  With
+        steps apply ``update_alpha`` (GTF paper: ``product_upper_bound``, ``γ = 0.999``).  With
         ``γ = 0.999`` α decays slowly: halving the gap to ``α_est`` takes ~700 updates, so short runs stay
         close to full forcing; lower ``alpha_gamma`` for short runs.
     tf_interval : int
@@ -390,14 +390,14 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
         ``N``; defaults to ``M``.  Must be ``<= M`` for ``"identity"``.
     lr : float
     optimizer : {"radam", "adam"}
-        See :data:`OPTIMIZERS` (RAdam, as in the GTF reference code).
+        See ``OPTIMIZERS`` (RAdam, as in the GTF reference code).
     gradient_clip : float, optional
         Clip the total gradient norm to this value.  ``Trainer(gradient_clip_val=...)`` works as well
         (use one of them; different values in both raise Lightning's ``MisconfigurationException``).
     seq_len : int, optional
         If given, training batches must have ``T = seq_len + 1``.
     alpha_estimator : {"product_upper_bound", "batch_maximum"}
-        See :func:`estimate_alpha`.
+        See ``estimate_alpha``.
     alpha_update_every : int
     alpha_gamma : float in [0, 1)
 

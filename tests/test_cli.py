@@ -118,7 +118,6 @@ def test_bad_max_order_exits_2(model_file, capsys):
     _assert_one_line_error(capsys, "max_order")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: unknown config key escapes as a TypeError traceback")
 def test_unknown_config_key_exits_2(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model": "PLRNN", "config": {"dimension": 1},

@@ -194,7 +194,6 @@ def test_realizable_codes_plrnn_is_every_orthant():
     assert PLRNN(3).realizable_codes().shape == (8, 3)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="BUG: ALRNN(n_relu=0) is allowed but realizable_codes()/all_codes(0) crash")
 def test_realizable_codes_without_switches():
     # A linear ALRNN has exactly one region, the empty code.
     assert ALRNN(2, n_relu=0).realizable_codes().shape == (1, 0)
@@ -262,13 +261,11 @@ def test_model_from_state_rejects_bad_input(state, match):
         model_from_state(state)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: unknown config key reaches the constructor and raises TypeError")
 def test_model_from_state_unknown_config_key_is_value_error():
     with pytest.raises(ValueError, match="dimension"):
         model_from_state(_plrnn_state(config={"dimension": 2}))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG: params that is not a dict raises AttributeError ('list'.items)")
 def test_model_from_state_params_not_a_dict_is_value_error():
     with pytest.raises(ValueError, match="params"):
         model_from_state({"model": "PLRNN", "params": [[0.5], [[0.0]], [0.0]]})
