@@ -242,14 +242,20 @@ def _point_distance(a: Cycle, b: Cycle) -> float:
     return best / scale
 
 
-def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2) -> list[Match]:
+# A cycle that crossed a few switching planes between snapshots has moved continuously: with at most one
+# flipped switch per point it is paired up to this relative distance (weights move a lot in one step).
+CROSSING_RTOL = 0.1
+
+
+def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2, crossing_rtol: float = CROSSING_RTOL) -> list[Match]:
     """Pair the cycles of two snapshots.
 
     Cycles of the same order are paired first by region-code sequence up to rotation (``Cycle.key``,
     ``matched_by="codes"``), then the leftovers by nearest point sets: the smallest, over rotations, of
-    the largest point distance, relative to ``1 +`` the larger point norm, when it is at most ``rtol``
-    (``matched_by="nearest"``: same cycle, new regions, i.e. a border collision).  The rest appeared or
-    vanished.
+    the largest point distance, relative to ``1 +`` the larger point norm, when it is at most ``rtol``,
+    or at most ``crossing_rtol`` when the code sequences differ in no more switches than the cycle
+    has points (``matched_by="nearest"``: same cycle, new regions, i.e. a border collision).  The rest
+    appeared or vanished.
 
     Parameters
     ----------
@@ -257,6 +263,9 @@ def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2) -> list[Match]:
         Cycle sets of the earlier and the later snapshot.
     rtol : float
         Relative distance under which two cycles with different codes are the same cycle.
+    crossing_rtol : float
+        Larger relative distance allowed when the codes differ in at most ``order`` switches (the cycle
+        crossed a few planes between two training steps); 0 disables it.
 
     Returns
     -------
@@ -280,8 +289,9 @@ def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2) -> list[Match]:
     for name, value in (("prev", prev), ("curr", curr)):
         if not isinstance(value, CycleSet):
             raise TypeError(f"{name} must be a CycleSet, got {type(value).__name__}")
-    if not (isinstance(rtol, (int, float)) and rtol >= 0):
-        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+    for name, value in (("rtol", rtol), ("crossing_rtol", crossing_rtol)):
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     dims_prev, dims_curr = _dims(prev), _dims(curr)
     if dims_prev is not None and dims_curr is not None and dims_prev != dims_curr:
         raise ValueError(
@@ -315,9 +325,11 @@ def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2) -> list[Match]:
         paired_before: set[int] = set()
         paired_after: set[int] = set()
         for distance, bi, ai in distances:
-            if distance > rtol:
+            if distance > max(rtol, crossing_rtol):
                 break
             if bi in paired_before or ai in paired_after:
+                continue
+            if distance > rtol and _code_distance(left_before[bi], left_after[ai][1]) > order:
                 continue
             paired_before.add(bi)
             paired_after.add(ai)
@@ -501,11 +513,13 @@ def classify(
     )
 
 
+def _code_distance(a: Cycle, b: Cycle) -> int:
+    """Fewest switches that differ between the two region-code sequences, over rotations."""
+    return min(int((a.codes != np.roll(b.codes, -shift, axis=0)).sum()) for shift in range(a.order))
+
+
 def _hamming_one_under_rotation(a: Cycle, b: Cycle) -> bool:
-    for shift in range(a.order):
-        if int((a.codes != np.roll(b.codes, -shift, axis=0)).sum()) == 1:
-            return True
-    return False
+    return _code_distance(a, b) == 1
 
 
 def _index_sign(cycle: Cycle) -> float:

@@ -122,8 +122,11 @@ def test_fixed_point_crossing_the_border_persists_by_nearest_points():
     assert summary(events) == [("border_collision", 1, None, True, True)]
     matches = match(exhaustive_cycles(tent(0.5, -0.2, 0.002), 1), exhaustive_cycles(tent(0.5, -0.2, -0.002), 1))
     assert [(m.status, m.matched_by) for m in matches] == [("persisted", "nearest")]
-    # With a tolerance below the distance the same change reads as one vanishing and one appearing point.
-    loose = match(exhaustive_cycles(tent(0.5, -0.2, 0.002), 1), exhaustive_cycles(tent(0.5, -0.2, -0.002), 1), rtol=1e-3)
+    # With tolerances below the distance the same change reads as one vanishing and one appearing point.
+    loose = match(
+        exhaustive_cycles(tent(0.5, -0.2, 0.002), 1), exhaustive_cycles(tent(0.5, -0.2, -0.002), 1),
+        rtol=1e-3, crossing_rtol=0.0,
+    )
     assert sorted(m.status for m in loose) == ["appeared", "vanished"]
 
 
