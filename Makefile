@@ -27,9 +27,11 @@ install: $(STAMP)
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
-# Until the training demo lands, the demo finds the cycles of the paper's 2-D PLRNN (two 16-cycles, no 15-cycle).
+# BPTT vs GTF on the 2-D PLRNN teacher with the BifurcationMonitor attached (3 seeds each, a few minutes on a
+# laptop CPU); prints the comparison table and the tensorboard command.  `bifurcation-callback demo --fast` is the
+# one-minute version.
 demo: $(STAMP)
-	$(VENV)/bin/bifurcation-callback find examples/models/plrnn_2d_16cycles.json --orders 1 2 15 16
+	$(VENV)/bin/bifurcation-callback demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_finder.py

@@ -176,10 +176,85 @@ def _run_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(subparsers) -> None:
+    from .demo import DEMO_DATASETS, DemoConfig
+
+    full = DemoConfig()
+    parser = subparsers.add_parser(
+        "demo",
+        help="train BPTT and GTF with the monitor attached and compare them",
+        description=(
+            "Train the same PLRNN on the same data and seeds by BPTT (free running) and by generalized "
+            "teacher forcing, with a BifurcationMonitor attached; print a side-by-side table (final loss, "
+            "D_stsp, D_H, loss jumps, bifurcation events by kind, jumps explained, p-value, monitor "
+            "overhead) and write TensorBoard logs.  Full mode takes a few minutes on a laptop CPU."
+        ),
+    )
+    parser.add_argument("--fast", action="store_true", help="1 seed per method, few short steps (about a minute)")
+    parser.add_argument("--seeds", type=int, help=f"seeds per method (default {full.seeds}; --fast: 1)")
+    parser.add_argument("--steps", type=int, help=f"training steps per run (default {full.steps})")
+    parser.add_argument("--data", choices=DEMO_DATASETS, default=full.data, help="2-D PLRNN teacher (16-cycle) or Lorenz-63")
+    parser.add_argument("--logdir", default="runs/demo", help="TensorBoard root; one folder per run (default runs/demo)")
+    # Knobs for tests and experiments, not advertised in --help.
+    for name in ("seq-len", "every-n-steps", "max-order", "batch-size"):
+        parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--alpha", type=float, help=argparse.SUPPRESS)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_config, run_demo
+
+    try:
+        config = demo_config(
+            fast=args.fast,
+            data=args.data,
+            seeds=args.seeds,
+            steps=args.steps,
+            seq_len=args.seq_len,
+            every_n_steps=args.every_n_steps,
+            max_order=args.max_order,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            alpha=args.alpha,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if config.lr <= 0 or not 0.0 <= config.alpha <= 1.0:
+        raise UsageError(f"--lr must be > 0 and --alpha in [0, 1], got {config.lr} and {config.alpha}")
+    run_demo(config, args.logdir)
+    return 0
+
+
+def _add_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="side-by-side table of finished runs (summary.json)",
+        description=(
+            "Print the demo's comparison table from saved runs: every summary.json under the given folders "
+            "(searched recursively) or files, with the demo.json beside it when present."
+        ),
+    )
+    parser.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="run folder, root folder or summary.json")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .demo import collect_runs, comparison_table
+
+    try:
+        runs = collect_runs(args.logdirs)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(comparison_table(runs))
+    return 0
+
+
 # name -> (add the subparser, run it): the single list of subcommands.
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
+    "demo": (_add_demo, _run_demo),
     "find": (_add_find, _run_find),
     "scan": (_add_scan, _run_scan),
+    "compare": (_add_compare, _run_compare),
 }
 
 

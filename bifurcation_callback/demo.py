@@ -1,0 +1,490 @@
+"""The ``bifurcation-callback demo`` story and the ``compare`` table.
+
+:func:`run_demo` trains the same piecewise-linear RNN on the same data with the same seeds twice — by
+BPTT (free-running rollouts, no forcing) and by generalized teacher forcing (GTF, constant α) — with a
+:class:`~bifurcation_callback.callback.BifurcationMonitor` attached, scores every trained model with the
+DSR measures ``D_stsp`` and ``D_H`` on held-out data, and prints one side-by-side table.
+
+Each run writes into ``<logdir>/<method>_seed<k>/``: TensorBoard event files, the monitor's
+``events.jsonl`` and ``summary.json``, and ``demo.json`` (what the monitor does not know: method,
+seed, data, model, settings, ``D_stsp``, ``D_H``, wall time).  :func:`collect_runs` reads those files
+back and :func:`comparison_table` renders them; the demo prints its table through the very same two
+functions, so ``bifurcation-callback compare <logdir>`` reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEMO_DATASETS",
+    "DEMO_METHODS",
+    "DemoConfig",
+    "demo_config",
+    "run_demo",
+    "collect_runs",
+    "comparison_table",
+]
+
+DEMO_DATASETS = ("teacher", "lorenz")
+# method label -> DSRModule training mode; the table lists methods in this order.
+DEMO_METHODS: dict[str, str] = {"BPTT": "bptt", "GTF": "gtf"}
+# Files a run folder may hold that a re-run of the demo replaces (nothing else is ever deleted).
+_RUN_FILES = ("summary.json", "demo.json", "events.jsonl", "hparams.yaml")
+_EVENT_FILE_PREFIX = "events.out.tfevents."
+# Short column headers for the event kinds (unknown future kinds fall back to their own name).
+_KIND_HEADERS = {
+    "appearance": "appear",
+    "disappearance": "vanish",
+    "stability_change": "stab.chg",
+    "border_collision": "border",
+    "degenerate": "degen",
+}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that defines a demo run; stored in every run's ``demo.json``.
+
+    The defaults are the full demo (chosen before looking at any BPTT/GTF result; see docs/demo.md).
+    """
+
+    data: str = "teacher"
+    seeds: int = 3
+    steps: int = 1500
+    seq_len: int = 100
+    batch_size: int = 16
+    lr: float = 5e-3
+    alpha: float = 0.1
+    latent_dim: int | None = None  # None: data dimension + 1 (teacher: 3, Lorenz: 4)
+    max_order: int = 4
+    every_n_steps: int = 5
+    n_train: int = 2000
+    n_eval: int = 2000
+
+    def model_dim(self, data_dim: int) -> int:
+        return self.latent_dim if self.latent_dim is not None else data_dim + 1
+
+
+# --fast: one seed per method, short sequences, few steps (CI's test suite runs it).
+_FAST = dict(seeds=1, steps=200, seq_len=50, every_n_steps=5, n_train=1000, n_eval=1000)
+
+
+def demo_config(*, fast: bool = False, **overrides: Any) -> DemoConfig:
+    """The full or ``fast`` configuration with ``overrides`` (``None`` values are ignored).
+
+    Raises
+    ------
+    ValueError
+        Unknown data set or a count below its minimum; the message names the option.
+    """
+    config = replace(DemoConfig(), **(_FAST if fast else {}))
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.data not in DEMO_DATASETS:
+        raise ValueError(f"--data must be one of {', '.join(DEMO_DATASETS)}, got {config.data!r}")
+    minima = {"seeds": 1, "steps": 1, "seq_len": 2, "batch_size": 1, "max_order": 1, "every_n_steps": 1}
+    for name, minimum in minima.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be an int >= {minimum}, got {value!r}")
+    if config.n_train <= config.seq_len:
+        raise ValueError(f"the training series ({config.n_train} steps) must be longer than --seq-len {config.seq_len}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _load_data(config: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) halves of one long trajectory, float32, (T, N) each."""
+    from .data import lorenz63, plrnn_teacher
+
+    n = config.n_train + config.n_eval
+    if config.data == "teacher":
+        x, _ = plrnn_teacher(n, seed=0)  # raw coordinates: the stable 16-cycle, no noise
+    else:
+        x = lorenz63(n, seed=0)  # standardised, dt = 0.01
+    x = x.astype(np.float32)
+    return x[: config.n_train], x[config.n_train :]
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _quiet_and_single_threaded() -> Iterator[None]:
+    """One torch thread (4–20× faster per step on a busy 2-core box) and no Lightning chatter."""
+    threads = torch.get_num_threads()
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    names += tuple(f"{n}.utilities.rank_zero" for n in names)
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    torch.set_num_threads(1)
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(num_workers|log_every_n_steps|litlogger|LeafSpec).*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _progress_callback(label: str, total: int):
+    """A Lightning callback drawing one tqdm line per run: ``BPTT seed 0: 120/300 [.., loss=0.12]``."""
+    import lightning.pytorch as pl
+    from tqdm.auto import tqdm
+
+    class _Progress(pl.Callback):
+        bar = None
+
+        def on_train_start(self, trainer, pl_module):
+            self.bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=True, mininterval=0.5)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.bar.update(trainer.global_step - self.bar.n)
+            if trainer.global_step % 10 == 0:
+                loss = trainer.callback_metrics.get("train_loss")
+                if loss is not None:
+                    self.bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+
+        def on_train_end(self, trainer, pl_module):
+            if self.bar is not None:
+                self.bar.close()
+
+    return _Progress()
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier demo run wrote here, so TensorBoard does not show two curves per tag."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.is_file() and (path.name in _RUN_FILES or path.name.startswith(_EVENT_FILE_PREFIX)):
+            path.unlink()
+
+
+def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np.ndarray, test: np.ndarray) -> dict:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from .callback import BifurcationMonitor
+    from .data import TimeSeriesDataModule, power_spectrum_distance, state_space_divergence
+    from .models import PLRNN
+    from .training import DSRModule
+
+    name = f"{DEMO_METHODS[method]}_seed{seed}"
+    run_dir = root / name
+    _clear_run_dir(run_dir)
+    data_dim = train.shape[1]
+    torch.manual_seed(seed)  # the same seed gives both methods the same initial model and batches
+    rnn = PLRNN(config.model_dim(data_dim))
+    module = DSRModule(
+        rnn,
+        training=DEMO_METHODS[method],
+        alpha=config.alpha,
+        obs_dim=data_dim,
+        lr=config.lr,
+        seq_len=config.seq_len,
+    )
+    datamodule = TimeSeriesDataModule(
+        train, seq_len=config.seq_len, batch_size=config.batch_size, n_batches_per_epoch=100, seed=seed
+    )
+    monitor = BifurcationMonitor(max_order=config.max_order, every_n_steps=config.every_n_steps, model_attr="rnn", seed=seed)
+    trainer = pl.Trainer(
+        max_steps=config.steps,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(root), name=name, version=""),
+        callbacks=[monitor, _progress_callback(f"{method} seed {seed}", config.steps)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=config.every_n_steps,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule)
+    wall = time.perf_counter() - started
+    if monitor.summary is None:
+        raise RuntimeError(f"{name}: the BifurcationMonitor wrote no summary (see the warnings above)")
+
+    # DSR measures of a long free-running trajectory from the first held-out observation.
+    generated = module.generate(torch.from_numpy(test[0]), len(test)).numpy()
+    info = {
+        "method": method,
+        "training": DEMO_METHODS[method],
+        "seed": seed,
+        "data": config.data,
+        "model": f"PLRNN({config.model_dim(data_dim)})",
+        "config": asdict(config),
+        "D_stsp": state_space_divergence(test, generated),
+        "D_H": power_spectrum_distance(test, generated),
+        "n_eval": len(test),
+        "wall_seconds": wall,
+        "steps": trainer.global_step,
+    }
+    Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
+    (Path(trainer.log_dir) / "demo.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def run_demo(config: DemoConfig, logdir: str | Path, *, out: Callable[[str], Any] = print) -> list[dict]:
+    """Train every (method, seed) pair in turn, then print the comparison table and the tensorboard command.
+
+    Runs are sequential in one process with one torch thread: on the 2-core development box two
+    processes in parallel were no faster than one after the other (see docs/demo.md).
+
+    Returns
+    -------
+    list of dict
+        The runs as read back by :func:`collect_runs`.
+    """
+    root = Path(logdir)
+    root.mkdir(parents=True, exist_ok=True)
+    train, test = _load_data(config)
+    out(
+        f"demo: {config.data} data ({len(train)} train / {len(test)} held-out steps), "
+        f"PLRNN({config.model_dim(train.shape[1])}), {config.steps} steps × {config.seeds} seed(s) per method, "
+        f"seq_len {config.seq_len}, lr {config.lr:g} (RAdam), GTF α = {config.alpha:g}; "
+        f"monitor: cycles up to order {config.max_order} every {config.every_n_steps} steps"
+    )
+    started = time.perf_counter()
+    with _quiet_and_single_threaded():
+        for seed in range(config.seeds):
+            for method in DEMO_METHODS:
+                _train_one(config, method, seed, root, train, test)
+    runs = collect_runs([root])
+    out("")
+    out(comparison_table(runs))
+    out("")
+    out(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s.  TensorBoard logs:")
+    out(f"tensorboard --logdir {root}")
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- reading back
+
+
+def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
+    """Every ``summary.json`` under ``paths`` (files or folders, searched recursively), with the
+    ``demo.json`` beside it when there is one.
+
+    Returns
+    -------
+    list of dict
+        ``{"path": folder, "summary": dict, "demo": dict or None}``, sorted by method (as in
+        :data:`DEMO_METHODS`), seed, path.
+
+    Raises
+    ------
+    ValueError
+        A path that does not exist, an unreadable JSON file, or no ``summary.json`` at all.
+    """
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file() and path.name == "summary.json":
+            found[path.resolve()] = None
+        elif path.is_dir():
+            for summary in sorted(path.rglob("summary.json")):
+                found[summary.resolve()] = None
+        elif path.exists():
+            raise ValueError(f"{path}: not a folder or a summary.json file")
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        raise ValueError(f"no summary.json found under {where} (BifurcationMonitor writes it when fit ends)")
+    runs = []
+    for summary_path in found:
+        demo_path = summary_path.parent / "demo.json"
+        runs.append(
+            {
+                "path": str(summary_path.parent),
+                "summary": _read_json(summary_path),
+                "demo": _read_json(demo_path) if demo_path.is_file() else None,
+            }
+        )
+    order = {method: k for k, method in enumerate(DEMO_METHODS)}
+
+    def key(run: dict) -> tuple:
+        demo = run["demo"] or {}
+        return (order.get(demo.get("method"), len(order)), demo.get("seed", math.inf), run["path"])
+
+    return sorted(runs, key=key)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+def _kinds(runs: Sequence[dict]) -> list[str]:
+    from .bifurcations import BIFURCATION_KINDS
+
+    extra = {k for run in runs for k in run["summary"].get("events_by_kind", {}) if k not in BIFURCATION_KINDS}
+    return list(BIFURCATION_KINDS) + sorted(extra)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def _fmt(value: float | None, spec: str, missing: str = "n/a") -> str:
+    if value is None:
+        return missing
+    if math.isnan(value):
+        return "diverged"
+    if math.isinf(value):
+        return "inf"
+    return format(value, spec)
+
+
+def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
+    """Raw numbers of one run (None when the saved files do not have them)."""
+    summary, demo = run["summary"], run["demo"] or {}
+    correlation = summary.get("jump_correlation") or {}
+    n_jumps = len(summary.get("loss_jumps") or [])
+    explained = _number(correlation.get("jumps_explained")) or 0.0
+    by_kind = summary.get("events_by_kind") or {}
+    final_loss = summary.get("final_loss")
+    # The monitor stores a non-finite loss as None; a run with losses but no finite final one diverged.
+    if final_loss is None and summary.get("n_monitored_steps", 0) + summary.get("n_skipped", 0) > 0:
+        final_loss = math.nan
+    return {
+        "method": demo.get("method") or Path(run["path"]).name,
+        "seed": demo.get("seed"),
+        "final_loss": _number(final_loss),
+        "D_stsp": _number(demo.get("D_stsp")),
+        "D_H": _number(demo.get("D_H")),
+        "jumps": n_jumps,
+        "kinds": {kind: int(by_kind.get(kind, 0)) for kind in kinds},
+        "explained": int(round(explained * n_jumps)),
+        "p": _number(correlation.get("p_value")),
+        "overhead": _number(summary.get("monitor_overhead")),
+    }
+
+
+def _cells(values: dict[str, Any], kinds: Sequence[str], *, seed: str, counts_spec: str = "d") -> list[str]:
+    jumps = values["jumps"]
+    fraction = f"{values['explained']}/{_fmt(jumps, counts_spec)}"
+    if jumps:
+        fraction += f" ({values['explained'] / jumps:.2f})"
+    overhead = values["overhead"]
+    return [
+        str(values["method"]),
+        seed,
+        _fmt(values["final_loss"], ".4g"),
+        _fmt(values["D_stsp"], ".3f"),
+        _fmt(values["D_H"], ".3f"),
+        _fmt(jumps, counts_spec),
+        *[_fmt(values["kinds"][kind], counts_spec) for kind in kinds],
+        fraction,
+        _fmt(values["p"], ".3g"),
+        _fmt(None if overhead is None else 100 * overhead, ".1f") + (" %" if overhead is not None else ""),
+    ]
+
+
+def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
+    from scipy.stats import combine_pvalues
+
+    def mean(key: str) -> float | None:
+        values = [v[key] for v in group]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    p_values = [v["p"] for v in group]
+    if any(p is None for p in p_values):
+        p = None
+    elif len(p_values) == 1:
+        p = p_values[0]
+    else:  # Fisher's method: is there evidence in any run?  (mean p-values mean nothing)
+        p = float(combine_pvalues(np.clip(p_values, 1e-300, 1.0), method="fisher").pvalue)
+    values = {
+        "method": group[0]["method"],
+        "final_loss": mean("final_loss"),
+        "D_stsp": mean("D_stsp"),
+        "D_H": mean("D_H"),
+        "jumps": float(np.mean([v["jumps"] for v in group])),
+        "kinds": {kind: float(np.mean([v["kinds"][kind] for v in group])) for kind in kinds},
+        "explained": 0,
+        "p": p,
+        "overhead": mean("overhead"),
+    }
+    cells = _cells(values, kinds, seed="mean", counts_spec=".1f")
+    # Jumps with an event nearby: pooled over the seeds, k/n.
+    total, explained = sum(v["jumps"] for v in group), sum(v["explained"] for v in group)
+    cells[6 + len(kinds)] = f"{explained}/{total}" + (f" ({explained / total:.2f})" if total else "")
+    return cells
+
+
+def comparison_table(runs: Sequence[dict]) -> str:
+    """The side-by-side table of :func:`collect_runs` output, as a Markdown table (aligned for terminals).
+
+    One row per run and, per method with several seeds, a ``mean`` row: arithmetic means, the
+    fraction of jumps with an event nearby pooled over seeds, and the p-values combined by Fisher's
+    method.  ``n/a`` marks a quantity the saved files do not have (``D_stsp``/``D_H`` of a run that
+    was not made by the demo); ``diverged`` a non-finite final loss.
+    """
+    kinds = _kinds(runs)
+    header = [
+        "method",
+        "seed",
+        "final loss",
+        "D_stsp",
+        "D_H",
+        "loss jumps",
+        *[_KIND_HEADERS.get(kind, kind) for kind in kinds],
+        "jumps w/ bif. nearby",
+        "p",
+        "monitor overhead",
+    ]
+    rows: list[list[str]] = []
+    values = [_row_values(run, kinds) for run in runs]
+    methods = list(dict.fromkeys(v["method"] for v in values))
+    for method in methods:
+        group = [v for v in values if v["method"] == method]
+        for v in group:
+            rows.append(_cells(v, kinds, seed="-" if v["seed"] is None else str(v["seed"])))
+        if len(group) > 1:
+            rows.append(_mean_row(group, kinds))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    separator = "|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    legend = (
+        "events by kind: appear/vanish = a cycle (order <= max_order) appeared/vanished; stab.chg = a multiplier "
+        "crossed the unit circle; border = border collision; degen = degenerate transcritical (cycle to/from "
+        "infinity).  jumps w/ bif. nearby = loss jumps with a bifurcation within the monitor's window; p = "
+        "permutation test (mean row: Fisher's combination).  D_stsp, D_H on held-out data (lower is better)."
+    )
+    return "\n".join([line(header), separator, *map(line, rows), "", legend])
