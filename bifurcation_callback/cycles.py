@@ -128,7 +128,8 @@ class Cycle:
             "codes": self.codes.astype(int).tolist(),
             "eigenvalues": [[float(v.real), float(v.imag)] for v in self.eigenvalues],
             "residual": self.residual,
-            "border_margin": None if math.isnan(self.border_margin) else self.border_margin,
+            # None when there is no finite margin (no planes, or no switch at all): strict JSON has no NaN/inf.
+            "border_margin": self.border_margin if math.isfinite(self.border_margin) else None,
             "kind": self.kind,
             "spectral_radius": self.spectral_radius,
         }
@@ -641,7 +642,9 @@ def find_cycles(
     n_starts = _require_count("n_starts", n_starts, 0)
     inner = _require_count("inner", inner, 1)
     outer = _require_count("outer", outer, 1)
-    if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
+    if time_budget_s is not None and (
+        isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0
+    ):
         raise ValueError(f"time_budget_s must be a positive number of seconds or None, got {time_budget_s!r}")
     if warm_start is not None and not isinstance(warm_start, CycleSet):
         raise TypeError(f"warm_start must be a CycleSet or None, got {type(warm_start).__name__}")
