@@ -34,6 +34,7 @@ __all__ = [
     "plrnn_teacher",
     "plrnn_teacher_cycle",
     "PLRNN_TEACHER_PARAMS",
+    "PLRNN_TEACHERS",
     "load_array",
     "TimeSeriesDataModule",
     "state_space_divergence",
@@ -44,14 +45,23 @@ __all__ = [
 ArrayLike = Union[np.ndarray, Tensor]
 PathLike = Union[str, "os.PathLike[str]"]
 
-# The 2-D PLRNN of the paper's Fig. 3 with the exact values of the SCYFI unit tests
-# (DurstewitzLab/SCYFI, two 16-cycles, no 15-cycle).
-PLRNN_TEACHER_PARAMS: dict[str, list] = {
-    "A": [0.8377689, 0.96461297],
-    "W": [[0.0, -0.64375], [0.52505308, 0.0]],
-    "h": [0.37298253, -0.97931491],
+# 2-D PLRNN teachers whose attractor is one globally attracting, stable cycle: name -> parameters and order.
+PLRNN_TEACHERS: dict[str, dict] = {
+    # The paper's Fig. 3 system with the exact values of the SCYFI unit tests (DurstewitzLab/SCYFI:
+    # two 16-cycles, no 15-cycle); the stable one attracts every start we tried.
+    "16-cycle": {
+        "params": {"A": [0.8377689, 0.96461297], "W": [[0.0, -0.64375], [0.52505308, 0.0]], "h": [0.37298253, -0.97931491]},
+        "order": 16,
+    },
+    # Found by a random search over 2-D PLRNNs for a single stable 4-cycle (|λ|max 0.28) that 200 random
+    # starts in [-5, 5]² all reach; besides it: one unstable fixed point and one saddle 4-cycle.  Small
+    # enough that a short GTF run learns it (tests/test_training.py).
+    "4-cycle": {
+        "params": {"A": [-0.058, -0.238], "W": [[0.0, 1.748], [-1.119, 0.0]], "h": [-0.818, 2.328]},
+        "order": 4,
+    },
 }
-_TEACHER_ORDER = 16
+PLRNN_TEACHER_PARAMS: dict[str, list] = PLRNN_TEACHERS["16-cycle"]["params"]
 
 
 def lorenz63(
@@ -114,10 +124,16 @@ def lorenz63(
     return x
 
 
-def _teacher_model() -> PLRNN:
+def _teacher_params(system: str) -> dict[str, list]:
+    if system not in PLRNN_TEACHERS:
+        raise ValueError(f"system must be one of {list(PLRNN_TEACHERS)}, got {system!r}")
+    return PLRNN_TEACHERS[system]["params"]
+
+
+def _teacher_model(system: str) -> PLRNN:
     model = PLRNN(2).double()
     with torch.no_grad():
-        for name, value in PLRNN_TEACHER_PARAMS.items():
+        for name, value in _teacher_params(system).items():
             getattr(model, name).copy_(torch.tensor(value, dtype=torch.float64))
     return model
 
@@ -126,36 +142,44 @@ def _teacher_step(z: np.ndarray, A: np.ndarray, W: np.ndarray, h: np.ndarray) ->
     return A * z + W @ np.maximum(z, 0.0) + h
 
 
-def plrnn_teacher_cycle() -> np.ndarray:
-    """The stable 16-cycle of the teacher PLRNN (raw coordinates), starting at its point of largest ``z1``.
+def plrnn_teacher_cycle(system: str = "16-cycle") -> np.ndarray:
+    """The stable cycle of a teacher PLRNN (raw coordinates), starting at its point of largest ``z1``.
 
     Computed exactly: the region sequence is read off a converged orbit, then ``(I − P) z = c`` is solved
     with the affine pieces (see ``paper-notes`` §1).
 
+    Parameters
+    ----------
+    system : str
+        A key of ``PLRNN_TEACHERS``: ``"16-cycle"`` (the paper's Fig. 3 system) or ``"4-cycle"``.
+
     Returns
     -------
-    ndarray, shape (16, 2), float64
+    ndarray, shape (k, 2), float64
 
     Examples
     --------
     >>> cycle = plrnn_teacher_cycle()
     >>> cycle.shape, np.round(cycle[0], 4).tolist()
     ((16, 2), [2.16, 0.1356])
+    >>> plrnn_teacher_cycle("4-cycle").round(3).tolist()
+    [[3.129, 1.792], [2.133, -1.6], [-0.942, 0.322], [-0.201, 2.251]]
     """
-    A, W, h = (np.asarray(PLRNN_TEACHER_PARAMS[k]) for k in ("A", "W", "h"))
+    A, W, h = (np.asarray(_teacher_params(system)[k]) for k in ("A", "W", "h"))
+    order = PLRNN_TEACHERS[system]["order"]
     z = np.zeros(2)
     # Multipliers have modulus 0.519 per period, so 2000 steps leave an error far below float64 resolution.
     for _ in range(2000):
         z = _teacher_step(z, A, W, h)
     orbit = [z]
-    for _ in range(_TEACHER_ORDER - 1):
+    for _ in range(order - 1):
         orbit.append(_teacher_step(orbit[-1], A, W, h))
     jacobians = [np.diag(A) + W * (point > 0) for point in orbit]
     P, c = np.eye(2), np.zeros(2)
     for J in jacobians:
         P, c = J @ P, J @ c + h
     orbit[0] = np.linalg.solve(np.eye(2) - P, c)
-    for k in range(1, _TEACHER_ORDER):
+    for k in range(1, order):
         orbit[k] = _teacher_step(orbit[k - 1], A, W, h)
     cycle = np.array(orbit)
     return np.roll(cycle, -int(np.argmax(cycle[:, 0])), axis=0)
@@ -164,14 +188,15 @@ def plrnn_teacher_cycle() -> np.ndarray:
 def plrnn_teacher(
     n_steps: int,
     *,
+    system: str = "16-cycle",
     seed: int = 0,
     noise_std: float = 0.0,
     transient: int = 1000,
     rescale: bool = False,
 ) -> tuple[np.ndarray, PLRNN]:
-    """Data from a 2-D PLRNN whose attractor is known: a globally attracting, stable 16-cycle.
+    """Data from a 2-D PLRNN whose attractor is known: a globally attracting, stable cycle.
 
-    The teacher is the paper's Fig. 3 system (``PLRNN_TEACHER_PARAMS``),
+    The default teacher (``system="16-cycle"``) is the paper's Fig. 3 system (``PLRNN_TEACHER_PARAMS``),
     ``A = diag(0.8377689, 0.96461297)``, ``W = [[0, −0.64375], [0.52505308, 0]]``,
     ``h = (0.37298253, −0.97931491)``.  Checked by simulation: 200 random starts in ``[−5, 5]²`` all
     converge to the same 16-cycle, whose 16-step Jacobian product has a complex pair of multipliers with
@@ -182,10 +207,15 @@ def plrnn_teacher(
     (2.017, −0.338), (2.063, −0.246), (2.101, −0.134), (2.133, −0.005); ``z1 > 0`` throughout and
     ``z2`` changes sign, so the cycle visits two regions.  Exact points: ``plrnn_teacher_cycle``.
 
+    ``system="4-cycle"`` is a smaller teacher with a stable 4-cycle (``plrnn_teacher_cycle("4-cycle")``)
+    that a 2-D PLRNN learns in a few thousand GTF steps.
+
     Parameters
     ----------
     n_steps : int
         Number of returned samples ``T``.
+    system : str
+        Which teacher: a key of ``PLRNN_TEACHERS``.
     seed : int
         Seeds the initial condition (uniform in ``[−5, 5]²``) and the observation noise.
     noise_std : float
@@ -216,7 +246,7 @@ def plrnn_teacher(
     _require_int("transient", transient, minimum=0)
     if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or not noise_std >= 0:
         raise ValueError(f"noise_std must be a float >= 0, got {noise_std!r}")
-    A, W, h = (np.asarray(PLRNN_TEACHER_PARAMS[k]) for k in ("A", "W", "h"))
+    A, W, h = (np.asarray(_teacher_params(system)[k]) for k in ("A", "W", "h"))
     rng = np.random.default_rng(seed)
     z = rng.uniform(-5.0, 5.0, size=2)
     for _ in range(transient):
@@ -225,7 +255,7 @@ def plrnn_teacher(
     for t in range(n_steps):
         x[t] = z
         z = _teacher_step(z, A, W, h)
-    model = _teacher_model()
+    model = _teacher_model(system)
     if rescale:
         scale = x.std(axis=0)
         if np.any(scale == 0):
