@@ -188,6 +188,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._previous: CycleSet | None = None
         self._previous_step: int | None = None
         self._records: list[dict[str, Any]] = []
+        # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
+        # when the cycle search runs only every n steps.
+        self._history: list[list[float | None]] = []
+        self._n_events = 0
         self._tracks: dict[str, int] = {}
         self._next_track_id = 0
         self._skip_reasons: Counter[str] = Counter()
@@ -224,19 +228,23 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        if trainer.is_global_zero and (trainer.global_step + 1) % self.every_n_steps == 0:
+        if trainer.is_global_zero:
             norms = [p.grad.detach().norm() for p in pl_module.parameters() if p.grad is not None]
             self._pending_grad_norm = float(torch.stack(norms).norm()) if norms else None
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if trainer.sanity_checking or not trainer.is_global_zero or step % self.every_n_steps:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if step == self._previous_step or any(r["step"] == step for r in self._records[-1:]):
+        if self._history and self._history[-1][0] == step:
             return  # gradient accumulation: several batches share one optimizer step
         started = time.perf_counter()
         loss = self._read_loss(trainer, outputs)
+        self._history.append([step, _finite_or_none(loss), _finite_or_none(self._pending_grad_norm)])
+        if step % self.every_n_steps:
+            self._hook_seconds += time.perf_counter() - started
+            return
         try:
             self._analyse(step, loss)
         except Exception as error:  # the monitor must never take the training run down
@@ -266,6 +274,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "previous": self._previous.to_dict() if self._previous is not None else None,
             "previous_step": self._previous_step,
             "records": self._records,
+            "history": self._history,
             "tracks": self._tracks,
             "next_track_id": self._next_track_id,
             "skip_reasons": dict(self._skip_reasons),
@@ -280,6 +289,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._previous = CycleSet.from_dict(previous) if previous is not None else None
         self._previous_step = state_dict.get("previous_step")
         self._records = list(state_dict.get("records", []))
+        self._history = [list(entry) for entry in state_dict.get("history", [])]
+        self._n_events = sum(len(record.get("events", [])) for record in self._records)
         self._tracks = dict(state_dict.get("tracks", {}))
         self._next_track_id = int(state_dict.get("next_track_id", 0))
         self._skip_reasons = Counter(state_dict.get("skip_reasons", {}))
@@ -386,6 +397,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         timings = {"finder_ms": 1e3 * (searched - started), "compare_ms": 1e3 * (time.perf_counter() - searched)}
         record = self._record(step, loss, cycles, events, timings)
         self._records.append(record)
+        self._n_events += len(events)
         self._previous, self._previous_step, self._previous_weights = cycles, step, weights
         for order in random_orders or cycles.orders:
             self._last_random_search[order] = step
@@ -440,13 +452,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         record = {
             "step": step,
             "loss": _finite_or_none(loss),
-            "grad_norm": _finite_or_none(self._pending_grad_norm),
+            "grad_norm": self._history[-1][2] if self._history else None,
             "n_cycles": {str(k): n for k, n in cycles.counts().items()},
             "n_stable": {str(k): n for k, n in cycles.stable_counts().items()},
             "events": [event.to_dict() for event in events],
             **timings,
         }
-        self._pending_grad_norm = None
         return record
 
     def _publish(self, record: dict[str, Any], cycles: CycleSet, events: list[BifurcationEvent], step: int) -> None:
@@ -473,7 +484,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "bifurcation/n_cycles/total": float(len(cycles)),
             "bifurcation/n_stable/total": float(cycles.n_stable),
             "bifurcation/event": float(len(record["events"])),
-            "bifurcation/events_total": float(sum(len(r.get("events", [])) for r in self._records)),
+            "bifurcation/events_total": float(self._n_events),
             "bifurcation/skipped": float(self.n_skipped),
             "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"],
         }
@@ -519,18 +530,18 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _summarise(self, last_step: int) -> dict[str, Any]:
         analysed = [r for r in self._records if "skipped" not in r]
-        with_loss = [r for r in self._records if r.get("loss") is not None]
         event_steps = [e["step"] for r in analysed for e in r["events"]]
-        step_range = (self._records[0]["step"], last_step) if self._records else (0, last_step)
+        step_range = (int(self._history[0][0]), last_step) if self._history else (0, last_step)
+        losses = [(step, loss) for step, loss, _ in self._history if loss is not None]
         jumps, jump_note = [], None
-        if with_loss:
+        if losses:
             try:
-                jumps = detect_loss_jumps([r["loss"] for r in with_loss], [r["step"] for r in with_loss])
+                jumps = detect_loss_jumps([loss for _, loss in losses], [step for step, _ in losses])
             except ValueError as error:  # e.g. a negative loss has no log
                 jump_note = str(error)
         jump_correlation = correlate(event_steps, [j.step for j in jumps], window=self.jump_window, step_range=step_range)
-        with_grad = [r for r in analysed if r.get("grad_norm")]
-        spikes = detect_spikes([r["grad_norm"] for r in with_grad], [r["step"] for r in with_grad]) if with_grad else []
+        norms = [(step, norm) for step, _, norm in self._history if norm]
+        spikes = detect_spikes([norm for _, norm in norms], [step for step, _ in norms]) if norms else []
         spike_correlation = correlate(event_steps, spikes, window=self.jump_window, step_range=step_range)
         by_kind = Counter(e["kind"] for r in analysed for e in r["events"])
         return {
@@ -540,7 +551,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "n_skipped": self.n_skipped,
             "skip_reasons": dict(self._skip_reasons),
             "final_step": last_step,
-            "final_loss": with_loss[-1]["loss"] if with_loss else None,
+            "final_loss": losses[-1][1] if losses else None,
             "final_cycles": self._previous.to_dict() if self._previous is not None else None,
             "n_events": len(event_steps),
             "events_by_kind": {kind: by_kind.get(kind, 0) for kind in BIFURCATION_KINDS},
@@ -570,7 +581,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if dashboard.has_tensorboard and self._records:
             from .plots import plot_timeline
 
-            figure = plot_timeline(self._records, summary["loss_jumps"]).figure
+            figure = plot_timeline(self._records, summary["loss_jumps"], losses=self._history).figure
             dashboard.log_figure("bifurcation/timeline", figure, step)
             if self._previous is not None:
                 self._log_state_space(self._previous, step)

@@ -193,7 +193,12 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--fast", action="store_true", help="1 seed per method, few short steps (about a minute)")
     parser.add_argument("--seeds", type=int, help=f"seeds per method (default {full.seeds}; --fast: 1)")
     parser.add_argument("--steps", type=int, help=f"training steps per run (default {full.steps})")
-    parser.add_argument("--data", choices=DEMO_DATASETS, default=full.data, help="2-D PLRNN teacher (16-cycle) or Lorenz-63")
+    parser.add_argument(
+        "--data",
+        choices=list(DEMO_DATASETS),
+        default=full.data,
+        help="; ".join(f"{name}: {what}" for name, what in DEMO_DATASETS.items()) + f" (default {full.data})",
+    )
     parser.add_argument("--logdir", default="runs/demo", help="TensorBoard root; one folder per run (default runs/demo)")
     # Knobs for tests and experiments, not advertised in --help.
     for name in ("seq-len", "every-n-steps", "max-order", "batch-size"):

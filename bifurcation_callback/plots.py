@@ -197,6 +197,7 @@ def plot_timeline(
     records: Sequence[Mapping[str, Any]],
     loss_jumps: Sequence[Mapping[str, Any]] = (),
     *,
+    losses: Sequence[Sequence[Any]] | None = None,
     ax: "Axes | None" = None,
 ) -> "Axes":
     """Loss curve with a vertical line at every bifurcation event (coloured by kind) and a triangle at
@@ -208,6 +209,8 @@ def plot_timeline(
         The monitor's per-step records (``step``, ``loss``, ``n_cycles``, ``events``), as in ``events.jsonl``.
     loss_jumps : sequence of dict
         ``LossJump.to_dict()`` entries.
+    losses : sequence of (step, loss, ...), optional
+        The loss at every training step (the monitor's history); by default the records' losses.
 
     Examples
     --------
@@ -218,9 +221,11 @@ def plot_timeline(
     """
     if ax is None:
         ax = new_axes((8.0, 3.5))
-    with_loss = [r for r in records if r.get("loss") is not None]
-    ax.plot([r["step"] for r in with_loss], [r["loss"] for r in with_loss], color="tab:blue", lw=1.2, label="loss")
-    if with_loss and min(r["loss"] for r in with_loss) > 0:
+    if losses is None:
+        losses = [(r["step"], r.get("loss")) for r in records]
+    curve = {int(entry[0]): entry[1] for entry in losses if entry[1] is not None}
+    ax.plot(list(curve), list(curve.values()), color="tab:blue", lw=1.2, label="loss")
+    if curve and min(curve.values()) > 0:
         ax.set_yscale("log")
     seen: set[str] = set()
     for record in records:
@@ -231,10 +236,9 @@ def plot_timeline(
                 label=kind.replace("_", " ") if kind not in seen else None,
             )
             seen.add(kind)
-    losses = {r["step"]: r["loss"] for r in with_loss}
-    jump_steps = [j["step"] for j in loss_jumps if j["step"] in losses]
+    jump_steps = [j["step"] for j in loss_jumps if j["step"] in curve]
     if jump_steps:
-        ax.scatter(jump_steps, [losses[s] for s in jump_steps], marker="v", color="crimson", zorder=3, label="loss jump")
+        ax.scatter(jump_steps, [curve[s] for s in jump_steps], marker="v", color="crimson", zorder=3, label="loss jump")
     counted = [r for r in records if "n_cycles" in r]
     if counted:
         twin = ax.twinx()
