@@ -1,0 +1,75 @@
+"""Every script in examples/ runs with --quick, writes its outputs under --out and prints its key lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bifurcation_callback import BifurcationDiagram
+from bifurcation_callback.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str, out: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--quick", "--out", str(out)],
+        cwd=out.parent, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_find_cycles_of_trained_model(tmp_path, capsys):
+    out = tmp_path / "find"
+    stdout = run_example("find_cycles_of_trained_model.py", out)
+    assert (out / "model.json").is_file() and (out / "cycles.png").stat().st_size > 0
+    assert "order  kind" in stdout and "teacher: 2 16-cycles (1 stable)" in stdout
+    # The printed command line is real: it reproduces the script's search.
+    command = next(line.strip() for line in stdout.splitlines() if line.strip().startswith("bifurcation-callback find"))
+    found = next(line for line in stdout.splitlines() if line.startswith("found "))
+    assert cli_main(shlex.split(command)[1:]) == 0
+    assert f"— {found.split()[1]} cycles" in capsys.readouterr().out
+
+
+def test_monitor_your_own_module(tmp_path):
+    out = tmp_path / "own"
+    stdout = run_example("monitor_your_own_module.py", out)
+    run_dir = out / "own_module" / "version_0"
+    assert (run_dir / "events.jsonl").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_monitored_steps"] == 25 and summary["n_skipped"] == 0
+    assert "monitored 25 steps (0 skipped)" in stdout
+    assert f"tensorboard --logdir {out}" in stdout
+
+
+def test_bifurcation_diagram(tmp_path):
+    out = tmp_path / "diagram"
+    stdout = run_example("bifurcation_diagram.py", out)
+    assert (out / "diagram.png").stat().st_size > 0
+    diagram = BifurcationDiagram.load(out / "diagram.json")
+    assert diagram.counts.shape == (8, 8, 4) and diagram.method == "exhaustive"
+    assert "cells by number of cycles" in stdout and "2 16-cycles, 1 stable" in stdout
+
+
+def test_gtf_vs_bptt(tmp_path):
+    out = tmp_path / "compare"
+    stdout = run_example("gtf_vs_bptt.py", out)
+    for mode in ("bptt", "gtf"):
+        assert (out / mode / "version_0" / "summary.json").is_file()
+    rows = [line.split()[0] for line in stdout.splitlines() if line.split()[:1] in (["bptt"], ["gtf"])]
+    assert rows == ["bptt", "gtf"]
+    assert "free-run MSE" in stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_is_listed_in_the_readme(script):
+    assert f"examples/{script}" in (EXAMPLES / "README.md").read_text()
