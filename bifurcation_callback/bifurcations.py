@@ -244,7 +244,7 @@ def _point_distance(a: Cycle, b: Cycle) -> float:
 
 # A cycle that crossed a few switching planes between snapshots has moved continuously: with at most one
 # flipped switch per point it is paired up to this relative distance (weights move a lot in one step).
-CROSSING_RTOL = 0.1
+CROSSING_RTOL = 0.5
 
 
 def match(prev: CycleSet, curr: CycleSet, *, rtol: float = 1e-2, crossing_rtol: float = CROSSING_RTOL) -> list[Match]:
@@ -1278,6 +1278,10 @@ def scan(
         raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
     if not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1:
         raise ValueError(f"max_order must be an int >= 1, got {max_order!r}")
+    # The scan sets the orders and the warm start itself; a clash would surface as a bare TypeError.
+    reserved = {"max_order", "orders", "warm_start", "dtype", "device"} & set(finder_kwargs or {})
+    if reserved:
+        raise ValueError(f"finder_kwargs must not set {sorted(reserved)}: scan takes max_order, dtype and device itself")
     if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
         raise ValueError("grid must be a pair (values_a, values_b) of sequences of numbers")
     axes = []

@@ -104,6 +104,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         ``summary.json`` goes to the same folder.
     jump_window : int, optional
         Steps within which a loss jump counts as explained by an event (default ``5 * every_n_steps``).
+    jump_warmup_steps : int
+        Loss jumps are looked for only after this many training steps: a fresh model's first updates
+        often drop the loss by more than a jump's threshold, which is learning, not a bifurcation.
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve.
     localize_events : bool
@@ -150,6 +153,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         log_figures_every_n_steps: int = 0,
         jsonl_path: str | None = None,
         jump_window: int | None = None,
+        jump_warmup_steps: int = 20,
         max_tracked_cycles: int = 8,
         localize_events: bool = False,
         seed: int = 0,
@@ -174,6 +178,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.log_figures_every_n_steps = _require_int("log_figures_every_n_steps", log_figures_every_n_steps, 0)
         self.jsonl_path = jsonl_path
         self.jump_window = _require_int("jump_window", jump_window, 0) if jump_window is not None else 5 * every_n_steps
+        self.jump_warmup_steps = _require_int("jump_warmup_steps", jump_warmup_steps, 0)
         self.max_tracked_cycles = _require_int("max_tracked_cycles", max_tracked_cycles, 0)
         if not isinstance(localize_events, bool):
             raise ValueError(f"BifurcationMonitor: localize_events must be True or False, got {localize_events!r}")
@@ -533,10 +538,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         event_steps = [e["step"] for r in analysed for e in r["events"]]
         step_range = (int(self._history[0][0]), last_step) if self._history else (0, last_step)
         losses = [(step, loss) for step, loss, _ in self._history if loss is not None]
+        after_warmup = [(step, loss) for step, loss in losses if step > step_range[0] + self.jump_warmup_steps]
         jumps, jump_note = [], None
-        if losses:
+        if after_warmup:
             try:
-                jumps = detect_loss_jumps([loss for _, loss in losses], [step for step, _ in losses])
+                jumps = detect_loss_jumps([loss for _, loss in after_warmup], [step for step, _ in after_warmup])
             except ValueError as error:  # e.g. a negative loss has no log
                 jump_note = str(error)
         jump_correlation = correlate(event_steps, [j.step for j in jumps], window=self.jump_window, step_range=step_range)
@@ -557,6 +563,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "events_by_kind": {kind: by_kind.get(kind, 0) for kind in BIFURCATION_KINDS},
             "loss_jumps": [j.to_dict() for j in jumps],
             "loss_jump_note": jump_note,
+            "jump_warmup_steps": self.jump_warmup_steps,
             "jump_correlation": jump_correlation.to_dict(),
             "grad_spike_steps": spikes,
             "grad_spike_correlation": spike_correlation.to_dict(),

@@ -436,8 +436,15 @@ def model_to_state(model: PiecewiseLinearRNN) -> dict:
     return {
         "model": kind,
         "config": _constructor_kwargs(model),
-        "params": {name: p.detach().cpu().double().tolist() for name, p in model.named_parameters()},
+        "params": {name: _effective(model, name, p).detach().cpu().double().tolist() for name, p in model.named_parameters()},
     }
+
+
+def _effective(model: PiecewiseLinearRNN, name: str, parameter: Tensor) -> Tensor:
+    """The parameter as the map uses it: W's masked diagonal is written as the zeros it acts as."""
+    if name == "W" and isinstance(model, _OffDiagonalMixin):
+        return model.off_diagonal_weights()
+    return parameter
 
 
 def model_from_state(state: dict) -> PiecewiseLinearRNN:

@@ -430,3 +430,8 @@ def test_cli_scan_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, mess
     assert main(args + extra + ["--out", str(tmp_path / "d"), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bifurcation-callback scan: error:") and message in error and "\n" not in error
+
+
+def test_scan_rejects_finder_kwargs_it_sets_itself():
+    with pytest.raises(ValueError, match=r"finder_kwargs must not set \['orders'\]"):
+        scan(PLRNN(2), "A[0]", "A[1]", ([0.1], [0.2]), method="scyfi", finder_kwargs={"orders": [16]})

@@ -233,6 +233,7 @@ def test_model_detection_errors():
         ({"loss_key": ""}, "loss_key must be a non-empty string"),
         ({"log_figures_every_n_steps": -1}, "log_figures_every_n_steps must be an int >= 0"),
         ({"jump_window": -2}, "jump_window must be an int >= 0"),
+        ({"jump_warmup_steps": -1}, "jump_warmup_steps must be an int >= 0"),
         ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
         ({"localize_events": "yes"}, "localize_events must be True or False"),
     ],
@@ -255,3 +256,37 @@ def test_ddp_spawn_only_rank_zero_writes(tmp_path):
     steps = [record["step"] for record in read_jsonl(jsonl)]
     assert steps == [1, 2, 3, 4]
     assert json.loads((tmp_path / "summary.json").read_text())["n_monitored_steps"] == 4
+
+
+class ScriptedLoss(TinyRNNModule):
+    """Logs a scripted `train_loss` (the optimisation itself is irrelevant to the jump statistics)."""
+
+    def __init__(self, script):
+        super().__init__(lr=0.0)
+        self.script = script
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", float(self.script(self.global_step)), on_step=True, on_epoch=False)
+        return loss
+
+
+def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
+    noise = torch.Generator().manual_seed(0)
+
+    def script(step):
+        # A fast first descent (÷3 per step), then slow decay with 2 % noise, and a ×3 jump at step 30.
+        base = 0.5 * 0.99**step * (3.0 if step >= 30 else 1.0) * float(torch.exp(0.02 * torch.randn(1, generator=noise)))
+        return base * 3.0 ** max(0, 3 - step)
+
+    monitor = BifurcationMonitor(max_order=1, jump_warmup_steps=5)
+    trainer = pl.Trainer(max_steps=45, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(ScriptedLoss(script), random_sequences(n=400))
+    # Lightning's global_step is one ahead of the step the module saw when it logged.
+    assert [(jump["step"], jump["direction"]) for jump in monitor.summary["loss_jumps"]] == [(31, "up")]
+    unguarded = BifurcationMonitor(max_order=1, jump_warmup_steps=0)
+    trainer = pl.Trainer(max_steps=45, callbacks=[unguarded], **quiet_trainer_kwargs(tmp_path, logger=False))
+    noise.manual_seed(0)
+    trainer.fit(ScriptedLoss(script), random_sequences(n=400))
+    assert [jump["step"] for jump in unguarded.summary["loss_jumps"]][-1] == 31
+    assert len(unguarded.summary["loss_jumps"]) > 1  # the first descent reads as jumps without the warm-up

@@ -283,3 +283,8 @@ def test_snapshot_is_detached_copy():
     with torch.no_grad():
         snap.h.add_(1.0)
     assert not torch.equal(snap.h, model.h)
+
+
+def test_saved_state_shows_the_masked_diagonal_as_zero():
+    state = model_to_state(PLRNN(3))
+    assert [state["params"]["W"][i][i] for i in range(3)] == [0.0, 0.0, 0.0]
