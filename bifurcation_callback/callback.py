@@ -107,6 +107,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     jump_warmup_steps : int
         Loss jumps are looked for only after this many training steps: a fresh model's first updates
         often drop the loss by more than a jump's threshold, which is learning, not a bifurcation.
+    jump_min_change : float
+        Smallest relative change of the per-batch training loss in one step that can count as a jump
+        (1.0: doubling or halving), on top of being a robust outlier (z > 5) against the run's own
+        step-to-step noise.  Per-batch losses under teacher forcing routinely move by ±50 %.
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve.
     localize_events : bool
@@ -154,6 +158,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jsonl_path: str | None = None,
         jump_window: int | None = None,
         jump_warmup_steps: int = 20,
+        jump_min_change: float = 1.0,
         max_tracked_cycles: int = 8,
         localize_events: bool = False,
         seed: int = 0,
@@ -179,6 +184,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.jsonl_path = jsonl_path
         self.jump_window = _require_int("jump_window", jump_window, 0) if jump_window is not None else 5 * every_n_steps
         self.jump_warmup_steps = _require_int("jump_warmup_steps", jump_warmup_steps, 0)
+        if isinstance(jump_min_change, bool) or not isinstance(jump_min_change, (int, float)) or not jump_min_change >= 0:
+            raise ValueError(f"BifurcationMonitor: jump_min_change must be a number >= 0, got {jump_min_change!r}")
+        self.jump_min_change = float(jump_min_change)
         self.max_tracked_cycles = _require_int("max_tracked_cycles", max_tracked_cycles, 0)
         if not isinstance(localize_events, bool):
             raise ValueError(f"BifurcationMonitor: localize_events must be True or False, got {localize_events!r}")
@@ -542,7 +550,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jumps, jump_note = [], None
         if after_warmup:
             try:
-                jumps = detect_loss_jumps([loss for _, loss in after_warmup], [step for step, _ in after_warmup])
+                jumps = detect_loss_jumps(
+                    [loss for _, loss in after_warmup],
+                    [step for step, _ in after_warmup],
+                    min_relative_change=self.jump_min_change,
+                )
             except ValueError as error:  # e.g. a negative loss has no log
                 jump_note = str(error)
         jump_correlation = correlate(event_steps, [j.step for j in jumps], window=self.jump_window, step_range=step_range)
@@ -564,6 +576,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "loss_jumps": [j.to_dict() for j in jumps],
             "loss_jump_note": jump_note,
             "jump_warmup_steps": self.jump_warmup_steps,
+            "jump_min_change": self.jump_min_change,
             "jump_correlation": jump_correlation.to_dict(),
             "grad_spike_steps": spikes,
             "grad_spike_correlation": spike_correlation.to_dict(),

@@ -234,6 +234,7 @@ def test_model_detection_errors():
         ({"log_figures_every_n_steps": -1}, "log_figures_every_n_steps must be an int >= 0"),
         ({"jump_window": -2}, "jump_window must be an int >= 0"),
         ({"jump_warmup_steps": -1}, "jump_warmup_steps must be an int >= 0"),
+        ({"jump_min_change": -0.5}, "jump_min_change must be a number >= 0"),
         ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
         ({"localize_events": "yes"}, "localize_events must be True or False"),
     ],
