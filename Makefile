@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 is a CPU wheel on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo demo-full bench browser-deps docs docs-figures clean
+.PHONY: install test demo bench browser-deps docs docs-figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,11 @@ test: $(STAMP) browser-deps
 demo: $(STAMP)
 	$(VENV)/bin/bifurcation-callback demo
 
+# Speed checks (not tests): ratios against baselines measured in the same run; results in docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_finder.py
+	$(PY) benchmarks/bench_scan.py
+	$(PY) benchmarks/bench_monitor.py
 
 # Headless Chromium for tests/test_dashboard_browser.py (Debian/Ubuntu packages); .ci/run calls this before `make test`.
 browser-deps:
@@ -60,4 +63,4 @@ docs-figures: $(STAMP) browser-deps
 	UPDATE_DOCS_SCREENSHOT=1 $(PY) -m pytest -q tests/test_dashboard_browser.py
 
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache site
+	rm -rf $(VENV) lightning_logs .pytest_cache site runs example_out
