@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bifurcation_callback.callback import MONITOR_FINDER_DEFAULTS
 from bifurcation_callback import ShallowPLRNN, exhaustive_cycles, find_cycles  # noqa: E402
 from bifurcation_callback.models import model_from_state  # noqa: E402
 from numpy_scyfi import _canonical_key, from_torch, scyfi  # noqa: E402
@@ -136,7 +137,8 @@ def latency_case(model, *, settings, n_calls, log):
         for step in range(n_calls + 2):  # two warm-up calls not timed
             perturb_(live, generator)
             t = time.perf_counter()
-            cs = find_cycles(live, max_order=4, warm_start=previous, seed=step, **kwargs)
+            call_kwargs = kwargs(step) if callable(kwargs) else kwargs
+            cs = find_cycles(live, max_order=4, warm_start=previous, seed=step, **call_kwargs)
             elapsed = time.perf_counter() - t
             if step >= 2:
                 times.append(elapsed)
@@ -210,6 +212,9 @@ def main(argv=None) -> int:
 
     log("case (iii): warm-started per-step call")
     settings = [
+        # What BifurcationMonitor runs at every step after the first: warm start on every order, random
+        # search on one order per step in rotation.
+        ("monitor default (random on 1 order/step)", lambda step: {**MONITOR_FINDER_DEFAULTS, "random_orders": [1 + step % 4]}),
         ("n_starts=0 (warm only)", {"n_starts": 0, "inner": 5, "outer": 1}),
         ("n_starts=16, inner=5, outer=1", {"n_starts": 16, "inner": 5, "outer": 1}),
         ("n_starts=32, inner=5, outer=1", {"n_starts": 32, "inner": 5, "outer": 1}),

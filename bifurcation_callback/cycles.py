@@ -371,12 +371,17 @@ def _evaluate(model, codes: Tensor) -> _Evaluation:
     z1, info = torch.linalg.solve_ex(identity - product, offset)
     solvable = (info == 0) & torch.isfinite(z1).all(-1)
     z1 = torch.where(solvable.unsqueeze(-1), z1, torch.zeros_like(z1))
-    points = [z1]
-    with torch.no_grad():
-        for _ in range(order):
-            points.append(model.step(points[-1]))
+    step_with_codes = getattr(model, "step_with_codes", None)
+    points, codes_seen = [z1], []
+    for _ in range(order):
+        if step_with_codes is not None:
+            after, code = step_with_codes(points[-1])
+        else:  # a user model with only the protocol's required methods
+            after, code = model.step(points[-1]), model.region_codes(points[-1])
+        points.append(after)
+        codes_seen.append(code)
     trajectory = torch.stack(points, dim=1)
-    visited = model.region_codes(trajectory[:, :order])
+    visited = torch.stack(codes_seen, dim=1)
     real = solvable & (visited == codes).flatten(1).all(-1)
     return _Evaluation(z1, trajectory, product, visited, solvable, real)
 

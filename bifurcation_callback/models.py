@@ -120,6 +120,19 @@ class PiecewiseLinearRNN(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return self.step(z)
 
+    def step_with_codes(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(step(z), region_codes(z))`` in one pass: the cycle finder needs both for every simulated point.
+
+        Examples
+        --------
+        >>> model = ShallowPLRNN(latent_dim=2, hidden_dim=4)
+        >>> z = torch.randn(5, 2)
+        >>> after, codes = model.step_with_codes(z)
+        >>> bool(torch.equal(after, model.step(z)) and torch.equal(codes, model.region_codes(z)))
+        True
+        """
+        return self.step(z), self.region_codes(z)
+
     def switch_inputs(self, z: Tensor) -> Tensor:
         """Return ``G z + g``, shape ``(..., S)``: the inputs of the switches at ``z``."""
         _check_state(z, self.state_dim)
@@ -344,8 +357,13 @@ class ShallowPLRNN(PiecewiseLinearRNN):
         return self.W2, self.h2
 
     def step(self, z: Tensor) -> Tensor:
+        return self.step_with_codes(z)[0]
+
+    def step_with_codes(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # The hidden pre-activations are both the switch inputs and the nonlinearity's argument.
         _check_state(z, self.state_dim)
-        return self.A * z + torch.relu(z @ self.W2.T + self.h2) @ self.W1.T + self.h1
+        hidden = z @ self.W2.T + self.h2
+        return self.A * z + torch.relu(hidden) @ self.W1.T + self.h1, hidden > 0
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
@@ -382,10 +400,12 @@ class ClippedShallowPLRNN(ShallowPLRNN):
     def switching_planes(self) -> tuple[Tensor, Tensor]:
         return torch.cat([self.W2, self.W2]), torch.cat([self.h2, torch.zeros_like(self.h2)])
 
-    def step(self, z: Tensor) -> Tensor:
+    def step_with_codes(self, z: Tensor) -> tuple[Tensor, Tensor]:
         _check_state(z, self.state_dim)
         pre = z @ self.W2.T
-        return self.A * z + (torch.relu(pre + self.h2) - torch.relu(pre)) @ self.W1.T + self.h1
+        shifted = pre + self.h2
+        after = self.A * z + (torch.relu(shifted) - torch.relu(pre)) @ self.W1.T + self.h1
+        return after, torch.cat([shifted > 0, pre > 0], dim=-1)
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
