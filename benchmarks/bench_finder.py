@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bifurcation_callback.callback import MONITOR_FINDER_DEFAULTS
 from bifurcation_callback import ShallowPLRNN, exhaustive_cycles, find_cycles  # noqa: E402
+from bifurcation_callback.callback import MONITOR_FINDER_DEFAULTS  # noqa: E402
 from bifurcation_callback.models import model_from_state  # noqa: E402
 from numpy_scyfi import _canonical_key, from_torch, scyfi  # noqa: E402
 

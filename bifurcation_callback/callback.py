@@ -37,7 +37,7 @@ __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS"]
 # Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each),
 # and a small random search for newly born cycles runs on one order per monitored step, in rotation.
 # The first step uses find_cycles' thorough defaults on every order.
-MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 8, "outer": 1}
+MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 5, "outer": 1}
 _FINDER_KEYS = {"n_starts", "inner", "outer", "dtype", "device"}
 
 # Every scalar the monitor logs ({k}: order, {id}: track id of a cycle).  The class docstring lists them

@@ -367,8 +367,9 @@ def _evaluate(model, codes: Tensor) -> _Evaluation:
     for j in range(1, order):
         product = J[:, j] @ product
         offset = (J[:, j] @ offset.unsqueeze(-1)).squeeze(-1) + c[:, j]
-    identity = torch.eye(product.shape[-1], dtype=product.dtype, device=product.device)
-    z1, info = torch.linalg.solve_ex(identity - product, offset)
+    system = -product
+    system.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I - P without building I
+    z1, info = torch.linalg.solve_ex(system, offset)
     solvable = (info == 0) & torch.isfinite(z1).all(-1)
     z1 = torch.where(solvable.unsqueeze(-1), z1, torch.zeros_like(z1))
     step_with_codes = getattr(model, "step_with_codes", None)
@@ -563,7 +564,8 @@ def _search_order(
         codes = torch.where(restart[:, None, None], codes, evaluation.visited)
         # Warm-start chains are one-shot: they are dropped rather than restarted at random.
         keep = is_random | ~restart
-        codes, is_random, age, restart = codes[keep], is_random[keep], age[keep], restart[keep]
+        if not bool(keep.all()):
+            codes, is_random, age, restart = codes[keep], is_random[keep], age[keep], restart[keep]
         n_restart = int(restart.sum())
         if n_restart:
             codes[restart] = sampler.draw(n_restart, order)
