@@ -194,6 +194,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.seed = _require_int("seed", seed, 0)
         self.summary: dict[str, Any] | None = None
         self._rnn: Any = None
+        self._shadow: Any = None
         self._dashboard: Dashboard | None = None
         self._reset_state()
 
@@ -228,6 +229,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._rnn = self._find_rnn(pl_module)
+            self._shadow = None
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -387,7 +389,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         else:
             effort, random_orders = MONITOR_FINDER_DEFAULTS, [1 + len(self._records) % self.max_order]
         cycles = find_cycles(
-            self._rnn,
+            self._analysis_copy(),
             self.max_order,
             warm_start=self._previous,
             random_orders=random_orders,
@@ -415,6 +417,23 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         for order in random_orders or cycles.orders:
             self._last_random_search[order] = step
         self._publish(record, cycles, events, step)
+
+    def _analysis_copy(self) -> Any:
+        """The RNN's current weights in the finder's dtype and device, in a copy made once and refreshed in
+        place every step (a fresh copy per step was a measurable part of the monitor's cost)."""
+        rnn = self._rnn
+        if not isinstance(rnn, torch.nn.Module):
+            return rnn
+        dtype = self.finder_kwargs.get("dtype", torch.float64)
+        device = self.finder_kwargs.get("device") or next(iter(rnn.parameters()), torch.empty(0)).device
+        if self._shadow is None:
+            self._shadow = _snapshot(rnn).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            for mine, theirs in zip(self._shadow.parameters(), rnn.parameters()):
+                mine.copy_(theirs)
+            for mine, theirs in zip(self._shadow.buffers(), rnn.buffers()):
+                mine.copy_(theirs)
+        return self._shadow
 
     def _compare(self, cycles: CycleSet, step: int) -> list[BifurcationEvent]:
         events = detect_bifurcations(self._previous, cycles, step=step, prev_step=self._previous_step)

@@ -300,8 +300,13 @@ def _require_count(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None):
-    """Validate the model and return a detached copy in the finder's dtype and device."""
+def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None, *, copy: bool = True):
+    """Validate the model and return it in the finder's dtype and device.
+
+    With ``copy=False`` a model that already has that dtype and device is used as it is: the searches
+    only read it (under ``no_grad``), and a copy per training step is a measurable part of the monitor's
+    cost.  Callers that write parameters (``scan``) keep ``copy=True``.
+    """
     require_piecewise_linear(model)
     if dtype not in _TOLERANCES:
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -314,6 +319,9 @@ def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    if not copy and all(t.dtype == dtype and t.device == device for t in tensors):
+        return model, device
     snapshot = model.snapshot() if hasattr(model, "snapshot") else _detached_copy(model)
     return snapshot.to(device=device, dtype=dtype), device
 
@@ -597,8 +605,8 @@ def find_cycles(
     Parameters
     ----------
     model : PiecewiseLinear
-        One of the package's models or any object implementing the protocol.  It is copied (detached) to
-        ``dtype`` and ``device``; the caller's model is not changed.
+        One of the package's models or any object implementing the protocol.  It is only read: a model in
+        another dtype or on another device is copied (detached) to ``dtype`` and ``device`` first.
     max_order : int
         Search orders ``1 .. max_order``.
     orders : list of int, optional
@@ -664,7 +672,7 @@ def find_cycles(
         raise ValueError("random_orders leaves some orders unsearched unless a warm_start CycleSet is given")
     started = time.monotonic()
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
-    analysed, device = _prepare_model(model, dtype, device)
+    analysed, device = _prepare_model(model, dtype, device, copy=False)
     sampler = _RandomCodes(analysed, device, dtype, seed)
     geometry = _switching_geometry(analysed)
     cycles: list[Cycle] = []
@@ -730,7 +738,7 @@ def exhaustive_cycles(
     max_sequences = _require_count("max_sequences", max_sequences, 1)
     batch_size = _require_count("batch_size", batch_size, 1)
     started = time.monotonic()
-    analysed, device = _prepare_model(model, dtype, device)
+    analysed, device = _prepare_model(model, dtype, device, copy=False)
     regions = _region_table(analysed).to(device)
     geometry = _switching_geometry(analysed)
     n_regions = regions.shape[0]
