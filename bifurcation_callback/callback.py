@@ -98,7 +98,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         Key in ``trainer.callback_metrics`` holding the training loss; the step's returned loss is used
         when the key is missing.
     log_figures_every_n_steps : int
-        Log a state-space figure with the cycles every n monitored steps (0: only at fit end).
+        Log the figures (state space with the cycles, timeline of events over the loss curve) every n
+        monitored steps (0: only at fit end).  Each figure costs tens of milliseconds of matplotlib.
     jsonl_path : str, optional
         Where to write the per-step records; default ``<trainer.log_dir>/events.jsonl``.
         ``summary.json`` goes to the same folder.
@@ -503,7 +504,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             dashboard.log_text("bifurcation/events", events_markdown(record["events"]), step)
         logged = time.perf_counter()
         if self.log_figures_every_n_steps and len(self._records) % self.log_figures_every_n_steps == 0:
-            self._log_state_space(cycles, step)
+            self._log_figures(cycles, step)
         # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
         record["publish_ms"] = 1e3 * (logged - started)
         record["figures_ms"] = 1e3 * (time.perf_counter() - logged)
@@ -536,13 +537,16 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             scalars["bifurcation/min_border_margin"] = min(c.border_margin for c in cycles)
         return scalars
 
-    def _log_state_space(self, cycles: CycleSet, step: int) -> None:
+    def _log_figures(self, cycles: CycleSet | None, step: int, loss_jumps: list[dict] | tuple = ()) -> None:
+        """The state space with the cycles and the timeline of events over the loss curve."""
         if self._dashboard is None or not self._dashboard.has_tensorboard:
             return
-        from .plots import plot_cycles
+        from .plots import plot_cycles, plot_timeline
 
-        figure = plot_cycles(cycles).figure
-        self._dashboard.log_figure("bifurcation/state_space", figure, step)
+        if cycles is not None:
+            self._dashboard.log_figure("bifurcation/state_space", plot_cycles(cycles).figure, step)
+        timeline = plot_timeline(self._records, loss_jumps, losses=self._history).figure
+        self._dashboard.log_figure("bifurcation/timeline", timeline, step)
 
     def _skip(self, step: int, loss: float | None, reason: str) -> None:
         category = reason.split(":")[0]
@@ -617,13 +621,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             step,
         )
         dashboard.log_text("bifurcation/summary", summary_markdown(summary), step)
-        if dashboard.has_tensorboard and self._records:
-            from .plots import plot_timeline
-
-            figure = plot_timeline(self._records, summary["loss_jumps"], losses=self._history).figure
-            dashboard.log_figure("bifurcation/timeline", figure, step)
-            if self._previous is not None:
-                self._log_state_space(self._previous, step)
+        if self._records:
+            self._log_figures(self._previous, step, summary["loss_jumps"])
         dashboard.write_summary(summary)
 
 
