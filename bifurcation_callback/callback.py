@@ -35,7 +35,8 @@ except ImportError:  # pragma: no cover - pytorch_lightning is optional
 __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS"]
 
 # Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each),
-# and a small random search for newly born cycles runs on one order per monitored step, in rotation.
+# and a small random search for newly born cycles runs on one order every `discovery_every` monitored
+# steps, in rotation.
 # The first step uses find_cycles' thorough defaults on every order.
 MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 5, "outer": 1}
 _FINDER_KEYS = {"n_starts", "inner", "outer", "dtype", "device"}
@@ -114,6 +115,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         step-to-step noise.  Per-batch losses under teacher forcing routinely move by ±50 %.
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve.
+    discovery_every : int
+        Run the small random search for newly born cycles on every n-th monitored step (one order per
+        search, in rotation); the cycles already known are re-solved at every monitored step.  1 finds new
+        cycles sooner, 2 (default) halves the search's cost; an appearance's bracket always reaches back
+        to its order's previous search.
     localize_events : bool
         Bisect along the straight line between the two weight snapshots around every step with events,
         to give the events a sub-step ``location`` (costs about ten extra searches per such step).
@@ -162,6 +168,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jump_min_change: float = 1.0,
         max_tracked_cycles: int = 8,
         localize_events: bool = False,
+        discovery_every: int = 2,
         seed: int = 0,
     ) -> None:
         self.max_order = _require_int("max_order", max_order, 1)
@@ -192,6 +199,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if not isinstance(localize_events, bool):
             raise ValueError(f"BifurcationMonitor: localize_events must be True or False, got {localize_events!r}")
         self.localize_events = localize_events
+        self.discovery_every = _require_int("discovery_every", discovery_every, 1)
         self.seed = _require_int("seed", seed, 0)
         self.summary: dict[str, Any] | None = None
         self._rnn: Any = None
@@ -387,8 +395,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         started = time.perf_counter()
         if self._previous is None:  # no warm start yet: find_cycles' thorough defaults on every order
             effort, random_orders = {}, None
+        elif len(self._records) % self.discovery_every:
+            effort, random_orders = MONITOR_FINDER_DEFAULTS, []
         else:
-            effort, random_orders = MONITOR_FINDER_DEFAULTS, [1 + len(self._records) % self.max_order]
+            discovery = len(self._records) // self.discovery_every
+            effort, random_orders = MONITOR_FINDER_DEFAULTS, [1 + discovery % self.max_order]
         cycles = find_cycles(
             self._analysis_copy(),
             self.max_order,
@@ -415,7 +426,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._records.append(record)
         self._n_events += len(events)
         self._previous, self._previous_step, self._previous_weights = cycles, step, weights
-        for order in random_orders or cycles.orders:
+        for order in cycles.orders if random_orders is None else random_orders:
             self._last_random_search[order] = step
         self._publish(record, cycles, events, step)
 
@@ -443,10 +454,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _honest_bracket(self, event: BifurcationEvent) -> BifurcationEvent:
         """A newly found cycle may have been born any time since its order's last random search, so the
-        bracket of an appearance reaches back to that search."""
+        bracket of every event about a cycle with no predecessor (an appearance, or a pair born at a
+        border) reaches back to that search."""
         searched = self._last_random_search.get(event.order)
         low, high = event.step_interval
-        if event.kind != "appearance" or searched is None or searched >= low:
+        newly_found = event.eigenvalues_before is None and event.eigenvalues_after is not None
+        if not newly_found or searched is None or searched >= low:
             return event
         return dataclasses.replace(event, step_interval=(searched, high))
 

@@ -237,6 +237,7 @@ def test_model_detection_errors():
         ({"jump_min_change": -0.5}, "jump_min_change must be a number >= 0"),
         ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
         ({"localize_events": "yes"}, "localize_events must be True or False"),
+        ({"discovery_every": 0}, "discovery_every must be an int >= 1"),
     ],
 )
 def test_constructor_validates_arguments(kwargs, message):
@@ -291,3 +292,28 @@ def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
     trainer.fit(ScriptedLoss(script), random_sequences(n=400))
     assert [jump["step"] for jump in unguarded.summary["loss_jumps"]][-1] == 31
     assert len(unguarded.summary["loss_jumps"]) > 1  # the first descent reads as jumps without the warm-up
+
+
+def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
+    """z' = 0.5 z + relu(z) + mu: no fixed point for mu > 0, a pair (2 mu and -2 mu) at a border for mu < 0.
+    mu jumps from +0.1 to -0.1 inside step 6; no previous cycle exists, so only the random search can find
+    the pair, on a later step; the bracket must still contain the true change (6, 7]."""
+    from bifurcation_callback.models import ShallowPLRNN
+
+    rnn = ShallowPLRNN(latent_dim=1, hidden_dim=1)
+    with torch.no_grad():
+        rnn.A.fill_(0.5), rnn.W1.fill_(1.0), rnn.W2.fill_(1.0), rnn.h2.fill_(0.0), rnn.h1.fill_(0.1)
+
+    def schedule(step, model):
+        if step == 6:
+            model.h1.fill_(-0.1)
+
+    monitor = BifurcationMonitor(max_order=2, discovery_every=2)
+    trainer = pl.Trainer(max_steps=20, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(dim=1))
+    events = monitor.events
+    assert [(e.kind, e.order) for e in events] == [("border_collision", 1), ("border_collision", 1)]
+    for event in events:
+        low, high = event.step_interval
+        assert low <= 6 < 7 <= high <= 7 + 2 * 2  # found within max_order discovery rounds
+    assert sorted(round(float(c.points[0, 0]), 6) for c in monitor.cycles) == [-0.2, 0.2]
