@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback as _LightningCallback
 from typing_extensions import override
 
+from ._checks import require_int
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent, detect_bifurcations, localize, match
 from .cycles import CycleSet, find_cycles
 from .dashboard import Dashboard, custom_scalars_layout, events_markdown
@@ -66,9 +67,7 @@ LOGGED_METRICS: dict[str, str] = {
 
 
 def _require_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"BifurcationMonitor: {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return require_int(name, value, minimum, owner="BifurcationMonitor")
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import require_int
 from .models import all_codes, require_piecewise_linear
 
 __all__ = [
@@ -292,12 +293,6 @@ def _resolve_orders(max_order: int, orders: Sequence[int] | None) -> tuple[int, 
     if not isinstance(max_order, (int, np.integer)) or isinstance(max_order, bool) or max_order < 1:
         raise ValueError(f"max_order must be an int >= 1, got {max_order!r}")
     return tuple(range(1, int(max_order) + 1))
-
-
-def _require_count(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None, *, copy: bool = True):
@@ -654,9 +649,9 @@ def find_cycles(
     [(1, 'unstable', 2.0)]
     """
     order_list = _resolve_orders(max_order, orders)
-    n_starts = _require_count("n_starts", n_starts, 0)
-    inner = _require_count("inner", inner, 1)
-    outer = _require_count("outer", outer, 1)
+    n_starts = require_int("n_starts", n_starts, 0)
+    inner = require_int("inner", inner, 1)
+    outer = require_int("outer", outer, 1)
     if time_budget_s is not None and (
         isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0
     ):
@@ -735,8 +730,8 @@ def exhaustive_cycles(
     True
     """
     order_list = _resolve_orders(max_order, orders)
-    max_sequences = _require_count("max_sequences", max_sequences, 1)
-    batch_size = _require_count("batch_size", batch_size, 1)
+    max_sequences = require_int("max_sequences", max_sequences, 1)
+    batch_size = require_int("batch_size", batch_size, 1)
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device, copy=False)
     regions = _region_table(analysed).to(device)

@@ -26,6 +26,7 @@ from scipy.special import logsumexp
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from bifurcation_callback._checks import require_int
 from bifurcation_callback._lightning import for_namespace
 from bifurcation_callback.models import PLRNN
 
@@ -105,8 +106,8 @@ def lorenz63(
     >>> x.shape, bool(abs(x.mean()) < 1e-12), bool(np.allclose(x.std(axis=0), 1.0))
     ((200, 3), True, True)
     """
-    _require_int("n_steps", n_steps, minimum=2)
-    _require_int("transient", transient, minimum=0)
+    require_int("n_steps", n_steps, 2)
+    require_int("transient", transient, 0)
     _require_positive_float("dt", dt)
 
     def vector_field(_: float, s: np.ndarray) -> list[float]:
@@ -242,8 +243,8 @@ def plrnn_teacher(
     >>> x.shape, bool(np.allclose(x[16:], x[:-16]))   # exactly periodic with period 16
     ((64, 2), True)
     """
-    _require_int("n_steps", n_steps, minimum=1)
-    _require_int("transient", transient, minimum=0)
+    require_int("n_steps", n_steps, 1)
+    require_int("transient", transient, 0)
     if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or not noise_std >= 0:
         raise ValueError(f"noise_std must be a float >= 0, got {noise_std!r}")
     A, W, h = (np.asarray(_teacher_params(system)[k]) for k in ("A", "W", "h"))
@@ -371,11 +372,11 @@ class _TimeSeriesDataModuleMixin:
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _require_int("seq_len", seq_len, minimum=1)
-        _require_int("batch_size", batch_size, minimum=1)
-        _require_int("n_batches_per_epoch", n_batches_per_epoch, minimum=1)
-        _require_int("seed", seed, minimum=0)
-        _require_int("num_workers", num_workers, minimum=0)
+        require_int("seq_len", seq_len, 1)
+        require_int("batch_size", batch_size, 1)
+        require_int("n_batches_per_epoch", n_batches_per_epoch, 1)
+        require_int("seed", seed, 0)
+        require_int("num_workers", num_workers, 0)
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.n_batches_per_epoch = n_batches_per_epoch
@@ -550,8 +551,8 @@ def state_space_divergence(
     if method not in DIVERGENCE_METHODS:
         raise ValueError(f"method must be one of {', '.join(DIVERGENCE_METHODS)}, got {method!r}")
     if n_bins is not None:
-        _require_int("n_bins", n_bins, minimum=1)
-    _require_int("n_samples", n_samples, minimum=1)
+        require_int("n_bins", n_bins, 1)
+    require_int("n_samples", n_samples, 1)
     _require_positive_float("smoothing", smoothing)
     _require_positive_float("bandwidth", bandwidth)
     a, b = _pair(x_true, x_gen)
@@ -660,11 +661,6 @@ def power_spectrum_distance(
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _require_positive_float(name: str, value: object) -> None:

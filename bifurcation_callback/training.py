@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from bifurcation_callback._checks import require_int
 from bifurcation_callback._lightning import for_namespace
 
 __all__ = [
@@ -116,17 +117,17 @@ class _DSRModuleMixin:
                 raise ValueError(f'alpha must be a float in [0, 1] or "adaptive", got {alpha!r}')
         elif not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f'alpha must be a float in [0, 1] or "adaptive", got {alpha!r}')
-        _require_int("tf_interval", tf_interval, minimum=1)
-        _require_int("alpha_update_every", alpha_update_every, minimum=1)
+        require_int("tf_interval", tf_interval, 1)
+        require_int("alpha_update_every", alpha_update_every, 1)
         if obs_dim is not None:
-            _require_int("obs_dim", obs_dim, minimum=1)
+            require_int("obs_dim", obs_dim, 1)
             if obs == "identity" and obs_dim > rnn.state_dim:
                 raise ValueError(
                     f"obs_dim={obs_dim} exceeds the model's state_dim={rnn.state_dim}: the identity observation "
                     'reads out the first obs_dim latent units; use a larger model or obs="linear"'
                 )
         if seq_len is not None:
-            _require_int("seq_len", seq_len, minimum=1)
+            require_int("seq_len", seq_len, 1)
         if not _is_real(lr) or not lr > 0:
             raise ValueError(f"lr must be a float > 0, got {lr!r}")
         if gradient_clip is not None and (not _is_real(gradient_clip) or not gradient_clip > 0):
@@ -269,7 +270,7 @@ class _DSRModuleMixin:
         -------
         Tensor, shape (..., n_steps, N)
         """
-        _require_int("n_steps", n_steps, minimum=1)
+        require_int("n_steps", n_steps, 1)
         z = torch.as_tensor(initial, dtype=_parameter_dtype(self.rnn), device=self.alpha_value.device)
         expected = self.rnn.state_dim if latent else self.obs_dim
         if z.shape[-1:] != (expected,):
@@ -453,11 +454,6 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
 def _is_real(value: object) -> bool:
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     return numeric and math.isfinite(value)
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
