@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from .cycles import NEUTRAL_TOLERANCE, _TOLERANCES, Cycle, CycleSet, exhaustive_cycles, find_cycles
-from .models import all_codes, model_from_state, model_to_state, require_piecewise_linear
+from .models import all_codes, detached_copy, model_from_state, model_to_state, require_piecewise_linear
 
 __all__ = [
     "BIFURCATION_KINDS",
@@ -693,8 +693,7 @@ def _as_model(value: object, template: torch.nn.Module | None, name: str) -> tor
     """A detached float64 model from a model, a ``model_to_state`` dict or a plain state_dict."""
     if isinstance(value, torch.nn.Module):
         require_piecewise_linear(value)
-        model = value.snapshot() if hasattr(value, "snapshot") else _detached(value)
-        return model.double()
+        return detached_copy(value).double()
     if isinstance(value, dict) and "model" in value and "params" in value:
         return model_from_state(value)
     if isinstance(value, dict):
@@ -702,22 +701,13 @@ def _as_model(value: object, template: torch.nn.Module | None, name: str) -> tor
             raise TypeError(
                 f"{name} is a plain state_dict; pass a model (or a model_to_state dict) as model_a so its class is known"
             )
-        model = _detached(template)
+        model = detached_copy(template).double()
         try:
             model.load_state_dict({k: torch.as_tensor(v, dtype=torch.float64) for k, v in value.items()}, strict=True)
         except RuntimeError as error:
             raise ValueError(f"{name} does not fit {type(template).__name__}: {error}") from None
         return model
     raise TypeError(f"{name} must be a model, a model_to_state dict or a state_dict, got {type(value).__name__}")
-
-
-def _detached(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    clone = copy.deepcopy(model).double()
-    for parameter in clone.parameters():
-        parameter.requires_grad_(False)
-    return clone
 
 
 def _require_same_model(model_a: torch.nn.Module, model_b: torch.nn.Module) -> None:

@@ -24,7 +24,7 @@ from .bifurcations import BIFURCATION_KINDS, BifurcationEvent, detect_bifurcatio
 from .cycles import CycleSet, find_cycles
 from .dashboard import Dashboard, custom_scalars_layout, events_markdown
 from .loss_jumps import correlate, detect_loss_jumps, detect_spikes
-from .models import require_piecewise_linear
+from .models import detached_copy, require_piecewise_linear
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -412,7 +412,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if not cycles.complete:
             self._skip(step, loss, f"time budget of {self.time_budget_s} s exceeded")
             return
-        weights = _snapshot(self._rnn) if self.localize_events else None
+        weights = detached_copy(self._rnn) if self.localize_events else None
         if self._previous is not None:
             events = self._compare(cycles, step)
             if events and self._previous_weights is not None:
@@ -438,7 +438,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         dtype = self.finder_kwargs.get("dtype", torch.float64)
         device = self.finder_kwargs.get("device") or next(iter(rnn.parameters()), torch.empty(0)).device
         if self._shadow is None:
-            self._shadow = _snapshot(rnn).to(device=device, dtype=dtype)
+            self._shadow = detached_copy(rnn).to(device=device, dtype=dtype)
         with torch.no_grad():
             for mine, theirs in zip(self._shadow.parameters(), rnn.parameters()):
                 mine.copy_(theirs)
@@ -654,13 +654,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         ("monitor overhead", f"{100 * summary['monitor_overhead']:.1f} %"),
     ]
     return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
-
-
-def _snapshot(rnn: Any) -> Any:
-    """A detached copy of the weights, taken on the main thread before the optimizer moves them again."""
-    import copy
-
-    return rnn.snapshot() if callable(getattr(rnn, "snapshot", None)) else copy.deepcopy(rnn)
 
 
 def _is_piecewise_linear(module: Any) -> bool:

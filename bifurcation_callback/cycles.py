@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._checks import require_int
-from .models import all_codes, require_piecewise_linear
+from .models import all_codes, detached_copy, require_piecewise_linear
 
 __all__ = [
     "Cycle",
@@ -317,8 +317,7 @@ def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
     if not copy and all(t.dtype == dtype and t.device == device for t in tensors):
         return model, device
-    snapshot = model.snapshot() if hasattr(model, "snapshot") else _detached_copy(model)
-    return snapshot.to(device=device, dtype=dtype), device
+    return detached_copy(model).to(device=device, dtype=dtype), device
 
 
 @contextmanager
@@ -334,15 +333,6 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    clone = copy.deepcopy(model)
-    for parameter in clone.parameters():
-        parameter.requires_grad_(False)
-    return clone
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "model_from_state",
     "model_to_state",
     "enumerate_region_codes",
+    "detached_copy",
 ]
 
 # The protocol methods the finder cannot work without (switching_planes is optional).
@@ -86,6 +87,26 @@ def require_piecewise_linear(model: object) -> None:
             "(state_dim, n_switches, region_codes, affine_pieces, step) or use one of "
             f"{', '.join(MODEL_REGISTRY)}."
         )
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with no autograd graph (the model's own ``snapshot()`` when it has one).
+
+    Examples
+    --------
+    >>> copy_ = detached_copy(torch.nn.Linear(2, 2))
+    >>> any(p.requires_grad for p in copy_.parameters())
+    False
+    """
+    snapshot = getattr(model, "snapshot", None)
+    return snapshot() if callable(snapshot) else _frozen_deepcopy(model)
+
+
+def _frozen_deepcopy(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    for parameter in clone.parameters():
+        parameter.requires_grad_(False)
+    return clone
 
 
 def _check_state(z: Tensor, state_dim: int, what: str = "z") -> None:
@@ -163,10 +184,7 @@ class PiecewiseLinearRNN(nn.Module):
 
     def snapshot(self) -> "PiecewiseLinearRNN":
         """Return a detached copy (no autograd graph, same device and dtype) for analysis."""
-        clone = copy.deepcopy(self)
-        for parameter in clone.parameters():
-            parameter.requires_grad_(False)
-        return clone
+        return _frozen_deepcopy(self)
 
     def realizable_codes(self, max_codes: int = 1 << 16) -> Tensor:
         """Enumerate every region code that some state reaches, shape ``(R, S)``.
