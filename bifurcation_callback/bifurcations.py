@@ -518,10 +518,6 @@ def _code_distance(a: Cycle, b: Cycle) -> int:
     return min(int((a.codes != np.roll(b.codes, -shift, axis=0)).sum()) for shift in range(a.order))
 
 
-def _hamming_one_under_rotation(a: Cycle, b: Cycle) -> bool:
-    return _code_distance(a, b) == 1
-
-
 def _index_sign(cycle: Cycle) -> float:
     # det(I - P) = prod(1 - λ): its sign is the fixed-point index of the cycle.
     return float(np.sign(np.prod(1.0 - cycle.eigenvalues).real))
@@ -534,7 +530,7 @@ def _fold_partners(cycles: list[Cycle]) -> dict[int, Cycle]:
         a, b = cycles[i], cycles[j]
         if i in partners or j in partners or a.order != b.order:
             continue
-        if _index_sign(a) * _index_sign(b) < 0 and _hamming_one_under_rotation(a, b):
+        if _index_sign(a) * _index_sign(b) < 0 and _code_distance(a, b) == 1:
             partners[i], partners[j] = b, a
     return partners
 
