@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -32,16 +31,14 @@ def demo_run(tmp_path_factory):
 
     logdir = tmp_path_factory.mktemp("demo")
     out, err = io.StringIO(), io.StringIO()
-    started = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(["demo", *TINY, "--logdir", str(logdir)])
-    return status, out.getvalue(), err.getvalue(), logdir, time.perf_counter() - started
+    return status, out.getvalue(), err.getvalue(), logdir
 
 
 def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
-    status, out, err, logdir, elapsed = demo_run
+    status, out, err, logdir = demo_run
     assert status == 0, err
-    assert elapsed < 90, f"the tiny demo took {elapsed:.0f} s"
     rows = table_rows(out)
     assert [row[0] for row in rows] == list(DEMO_METHODS)  # one seed: no mean rows
     header = [cell.strip() for cell in out.splitlines()[[l.startswith("|") for l in out.splitlines()].index(True)].strip("|").split("|")]
@@ -57,7 +54,7 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
 
 
 def test_demo_writes_logs_per_run(demo_run):
-    _, _, _, logdir, _ = demo_run
+    _, _, _, logdir = demo_run
     for training in DEMO_METHODS.values():
         run = logdir / f"{training}_seed0"
         assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
@@ -69,7 +66,7 @@ def test_demo_writes_logs_per_run(demo_run):
 
 
 def test_compare_prints_the_same_table(demo_run, tmp_path, capsys):
-    _, out, _, logdir, _ = demo_run
+    _, out, _, logdir = demo_run
     assert main(["compare", str(logdir)]) == 0
     assert table_of(capsys.readouterr().out) == table_of(out)
     # A run folder and a summary.json file work too; each is listed once.
@@ -79,7 +76,7 @@ def test_compare_prints_the_same_table(demo_run, tmp_path, capsys):
 
 
 def test_compare_without_demo_json_marks_missing_measures(demo_run, tmp_path, capsys):
-    _, _, _, logdir, _ = demo_run
+    _, _, _, logdir = demo_run
     plain = tmp_path / "plain_run"
     plain.mkdir()
     (plain / "summary.json").write_text((logdir / "gtf_seed0" / "summary.json").read_text())
@@ -89,7 +86,7 @@ def test_compare_without_demo_json_marks_missing_measures(demo_run, tmp_path, ca
 
 
 def test_mean_rows_pool_seeds(demo_run):
-    _, _, _, logdir, _ = demo_run
+    _, _, _, logdir = demo_run
     runs = collect_runs([logdir])
     # Pretend a second seed of each method: the mean row appears, pooled fractions, Fisher's p.
     doubled = runs + [{**run, "demo": {**run["demo"], "seed": 1}} for run in runs]
