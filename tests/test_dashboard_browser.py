@@ -34,7 +34,6 @@ import numpy as np
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bifurcation_callback import plots
 from bifurcation_callback.callback import BifurcationMonitor
 
 from .test_callback import flip_at
@@ -203,9 +202,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
     flip = next(t for t in texts if t["step"] == FLIP_STEP + 1)
     assert "stability_change (-1)" in flip["text"] and "<table>" in flip["text"]  # Markdown rendered to HTML
 
-    wanted_images = {"bifurcation/timeline"}
-    if hasattr(plots, "plot_cycles"):  # the monitor logs state-space figures once plots.plot_cycles exists
-        wanted_images.add("bifurcation/state_space")
+    wanted_images = {"bifurcation/timeline", "bifurcation/state_space"}
     image_tags = _poll(
         lambda: _get(tensorboard, "/data/plugin/images/tags"),
         lambda tags: wanted_images <= set(tags.get(RUN_NAME, {})),
