@@ -1,15 +1,50 @@
 """Argument checks shared by every module, so an error names the argument, the bad value and what is allowed
-in one wording everywhere."""
+in one wording everywhere.
+
+Each ``require_*`` returns the value normalised (a plain ``int``, ``float``, ``bool``, ``torch.dtype``) or raises
+``ValueError`` (``TypeError`` for a wrong kind of object where the caller asked for that).  ``owner`` prefixes the
+message with the class or function that received the argument, e.g. ``"BifurcationMonitor: ..."``.
+``optional=True`` lets ``None`` through unchanged.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
+import torch
 
-__all__ = ["require_int"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "require_int",
+    "require_real",
+    "require_bool",
+    "require_choice",
+    "require_dtype",
+]
+
+# The finder's precisions and the spellings accepted for them: "float32", torch.float32 and np.float32 all work,
+# so a dtype read from a YAML/CLI config is not a silent run-time failure.
+FLOAT_DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 
 
-def require_int(name: str, value: object, minimum: int, *, owner: str | None = None) -> int:
-    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer ``>= minimum`` (bools rejected).
+def _prefix(owner: str | None) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def require_int(
+    name: str,
+    value: object,
+    minimum: int | None = None,
+    *,
+    maximum: int | None = None,
+    owner: str | None = None,
+    optional: bool = False,
+) -> Any:
+    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer in ``[minimum, maximum]``
+    (bools rejected).
 
     Examples
     --------
@@ -20,7 +55,121 @@ def require_int(name: str, value: object, minimum: int, *, owner: str | None = N
     ...
     ValueError: BifurcationMonitor: every_n_steps must be an int >= 1, got 0
     """
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        prefix = f"{owner}: " if owner else ""
-        raise ValueError(f"{prefix}{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    if optional and value is None:
+        return None
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not is_int or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = [f">= {minimum}"] if minimum is not None else []
+        bounds += [f"<= {maximum}"] if maximum is not None else []
+        wanted = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if optional else "")
+        raise ValueError(f"{_prefix(owner)}{name} must be {wanted}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def require_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    exclusive_minimum: bool = False,
+    maximum: float | None = None,
+    owner: str | None = None,
+    optional: bool = False,
+) -> Any:
+    """Return ``value`` as a finite float, or raise ``ValueError`` (bools, strings, NaN and inf rejected).
+
+    ``exclusive_minimum=True`` asks for ``value > minimum`` instead of ``>=``.
+
+    Examples
+    --------
+    >>> require_real("jump_min_change", 1, minimum=0.0)
+    1.0
+    >>> require_real("time_budget_s", True, minimum=0.0, exclusive_minimum=True, optional=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: time_budget_s must be a finite number > 0.0 or None, got True
+    """
+    if optional and value is None:
+        return None
+    is_real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = is_real and math.isfinite(float(value))  # type: ignore[arg-type]
+    if ok and minimum is not None:
+        ok = float(value) > minimum if exclusive_minimum else float(value) >= minimum  # type: ignore[arg-type]
+    if ok and maximum is not None:
+        ok = float(value) <= maximum  # type: ignore[arg-type]
+    if not ok:
+        bounds = [f"{'>' if exclusive_minimum else '>='} {minimum}"] if minimum is not None else []
+        bounds += [f"<= {maximum}"] if maximum is not None else []
+        wanted = "a finite number" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if optional else "")
+        raise ValueError(f"{_prefix(owner)}{name} must be {wanted}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def require_bool(name: str, value: object, *, owner: str | None = None) -> bool:
+    """Return ``value`` if it is a bool (numpy bools too), else raise ``ValueError``.
+
+    Examples
+    --------
+    >>> require_bool("localize_events", False)
+    False
+    >>> require_bool("localize_events", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: localize_events must be True or False, got 1
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_prefix(owner)}{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def require_choice(
+    name: str, value: object, choices: Iterable[Any], *, owner: str | None = None, optional: bool = False
+) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them.
+
+    Examples
+    --------
+    >>> require_choice("training", "gtf", ("bptt", "stf", "gtf"))
+    'gtf'
+    >>> require_choice("training", "tf", ("bptt", "stf", "gtf"))
+    Traceback (most recent call last):
+    ...
+    ValueError: training must be one of 'bptt', 'stf', 'gtf', got 'tf'
+    """
+    allowed = tuple(choices)
+    if optional and value is None:
+        return None
+    # True == 1: a bool is allowed only where a bool itself is a choice.
+    valid = any(c == value and isinstance(c, bool) == isinstance(value, bool) for c in allowed)
+    if not valid:
+        listed = ", ".join(repr(c) for c in allowed) + (" or None" if optional else "")
+        raise ValueError(f"{_prefix(owner)}{name} must be one of {listed}, got {value!r}")
+    return value
+
+
+def require_dtype(name: str, value: object, *, owner: str | None = None) -> torch.dtype:
+    """Return the ``torch.dtype`` for a floating precision the finder supports.
+
+    Accepts ``torch.float64`` / ``torch.float32``, their numpy twins and the strings ``"float64"`` /
+    ``"float32"`` (``"torch.float32"`` too).
+
+    Examples
+    --------
+    >>> require_dtype("dtype", "float32")
+    torch.float32
+    >>> require_dtype("dtype", torch.float16)
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype must be one of torch.float64, torch.float32 (or 'float64', 'float32'), got torch.float16
+    """
+    if isinstance(value, torch.dtype) and value in FLOAT_DTYPES.values():
+        return value
+    if isinstance(value, str) and value.removeprefix("torch.") in FLOAT_DTYPES:
+        return FLOAT_DTYPES[value.removeprefix("torch.")]
+    if isinstance(value, type) and issubclass(value, np.floating) and np.dtype(value).name in FLOAT_DTYPES:
+        return FLOAT_DTYPES[np.dtype(value).name]
+    if isinstance(value, np.dtype) and value.name in FLOAT_DTYPES:
+        return FLOAT_DTYPES[value.name]
+    torch_names = ", ".join(str(d) for d in FLOAT_DTYPES.values())
+    strings = ", ".join(repr(s) for s in FLOAT_DTYPES)
+    raise ValueError(f"{_prefix(owner)}{name} must be one of {torch_names} (or {strings}), got {value!r}")
