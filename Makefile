@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 is a CPU wheel on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench browser-deps docs docs-figures clean
+.PHONY: install test test-fast demo bench browser-deps docs docs-figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The suite includes a TensorBoard-in-Chromium test, so test installs the browser too (browser-deps).
-test: $(STAMP) browser-deps
+# The full suite, as CI runs it.  It includes TensorBoard-in-Chromium and docs-site-in-Chromium tests, so test
+# installs the browser (browser-deps) and the docs extra (the site is built and its formulas checked offline).
+test: $(STAMP) $(DOCS_STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# The quick loop: the suite without the tests marked slow or browser (make test runs everything).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 # BPTT vs GTF on the 2-D PLRNN teacher with the BifurcationMonitor attached (3 seeds each, a few minutes on a
 # laptop CPU); prints the comparison table and the tensorboard command.  `bifurcation-callback demo --fast` is the
@@ -52,7 +57,8 @@ $(DOCS_STAMP): pyproject.toml | $(STAMP)
 	$(PY) -m pip install -q -e ".[docs]"
 	touch $(DOCS_STAMP)
 
-# The documentation site in site/; --strict turns every mkdocs / mkdocstrings warning into an error.
+# The documentation site in site/; --strict turns every mkdocs / mkdocstrings warning into an error.  MathJax comes
+# from the docs extra and ships inside site/, so the formulas render offline (file:// pages too).
 # NO_MKDOCS_2_WARNING silences mkdocs-material's end-of-life banner (a notice about the theme, not about the docs).
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
