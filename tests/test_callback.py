@@ -383,16 +383,19 @@ def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path):
     assert [r["loss"] for r in monitor.records] == pytest.approx(module.step_losses, rel=1e-6)
 
 
-def test_monitor_scalars_share_lightnings_step_for_the_same_batch(tmp_path):
+@pytest.mark.parametrize("accumulate_grad_batches", [1, 3])
+def test_monitor_scalars_share_lightnings_step_for_the_same_batch(tmp_path, accumulate_grad_batches):
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    fit(tmp_path, TinyRNNModule(), BifurcationMonitor(max_order=1), max_steps=6, logger=logger)
+    monitor = BifurcationMonitor(max_order=1)
+    fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=logger, accumulate_grad_batches=accumulate_grad_batches)
     # EventAccumulator with size_guidance 0 keeps every point (the default keeps a reservoir sample).
     accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0}).Reload()
     lightning = {e.step: e.value for e in accumulator.Scalars("train_loss")}
-    monitor = {e.step: e.value for e in accumulator.Scalars("bifurcation/loss")}
-    assert sorted(lightning) == sorted(monitor) == list(range(6))
+    ours = {e.step: e.value for e in accumulator.Scalars("bifurcation/loss")}
+    assert sorted(lightning) == sorted(ours) == list(range(6))
     for step, value in lightning.items():
-        assert monitor[step] == pytest.approx(value, rel=1e-6), step
+        assert ours[step] == pytest.approx(value, rel=1e-6), step
+    assert [record["step"] for record in monitor.records] == list(range(6))
 
 
 def test_without_logger_and_jsonl_path_runs_never_overwrite_each_other(tmp_path, monkeypatch):
