@@ -9,6 +9,7 @@ It does no linear algebra and touches no logger itself.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import Counter
@@ -51,7 +52,7 @@ _OWNER = "BifurcationMonitor"
 
 
 def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and value == value and abs(value) != float("inf") else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):

@@ -360,22 +360,25 @@ def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
 
 
 class LossLoggedPerEpoch(TinyRNNModule):
-    """Logs `train_loss` on_epoch only and remembers each step's own loss."""
+    """Logs `train_loss` as told (on_epoch only by default) and remembers each step's own loss."""
 
-    def __init__(self):
+    def __init__(self, how: str = "on_epoch"):
         super().__init__()
+        self.how = how
         self.step_losses: list[float] = []
 
     def training_step(self, batch, batch_idx):
         (sequence,) = batch
         loss = torch.mean((self.rnn.step(sequence[:, :-1]) - sequence[:, 1:]) ** 2)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        if self.how != "not logged":
+            self.log("train_loss", loss, on_step=self.how == "on_step and on_epoch", on_epoch=True)
         self.step_losses.append(float(loss))
-        return loss
+        return {"loss": loss} if self.how == "not logged" else loss
 
 
-def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path):
-    module = LossLoggedPerEpoch()
+@pytest.mark.parametrize("how", ["on_epoch", "on_step and on_epoch", "not logged"])
+def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path, how):
+    module = LossLoggedPerEpoch(how)
     monitor = BifurcationMonitor(max_order=1)
     trainer = pl.Trainer(max_epochs=2, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(module, random_sequences())  # 8 batches per epoch
