@@ -1,4 +1,6 @@
-"""Everything the monitor writes: logger scalars, TensorBoard text/figures/layout, ``events.jsonl``, ``summary.json``.
+"""Everything the monitor writes and how it is formatted: logger scalars (``LOGGED_METRICS``, ``step_scalars``,
+``summary_scalars``), TensorBoard text/figures/layout, ``events.jsonl``, ``summary.json`` and the fit-end summary
+table (``summary_markdown``).
 
 This is the only module that touches loggers.  Scalars go to every logger in ``trainer.loggers``
 (TensorBoard, CSV, anything with ``log_metrics``); text, figures and the custom-scalars layout only to
@@ -9,11 +11,45 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Dashboard", "events_markdown", "custom_scalars_layout", "read_jsonl"]
+__all__ = [
+    "LOGGED_METRICS",
+    "Dashboard",
+    "custom_scalars_layout",
+    "events_markdown",
+    "read_jsonl",
+    "step_scalars",
+    "summary_markdown",
+    "summary_scalars",
+    "fresh_run_dir",
+]
+
+# Every scalar the monitor logs ({k}: order, {id}: track id of a cycle).  BifurcationMonitor's docstring lists
+# them and a test checks the emitted tags against this list.
+LOGGED_METRICS: dict[str, str] = {
+    "bifurcation/loss": "the step's own training loss (`loss_key` when logged on_step at this step, else the step output)",
+    "bifurcation/grad_norm": "L2 norm of all gradients before the optimizer step",
+    "bifurcation/n_cycles/order_{k}": "number of k-cycles (fixed points for k = 1)",
+    "bifurcation/n_stable/order_{k}": "number of stable k-cycles",
+    "bifurcation/n_cycles/total": "all cycles up to max_order",
+    "bifurcation/n_stable/total": "all stable cycles up to max_order",
+    "bifurcation/max_abs_eig/order_{k}": "largest |multiplier| over the k-cycles",
+    "bifurcation/max_abs_eig/cycle_{id}": "largest |multiplier| of one tracked cycle (tracks 0 .. max_tracked_cycles - 1 of the run)",
+    "bifurcation/min_unit_distance": "min over cycles and multipliers of ||λ| − 1|: small = stability change near",
+    "bifurcation/min_border_margin": "min distance of a cycle point to a switching plane: small = border collision near",
+    "bifurcation/event": "number of bifurcation events at this step (0 otherwise): markers on the loss chart",
+    "bifurcation/events_total": "cumulative number of events",
+    "bifurcation/monitor_ms": "time of the cycle search and comparison at this step",
+    "bifurcation/skipped": "cumulative number of monitored steps skipped (errors, NaN weights, time budget)",
+    "bifurcation/jumps_explained": "at fit end: fraction of loss jumps with an event within jump_window steps (not logged without jumps)",
+    "bifurcation/events_with_jump": "at fit end: fraction of events with a loss jump within jump_window steps (not logged without events)",
+    "bifurcation/p_value": "at fit end: permutation-test p-value of jumps_explained (not logged without jumps)",
+    "bifurcation/n_loss_jumps": "at fit end: number of loss jumps detected",
+}
 
 
 def _summary_writer_types() -> tuple[type, ...]:
@@ -68,6 +104,128 @@ def events_markdown(events: Iterable[Mapping[str, Any]]) -> str:
         kind = event["kind"] + (f" ({event['crossing']})" if event.get("crossing") else "")
         rows.append(f"| {event['step']} | {kind} | {event['order']} | {event.get('description', '')} |")
     return "\n".join(rows)
+
+
+def step_scalars(
+    record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int
+) -> dict[str, float | None]:
+    """The scalars of one monitored step (tags from ``LOGGED_METRICS``).
+
+    Parameters
+    ----------
+    record : dict
+        The step's ``events.jsonl`` record (``loss``, ``grad_norm``, ``events``, ``finder_ms``, ``compare_ms``).
+    cycles : CycleSet
+        The cycles found at the step.
+    charted : dict of int to float
+        Track id → largest |multiplier| of the cycles with their own curve.
+    n_events, n_skipped : int
+        Cumulative counts of events and skipped steps.
+
+    Returns
+    -------
+    dict
+        Tag → value (None: nothing to log).
+    """
+    scalars: dict[str, float | None] = {
+        "bifurcation/loss": record["loss"],
+        "bifurcation/grad_norm": record["grad_norm"],
+        "bifurcation/n_cycles/total": float(len(cycles)),
+        "bifurcation/n_stable/total": float(cycles.n_stable),
+        "bifurcation/event": float(len(record["events"])),
+        "bifurcation/events_total": float(n_events),
+        "bifurcation/skipped": float(n_skipped),
+        "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"],
+    }
+    for order in cycles.orders:
+        of_order = cycles.by_order(order)
+        scalars[f"bifurcation/n_cycles/order_{order}"] = float(len(of_order))
+        scalars[f"bifurcation/n_stable/order_{order}"] = float(sum(c.is_stable for c in of_order))
+        if of_order:
+            scalars[f"bifurcation/max_abs_eig/order_{order}"] = max(c.spectral_radius for c in of_order)
+    for track, radius in charted.items():
+        scalars[f"bifurcation/max_abs_eig/cycle_{track}"] = radius
+    if len(cycles):
+        scalars["bifurcation/min_unit_distance"] = min(
+            float(abs(abs(value) - 1)) for cycle in cycles for value in cycle.eigenvalues
+        )
+        scalars["bifurcation/min_border_margin"] = min(c.border_margin for c in cycles)
+    return scalars
+
+
+def summary_scalars(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """The fit-end scalars; an undefined fraction or p-value (None in the summary) is not logged.
+
+    Examples
+    --------
+    >>> summary_scalars({"loss_jumps": [], "jump_correlation": {"jumps_explained": None, "events_with_jump": 0.5,
+    ...                  "p_value": None}})["bifurcation/n_loss_jumps"]
+    0.0
+    """
+    correlation = summary["jump_correlation"]
+    return {
+        "bifurcation/jumps_explained": correlation["jumps_explained"],
+        "bifurcation/events_with_jump": correlation["events_with_jump"],
+        "bifurcation/p_value": correlation["p_value"],
+        "bifurcation/n_loss_jumps": float(len(summary["loss_jumps"])),
+    }
+
+
+def _fraction(value: float | None, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The fit-end summary as a Markdown table (TensorBoard text tab, CLI ``compare``).
+
+    A fraction with nothing to count (no loss jumps, no events) reads ``n/a``.
+
+    Examples
+    --------
+    >>> summary = {"n_monitored_steps": 3, "n_skipped": 0, "n_events": 0, "events_by_kind": {}, "loss_jumps": [],
+    ...            "monitor_overhead": 0.1, "jump_correlation": {"jumps_explained": None, "p_value": None,
+    ...            "events_with_jump": None, "mean_lag": None}}
+    >>> print(summary_markdown(summary).splitlines()[6])
+    | jumps with an event nearby | n/a |
+    """
+    correlation = summary["jump_correlation"]
+    kinds = ", ".join(f"{k}: {n}" for k, n in summary["events_by_kind"].items() if n) or "none"
+    lag = correlation.get("mean_lag")
+    explained = _fraction(correlation["jumps_explained"])
+    if correlation["jumps_explained"] is not None and correlation["p_value"] is not None:
+        explained += f" (p = {correlation['p_value']:.3g})"
+    rows = [
+        ("monitored steps", summary["n_monitored_steps"]),
+        ("skipped steps", summary["n_skipped"]),
+        ("bifurcation events", f"{summary['n_events']} ({kinds})"),
+        ("loss jumps", len(summary["loss_jumps"])),
+        ("jumps with an event nearby", explained),
+        ("events with a jump nearby", _fraction(correlation["events_with_jump"])),
+        ("mean lag jump − event (steps)", "—" if lag is None else f"{lag:.1f}"),
+        ("monitor overhead", f"{100 * summary['monitor_overhead']:.1f} %"),
+    ]
+    return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def fresh_run_dir(root: str | Path, name: str = "bifurcation_monitor") -> Path:
+    """``<root>/<name>/version_<n>`` with the smallest ``n`` not used yet (Lightning's own logger convention), so
+    a run without a logger never overwrites the files of an earlier one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> fresh_run_dir(root).name
+    'version_0'
+    >>> (Path(root) / "bifurcation_monitor" / "version_0").mkdir(parents=True)
+    >>> fresh_run_dir(root).name
+    'version_1'
+    """
+    parent = Path(root) / name
+    version = 0
+    while (parent / f"version_{version}").exists():
+        version += 1
+    return parent / f"version_{version}"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -137,6 +295,20 @@ class Dashboard:
             writer.add_figure(tag, figure, global_step=step, close=False)
         plt.close(figure)
 
+    def log_figures(
+        self, cycles: Any, records: Sequence[Mapping[str, Any]], history: Sequence[Sequence[Any]], step: int,
+        loss_jumps: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """The state space with the cycles (when ``cycles`` is given) and the timeline of events over the loss
+        curve, to TensorBoard loggers only."""
+        if not self.has_tensorboard:
+            return
+        from .plots import plot_cycles, plot_timeline
+
+        if cycles is not None:
+            self.log_figure("bifurcation/state_space", plot_cycles(cycles).figure, step)
+        self.log_figure("bifurcation/timeline", plot_timeline(records, loss_jumps, losses=history).figure, step)
+
     def log_layout(self, layout: dict) -> None:
         # Written once per run directory at fit start; a layout written elsewhere shows an empty tab.
         for writer in self.writers:
@@ -154,9 +326,16 @@ class Dashboard:
         """Append one JSON line to ``events.jsonl``."""
         self._write_lines([record], mode="a")
 
-    def rewrite_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+    def rewrite_records(self, records: Iterable[Mapping[str, Any]], *, resumed: bool = False) -> None:
         """Replace ``events.jsonl`` by ``records`` (at fit start, and on resume so steps are neither lost nor
-        doubled)."""
+        doubled).  Replacing an existing file of another run (``resumed=False``) warns."""
+        if not resumed and self.jsonl_path is not None and self.jsonl_path.exists():
+            warnings.warn(
+                f"BifurcationMonitor overwrites {self.jsonl_path} (and summary.json beside it) left by an earlier run; "
+                "pass a new jsonl_path or a logger with a fresh version to keep it",
+                UserWarning,
+                stacklevel=2,
+            )
         self._write_lines(records, mode="w")
 
     def _write_lines(self, records: Iterable[Mapping[str, Any]], mode: str) -> None:

@@ -12,6 +12,9 @@ Three public functions share one robust-statistics core (``_robust_zscores``: me
 - ``correlate`` measures how often jumps (or spikes) have a bifurcation event nearby and tests that
   against randomly placed events (permutation p-value), returning a ``Correlation``.
 
+``summarise_run`` applies all three to one training run's per-step history (what the monitor reports at
+fit end), returning a ``RunSummary``.
+
 Step convention: a change between the losses logged at ``steps[i-1]`` and ``steps[i]`` is reported at
 ``steps[i]``, the first step at the new level.
 """
@@ -32,6 +35,8 @@ __all__ = [
     "detect_loss_jumps",
     "detect_spikes",
     "correlate",
+    "RunSummary",
+    "summarise_run",
 ]
 
 # The single list of valid jump directions: read by LossJump validation, from_dict and the docs.
@@ -681,4 +686,130 @@ def correlate(
         window=int(window),
         n_permutations=int(n_permutations),
         step_range=(first, last),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# One run's summary
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Loss jumps, gradient spikes and their correlation with bifurcation events over one training run.
+
+    Attributes
+    ----------
+    loss_jumps : tuple of LossJump
+        Jumps of the per-step loss after the warm-up.
+    jump_correlation : Correlation
+        Events against loss jumps.
+    grad_spike_steps : tuple of int
+        Steps where the gradient norm spiked.
+    grad_spike_correlation : Correlation
+        Events against gradient spikes.
+    note : str or None
+        Why no jumps could be looked for (e.g. a negative loss has no logarithm), else None.
+
+    Examples
+    --------
+    >>> summary = summarise_run([(0, 1.0, None), (1, 0.9, None)], [], window=2)
+    >>> summary.to_dict()["jump_correlation"]["jumps_explained"] is None  # no jumps: undefined, not 0
+    True
+    """
+
+    loss_jumps: tuple[LossJump, ...]
+    jump_correlation: Correlation
+    grad_spike_steps: tuple[int, ...]
+    grad_spike_correlation: Correlation
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict.  A fraction with nothing to count (no jumps, no events) is ``None``, as is the
+        p-value with no jumps: undefined, not 0 and 1."""
+        return {
+            "loss_jumps": [jump.to_dict() for jump in self.loss_jumps],
+            "loss_jump_note": self.note,
+            "jump_correlation": _defined_only(self.jump_correlation),
+            "grad_spike_steps": list(self.grad_spike_steps),
+            "grad_spike_correlation": _defined_only(self.grad_spike_correlation),
+        }
+
+
+def _defined_only(correlation: Correlation) -> dict[str, Any]:
+    data = correlation.to_dict()
+    if correlation.n_jumps == 0:
+        data["jumps_explained"] = data["p_value"] = None
+    if correlation.n_events == 0:
+        data["events_with_jump"] = None
+    return data
+
+
+def summarise_run(
+    history: Iterable[Sequence[Any]],
+    event_steps: Iterable[int],
+    *,
+    window: int,
+    warmup_steps: int = 0,
+    min_relative_change: float = 1.0,
+    n_permutations: int = 1000,
+) -> RunSummary:
+    """Find the loss jumps and gradient spikes of a run and correlate them with its bifurcation events.
+
+    Parameters
+    ----------
+    history : iterable of (step, loss, grad_norm)
+        One row per training step, in step order; ``loss`` / ``grad_norm`` may be None (not recorded or not
+        finite).
+    event_steps : iterable of int
+        Steps of the bifurcation events.
+    window : int
+        Half-width of the matching window in steps (>= 0).
+    warmup_steps : int, default 0
+        Loss jumps are looked for only at steps more than this many steps after the first one: a fresh
+        model's first updates are learning, not jumps.
+    min_relative_change : float, default 1.0
+        Passed to ``detect_loss_jumps``.
+    n_permutations : int, default 1000
+        Passed to ``correlate``.
+
+    Returns
+    -------
+    RunSummary
+        The permutation null draws events from the run's steps ``(first, last)``.
+
+    Examples
+    --------
+    >>> history = [(s, 1.0 if s < 30 else 4.0, 1.0) for s in range(60)]
+    >>> summary = summarise_run(history, [29], window=2, warmup_steps=5)
+    >>> [(jump.step, jump.direction) for jump in summary.loss_jumps], summary.jump_correlation.jumps_explained
+    ([(30, 'up')], 1.0)
+    """
+    rows = [(int(row[0]), row[1], row[2]) for row in history]
+    events = [int(step) for step in event_steps]
+    step_range = (rows[0][0], rows[-1][0]) if rows else (0, 0)
+    after_warmup = [(step, loss) for step, loss, _ in rows if loss is not None and step > step_range[0] + warmup_steps]
+    jumps: list[LossJump] = []
+    note = None
+    if after_warmup:
+        try:
+            jumps = detect_loss_jumps(
+                [loss for _, loss in after_warmup],
+                [step for step, _ in after_warmup],
+                min_relative_change=min_relative_change,
+            )
+        except ValueError as error:  # e.g. a negative loss has no log
+            note = str(error)
+    norms = [(step, norm) for step, _, norm in rows if norm]
+    spikes = detect_spikes([norm for _, norm in norms], [step for step, _ in norms]) if norms else []
+    return RunSummary(
+        loss_jumps=tuple(jumps),
+        jump_correlation=correlate(
+            events, [jump.step for jump in jumps], window=window, n_permutations=n_permutations, step_range=step_range
+        ),
+        grad_spike_steps=tuple(spikes),
+        grad_spike_correlation=correlate(
+            events, spikes, window=window, n_permutations=n_permutations, step_range=step_range
+        ),
+        note=note,
     )

@@ -16,6 +16,7 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bifurcation_callback import callback as callback_module
+from bifurcation_callback import tracking as tracking_module
 from bifurcation_callback.callback import LOGGED_METRICS, BifurcationMonitor
 from bifurcation_callback.cycles import find_cycles
 from bifurcation_callback.dashboard import read_jsonl
@@ -51,7 +52,7 @@ def test_tensorboard_run_logs_counts_equal_to_final_cycles(tmp_path):
     scalars = scalars_of(logger.log_dir)
     for tag in ("bifurcation/n_cycles/order_1", "bifurcation/n_cycles/order_3", "bifurcation/loss", "bifurcation/n_stable/total"):
         assert tag in scalars, sorted(scalars)
-    last = trainer.global_step
+    last = trainer.global_step - 1  # Lightning's step of the last batch
     expected = find_cycles(module.rnn, max_order=3, n_starts=512)
     for order, count in expected.counts().items():
         assert scalars[f"bifurcation/n_cycles/order_{order}"][last] == count
@@ -61,7 +62,7 @@ def test_tensorboard_run_logs_counts_equal_to_final_cycles(tmp_path):
     accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0}).Reload()
     assert {"bifurcation/state_space", "bifurcation/timeline"} <= set(accumulator.Tags()["images"])
     summary = json.loads((Path(logger.log_dir) / "summary.json").read_text())
-    assert summary["n_monitored_steps"] == last and summary["n_skipped"] == 0
+    assert summary["n_monitored_steps"] == trainer.global_step and summary["n_skipped"] == 0
 
 
 def test_every_emitted_scalar_is_documented(tmp_path):
@@ -95,11 +96,12 @@ def test_planted_flip_is_logged_at_the_right_step(tmp_path):
     events = monitor.events
     assert len(events) == 1, events
     event = events[0]
-    # The weights change inside training step 6; the monitor sees them after that optimizer step.
+    # The weights change inside training step 6 (the batch Lightning logs at step 6); the monitor sees them
+    # after that batch's optimizer step and records them at the same step.
     assert (event.kind, event.crossing, event.order) == ("stability_change", "-1", 1)
-    assert event.step == 7 and event.step_interval == (6, 7)
+    assert event.step == 6 and event.step_interval == (5, 6)
     records = read_jsonl(tmp_path / "out" / "events.jsonl")
-    assert [r["step"] for r in records if r["events"]] == [7]
+    assert [r["step"] for r in records if r["events"]] == [6]
 
 
 def test_localize_events_places_the_flip_inside_its_step(tmp_path):
@@ -109,7 +111,7 @@ def test_localize_events_places_the_flip_inside_its_step(tmp_path):
     fit(tmp_path, module, monitor, logger=False)
     (event,) = monitor.events
     # Along the straight weight path a₀(t) = −0.8 − 0.4 t the multiplier a₀ reaches −1 at t = 1/2.
-    assert event.location == pytest.approx(6.5, abs=1e-3)
+    assert event.location == pytest.approx(5.5, abs=1e-3)
 
 
 @pytest.mark.parametrize("problem", ["nan_weights", "finder_error", "time_budget"])
@@ -121,7 +123,7 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
         healthy = plrnn_2d()
 
         def schedule(step, rnn):
-            # NaN weights after step 4's update (the SGD step spreads them), healthy again from step 5 on.
+            # NaN weights after step 4's update (recorded at step 4), healthy again from step 5 on.
             if step == 4:
                 rnn.h[0] = float("nan")
             elif step == 5:
@@ -132,7 +134,7 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
         def broken(*args, **kwargs):
             raise RuntimeError("solver exploded")
 
-        monkeypatch.setattr(callback_module, "find_cycles", broken)
+        monkeypatch.setattr(tracking_module, "find_cycles", broken)
     else:
         monitor_kwargs["time_budget_s"] = 1e-9
     monitor = BifurcationMonitor(**monitor_kwargs)
@@ -143,7 +145,7 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
     assert monitor.n_skipped >= 1
     if problem == "nan_weights":
         assert monitor.n_skipped == 1 and monitor.summary["skip_reasons"] == {"ValueError": 1}
-        assert [r["step"] for r in monitor.records if "skipped" in r] == [5]
+        assert [r["step"] for r in monitor.records if "skipped" in r] == [4]
     else:
         assert monitor.n_skipped == 8
 
@@ -156,7 +158,9 @@ def test_logger_combinations(tmp_path, loggers):
     monitor = BifurcationMonitor(max_order=2)
     trainer = fit(tmp_path, TinyRNNModule(), monitor, max_steps=5, logger=chosen)
     assert monitor.summary is not None and monitor.summary["n_monitored_steps"] == 5
-    assert (Path(trainer.log_dir) / "events.jsonl").is_file()
+    assert (Path(monitor.log_dir) / "events.jsonl").is_file()
+    if loggers != "none":
+        assert monitor.log_dir == trainer.log_dir
     if loggers != "none":
         metrics = (Path(csv.log_dir) / "metrics.csv").read_text()
         assert "bifurcation/n_cycles/order_1" in metrics
@@ -177,9 +181,9 @@ def test_resume_restores_state_without_duplicated_or_missing_steps(tmp_path):
     second = pl.Trainer(max_steps=10, callbacks=[resumed_monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     second.fit(TinyRNNModule(), random_sequences(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     steps = [record["step"] for record in read_jsonl(jsonl)]
-    assert steps == list(range(1, 11))
-    # The restored cycle set was the warm start: the model trained on smoothly, so no event at step 6.
-    assert all(not record["events"] for record in read_jsonl(jsonl) if record["step"] == 6)
+    assert steps == list(range(10))
+    # The restored cycle set was the warm start: the model trained on smoothly, so no event at step 5.
+    assert all(not record["events"] for record in read_jsonl(jsonl) if record["step"] == 5)
     assert resumed_monitor.summary["n_monitored_steps"] == 10
 
 
@@ -228,27 +232,52 @@ def test_model_detection_errors():
     monitor.setup(None, TwoRNNs(), "fit")
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"max_order": 0}, "max_order must be an int >= 1"),
-        ({"every_n_steps": 1.5}, "every_n_steps must be an int >= 1"),
-        ({"model_attr": ""}, "model_attr must be a non-empty"),
-        ({"finder_kwargs": {"speed": 1}}, r"unknown finder_kwargs \['speed'\]"),
-        ({"time_budget_s": -1}, "time_budget_s must be a positive number"),
-        ({"loss_key": ""}, "loss_key must be a non-empty string"),
-        ({"log_figures_every_n_steps": -1}, "log_figures_every_n_steps must be an int >= 0"),
-        ({"jump_window": -2}, "jump_window must be an int >= 0"),
-        ({"jump_warmup_steps": -1}, "jump_warmup_steps must be an int >= 0"),
-        ({"jump_min_change": -0.5}, "jump_min_change must be a number >= 0"),
-        ({"max_tracked_cycles": None}, "max_tracked_cycles must be an int >= 0"),
-        ({"localize_events": "yes"}, "localize_events must be True or False"),
-        ({"discovery_every": 0}, "discovery_every must be an int >= 1"),
-    ],
-)
-def test_constructor_validates_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        BifurcationMonitor(**kwargs)
+# Per public argument: values that must raise a ValueError naming the argument, and edge values accepted.
+ARGUMENT_CASES = {
+    "max_order": ([0, -1, 1.5, True, "2", None], [1, 7]),
+    "every_n_steps": ([0, 1.5, True, None], [1, 1000]),
+    "model_attr": (["", 3, ["rnn"]], [None, "rnn", "model.rnn"]),
+    "finder_kwargs": (
+        [{"speed": 1}, {"dtype": "float16"}, {"dtype": torch.int64}, {"n_starts": 0}, {"inner": 1.5},
+         {"outer": True}, {"device": "no-such-device"}, {"device": 3.5}, ["n_starts"], "n_starts=4"],
+        [None, {}, {"dtype": "float32"}, {"dtype": torch.float64}, {"n_starts": 1, "inner": 1, "outer": 1},
+         {"device": "cpu"}, {"device": torch.device("cpu")}, {"device": None}],
+    ),
+    "time_budget_s": ([True, 0, -1, float("nan"), float("inf"), "1"], [None, 1e-9, 3]),
+    "loss_key": (["", None, 1], ["train_loss", "loss"]),
+    "log_figures_every_n_steps": ([-1, 1.0, False, None], [0, 5]),
+    "jsonl_path": (["", 1, b"events.jsonl"], [None, "events.jsonl", Path("out") / "events.jsonl"]),
+    "jump_window": ([-2, 1.5, True], [None, 0, 10]),
+    "jump_warmup_steps": ([-1, 0.5, None, True], [0, 100]),
+    "jump_min_change": ([-0.5, True, None, float("nan"), "1"], [0, 0.0, 2.5]),
+    "max_tracked_cycles": ([None, -1, 2.0, True], [0, 8]),
+    "localize_events": (["yes", 1, None], [True, False]),
+    "discovery_every": ([0, 1.5, None, True], [1, 4]),
+    "seed": ([-1, 0.5, None, True], [0, 12345]),
+}
+
+
+def test_every_public_argument_has_validation_cases():
+    import inspect
+
+    assert set(ARGUMENT_CASES) == set(inspect.signature(BifurcationMonitor.__init__).parameters) - {"self"}
+
+
+@pytest.mark.parametrize("argument", sorted(ARGUMENT_CASES))
+def test_constructor_validates_argument(argument):
+    bad_values, good_values = ARGUMENT_CASES[argument]
+    for value in bad_values:
+        with pytest.raises(ValueError, match=f"^BifurcationMonitor: {argument}"):
+            BifurcationMonitor(**{argument: value})
+    for value in good_values:
+        BifurcationMonitor(**{argument: value})
+
+
+def test_finder_kwargs_are_normalised_and_unknown_keys_list_the_allowed_ones():
+    monitor = BifurcationMonitor(finder_kwargs={"dtype": "float32", "device": "cpu"})
+    assert monitor.finder_kwargs == {"dtype": torch.float32, "device": torch.device("cpu")}
+    with pytest.raises(ValueError, match=r"finder_kwargs has unknown keys \['speed'\]; allowed: \['device', 'dtype', 'inner'"):
+        BifurcationMonitor(finder_kwargs={"speed": 1})
 
 
 @pytest.mark.slow
@@ -264,7 +293,7 @@ def test_ddp_spawn_only_rank_zero_writes(tmp_path):
         )
         trainer.fit(TinyRNNModule(), random_sequences())
     steps = [record["step"] for record in read_jsonl(jsonl)]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3]
     assert json.loads((tmp_path / "summary.json").read_text())["n_monitored_steps"] == 4
 
 
@@ -292,20 +321,20 @@ def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
     monitor = BifurcationMonitor(max_order=1, jump_warmup_steps=5)
     trainer = pl.Trainer(max_steps=45, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(ScriptedLoss(script), random_sequences(n=400))
-    # Lightning's global_step is one ahead of the step the module saw when it logged.
-    assert [(jump["step"], jump["direction"]) for jump in monitor.summary["loss_jumps"]] == [(31, "up")]
+    # The monitor's step is the one the module saw when it logged (Lightning's logging step).
+    assert [(jump["step"], jump["direction"]) for jump in monitor.summary["loss_jumps"]] == [(30, "up")]
     unguarded = BifurcationMonitor(max_order=1, jump_warmup_steps=0)
     trainer = pl.Trainer(max_steps=45, callbacks=[unguarded], **quiet_trainer_kwargs(tmp_path, logger=False))
     noise.manual_seed(0)
     trainer.fit(ScriptedLoss(script), random_sequences(n=400))
-    assert [jump["step"] for jump in unguarded.summary["loss_jumps"]][-1] == 31
+    assert [jump["step"] for jump in unguarded.summary["loss_jumps"]][-1] == 30
     assert len(unguarded.summary["loss_jumps"]) > 1  # the first descent reads as jumps without the warm-up
 
 
 def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
     """z' = 0.5 z + relu(z) + mu: no fixed point for mu > 0, a pair (2 mu and -2 mu) at a border for mu < 0.
     mu jumps from +0.1 to -0.1 inside step 6; no previous cycle exists, so only the random search can find
-    the pair, on a later step; the bracket must still contain the true change (6, 7]."""
+    the pair, on a later step; the bracket must still contain the true change (5, 6]."""
     from bifurcation_callback.models import ShallowPLRNN
 
     rnn = ShallowPLRNN(latent_dim=1, hidden_dim=1)
@@ -323,5 +352,105 @@ def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
     assert [(e.kind, e.order) for e in events] == [("border_collision", 1), ("border_collision", 1)]
     for event in events:
         low, high = event.step_interval
-        assert low <= 6 < 7 <= high <= 7 + 2 * 2  # found within max_order discovery rounds
+        assert low <= 5 < 6 <= high <= 6 + 2 * 2  # found within max_order discovery rounds
     assert sorted(round(float(c.points[0, 0]), 6) for c in monitor.cycles) == [-0.2, 0.2]
+
+
+# ---------------------------------------------------------------------------------------------- bug regressions
+
+
+class LossLoggedPerEpoch(TinyRNNModule):
+    """Logs `train_loss` as told (on_epoch only by default) and remembers each step's own loss."""
+
+    def __init__(self, how: str = "on_epoch"):
+        super().__init__()
+        self.how = how
+        self.step_losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        (sequence,) = batch
+        loss = torch.mean((self.rnn.step(sequence[:, :-1]) - sequence[:, 1:]) ** 2)
+        if self.how != "not logged":
+            self.log("train_loss", loss, on_step=self.how == "on_step and on_epoch", on_epoch=True)
+        self.step_losses.append(float(loss))
+        return {"loss": loss} if self.how == "not logged" else loss
+
+
+@pytest.mark.parametrize("how", ["on_epoch", "on_step and on_epoch", "not logged"])
+def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path, how):
+    module = LossLoggedPerEpoch(how)
+    monitor = BifurcationMonitor(max_order=1)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(module, random_sequences())  # 8 batches per epoch
+    assert len(module.step_losses) == 16
+    assert [r["loss"] for r in monitor.records] == pytest.approx(module.step_losses, rel=1e-6)
+
+
+@pytest.mark.parametrize("accumulate_grad_batches", [1, 3])
+def test_monitor_scalars_share_lightnings_step_for_the_same_batch(tmp_path, accumulate_grad_batches):
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    monitor = BifurcationMonitor(max_order=1)
+    fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=logger, accumulate_grad_batches=accumulate_grad_batches)
+    # EventAccumulator with size_guidance 0 keeps every point (the default keeps a reservoir sample).
+    accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0}).Reload()
+    lightning = {e.step: e.value for e in accumulator.Scalars("train_loss")}
+    ours = {e.step: e.value for e in accumulator.Scalars("bifurcation/loss")}
+    assert sorted(lightning) == sorted(ours) == list(range(6))
+    for step, value in lightning.items():
+        assert ours[step] == pytest.approx(value, rel=1e-6), step
+    assert [record["step"] for record in monitor.records] == list(range(6))
+
+
+def test_without_logger_and_jsonl_path_runs_never_overwrite_each_other(tmp_path, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monitors = []
+    for seed in (0, 1):
+        monitor = BifurcationMonitor(max_order=1)
+        kwargs = quiet_trainer_kwargs(tmp_path, logger=False)
+        del kwargs["default_root_dir"]  # Lightning's default: the current directory
+        trainer = pl.Trainer(max_steps=3 + seed, callbacks=[monitor], **kwargs)
+        trainer.fit(TinyRNNModule(), random_sequences(seed=seed))
+        monitors.append(monitor)
+    assert not (workdir / "events.jsonl").exists() and not (workdir / "summary.json").exists()
+    folders = [Path(m.log_dir) for m in monitors]
+    assert folders[0] != folders[1]
+    for folder, n_steps in zip(folders, (3, 4)):
+        assert folder.resolve().is_relative_to(workdir.resolve())
+        assert len(read_jsonl(folder / "events.jsonl")) == n_steps
+        assert json.loads((folder / "summary.json").read_text())["n_monitored_steps"] == n_steps
+
+
+def test_tracked_cycle_tags_are_capped_for_the_whole_run(tmp_path):
+    """z' = 0.5 z + relu(z) + mu has two fixed points for mu < 0 and none for mu > 0: the pair vanishes at
+    step 4 and is born again at step 9 as new tracks; with max_tracked_cycles=2 only two tags ever exist."""
+    from bifurcation_callback.models import ShallowPLRNN
+
+    rnn = ShallowPLRNN(latent_dim=1, hidden_dim=1)
+    with torch.no_grad():
+        rnn.A.fill_(0.5), rnn.W1.fill_(1.0), rnn.W2.fill_(1.0), rnn.h2.fill_(0.0), rnn.h1.fill_(-0.1)
+
+    def schedule(step, model):
+        if step in (4, 9):
+            model.h1.fill_(0.1 if step == 4 else -0.1)
+
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    monitor = BifurcationMonitor(max_order=1, max_tracked_cycles=2, discovery_every=1)
+    trainer = pl.Trainer(max_steps=16, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=logger))
+    trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(n=200, dim=1))
+    assert len(monitor.cycles) == 2 and len(monitor.events) >= 2  # born again, as new tracks
+    tags = {tag for tag in scalars_of(logger.log_dir) if tag.startswith("bifurcation/max_abs_eig/cycle_")}
+    assert len(tags) == 2, sorted(tags)
+
+
+def test_no_loss_jumps_reads_n_a_not_a_fraction(tmp_path):
+    monitor = BifurcationMonitor(max_order=1, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
+    trainer = fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
+    assert monitor.summary["loss_jumps"] == []
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["jump_correlation"]["jumps_explained"] is None
+    assert saved["jump_correlation"]["p_value"] is None
+    table = callback_module.summary_markdown(monitor.summary)
+    assert "| jumps with an event nearby | n/a |" in table and "p = 1" not in table
+    assert trainer.global_step == 6

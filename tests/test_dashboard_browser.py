@@ -58,7 +58,7 @@ CHROMIUM_FLAGS = (
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 RUN_NAME = "tiny/version_0"
 MAX_STEPS = 15
-FLIP_STEP = 6  # the planted weight change; the monitor reports it at step FLIP_STEP + 1
+FLIP_STEP = 6  # the planted weight change, inside the batch Lightning logs at step 6: the monitor reports it there
 SERVER_TIMEOUT_S = 30.0
 RENDER_TIMEOUT_S = 20.0
 
@@ -68,7 +68,7 @@ RENDER_TIMEOUT_S = 20.0
 
 @pytest.fixture(scope="module")
 def monitored_run(tmp_path_factory) -> tuple[Path, BifurcationMonitor]:
-    """Logs of a 15-step run with a planted flip: the fixed point's multiplier crosses −1 at step 7."""
+    """Logs of a 15-step run with a planted flip: the fixed point's multiplier crosses −1 at step 6."""
     root = tmp_path_factory.mktemp("logs")
     rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
     module = TinyRNNModule(rnn, lr=0.05, schedule=flip_at(FLIP_STEP))
@@ -79,7 +79,7 @@ def monitored_run(tmp_path_factory) -> tuple[Path, BifurcationMonitor]:
         warnings.simplefilter("ignore")
         trainer.fit(module, random_sequences())
     assert Path(logger.log_dir) == root / RUN_NAME
-    assert any(event.step == FLIP_STEP + 1 for event in monitor.events), monitor.events
+    assert any(event.step == FLIP_STEP for event in monitor.events), monitor.events
     return root, monitor
 
 
@@ -173,7 +173,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
         "bifurcation/max_abs_eig/order_1",
         "bifurcation/event",
         "bifurcation/loss",
-        "bifurcation/p_value",  # written at fit end: the last thing the monitor logs
+        "bifurcation/n_loss_jumps",  # written at fit end: the last thing the monitor logs (p_value needs jumps)
     }
     scalar_tags = _poll(
         lambda: _get(tensorboard, "/data/plugin/scalars/tags"),
@@ -186,7 +186,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
     counts = _get(tensorboard, "/data/plugin/scalars/scalars", tag="bifurcation/n_cycles/order_1", run=RUN_NAME)
     served = {int(step): value for _, step, value in counts}
     expected = {r["step"]: float(r["n_cycles"]["1"]) for r in monitor.records if "n_cycles" in r}
-    assert served == expected and sorted(served) == list(range(1, MAX_STEPS + 1))
+    assert served == expected and sorted(served) == list(range(MAX_STEPS))
     markers = _get(tensorboard, "/data/plugin/scalars/scalars", tag="bifurcation/event", run=RUN_NAME)
     assert {int(step) for _, step, value in markers if value > 0} == {e.step for e in monitor.events}
 
@@ -199,7 +199,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
     )
     assert {events_tag, summary_tag} <= set(text_tags[RUN_NAME])
     texts = _get(tensorboard, "/data/plugin/text/text", tag=events_tag, run=RUN_NAME)
-    flip = next(t for t in texts if t["step"] == FLIP_STEP + 1)
+    flip = next(t for t in texts if t["step"] == FLIP_STEP)
     assert "stability_change (-1)" in flip["text"] and "<table>" in flip["text"]  # Markdown rendered to HTML
 
     wanted_images = {"bifurcation/timeline", "bifurcation/state_space"}
@@ -210,7 +210,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
     )
     assert wanted_images <= set(image_tags[RUN_NAME])
     timeline = _get(tensorboard, "/data/plugin/images/images", tag="bifurcation/timeline", run=RUN_NAME)
-    assert timeline and timeline[-1]["step"] == MAX_STEPS
+    assert timeline and timeline[-1]["step"] == MAX_STEPS - 1  # steps 0 .. MAX_STEPS - 1
     image_url = f"{tensorboard}/data/plugin/images/individualImage?{timeline[-1]['query']}"
     with urllib.request.urlopen(image_url, timeout=5) as response:
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -309,7 +309,7 @@ def test_dashboard_renders_in_headless_chromium(tensorboard, browser, tmp_path):
     # Wait for the data first: the browser test is about rendering, not about the loader's pace.
     _poll(
         lambda: _get(tensorboard, "/data/plugin/scalars/tags"),
-        lambda tags: "bifurcation/p_value" in tags.get(RUN_NAME, {}),
+        lambda tags: "bifurcation/n_loss_jumps" in tags.get(RUN_NAME, {}),
         "the fit-end scalars",
     )
     out = _screenshot_dir(tmp_path)

@@ -19,6 +19,7 @@ from bifurcation_callback.loss_jumps import (
     correlate,
     detect_loss_jumps,
     detect_spikes,
+    summarise_run,
 )
 
 SEEDS = range(25)
@@ -403,3 +404,64 @@ def test_correlate_rejects_bad_arguments(kwargs: dict, message: str) -> None:
 def test_loss_jump_rejects_unknown_direction() -> None:
     with pytest.raises(ValueError, match=r"direction must be one of \('up', 'down'\), got 'sideways'"):
         LossJump(step=1, size=1.0, direction="sideways", zscore=6.0)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------
+# summarise_run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _history(losses, norms=None, first_step: int = 0):
+    norms = norms if norms is not None else [None] * len(losses)
+    return [(first_step + i, loss, norm) for i, (loss, norm) in enumerate(zip(losses, norms))]
+
+
+def test_summarise_run_finds_a_planted_jump_after_the_warmup_and_correlates_it() -> None:
+    losses, planted = planted_jump_curve(3, n_steps=200, n_jumps=2)
+    summary = summarise_run(_history(losses), [int(planted[0]) - 1], window=2, warmup_steps=10)
+    assert [jump.step for jump in summary.loss_jumps] == [int(step) for step in planted]
+    assert summary.jump_correlation.jumps_explained == pytest.approx(0.5)
+    assert summary.jump_correlation.step_range == (0, 199)
+    assert summary.note is None
+
+
+def test_summarise_run_ignores_jumps_inside_the_warmup() -> None:
+    losses = [9.0, 3.0, 1.0] + [1.0 * 0.999**i for i in range(60)]
+    assert summarise_run(_history(losses), [], window=2, warmup_steps=5).loss_jumps == ()
+    assert summarise_run(_history(losses), [], window=2, warmup_steps=0).loss_jumps  # the first drop reads as a jump
+
+
+def test_summarise_run_warmup_counts_from_the_first_step_of_the_history() -> None:
+    losses = [9.0, 3.0, 1.0] + [1.0] * 60
+    assert summarise_run(_history(losses, first_step=1000), [], window=2, warmup_steps=5).loss_jumps == ()
+
+
+def test_summarise_run_with_nothing_to_count_serialises_null_not_zero() -> None:
+    data = summarise_run(_history([1.0] * 30), [4, 9], window=2).to_dict()
+    correlation = data["jump_correlation"]
+    assert correlation["jumps_explained"] is None and correlation["p_value"] is None
+    assert correlation["events_with_jump"] == 0.0  # events exist, none has a jump: a real 0
+    no_events = summarise_run(_history([1.0] * 30), [], window=2).to_dict()["jump_correlation"]
+    assert no_events["events_with_jump"] is None
+    json.dumps(data)  # JSON-ready
+
+
+def test_summarise_run_reports_why_no_jumps_were_looked_for() -> None:
+    summary = summarise_run(_history([1.0, -1.0] * 20), [], window=2)
+    assert summary.loss_jumps == ()
+    assert "losses must be > 0" in summary.note
+
+
+def test_summarise_run_skips_missing_values_and_finds_gradient_spikes() -> None:
+    norms = [1.0 + 0.01 * (i % 3) for i in range(60)]
+    norms[40] = 50.0
+    losses = [None if i % 7 == 0 else 1.0 for i in range(60)]
+    summary = summarise_run(_history(losses, norms), [39], window=2)
+    assert summary.grad_spike_steps == (40,)
+    assert summary.grad_spike_correlation.jumps_explained == 1.0
+
+
+def test_summarise_run_of_an_empty_history() -> None:
+    summary = summarise_run([], [], window=3)
+    assert summary.loss_jumps == () and summary.grad_spike_steps == ()
+    assert summary.jump_correlation.step_range == (0, 0)

@@ -1,0 +1,113 @@
+"""dashboard.py without a Trainer: step and summary scalars, the summary table, output folders, files."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+
+from bifurcation_callback.cycles import find_cycles
+from bifurcation_callback.dashboard import (
+    LOGGED_METRICS,
+    Dashboard,
+    fresh_run_dir,
+    read_jsonl,
+    step_scalars,
+    summary_markdown,
+    summary_scalars,
+)
+
+from .problems import plrnn
+
+PATTERNS = [re.compile("^" + re.sub(r"\\\{\w+\\\}", r"\\d+", re.escape(key)) + "$") for key in LOGGED_METRICS]
+
+
+class RecordingLogger:
+    """A non-TensorBoard logger: gets the scalars only."""
+
+    def __init__(self):
+        self.calls = []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append((dict(metrics), step))
+
+
+def record(**overrides):
+    base = {"loss": 0.5, "grad_norm": None, "events": [{}], "finder_ms": 2.0, "compare_ms": 1.0}
+    return {**base, **overrides}
+
+
+def summary(jumps_explained=None, p_value=None, events_with_jump=None, n_jumps=0):
+    return {
+        "n_monitored_steps": 10,
+        "n_skipped": 1,
+        "n_events": 2,
+        "events_by_kind": {"appearance": 2, "disappearance": 0},
+        "loss_jumps": [{"step": 3}] * n_jumps,
+        "monitor_overhead": 0.25,
+        "jump_correlation": {
+            "jumps_explained": jumps_explained,
+            "events_with_jump": events_with_jump,
+            "p_value": p_value,
+            "mean_lag": None,
+        },
+    }
+
+
+def test_step_scalars_are_documented_and_count_the_cycles():
+    cycles = find_cycles(plrnn(A=[0.5, 0.6], W=[[0.0, -0.4], [0.3, 0.0]], h=[0.2, -0.1]), max_order=2)
+    scalars = step_scalars(record(), cycles, {0: 0.5, 3: 1.5}, n_events=4, n_skipped=1)
+    assert all(any(p.match(tag) for p in PATTERNS) for tag in scalars), sorted(scalars)
+    assert scalars["bifurcation/n_cycles/total"] == len(cycles)
+    assert scalars["bifurcation/event"] == 1.0 and scalars["bifurcation/events_total"] == 4.0
+    assert scalars["bifurcation/monitor_ms"] == 3.0
+    assert {t: v for t, v in scalars.items() if "/cycle_" in t} == {
+        "bifurcation/max_abs_eig/cycle_0": 0.5,
+        "bifurcation/max_abs_eig/cycle_3": 1.5,
+    }
+
+
+@pytest.mark.parametrize(
+    "fields, explained, events",
+    [
+        ({}, "n/a", "n/a"),
+        ({"events_with_jump": 0.0}, "n/a", "0.00"),
+        ({"jumps_explained": 0.5, "p_value": 0.0123, "events_with_jump": 1.0, "n_jumps": 2}, "0.50 (p = 0.0123)", "1.00"),
+    ],
+)
+def test_summary_markdown_shows_n_a_for_undefined_fractions(fields, explained, events):
+    table = summary_markdown(summary(**fields))
+    assert f"| jumps with an event nearby | {explained} |" in table
+    assert f"| events with a jump nearby | {events} |" in table
+    assert "| bifurcation events | 2 (appearance: 2) |" in table
+
+
+def test_undefined_summary_scalars_are_not_logged():
+    logger = RecordingLogger()
+    Dashboard([logger], None).log_scalars(summary_scalars(summary(events_with_jump=0.0)), step=9)
+    assert logger.calls == [({"bifurcation/events_with_jump": 0.0, "bifurcation/n_loss_jumps": 0.0}, 9)]
+
+
+def test_fresh_run_dir_never_reuses_a_folder(tmp_path):
+    first = fresh_run_dir(tmp_path)
+    first.mkdir(parents=True)
+    second = fresh_run_dir(tmp_path)
+    assert (first.name, second.name) == ("version_0", "version_1")
+    assert first.parent == second.parent == tmp_path / "bifurcation_monitor"
+
+
+def test_overwriting_an_earlier_runs_records_warns_but_a_resume_does_not(tmp_path):
+    Dashboard([], tmp_path).rewrite_records([{"step": 0}])
+    with pytest.warns(UserWarning, match="overwrites .*events.jsonl"):
+        Dashboard([], tmp_path).rewrite_records([])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Dashboard([], tmp_path).rewrite_records([{"step": 0}], resumed=True)
+    assert read_jsonl(tmp_path / "events.jsonl") == [{"step": 0}]
+
+
+def test_summary_json_holds_null_for_undefined_fractions(tmp_path):
+    path = Dashboard([], tmp_path).write_summary(summary())
+    assert json.loads(path.read_text())["jump_correlation"]["jumps_explained"] is None
