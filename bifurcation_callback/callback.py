@@ -463,14 +463,19 @@ def _require_text(name: str, value: object, *, optional: bool = False) -> str | 
 def _lightning_step(trainer: Any) -> int:
     """The step Lightning's logger connector gives the metrics logged in the current ``training_step``: the
     number of batches that stepped the optimizers before this one (``trainer.global_step`` counts each
-    optimizer's steps, so it runs ahead with several optimizers and is already incremented here)."""
-    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    optimizer's steps, so it runs ahead with several optimizers and is already incremented here).
+
+    The counter is private; should a Lightning release rename it, ``global_step - 1`` is the same number for
+    the common single-optimizer loop."""
+    stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
+    return int(stepped) if stepped is not None else max(int(trainer.global_step) - 1, 0)
 
 
 def _accumulating(trainer: Any, pl_module: Any) -> bool:
     """True for a batch whose gradients are accumulated without an optimizer step (Lightning logs nothing for
     it either)."""
-    return bool(pl_module.automatic_optimization and trainer.fit_loop._should_accumulate())
+    should_accumulate = getattr(getattr(trainer, "fit_loop", None), "_should_accumulate", None)
+    return bool(pl_module.automatic_optimization and should_accumulate is not None and should_accumulate())
 
 
 def _step_loss(trainer: Any, outputs: Any, loss_key: str) -> float | None:

@@ -120,7 +120,9 @@ def main() -> None:
     print(f"bifurcation events: {summary['n_events']} ({kinds})")
     for event in monitor.events[:12]:
         print(f"  step {event.step:>3}  {event.kind:<17} order {event.order}  {event.description}")
-    print(f"loss jumps: {len(summary['loss_jumps'])}; jumps with an event nearby: {correlation['jumps_explained']:.2f}")
+    explained = correlation["jumps_explained"]  # None (undefined) when there was no loss jump
+    print(f"loss jumps: {len(summary['loss_jumps'])}; jumps with an event nearby: "
+          f"{'n/a' if explained is None else f'{explained:.2f}'}")
     print(f"monitor overhead: {100 * summary['monitor_overhead']:.0f} % of the training time")
     print("cycles at the end:")
     print(monitor.cycles.summary())

@@ -46,8 +46,11 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
         assert column in header, header
     for row in rows:
         assert len(row) == len(header)
+        no_jumps = row[header.index("loss jumps")] == "0"
         for name, cell in zip(header, row):
-            assert cell and cell not in {"-", "n/a"}, (name, row)
+            # With no loss jump the association is undefined: its p-value reads n/a, never a made-up 1.
+            undefined = {"n/a"} if (no_jumps and name == "p") else set()
+            assert cell and (cell not in {"-", "n/a"} or cell in undefined), (name, row)
             assert not re.search(r"\b(none|nan)\b", cell, re.IGNORECASE), (name, row)
     assert f"tensorboard --logdir {logdir}" in out
     assert "BPTT seed 0" in err and "GTF seed 0" in err  # the progress lines
@@ -60,7 +63,7 @@ def test_demo_writes_logs_per_run(demo_run):
         assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
         summary = json.loads((run / "summary.json").read_text())
         demo = json.loads((run / "demo.json").read_text())
-        assert summary["final_step"] == 60 and summary["n_monitored_steps"] > 0
+        assert summary["final_step"] == 59 and summary["n_monitored_steps"] > 0
         assert demo["training"] == training and demo["seed"] == 0
         assert demo["D_stsp"] >= 0 and 0 <= demo["D_H"] <= 1
 
