@@ -48,7 +48,7 @@ def test_plot_cycles_empty_set_and_existing_axes():
 def test_diagram_plot_shows_stable_counts_and_boundaries(tmp_path):
     model = flip_model()
     diagram = scan(model, "W1[0,0]", "h1[0]", (np.linspace(-2.5, 0.0, 6), np.linspace(0.5, 1.5, 4)), max_order=2)
-    ax = diagram.plot()
+    ax = plot_bifurcation_diagram(diagram)
     image = ax.get_images()[0].get_array()
     np.testing.assert_array_equal(np.asarray(image), diagram.total_stable.T)
     assert ax.get_xlabel() == "W1[0,0]" and ax.get_ylabel() == "h1[0]"
