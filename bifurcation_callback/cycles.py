@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from torch import Tensor
 from . import _scyfi
 from ._checks import require_int
 from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
-from .models import all_codes, detached_copy, require_piecewise_linear
+from .models import all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
 __all__ = [
     "Cycle",
@@ -290,21 +291,42 @@ def _resolve_orders(max_order: int, orders: Sequence[int] | None) -> tuple[int, 
     return tuple(range(1, int(max_order) + 1))
 
 
+# Models whose affine_pieces were checked against their step (check_protocol).  The check is about the
+# implementation, not the current weights, so once per object is enough; weak references let checked models
+# be garbage collected.  Objects that cannot be weakly referenced are checked on every call.
+_PROTOCOL_CHECKED: "weakref.WeakSet[object]" = weakref.WeakSet()
+
+
+def _check_protocol_once(model: object) -> None:
+    try:
+        if model in _PROTOCOL_CHECKED:
+            return
+    except TypeError:  # not hashable / not weakly referenceable
+        check_protocol(model)
+        return
+    check_protocol(model)
+    _PROTOCOL_CHECKED.add(model)
+
+
 def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None, *, copy: bool = True):
     """Validate the model and return it in the finder's dtype and device.
 
     With ``copy=False`` a model that already has that dtype and device is used as it is: the searches
     only read it (under ``no_grad``), and a copy per training step is a measurable part of the monitor's
-    cost.  Callers that write parameters (``scan``) keep ``copy=True``.
+    cost.  Callers that write parameters (``scan``) keep ``copy=True``.  The first time a model object is
+    seen, ``check_protocol`` verifies that its ``affine_pieces`` agrees with its ``step``: otherwise no
+    candidate would ever verify and the search would silently report no cycles.
     """
     require_piecewise_linear(model)
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     if not isinstance(model, torch.nn.Module):
+        _check_protocol_once(model)
         return model, torch.device(device or "cpu")
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"model parameter {name!r} contains NaN or Inf; cycles are undefined")
+    _check_protocol_once(model)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -412,8 +434,7 @@ class _RandomCodes:
     def __init__(self, model, device: torch.device, dtype: torch.dtype, seed: int) -> None:
         self.model = model
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        scale_of = getattr(model, "state_scale", None)
-        self.radius = max(10.0, 2.0 * scale_of()) if scale_of is not None else 10.0
+        self.radius = search_radius(model)
         self.device, self.dtype = device, dtype
 
     def draw(self, n_sequences: int, order: int) -> Tensor:

@@ -51,6 +51,24 @@ def plrnn(A, W, h) -> PLRNN:
     return _set(PLRNN(len(A)), A=A, W=W, h=h)
 
 
+class UnmaskedPLRNN(PLRNN):
+    """A user's PLRNN whose ``affine_pieces`` forgets W's zero-diagonal mask, so it disagrees with ``step``.
+
+    Before ``check_protocol`` existed, no candidate of such a model ever verified and ``find_cycles``
+    silently returned no cycles.
+    """
+
+    def affine_pieces(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self._check_codes(codes)
+        J = torch.diag(self.A) + self.W * d.unsqueeze(-2)  # the bug: self.W, not self.off_diagonal_weights()
+        return J, self.h.expand(d.shape[:-1] + (self.state_dim,))
+
+
+def unmasked_plrnn(A, W, h) -> UnmaskedPLRNN:
+    """``UnmaskedPLRNN`` with the given raw parameters (a nonzero diagonal of W shows the bug)."""
+    return _set(UnmaskedPLRNN(len(A)), A=A, W=W, h=h)
+
+
 def shallow(A, W1, W2, h1, h2) -> ShallowPLRNN:
     """ShallowPLRNN ``z' = diag(A) z + W1 relu(W2 z + h2) + h1``."""
     W1 = np.asarray(W1, dtype=np.float64)
@@ -186,7 +204,25 @@ PLRNN_2D = Problem(
     max_order=6,
 )
 
-KNOWN_PROBLEMS = (FLIP_1D, TWO_FIXED_1D, PLRNN_2D)
+# (c) 2-D PLRNN with two stable fixed points: A = diag(0.5, 0.5), W = [[0, -1], [-1, 0]], h = (1, 1).
+#     10: z1 = 0.5 z1 + 1 = 2 > 0, z2 = 0.5 z2 - z1 + 1  =>  z2 = -2 <= 0: real; J = [[0.5, 0], [-1, 0.5]],
+#         multipliers (0.5, 0.5): stable.  01: (-2, 2) by symmetry, stable.
+#     11: [[0.5, 1], [1, 0.5]] z = (1, 1)  =>  z1 = z2 = 2/3 > 0: real; J = [[0.5, -1], [-1, 0.5]] ->
+#         multipliers 1.5, -0.5: saddle.   00: z = (2, 2), not <= 0: virtual.
+#     Every cycle has an active unit, so a wrong W diagonal in affine_pieces hides all three (the
+#     UnmaskedPLRNN test stores W's diagonal as 1, which step masks and the buggy affine_pieces does not).
+BISTABLE_2D = Problem(
+    name="bistable_2d",
+    build=lambda: plrnn(A=[0.5, 0.5], W=[[1.0, -1.0], [-1.0, 1.0]], h=[1.0, 1.0]),
+    cycles=(
+        KnownCycle(points=((2.0, -2.0),), multipliers=(0.5, 0.5), kind="stable"),
+        KnownCycle(points=((-2.0, 2.0),), multipliers=(0.5, 0.5), kind="stable"),
+        KnownCycle(points=((2 / 3, 2 / 3),), multipliers=(1.5, -0.5), kind="saddle"),
+    ),
+    max_order=2,
+)
+
+KNOWN_PROBLEMS = (FLIP_1D, TWO_FIXED_1D, PLRNN_2D, BISTABLE_2D)
 
 
 # ------------------------------------------------------------------------------------------------------------
