@@ -337,6 +337,19 @@ def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str
     return detached_copy(model).to(device=device, dtype=dtype), device
 
 
+# find_cycles arguments that callers running many searches (scan, localize) set themselves.
+_RESERVED_FINDER_KWARGS = ("max_order", "orders", "warm_start", "dtype", "device")
+
+
+def _free_finder_kwargs(finder_kwargs: dict | None, owner: str) -> dict:
+    """A copy of ``finder_kwargs``; a clash with what ``owner`` sets itself would surface as a bare TypeError."""
+    finder_kwargs = dict(finder_kwargs or {})
+    reserved = sorted(set(_RESERVED_FINDER_KWARGS) & set(finder_kwargs))
+    if reserved:
+        raise ValueError(f"finder_kwargs must not set {reserved}: {owner} takes max_order, dtype and device itself")
+    return finder_kwargs
+
+
 @contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run on one intra-op thread: the search's tensors are small, and a second thread mostly waits

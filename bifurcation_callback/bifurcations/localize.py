@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..cycles import CycleSet, _region_count_bound, exhaustive_cycles, find_cycles
+from ..cycles import CycleSet, _free_finder_kwargs, _prepare_model, _region_count_bound, exhaustive_cycles, find_cycles
 from ..models import detached_copy, model_from_state, require_piecewise_linear
 from .events import BifurcationEvent, detect_bifurcations
 
@@ -140,6 +140,8 @@ def localize(
     exhaustive: bool | None = None,
     step_interval: tuple[int, int] = (0, 1),
     max_evaluations: int = 200,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Localization:
     """Bisect along ``θ(t) = (1 − t) θ_a + t θ_b`` (all parameters) to where the cycle set changes.
 
@@ -170,6 +172,9 @@ def localize(
         Training steps of the two snapshots; events get ``location = lo + t* (hi − lo)``.
     max_evaluations : int
         Safety cap on cycle searches.
+    device, dtype
+        Where and in which precision to search (float64 by default; float32 brackets are only as
+        narrow as float32's tolerances allow).
 
     Returns
     -------
@@ -180,7 +185,8 @@ def localize(
     TypeError
         Models of different classes, or something that is not a model / state.
     ValueError
-        Different parameter shapes, ``tol`` not in (0, 1), bad ``step_interval``.
+        Different parameter shapes, ``tol`` not in (0, 1), bad ``step_interval``, a bad ``dtype``, or
+        ``finder_kwargs`` that set what ``localize`` sets itself (orders, warm start, dtype, device).
 
     Examples
     --------
@@ -195,12 +201,15 @@ def localize(
     first = _as_model(model_a, None, "model_a")
     second = _as_model(model_b, first, "model_b")
     _require_same_model(first, second)
+    # The search's own detached copies in dtype and device (validated: finite parameters, the protocol).
+    first, device = _prepare_model(first, dtype, device)
+    second, _ = _prepare_model(second, dtype, device)
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"tol must be in (0, 1), got {tol!r}")
     lo_step, hi_step = (int(x) for x in step_interval)
     if lo_step > hi_step:
         raise ValueError(f"step_interval must be (lo, hi) with lo <= hi, got {step_interval}")
-    finder_kwargs = dict(finder_kwargs or {})
+    finder_kwargs = _free_finder_kwargs(finder_kwargs, "localize")
     use_exhaustive = _exhaustive_feasible(first, max_order) if exhaustive is None else bool(exhaustive)
 
     start = dict(first.named_parameters())
@@ -213,8 +222,10 @@ def localize(
             for name, parameter in start.items():
                 parameter.copy_((1.0 - t) * origin[name] + t * end[name])
         if use_exhaustive:
-            return exhaustive_cycles(path_model, max_order, max_sequences=max(EXHAUSTIVE_LIMIT, 1))
-        return find_cycles(path_model, max_order, warm_start=warm, **finder_kwargs)
+            return exhaustive_cycles(
+                path_model, max_order, max_sequences=max(EXHAUSTIVE_LIMIT, 1), device=device, dtype=dtype
+            )
+        return find_cycles(path_model, max_order, warm_start=warm, device=device, dtype=dtype, **finder_kwargs)
 
     def merged(*sets: CycleSet) -> CycleSet:
         cycles = tuple(c for s in sets for c in s)

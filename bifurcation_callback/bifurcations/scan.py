@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import _scyfi
-from ..cycles import _prepare_model, _region_count_bound, _region_table, find_cycles
+from ..cycles import _free_finder_kwargs, _prepare_model, _region_count_bound, _region_table, find_cycles
 from ..models import all_codes, require_piecewise_linear
 
 __all__ = ["SCAN_METHODS", "SCAN_EXHAUSTIVE_LIMIT", "BifurcationDiagram", "scan", "parse_param_spec"]
@@ -406,10 +406,7 @@ def scan(
         raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
     if not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1:
         raise ValueError(f"max_order must be an int >= 1, got {max_order!r}")
-    # The scan sets the orders and the warm start itself; a clash would surface as a bare TypeError.
-    reserved = {"max_order", "orders", "warm_start", "dtype", "device"} & set(finder_kwargs or {})
-    if reserved:
-        raise ValueError(f"finder_kwargs must not set {sorted(reserved)}: scan takes max_order, dtype and device itself")
+    finder_kwargs = _free_finder_kwargs(finder_kwargs, "scan")
     if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
         raise ValueError("grid must be a pair (values_a, values_b) of sequences of numbers")
     axes = []
@@ -456,7 +453,7 @@ def scan(
                 analysed, cell_params, regions.to(device), orders, dtype, chunk_elements=chunk_elements, progress=progress
             )
         else:
-            counts, stable = _scan_scyfi(analysed, cell_params, orders, dtype, dict(finder_kwargs or {}), progress)
+            counts, stable = _scan_scyfi(analysed, cell_params, orders, dtype, finder_kwargs, progress)
     return BifurcationDiagram(
         model=type(model).__name__,
         param_a=param_a,
