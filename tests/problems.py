@@ -130,6 +130,11 @@ def cell_model(base: torch.nn.Module, parameters: dict[str, tuple[tuple[int, ...
     return model
 
 
+def event_summary(events) -> list[tuple]:
+    """Events as sorted ``(kind, order, crossing, stable_before, stable_after)`` tuples, for comparisons."""
+    return sorted(((e.kind, e.order, e.crossing, e.stable_before, e.stable_after) for e in events), key=repr)
+
+
 # (1) Border collision: a pair of fixed points is born at the border as the bias h1 crosses h* = 0.
 #   tent(a=0.5, w1=1, h1=mu): tau_L = 0.5, tau_R = 1.5.
 #   Left fixed point  z_L = mu / (1 - 0.5) = 2 mu  is real iff z_L <= 0  iff mu < 0;  multiplier 0.5 (stable).

@@ -25,6 +25,7 @@ from problems import (
     FLIP_TAU,
     PLUS_ONE_A1,
     busy_plrnn,
+    event_summary,
     flip_path,
     fold_path,
     plrnn_1d,
@@ -39,20 +40,16 @@ def events_between(model_before, model_after, max_order: int) -> list[Bifurcatio
     return detect_bifurcations(before, after, step=11, prev_step=10)
 
 
-def summary(events: list[BifurcationEvent]) -> list[tuple]:
-    return sorted(((e.kind, e.order, e.crossing, e.stable_before, e.stable_after) for e in events), key=repr)
-
-
 def test_border_collision_pair_appears_and_vanishes():
     before, after = fold_path()
     born = events_between(before, after, max_order=2)
-    assert summary(born) == [
+    assert event_summary(born) == [
         ("border_collision", 1, None, None, False),
         ("border_collision", 1, None, None, True),
     ]
     assert all(e.step_interval == (10, 11) and e.step == 11 for e in born)
     died = events_between(after, before, max_order=2)
-    assert summary(died) == [
+    assert event_summary(died) == [
         ("border_collision", 1, None, False, None),
         ("border_collision", 1, None, True, None),
     ]
@@ -63,7 +60,7 @@ def test_fixed_point_crossing_the_border_persists_by_nearest_points():
     # mu > 0): one stable fixed point that moves through the border at mu = 0.  mu = +-0.002 gives points
     # 0.00286 and -0.004, 0.0069 apart (< rtol 1e-2): same cycle, new code.
     events = events_between(tent(0.5, -0.2, 0.002), tent(0.5, -0.2, -0.002), max_order=1)
-    assert summary(events) == [("border_collision", 1, None, True, True)]
+    assert event_summary(events) == [("border_collision", 1, None, True, True)]
     matches = match(exhaustive_cycles(tent(0.5, -0.2, 0.002), 1), exhaustive_cycles(tent(0.5, -0.2, -0.002), 1))
     assert [(m.status, m.matched_by) for m in matches] == [("persisted", "nearest")]
     # With tolerances below the distance the same change reads as one vanishing and one appearing point.
@@ -77,7 +74,7 @@ def test_fixed_point_crossing_the_border_persists_by_nearest_points():
 def test_flip_detected():
     before, after = flip_path()
     events = events_between(before, after, max_order=2)
-    assert summary(events) == [
+    assert event_summary(events) == [
         ("appearance", 2, None, None, True),
         ("stability_change", 1, "-1", True, False),
     ]
@@ -90,12 +87,12 @@ def test_flip_detected():
 
 def test_plus_one_crossing_with_same_codes_is_a_stability_change():
     events = events_between(sliding_fold(PLUS_ONE_A1[0]), sliding_fold(PLUS_ONE_A1[1]), max_order=2)
-    assert summary(events) == [("stability_change", 1, "+1", True, False)]
+    assert event_summary(events) == [("stability_change", 1, "+1", True, False)]
 
 
 def test_escape_to_infinity_is_degenerate():
     events = events_between(plrnn_1d(ESCAPE_A[0], 1.0), plrnn_1d(ESCAPE_A[1], 1.0), max_order=1)
-    assert summary(events) == [("degenerate", 1, None, None, False), ("degenerate", 1, None, True, None)]
+    assert event_summary(events) == [("degenerate", 1, None, None, False), ("degenerate", 1, None, True, None)]
 
 
 def test_far_out_cycle_is_degenerate_by_norm():

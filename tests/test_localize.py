@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from bifurcation_callback.bifurcations import BifurcationEvent, Localization, localize
+from bifurcation_callback.bifurcations import Localization, localize
 from bifurcation_callback.models import PLRNN, model_to_state
 from problems import (
     DEVICES,
@@ -22,16 +22,13 @@ from problems import (
     FOLD_T,
     PLUS_ONE_A1,
     PLUS_ONE_T,
+    event_summary,
     flip_path,
     fold_path,
     plrnn_1d,
     sliding_fold,
     tent,
 )
-
-
-def summary(events: tuple[BifurcationEvent, ...]) -> list[tuple]:
-    return sorted(((e.kind, e.order, e.crossing, e.stable_before, e.stable_after) for e in events), key=repr)
 
 
 def test_border_collision_fold_is_localised():
@@ -46,7 +43,7 @@ def test_flip_localised_and_events_carry_location():
     result = localize(*flip_path(), max_order=2, step_interval=(100, 101))
     assert result.converged and result.t_lo <= FLIP_T <= result.t_hi
     assert abs(result.t_star - FLIP_T) <= 1e-6
-    assert summary(result.events) == [("appearance", 2, None, None, True), ("stability_change", 1, "-1", True, False)]
+    assert event_summary(result.events) == [("appearance", 2, None, None, True), ("stability_change", 1, "-1", True, False)]
     for event in result.events:
         lo, hi = event.step_interval
         assert (lo, hi) == (100, 101) and lo <= event.location <= hi
@@ -57,7 +54,7 @@ def test_plus_one_crossing_with_same_codes_is_localised():
     result = localize(sliding_fold(PLUS_ONE_A1[0]), sliding_fold(PLUS_ONE_A1[1]), max_order=2)
     assert result.converged and result.t_lo <= PLUS_ONE_T <= result.t_hi
     assert abs(result.t_star - PLUS_ONE_T) <= 1e-6
-    assert summary(result.events) == [("stability_change", 1, "+1", True, False)]
+    assert event_summary(result.events) == [("stability_change", 1, "+1", True, False)]
 
 
 def test_escape_to_infinity_is_localised_from_saved_states():
@@ -108,7 +105,7 @@ def test_localize_on_dtype_and_device(dtype, device, exhaustive):
         finder_kwargs={"n_starts": 16, "inner": 5, "outer": 1},
     )
     assert result.converged and result.t_lo <= FLIP_T <= result.t_hi
-    assert summary(result.events) == [("appearance", 2, None, None, True), ("stability_change", 1, "-1", True, False)]
+    assert event_summary(result.events) == [("appearance", 2, None, None, True), ("stability_change", 1, "-1", True, False)]
 
 
 def test_localize_rejects_finder_kwargs_it_sets_itself():
