@@ -24,7 +24,9 @@ NEUTRAL_TOLERANCE = 1e-6
 
 # Per dtype: closing residual (relative), point coincidence for minimal period / dedup (relative) and the
 # smallest relative singular value of ``I - P`` for a well-posed system.  float32 solutions carry about
-# cond(I - P) * 1e-7 relative error, so its residual and coincidence tolerances are looser.
+# cond(I - P) * 1e-7 relative error, so its residual and coincidence tolerances are looser.  The singular
+# value test runs in float64 for both (``verify`` promotes), so it has one threshold: a float32 system that
+# is badly conditioned but still closes up to the float32 residual tolerance is kept, as find_cycles always did.
 TOLERANCES = {
     torch.float64: {"residual": 1e-9, "coincide": 1e-7, "singular": 1e3 * float(np.finfo(np.float64).eps)},
     torch.float32: {"residual": 1e-3, "coincide": 1e-3, "singular": 1e3 * float(np.finfo(np.float64).eps)},
@@ -92,6 +94,17 @@ def evaluate(affine_pieces: AffinePieces, step_with_codes: StepWithCodes, codes:
     """Solve the cycle equations for every sequence in ``codes (..., k, S)`` and simulate the true map.
 
     ``affine_pieces`` may add leading dimensions (a scan's cells); ``codes`` broadcasts against them.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1).double()
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)       # z' = z / 2 + 1: fixed point 2 (code "on")
+    >>> codes = torch.tensor([[[True]], [[False]]])               # two 1-step sequences: on, off
+    >>> result = evaluate(*model_functions(model), codes)
+    >>> result.z1.squeeze(-1).tolist(), result.real.tolist()      # the "off" solution 2 is virtual
+    ([2.0, 2.0], [True, False])
     """
     J, c = affine_pieces(codes)
     product, offset = cycle_products(J, c)
