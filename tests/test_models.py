@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bifurcation_callback import ALRNN, PLRNN, ClippedShallowPLRNN, ShallowPLRNN, model_from_state, model_to_state
-from bifurcation_callback.models import MODEL_REGISTRY, require_piecewise_linear
+from bifurcation_callback.models import MODEL_REGISTRY, PiecewiseLinear, require_piecewise_linear
 from problems import BISTABLE_2D, DEVICES, DTYPES, MODEL_KINDS, random_model, unmasked_plrnn
 
 
@@ -151,7 +151,9 @@ def test_require_piecewise_linear_names_what_is_missing(model, missing):
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_builtin_models_are_piecewise_linear(kind):
-    require_piecewise_linear(_model(kind))
+    model = _model(kind)
+    require_piecewise_linear(model)  # raises TypeError naming what is missing
+    assert isinstance(model, PiecewiseLinear)
 
 
 @pytest.mark.parametrize(
