@@ -1,10 +1,10 @@
 """The vocabulary of bifurcations of piecewise-linear maps: match cycle sets across snapshots, classify changes.
 
 Detection and precise location are separate steps (as in BifurcationKit): ``detect_bifurcations``
-compares the cycle sets of two snapshots and returns events that carry their bracket
-``step_interval = (lo, hi)``; ``localize`` bisects along the straight line between two weight
-snapshots to the sub-step position where the set of cycles changes.  ``scan`` counts cycles and
-stable cycles on a 2-D parameter grid, batched over cells.
+(here) compares the cycle sets of two snapshots and returns events that carry their bracket
+``step_interval = (lo, hi)``; ``localize`` (in ``bifurcations.localize``) bisects along the straight
+line between two weight snapshots to the sub-step position where the set of cycles changes;
+``scan`` (in ``bifurcations.scan``) counts cycles and stable cycles on a 2-D parameter grid.
 
 The vocabulary is closed: ``BIFURCATION_KINDS`` lists every ``BifurcationEvent.kind`` and
 ``CROSSINGS`` every ``crossing`` of a ``stability_change``.
