@@ -168,7 +168,9 @@ def _run_scan(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     json_path = diagram.save(out.with_name(out.name + ".json"))
     png_path = out.with_name(out.name + ".png")
-    diagram.plot().figure.savefig(png_path, dpi=120)
+    from .plots import plot_bifurcation_diagram
+
+    plot_bifurcation_diagram(diagram).figure.savefig(png_path, dpi=120)
     print(
         f"{diagram.model}: {args.n}x{args.n} grid of {args.param_a} x {args.param_b}, orders 1..{args.max_order} "
         f"({diagram.method}, {diagram.elapsed_s:.2f} s); wrote {png_path} and {json_path}"

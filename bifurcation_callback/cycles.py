@@ -7,13 +7,17 @@ at once with one batched ``torch.linalg.solve_ex`` per iteration, on CPU or CUDA
 
 Every reported cycle is verified with the nonlinear map: its closing residual is small relative to its
 scale, the codes it visits are the assumed ones, its period is minimal, and it is reported once (up to
-rotation).  This module knows nothing of Lightning or TensorBoard.
+rotation).  The batched solve, the simulation and these checks are the kernel in ``_scyfi`` (shared with
+``bifurcations.scan``); this module searches region sequences, collects verified cycles and defines the
+result types.  A model's ``affine_pieces`` is checked against its ``step`` once per model object
+(``models.check_protocol``).  This module knows nothing of Lightning or TensorBoard.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _scyfi
 from ._checks import require_int
-from .models import all_codes, detached_copy, require_piecewise_linear
+from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
+from .models import all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
 __all__ = [
     "Cycle",
@@ -37,14 +43,7 @@ __all__ = [
 # The closed vocabulary of stability kinds; Cycle.kind returns one of these.
 STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
 
-# Distance of a multiplier modulus from 1 under which a cycle counts as neutral.
-NEUTRAL_TOLERANCE = 1e-6
-
-_TOLERANCES = {
-    # closing residual (relative), point coincidence for minimal period / dedup (relative)
-    torch.float64: {"residual": 1e-9, "coincide": 1e-7},
-    torch.float32: {"residual": 1e-3, "coincide": 1e-3},
-}
+# NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,21 +294,42 @@ def _resolve_orders(max_order: int, orders: Sequence[int] | None) -> tuple[int, 
     return tuple(range(1, int(max_order) + 1))
 
 
+# Models whose affine_pieces were checked against their step (check_protocol).  The check is about the
+# implementation, not the current weights, so once per object is enough; weak references let checked models
+# be garbage collected.  Objects that cannot be weakly referenced are checked on every call.
+_PROTOCOL_CHECKED: "weakref.WeakSet[object]" = weakref.WeakSet()
+
+
+def _check_protocol_once(model: object) -> None:
+    try:
+        if model in _PROTOCOL_CHECKED:
+            return
+    except TypeError:  # not hashable / not weakly referenceable
+        check_protocol(model)
+        return
+    check_protocol(model)
+    _PROTOCOL_CHECKED.add(model)
+
+
 def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str | None, *, copy: bool = True):
     """Validate the model and return it in the finder's dtype and device.
 
     With ``copy=False`` a model that already has that dtype and device is used as it is: the searches
     only read it (under ``no_grad``), and a copy per training step is a measurable part of the monitor's
-    cost.  Callers that write parameters (``scan``) keep ``copy=True``.
+    cost.  Callers that write parameters (``scan``) keep ``copy=True``.  The first time a model object is
+    seen, ``check_protocol`` verifies that its ``affine_pieces`` agrees with its ``step``: otherwise no
+    candidate would ever verify and the search would silently report no cycles.
     """
     require_piecewise_linear(model)
-    if dtype not in _TOLERANCES:
+    if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     if not isinstance(model, torch.nn.Module):
+        _check_protocol_once(model)
         return model, torch.device(device or "cpu")
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"model parameter {name!r} contains NaN or Inf; cycles are undefined")
+    _check_protocol_once(model)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -318,6 +338,19 @@ def _prepare_model(model: object, dtype: torch.dtype, device: torch.device | str
     if not copy and all(t.dtype == dtype and t.device == device for t in tensors):
         return model, device
     return detached_copy(model).to(device=device, dtype=dtype), device
+
+
+# find_cycles arguments that callers running many searches (scan, localize) set themselves.
+_RESERVED_FINDER_KWARGS = ("max_order", "orders", "warm_start", "dtype", "device")
+
+
+def _free_finder_kwargs(finder_kwargs: dict | None, owner: str) -> dict:
+    """A copy of ``finder_kwargs``; a clash with what ``owner`` sets itself would surface as a bare TypeError."""
+    finder_kwargs = dict(finder_kwargs or {})
+    reserved = sorted(set(_RESERVED_FINDER_KWARGS) & set(finder_kwargs))
+    if reserved:
+        raise ValueError(f"finder_kwargs must not set {reserved}: {owner} takes max_order, dtype and device itself")
+    return finder_kwargs
 
 
 @contextmanager
@@ -336,65 +369,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The batched core shared by the heuristic search and the exhaustive enumeration
-
-
-@dataclass
-class _Evaluation:
-    """Result of solving and simulating a batch of region sequences of one order."""
-
-    z1: Tensor  # (B, M)
-    trajectory: Tensor  # (B, k + 1, M): z_1 … z_{k+1} under the true map
-    products: Tensor  # (B, M, M)
-    visited: Tensor  # (B, k, S)
-    solvable: Tensor  # (B,) bool
-    real: Tensor  # (B,) bool: solvable and visiting exactly the assumed regions
-
-
-def _evaluate(model, codes: Tensor) -> _Evaluation:
-    """Solve the cycle equations for every sequence in ``codes`` (B, k, S) and simulate the true map."""
-    n_sequences, order = codes.shape[:2]
-    J, c = model.affine_pieces(codes)
-    product = J[:, 0]
-    offset = c[:, 0]
-    for j in range(1, order):
-        product = J[:, j] @ product
-        offset = (J[:, j] @ offset.unsqueeze(-1)).squeeze(-1) + c[:, j]
-    system = -product
-    system.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I - P without building I
-    z1, info = torch.linalg.solve_ex(system, offset)
-    solvable = (info == 0) & torch.isfinite(z1).all(-1)
-    z1 = torch.where(solvable.unsqueeze(-1), z1, torch.zeros_like(z1))
-    step_with_codes = getattr(model, "step_with_codes", None)
-    points, codes_seen = [z1], []
-    for _ in range(order):
-        if step_with_codes is not None:
-            after, code = step_with_codes(points[-1])
-        else:  # a user model with only the protocol's required methods
-            after, code = model.step(points[-1]), model.region_codes(points[-1])
-        points.append(after)
-        codes_seen.append(code)
-    trajectory = torch.stack(points, dim=1)
-    visited = torch.stack(codes_seen, dim=1)
-    real = solvable & (visited == codes).flatten(1).all(-1)
-    return _Evaluation(z1, trajectory, product, visited, solvable, real)
-
-
-def _canonical_rotation(codes: np.ndarray) -> int:
-    """Index of the rotation whose code sequence is lexicographically smallest."""
-    rows = [bytes(row) for row in np.packbits(codes.astype(np.uint8), axis=-1)]
-    order = len(rows)
-    return min(range(order), key=lambda r: rows[r:] + rows[:r])
-
-
-def _switching_geometry(model) -> tuple[np.ndarray, np.ndarray] | None:
-    """Unit-normalised switching planes as numpy arrays (None when the model does not expose them)."""
-    planes_of = getattr(model, "switching_planes", None)
-    if planes_of is None:
-        return None
-    planes, offsets = (t.detach().cpu().double().numpy() for t in planes_of())
-    norms = np.maximum(np.linalg.norm(planes, axis=1), 1e-300)
-    return planes / norms[:, None], offsets / norms
+# Collecting verified cycles; the batched solve and the checks themselves are in _scyfi
 
 
 class _Collector:
@@ -402,12 +377,11 @@ class _Collector:
 
     def __init__(self, order: int, dtype: torch.dtype, geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.order = order
-        self.tolerance = _TOLERANCES[dtype]
+        self.dtype = dtype
+        self.tolerance = TOLERANCES[dtype]
         self.geometry = geometry
         self.known: dict[bytes, Cycle] = {}
-        self.divisors = [j for j in range(1, order) if order % j == 0]
-        # rotations[r] re-indexes a cycle's k points to start at point r.
-        self.rotations = (np.arange(order)[:, None] + np.arange(order)[None, :]) % order
+        self.rotations = _scyfi.rotation_table(order)
         # Raw code sequences already judged (every rotation of a kept cycle, and rejected ones): for a fixed
         # model the solution is a function of the sequence, so a verdict never needs repeating.
         self.judged: set[bytes] = set()
@@ -415,7 +389,7 @@ class _Collector:
     def cycles(self) -> list[Cycle]:
         return sorted(self.known.values(), key=lambda c: c.key)
 
-    def add(self, evaluation: _Evaluation) -> int:
+    def add(self, evaluation: _scyfi.Evaluation) -> int:
         """Verify the real sequences in ``evaluation``; return how many new cycles were stored."""
         indices = torch.nonzero(evaluation.real).flatten()
         if indices.numel() == 0:
@@ -431,17 +405,18 @@ class _Collector:
         self.judged.update(fresh)
         positions = list(fresh.values())
         chosen = indices[torch.as_tensor(positions, device=indices.device)]
+        valid, residuals = _scyfi.verify(evaluation.trajectory[chosen], evaluation.products[chosen], self.dtype)
+        valid, residuals = valid.cpu().numpy(), residuals.cpu().numpy()
         trajectories = evaluation.trajectory[chosen].cpu().double().numpy()
         products = evaluation.products[chosen].cpu().double().numpy()
         codes = codes[positions]
-        valid, residuals = self._verify(trajectories, products)
         eigenvalues = np.linalg.eigvals(products[valid]).astype(np.complex128) if valid.any() else []
-        margins = self._border_margins(trajectories[valid, :-1])
+        margins = _scyfi.border_margins(trajectories[valid, :-1], self.geometry)
         new = 0
         for traj, code, multipliers, residual, margin in zip(
             trajectories[valid], codes[valid], eigenvalues, residuals[valid], margins
         ):
-            canonical = self.rotations[_canonical_rotation(code)]
+            canonical = self.rotations[_scyfi.canonical_rotation(code)]
             cycle = Cycle(
                 order=self.order,
                 points=traj[canonical],
@@ -459,28 +434,6 @@ class _Collector:
             new += 1
         return new
 
-    def _verify(self, trajectories: np.ndarray, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which candidates close up, are non-singular and have minimal period; and their residuals."""
-        z1 = trajectories[:, 0]
-        scale = 1.0 + np.linalg.norm(z1, axis=-1)
-        residuals = np.linalg.norm(trajectories[:, -1] - z1, axis=-1) / scale
-        # Errors of the forward simulation grow with the product's norm, so the tolerance does too.
-        valid = residuals <= self.tolerance["residual"] * (1.0 + np.linalg.norm(products, axis=(-2, -1)))
-        singular_values = np.linalg.svd(np.eye(products.shape[-1]) - products, compute_uv=False)
-        valid &= singular_values[:, -1] > 1e3 * np.finfo(np.float64).eps * np.maximum(singular_values[:, 0], 1.0)
-        for divisor in self.divisors:
-            valid &= np.linalg.norm(trajectories[:, divisor] - z1, axis=-1) > self.tolerance["coincide"] * scale
-        return valid, residuals
-
-    def _border_margins(self, points: np.ndarray) -> np.ndarray:
-        """Smallest distance of each candidate's points to a switching plane (NaN without planes)."""
-        if self.geometry is None:
-            return np.full(len(points), np.nan)
-        planes, offsets = self.geometry
-        if planes.shape[0] == 0:
-            return np.full(len(points), np.inf)
-        return np.abs(points @ planes.T + offsets).min(axis=(-2, -1)) if len(points) else np.empty(0)
-
     def _duplicate(self, cycle: Cycle) -> bool:
         # Codes identify a cycle except for points lying within rounding of a switching plane.
         scale = 1.0 + np.linalg.norm(cycle.points, axis=1).max()
@@ -497,8 +450,7 @@ class _RandomCodes:
     def __init__(self, model, device: torch.device, dtype: torch.dtype, seed: int) -> None:
         self.model = model
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        scale_of = getattr(model, "state_scale", None)
-        self.radius = max(10.0, 2.0 * scale_of()) if scale_of is not None else 10.0
+        self.radius = search_radius(model)
         self.device, self.dtype = device, dtype
 
     def draw(self, n_sequences: int, order: int) -> Tensor:
@@ -540,10 +492,11 @@ def _search_order(
     age = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
     iterations = solves = singular = warm_hits = 0
     quiet_iterations = 0
+    functions = _scyfi.model_functions(model)
     while codes.shape[0] and iterations < inner * outer:
         if time.monotonic() > deadline:
             return iterations, solves, singular, warm_hits, False
-        evaluation = _evaluate(model, codes)
+        evaluation = _scyfi.evaluate(*functions, codes)
         iterations += 1
         solves += codes.shape[0]
         singular += int((~evaluation.solvable).sum())
@@ -659,7 +612,7 @@ def find_cycles(
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
     analysed, device = _prepare_model(model, dtype, device, copy=False)
     sampler = _RandomCodes(analysed, device, dtype, seed)
-    geometry = _switching_geometry(analysed)
+    geometry = _scyfi.switching_geometry(analysed)
     cycles: list[Cycle] = []
     iterations: dict[int, int] = {}
     totals = {"solves": 0, "singular": 0, "warm": 0}
@@ -725,7 +678,8 @@ def exhaustive_cycles(
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device, copy=False)
     regions = _region_table(analysed).to(device)
-    geometry = _switching_geometry(analysed)
+    geometry = _scyfi.switching_geometry(analysed)
+    functions = _scyfi.model_functions(analysed)
     n_regions = regions.shape[0]
     largest = n_regions ** max(order_list)
     if largest > max_sequences:
@@ -742,7 +696,7 @@ def exhaustive_cycles(
             digits = n_regions ** torch.arange(order - 1, -1, -1, device=device)
             for begin in range(0, total, batch_size):
                 index = torch.arange(begin, min(begin + batch_size, total), device=device)
-                evaluation = _evaluate(analysed, regions[(index[:, None] // digits) % n_regions])
+                evaluation = _scyfi.evaluate(*functions, regions[(index[:, None] // digits) % n_regions])
                 collector.add(evaluation)
                 totals["solves"] += index.numel()
                 totals["singular"] += int((~evaluation.solvable).sum())
@@ -760,3 +714,11 @@ def _region_table(model) -> Tensor:
     if model.n_switches > 20:
         raise ValueError(f"{type(model).__name__} has {model.n_switches} switches and no realizable_codes()")
     return all_codes(model.n_switches)
+
+
+def _region_count_bound(model) -> int:
+    """Upper bound on the number of regions: 2**S, or the cell count of an arrangement of S planes in R^M."""
+    n_switches, dim = model.n_switches, model.state_dim
+    if getattr(model, "every_code_realizable", False) or n_switches <= dim:
+        return 2**n_switches
+    return sum(math.comb(n_switches, i) for i in range(dim + 1))

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# plots reads bifurcations, never the reverse (data flows models -> cycles -> bifurcations -> plots).
+from .bifurcations import BIFURCATION_KINDS, BifurcationDiagram
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-    from .bifurcations import BifurcationDiagram
     from .cycles import CycleSet
 
 __all__ = ["plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "KIND_COLOURS"]
@@ -138,8 +140,6 @@ def plot_bifurcation_diagram(
     >>> plot_bifurcation_diagram(diagram).get_xlabel()
     'A[0]'
     """
-    from .bifurcations import BifurcationDiagram
-
     if not isinstance(diagram, BifurcationDiagram):
         raise TypeError(f"plot_bifurcation_diagram needs a BifurcationDiagram, got {type(diagram).__name__}")
     if order is not None and order not in diagram.orders:
@@ -183,13 +183,12 @@ def _extent(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
     return (*edges(a), *edges(b))
 
 
-# One colour per bifurcation kind, shared by every figure and the docs.
+# Colours in the order of BIFURCATION_KINDS (births green, deaths red, ...); cycled if the vocabulary grows.
+_KIND_PALETTE = ("tab:green", "tab:red", "tab:purple", "tab:orange", "black", "tab:brown", "tab:pink", "tab:olive")
+# One colour per bifurcation kind, shared by every figure and the docs.  The keys are read from the one
+# vocabulary, BIFURCATION_KINDS, so a kind can never be missing here.
 KIND_COLOURS: dict[str, str] = {
-    "appearance": "tab:green",
-    "disappearance": "tab:red",
-    "stability_change": "tab:purple",
-    "border_collision": "tab:orange",
-    "degenerate": "black",
+    kind: _KIND_PALETTE[i % len(_KIND_PALETTE)] for i, kind in enumerate(BIFURCATION_KINDS)
 }
 
 

@@ -20,6 +20,7 @@ import torch
 
 from bifurcation_callback import find_cycles, model_from_state, scan
 from bifurcation_callback.bifurcations import parse_param_spec
+from bifurcation_callback.plots import plot_bifurcation_diagram
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "plrnn_2d_16cycles.json"
 
@@ -77,9 +78,9 @@ def main() -> None:
     long_cycles = find_cycles(model, orders=[16])
     print(f"  find_cycles(model, orders=[16]) at that point: {len(long_cycles)} 16-cycles, {long_cycles.n_stable} stable")
 
-    # The diagram's own save / plot, plus a marker at the model's parameters.
+    # The diagram's own save, plots.plot_bifurcation_diagram, plus a marker at the model's parameters.
     json_path = diagram.save(out / "diagram.json")
-    ax = diagram.plot()
+    ax = plot_bifurcation_diagram(diagram)
     ax.plot(*own, marker="*", color="red", markersize=12, linestyle="none", label="the model")
     ax.legend(loc="lower left", fontsize="small")
     png_path = out / "diagram.png"

@@ -51,6 +51,24 @@ def plrnn(A, W, h) -> PLRNN:
     return _set(PLRNN(len(A)), A=A, W=W, h=h)
 
 
+class UnmaskedPLRNN(PLRNN):
+    """A user's PLRNN whose ``affine_pieces`` forgets W's zero-diagonal mask, so it disagrees with ``step``.
+
+    Before ``check_protocol`` existed, no candidate of such a model ever verified and ``find_cycles``
+    silently returned no cycles.
+    """
+
+    def affine_pieces(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self._check_codes(codes)
+        J = torch.diag(self.A) + self.W * d.unsqueeze(-2)  # the bug: self.W, not self.off_diagonal_weights()
+        return J, self.h.expand(d.shape[:-1] + (self.state_dim,))
+
+
+def unmasked_plrnn(A, W, h) -> UnmaskedPLRNN:
+    """``UnmaskedPLRNN`` with the given raw parameters (a nonzero diagonal of W shows the bug)."""
+    return _set(UnmaskedPLRNN(len(A)), A=A, W=W, h=h)
+
+
 def shallow(A, W1, W2, h1, h2) -> ShallowPLRNN:
     """ShallowPLRNN ``z' = diag(A) z + W1 relu(W2 z + h2) + h1``."""
     W1 = np.asarray(W1, dtype=np.float64)
@@ -64,6 +82,98 @@ def paper_model(a1: float | None = None) -> PLRNN:
         with torch.no_grad():
             model.A[0] = a1
     return model
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bifurcation paths with closed-form bifurcation points (test_events, test_localize, test_scan, test_plots)
+
+
+def tent(a: float, w1: float, h1: float) -> ShallowPLRNN:
+    """z' = a z + w1 relu(z) + h1 (left slope a, right slope a + w1, border at z = 0).
+
+    ShallowPLRNN(latent_dim=1, hidden_dim=1) with w2 = 1, h2 = 0; ``FLIP_1D`` is ``tent(0.5, -2, 1)``.
+    """
+    return shallow(A=[a], W1=[[w1]], W2=[[1.0]], h1=[h1], h2=[0.0])
+
+
+def plrnn_1d(a: float, h: float) -> PLRNN:
+    """z' = a z + h (a 1-D PLRNN is linear: W's only entry is the masked diagonal)."""
+    return plrnn(A=[a], W=[[0.0]], h=[h])
+
+
+def sliding_fold(a1: float) -> ShallowPLRNN:
+    """2-D ShallowPLRNN with one switch on y: x' = a1 x + relu(y) + 1, y' = 0.5 y + 1.
+
+    y* = 1 / (1 - 0.5) = 2 > 0, so the switch is on and x* = (2 + 1) / (1 - a1) = 3 / (1 - a1).
+    The multipliers are (a1, 0.5).  As a1 crosses +1, x* passes through infinity, but the region code
+    (y > 0) never changes: the fixed point persists *by codes* and a real multiplier crosses +1.
+    """
+    return shallow(A=[a1, 0.5], W1=[[1.0], [0.0]], W2=[[0.0, 1.0]], h1=[1.0, 1.0], h2=[0.0])
+
+
+def busy_plrnn() -> PLRNN:
+    """A 2-D PLRNN with three fixed points (two stable) and a 2-cycle (found by a seed search)."""
+    torch.manual_seed(98)
+    model = PLRNN(2, weight_scale=2.0).double()
+    with torch.no_grad():
+        model.A.uniform_(-1.0, 1.0)
+    return model
+
+
+def cell_model(base: torch.nn.Module, parameters: dict[str, tuple[tuple[int, ...], float]]) -> torch.nn.Module:
+    """A float64 copy of ``base`` with ``parameters[name] = (index, value)`` set: one cell of a scan."""
+    model = base.snapshot().double()
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, (index, value) in parameters.items():
+            named[name][index] = value
+    return model
+
+
+def event_summary(events) -> list[tuple]:
+    """Events as sorted ``(kind, order, crossing, stable_before, stable_after)`` tuples, for comparisons."""
+    return sorted(((e.kind, e.order, e.crossing, e.stable_before, e.stable_after) for e in events), key=repr)
+
+
+# (1) Border collision: a pair of fixed points is born at the border as the bias h1 crosses h* = 0.
+#   tent(a=0.5, w1=1, h1=mu): tau_L = 0.5, tau_R = 1.5.
+#   Left fixed point  z_L = mu / (1 - 0.5) = 2 mu  is real iff z_L <= 0  iff mu < 0;  multiplier 0.5 (stable).
+#   Right fixed point z_R = mu / (1 - 1.5) = -2 mu is real iff z_R > 0   iff mu < 0;  multiplier 1.5 (unstable).
+#   At mu = 0 both sit on the border z = 0: a nonsmooth fold.  Path mu: 0.3 -> -0.2, t = (0.3 - 0) / 0.5 = 0.6.
+FOLD_MU = (0.3, -0.2)
+FOLD_T = 0.6
+
+# (2) Flip: the right fixed point loses stability through -1 and a 2-cycle is born.
+#   tent(a=0.5, w1=tau_R - 0.5, h1=1): tau_L = 0.5, mu = 1.
+#   Right fixed point z_R = 1 / (1 - tau_R) > 0 for all tau_R < 1, multiplier tau_R: crosses -1 at tau_R = -1.
+#   Left fixed point z_L = 1 / 0.5 = 2 > 0 is virtual.  2-cycle x1 <= 0 < x2 with x2 = tau_L x1 + 1,
+#   x1 = tau_R x2 + 1:  x1 = (1 + tau_R) / (1 - tau_L tau_R),  x2 = (1 + tau_L) / (1 - tau_L tau_R) > 0, so it is
+#   real iff tau_R < -1; multiplier tau_L tau_R = 0.5 tau_R in (-0.95, -0.5) on the path: stable.
+#   Path tau_R: -0.6 -> -1.9 (w1: -1.1 -> -2.4), t = (-1 - (-0.6)) / (-1.3) = 4 / 13.
+FLIP_TAU = (-0.6, -1.9)
+FLIP_T = 4.0 / 13.0
+
+
+def flip_path() -> tuple[ShallowPLRNN, ShallowPLRNN]:
+    """The two ends of path (2): before and after the flip at t = FLIP_T."""
+    return tent(0.5, FLIP_TAU[0] - 0.5, 1.0), tent(0.5, FLIP_TAU[1] - 0.5, 1.0)
+
+
+def fold_path() -> tuple[ShallowPLRNN, ShallowPLRNN]:
+    """The two ends of path (1): before and after the border-collision fold at t = FOLD_T."""
+    return tent(0.5, 1.0, FOLD_MU[0]), tent(0.5, 1.0, FOLD_MU[1])
+
+
+# (3) A real multiplier crossing +1.
+#   (a) sliding_fold(a1): a1: 0.6 -> 1.3 crosses 1 at t = 0.4 / 0.7 = 4 / 7; same codes, so it is a
+#       stability_change with crossing "+1".
+#   (b) plrnn_1d(a, 1): z* = 1 / (1 - a) is > 0 (code on) for a < 1 and < 0 (code off) for a > 1: the fixed point
+#       escapes to +infinity and returns from -infinity with the other code (degenerate transcritical);
+#       a: 0.97 -> 1.02 crosses 1 at t = 0.03 / 0.05 = 0.6.
+PLUS_ONE_A1 = (0.6, 1.3)
+PLUS_ONE_T = 4.0 / 7.0
+ESCAPE_A = (0.97, 1.02)
+ESCAPE_T = 0.6
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -186,7 +296,25 @@ PLRNN_2D = Problem(
     max_order=6,
 )
 
-KNOWN_PROBLEMS = (FLIP_1D, TWO_FIXED_1D, PLRNN_2D)
+# (c) 2-D PLRNN with two stable fixed points: A = diag(0.5, 0.5), W = [[0, -1], [-1, 0]], h = (1, 1).
+#     10: z1 = 0.5 z1 + 1 = 2 > 0, z2 = 0.5 z2 - z1 + 1  =>  z2 = -2 <= 0: real; J = [[0.5, 0], [-1, 0.5]],
+#         multipliers (0.5, 0.5): stable.  01: (-2, 2) by symmetry, stable.
+#     11: [[0.5, 1], [1, 0.5]] z = (1, 1)  =>  z1 = z2 = 2/3 > 0: real; J = [[0.5, -1], [-1, 0.5]] ->
+#         multipliers 1.5, -0.5: saddle.   00: z = (2, 2), not <= 0: virtual.
+#     Every cycle has an active unit, so a wrong W diagonal in affine_pieces hides all three (the
+#     UnmaskedPLRNN test stores W's diagonal as 1, which step masks and the buggy affine_pieces does not).
+BISTABLE_2D = Problem(
+    name="bistable_2d",
+    build=lambda: plrnn(A=[0.5, 0.5], W=[[1.0, -1.0], [-1.0, 1.0]], h=[1.0, 1.0]),
+    cycles=(
+        KnownCycle(points=((2.0, -2.0),), multipliers=(0.5, 0.5), kind="stable"),
+        KnownCycle(points=((-2.0, 2.0),), multipliers=(0.5, 0.5), kind="stable"),
+        KnownCycle(points=((2 / 3, 2 / 3),), multipliers=(1.5, -0.5), kind="saddle"),
+    ),
+    max_order=2,
+)
+
+KNOWN_PROBLEMS = (FLIP_1D, TWO_FIXED_1D, PLRNN_2D, BISTABLE_2D)
 
 
 # ------------------------------------------------------------------------------------------------------------

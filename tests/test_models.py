@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bifurcation_callback import ALRNN, PLRNN, ClippedShallowPLRNN, ShallowPLRNN, model_from_state, model_to_state
-from bifurcation_callback.models import MODEL_REGISTRY, require_piecewise_linear
-from problems import DEVICES, DTYPES, MODEL_KINDS, random_model
+from bifurcation_callback.models import MODEL_REGISTRY, PiecewiseLinear, require_piecewise_linear
+from problems import BISTABLE_2D, DEVICES, DTYPES, MODEL_KINDS, random_model, unmasked_plrnn
 
 
 def _model(kind: str, seed: int = 0, dim: int = 3):
@@ -151,7 +151,9 @@ def test_require_piecewise_linear_names_what_is_missing(model, missing):
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_builtin_models_are_piecewise_linear(kind):
-    require_piecewise_linear(_model(kind))
+    model = _model(kind)
+    require_piecewise_linear(model)  # raises TypeError naming what is missing
+    assert isinstance(model, PiecewiseLinear)
 
 
 @pytest.mark.parametrize(
@@ -290,3 +292,109 @@ def test_snapshot_is_detached_copy():
 def test_saved_state_shows_the_masked_diagonal_as_zero():
     state = model_to_state(PLRNN(3))
     assert [state["params"]["W"][i][i] for i in range(3)] == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# check_protocol: affine_pieces must agree with step (a user model that disagrees used to give 0 cycles)
+
+from bifurcation_callback.cycles import exhaustive_cycles, find_cycles  # noqa: E402
+from bifurcation_callback.models import check_protocol  # noqa: E402
+
+
+def _bistable_unmasked():
+    """BISTABLE_2D's parameters in a model whose affine_pieces forgets W's (nonzero, stored) diagonal."""
+    return unmasked_plrnn(A=[0.5, 0.5], W=[[1.0, -1.0], [-1.0, 1.0]], h=[1.0, 1.0])
+
+
+@pytest.mark.parametrize("search", [find_cycles, exhaustive_cycles])
+def test_affine_pieces_that_disagree_with_step_raise_instead_of_finding_no_cycles(search):
+    # The correct model has three fixed points (closed form in problems.BISTABLE_2D) ...
+    assert len(search(BISTABLE_2D.build(), max_order=2)) == 3
+    # ... the faulty one used to return 0 cycles silently; now the finder names the mismatch.
+    with pytest.raises(ValueError, match=r"affine_pieces disagrees with step at z=\[.*J z \+ c = .*step\(z\) = .*W's zero diagonal"):
+        search(_bistable_unmasked(), max_order=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_check_protocol_passes_for_every_model_kind(kind, dtype, device):
+    model = random_model(kind, seed=3).to(device=device, dtype=dtype)
+    states = torch.randn(16, model.state_dim, dtype=dtype, device=device) * 5
+    assert check_protocol(model, states) is None
+
+
+def test_check_protocol_at_given_states_names_the_first_bad_state():
+    model = _bistable_unmasked()
+    # At z = (-1, -1) no unit is active, so the missing mask does not matter; z = (1, -1) shows it.
+    states = torch.tensor([[-1.0, -1.0], [1.0, -1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"z=\[ 1., -1.\]: J z \+ c = \[ 2.5, -0.5\], step\(z\) = \[ 1.5, -0.5\]"):
+        check_protocol(model, states, n_random=0)
+    assert check_protocol(model, states[:1], n_random=0) is None
+
+
+def test_check_protocol_leaves_the_global_random_state_alone():
+    model = PLRNN(3)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_protocol(model)
+    assert torch.equal(torch.rand(3), expected)
+
+
+class _Broken(PLRNN):
+    """PLRNN(2) with one protocol method replaced by ``kind``'s fault."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__(2)
+        self.fault = fault
+
+    def region_codes(self, z):
+        codes = super().region_codes(z)
+        if self.fault == "int codes":
+            return codes.int()
+        if self.fault == "codes shape":
+            return codes[..., :1]
+        return codes
+
+    def affine_pieces(self, codes):
+        J, c = super().affine_pieces(codes)
+        if self.fault == "J shape":
+            return J[..., :1], c
+        if self.fault == "not a pair":
+            return J
+        return J, c
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("int codes", r"region_codes must return a bool Tensor of shape \(N, n_switches\).*torch.int32"),
+        ("codes shape", r"region_codes must return a bool Tensor of shape \(N, n_switches\) = \(\d+, 2\).*\(\d+, 1\)"),
+        ("J shape", r"affine_pieces must return J of shape \(N, M, M\)"),
+        ("not a pair", r"affine_pieces must return a pair of Tensors"),
+    ],
+)
+def test_check_protocol_names_shape_and_dtype_faults(fault, message):
+    with pytest.raises(ValueError, match=message):
+        check_protocol(_Broken(fault))
+
+
+@pytest.mark.parametrize("states", [torch.zeros(4, 3), torch.zeros(2), [[0.0, 0.0]]], ids=["wrong M", "1-D", "list"])
+def test_check_protocol_rejects_bad_states(states):
+    with pytest.raises(ValueError, match=r"states must be a Tensor of shape \(N, 2\)"):
+        check_protocol(PLRNN(2), states)
+
+
+def test_find_cycles_checks_a_model_object_once(monkeypatch):
+    import bifurcation_callback.cycles as cycles_module
+
+    calls = []
+    monkeypatch.setattr(cycles_module, "check_protocol", lambda model: calls.append(model))
+    model = BISTABLE_2D.build()
+    for seed in range(3):
+        find_cycles(model, max_order=1, seed=seed)
+    exhaustive_cycles(model, max_order=1)
+    assert calls == [model]
+    find_cycles(BISTABLE_2D.build(), max_order=1)  # a new object is checked again
+    assert len(calls) == 2

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from bifurcation_callback.bifurcations import BifurcationDiagram, scan
+from bifurcation_callback.bifurcations import BIFURCATION_KINDS, BifurcationDiagram, scan
 from bifurcation_callback.cycles import CycleSet, exhaustive_cycles
-from bifurcation_callback.models import ShallowPLRNN
-from bifurcation_callback.plots import plot_bifurcation_diagram, plot_cycles
-
-
-def flip_model() -> ShallowPLRNN:
-    """z' = 0.5 z - 2 relu(z) + 1: an unstable fixed point 1/2.5 and a stable 2-cycle (see test_bifurcations)."""
-    model = ShallowPLRNN(latent_dim=1, hidden_dim=1).double()
-    with torch.no_grad():
-        model.A.fill_(0.5)
-        model.W1.fill_(-2.0)
-        model.W2.fill_(1.0)
-        model.h1.fill_(1.0)
-        model.h2.zero_()
-    return model
+from bifurcation_callback.plots import KIND_COLOURS, plot_bifurcation_diagram, plot_cycles
+from problems import FLIP_1D
 
 
 def test_plot_cycles_marks_stable_filled_and_unstable_open(tmp_path):
-    cycles = exhaustive_cycles(flip_model(), max_order=2)
+    cycles = exhaustive_cycles(FLIP_1D.build(), max_order=2)
     assert cycles.counts() == {1: 1, 2: 1}
     ax = plot_cycles(cycles)
     labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
@@ -46,9 +33,9 @@ def test_plot_cycles_empty_set_and_existing_axes():
 
 
 def test_diagram_plot_shows_stable_counts_and_boundaries(tmp_path):
-    model = flip_model()
+    model = FLIP_1D.build()
     diagram = scan(model, "W1[0,0]", "h1[0]", (np.linspace(-2.5, 0.0, 6), np.linspace(0.5, 1.5, 4)), max_order=2)
-    ax = diagram.plot()
+    ax = plot_bifurcation_diagram(diagram)
     image = ax.get_images()[0].get_array()
     np.testing.assert_array_equal(np.asarray(image), diagram.total_stable.T)
     assert ax.get_xlabel() == "W1[0,0]" and ax.get_ylabel() == "h1[0]"
@@ -71,3 +58,31 @@ def test_plot_functions_reject_wrong_input():
     with pytest.raises(ValueError, match="order 3 was not scanned"):
         plot_bifurcation_diagram(diagram, order=3)
     plot_bifurcation_diagram(diagram)  # a single cell draws without contour lines
+
+
+def test_kind_colours_come_from_the_bifurcation_vocabulary():
+    # One list of kinds (BIFURCATION_KINDS), read here too: no kind without a colour, no colour without a kind.
+    assert tuple(KIND_COLOURS) == BIFURCATION_KINDS
+    assert len(set(KIND_COLOURS.values())) == len(BIFURCATION_KINDS)
+
+
+def test_core_modules_import_neither_plots_nor_lightning():
+    # Data flows one way (models -> _scyfi -> cycles -> bifurcations -> plots); the core needs no Trainer.
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "bifurcation_callback"
+    core = [package / name for name in ("models.py", "_scyfi.py", "cycles.py", "metrics.py")]
+    core += sorted((package / "bifurcations").glob("*.py"))
+    forbidden = ("lightning", "pytorch_lightning", "tensorboard", "matplotlib", "plots", "callback", "dashboard")
+    for path in core:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                assert not any(part in forbidden for part in parts), f"{path.name} imports {name}"
