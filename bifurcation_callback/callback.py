@@ -34,7 +34,7 @@ from .dashboard import (
     summary_scalars,
 )
 from .loss_jumps import summarise_run
-from .models import require_piecewise_linear
+from .models import check_protocol, require_piecewise_linear
 from .tracking import MONITOR_FINDER_DEFAULTS, CycleTracker, TrackedStep, check_finder_kwargs, gradient_norm
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
@@ -230,6 +230,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._rnn = self._find_rnn(pl_module)
+            # A model whose affine_pieces disagrees with its step would give wrong (usually empty) cycle sets at
+            # every step without any error: fail before training starts, like a misconfigured callback.
+            try:
+                check_protocol(self._rnn)
+            except ValueError as error:
+                raise ValueError(f"BifurcationMonitor: {error}") from None
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

@@ -28,12 +28,6 @@ FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 # Calls that count as a test's assertion: pytest's checks, and helpers named like assertions.
 PYTEST_CHECKS = {"raises", "warns", "deprecated_call", "fail"}
 ASSERT_PREFIXES = ("assert", "check_", "_assert", "_check", "expect")
-# Exceptions that other branches of the "one clean core" work remove; each entry fails the test once it is
-# no longer needed, so the lists only shrink.  Deferred (in-function) imports allowed to close a cycle:
-# BifurcationDiagram.plot imports plots (upward, against the data flow); the core branch drops that method.
-ALLOWED_DEFERRED_EDGES = {(f"{PACKAGE}.bifurcations", f"{PACKAGE}.plots")}
-# Tests without an assertion in files other engineers are editing: fixed there, not here.
-KNOWN_UNASSERTED = {"tests/test_models.py::test_builtin_models_are_piecewise_linear"}
 # Helpers a test may rely on, besides the ones in its own file and those it imports from another test module.
 SHARED_HELPER_FILES = ("problems.py", "tiny_modules.py", "conftest.py")
 
@@ -163,12 +157,7 @@ def test_package_has_no_import_cycle():
     modules = package_modules()
     cycle = find_cycle(import_graph(modules, module_level_only=True))
     assert cycle is None, f"import cycle through module-level imports: {' -> '.join(cycle or [])}"
-    graph = import_graph(modules)
-    stale = [edge for edge in ALLOWED_DEFERRED_EDGES if edge[1] not in graph.get(edge[0], set())]
-    assert not stale, f"remove {stale} from ALLOWED_DEFERRED_EDGES: those imports are gone"
-    for source, target in ALLOWED_DEFERRED_EDGES:
-        graph[source].discard(target)
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph(modules))
     assert cycle is None, f"import cycle (deferred imports in functions included): {' -> '.join(cycle or [])}"
 
 
@@ -303,10 +292,7 @@ def unasserted_tests(tests_dir: Path = TESTS) -> list[str]:
 
 
 def test_every_test_function_asserts_something():
-    found = unasserted_tests()
-    offenders = [entry for entry in found if entry.split(" (line")[0] not in KNOWN_UNASSERTED]
-    fixed = sorted(KNOWN_UNASSERTED - {entry.split(" (line")[0] for entry in found})
-    assert not fixed, f"remove {fixed} from KNOWN_UNASSERTED: they assert now"
+    offenders = unasserted_tests()
     assert not offenders, (
         "test functions with no assert, pytest.raises/warns/fail or assertion helper (assert_*, check_*, _assert*, "
         "_check*, expect*, or a helper in tests/ that asserts):\n" + "\n".join(offenders)

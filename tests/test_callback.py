@@ -21,6 +21,7 @@ from bifurcation_callback.callback import LOGGED_METRICS, BifurcationMonitor
 from bifurcation_callback.cycles import find_cycles
 from bifurcation_callback.dashboard import read_jsonl
 
+from .problems import UnmaskedPLRNN
 from .tiny_modules import (
     DestroyProcessGroupAtTeardown,
     TinyRNNModule,
@@ -454,3 +455,11 @@ def test_no_loss_jumps_reads_n_a_not_a_fraction(tmp_path):
     table = callback_module.summary_markdown(monitor.summary)
     assert "| jumps with an event nearby | n/a |" in table and "p = 1" not in table
     assert trainer.global_step == 6
+
+
+def test_a_model_whose_pieces_disagree_with_its_step_fails_at_setup_before_training(tmp_path):
+    # UnmaskedPLRNN forgets W's zero diagonal in affine_pieces: every step's cycle set would be silently wrong.
+    module = TinyRNNModule(UnmaskedPLRNN(2))
+    with pytest.raises(ValueError, match="BifurcationMonitor: .*affine_pieces"):
+        fit(tmp_path, module, BifurcationMonitor(max_order=1), max_steps=2)
+    assert module.rnn.W.grad is None  # no training step ran
