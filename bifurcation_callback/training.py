@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from bifurcation_callback._checks import require_int
 from bifurcation_callback._lightning import for_namespace
+from bifurcation_callback.models import CHECKPOINT_MODEL_KEY, model_to_state
 
 __all__ = [
     "DSRModule",
@@ -359,6 +360,15 @@ class _DSRModuleMixin:
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return OPTIMIZERS[self.optimizer_name](self.parameters(), lr=self.lr)
 
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The model's identity (class, constructor config, parameters) so that `bifurcation-callback find`
+        # rebuilds exactly this map instead of guessing the class from parameter names.
+        try:
+            checkpoint[CHECKPOINT_MODEL_KEY] = model_to_state(self.rnn)
+        except TypeError:  # a user's own model: the CLI needs --model-class for it
+            pass
+
     @classmethod
     def for_namespace(cls, namespace: str) -> type:
         """``DSRModule`` built on ``namespace``'s ``LightningModule`` (see ``LIGHTNING_NAMESPACES``)."""
@@ -430,6 +440,9 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
     Built on ``lightning.pytorch``; for a ``pytorch_lightning.Trainer`` build the module with
     ``DSRModule.for_namespace("pytorch_lightning")(rnn, ...)``.  The constructor arguments except ``rnn``
     are saved as hyperparameters: ``DSRModule.load_from_checkpoint(path, rnn=PLRNN(3))``.
+    Checkpoints of a built-in model also hold ``model_to_state(rnn)`` under the key
+    ``"bifurcation_model"`` (``models.CHECKPOINT_MODEL_KEY``), which ``bifurcation-callback find`` and
+    ``scan`` read, so the model class is never guessed.
     No learning-rate schedule is attached (the GTF code decays 1e-3 → 1e-6); override
     ``configure_optimizers`` to add one.
 
