@@ -135,3 +135,74 @@ def test_fast_config_is_small():
     fast, full = demo_config(fast=True), demo_config()
     assert fast.seeds == 1 and full.seeds >= 3
     assert fast.steps * fast.seq_len < full.steps * full.seq_len / 10
+
+
+def _summary(n_events: int, final_loss: float) -> dict:
+    """The keys compare reads from a BifurcationMonitor summary.json."""
+    return {
+        "n_monitored_steps": 10, "n_skipped": 0, "n_events": n_events, "final_loss": final_loss,
+        "events_by_kind": {"appearance": n_events}, "loss_jumps": [],
+        "jump_correlation": {"jumps_explained": 0.0, "p_value": 1.0}, "monitor_overhead": 0.1,
+    }
+
+
+def test_compare_keeps_runs_with_the_same_leaf_folder_apart(tmp_path, capsys):
+    # Bug: rows were named by the leaf folder, so a/version_0 and b/version_0 were averaged into one mean row.
+    for name, loss in (("a", 1.0), ("b", 3.0)):
+        run = tmp_path / "logs" / name / "version_0"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(_summary(1, loss)))
+    assert main(["compare", str(tmp_path / "logs")]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [(row[0], row[2]) for row in rows] == [("a/version_0", "1"), ("b/version_0", "3")]
+
+
+def test_compare_rejects_a_foreign_summary_json(tmp_path, capsys):
+    # Bug: any JSON object named summary.json was tabulated (all n/a) with exit status 0.
+    good, foreign = tmp_path / "good", tmp_path / "other"
+    good.mkdir(), foreign.mkdir()
+    (good / "summary.json").write_text(json.dumps(_summary(0, 1.0)))
+    (foreign / "summary.json").write_text(json.dumps({"accuracy": 0.9}))
+    assert main(["compare", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert str(foreign / "summary.json") in err and "not a BifurcationMonitor summary.json" in err
+
+
+def test_compare_json_into_a_closed_pipe_exits_quietly(tmp_path):
+    # Bug: `compare ... --json - | head -1` ended in a BrokenPipeError traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for k in range(200):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps(_summary(k, 1.0)))
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bifurcation_callback.cli", "compare", str(tmp_path), "--json", "-"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before anything is written, as with `| head -1`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert err == ""
+
+
+def test_compare_json_lists_the_runs(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(_summary(2, 1.0)))
+    assert main(["compare", str(tmp_path / "r"), "--json", "-"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["name"] == "r" and run["summary"]["n_events"] == 2 and run["demo"] is None
+
+
+def test_kind_headers_come_from_the_bifurcation_vocabulary():
+    from bifurcation_callback.bifurcations import BIFURCATION_KINDS
+    from bifurcation_callback.demo import _kind_header
+
+    header = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}]).splitlines()[0]
+    assert [_kind_header(kind) in header for kind in BIFURCATION_KINDS] == [True] * len(BIFURCATION_KINDS)
+    assert all(kind.replace("_", " ") in header for kind in BIFURCATION_KINDS)
