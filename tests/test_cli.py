@@ -332,3 +332,15 @@ def test_usage_errors_exit_2(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_find_json_into_a_closed_pipe_exits_quietly():
+    # Bug: `find M --json - | head -1` ended in a BrokenPipeError traceback.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bifurcation_callback.cli", "find", str(PAPER_MODEL_PATH), "--orders", "16", "--json", "-"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before anything is written, as with `| head -1`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert err == ""
