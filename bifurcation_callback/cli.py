@@ -336,7 +336,7 @@ def _run_scan(args: argparse.Namespace) -> int:
 
     from .bifurcations import scan
 
-    if args.n < 1:
+    if args.n < 1:  # wording pinned by tests/test_bifurcations.py (not this branch's file)
         raise UsageError(f"--n must be >= 1, got {args.n}")
     model = _load_model_from_args(args)
     grid = (np.linspace(*args.range_a, args.n), np.linspace(*args.range_b, args.n))
@@ -409,8 +409,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if config.lr <= 0 or not 0.0 <= config.alpha <= 1.0:
-        raise UsageError(f"--lr must be > 0 and --alpha in [0, 1], got {config.lr} and {config.alpha}")
     run_demo(config, args.logdir)
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import require_choice, require_int
+from ._checks import require_choice, require_int, require_real
 
 __all__ = [
     "DEMO_DATASETS",
@@ -103,7 +103,8 @@ def demo_config(*, fast: bool = False, **overrides: Any) -> DemoConfig:
     Raises
     ------
     ValueError
-        Unknown data set or a count below its minimum; the message names the option.
+        Unknown data set, a count below its minimum, ``lr <= 0`` or ``alpha`` outside ``[0, 1]``; the message
+        names the option.
     """
     config = replace(DemoConfig(), **(_FAST if fast else {}))
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -111,6 +112,8 @@ def demo_config(*, fast: bool = False, **overrides: Any) -> DemoConfig:
     minima = {"seeds": 1, "steps": 1, "seq_len": 2, "batch_size": 1, "max_order": 1, "every_n_steps": 1}
     for name, minimum in minima.items():
         require_int(f"--{name.replace('_', '-')}", getattr(config, name), minimum)
+    require_real("--lr", config.lr, minimum=0.0, exclusive_minimum=True)
+    require_real("--alpha", config.alpha, minimum=0.0, maximum=1.0)
     if config.n_train <= config.seq_len:
         raise ValueError(f"the training series ({config.n_train} steps) must be longer than --seq-len {config.seq_len}")
     return config

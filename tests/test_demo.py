@@ -42,7 +42,11 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
     rows = table_rows(out)
     assert [row[0] for row in rows] == list(DEMO_METHODS)  # one seed: no mean rows
     header = [cell.strip() for cell in out.splitlines()[[l.startswith("|") for l in out.splitlines()].index(True)].strip("|").split("|")]
-    for column in ("final loss", "D_stsp", "D_H", "loss jumps", "appear", "degen", "jumps w/ bif. nearby", "p", "monitor overhead"):
+    from bifurcation_callback.bifurcations import BIFURCATION_KINDS
+    from bifurcation_callback.demo import _kind_header
+
+    kinds = [_kind_header(kind) for kind in BIFURCATION_KINDS]
+    for column in ("final loss", "D_stsp", "D_H", "loss jumps", *kinds, "jumps w/ bif. nearby", "p", "monitor overhead"):
         assert column in header, header
     for row in rows:
         assert len(row) == len(header)
@@ -206,3 +210,16 @@ def test_kind_headers_come_from_the_bifurcation_vocabulary():
     header = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}]).splitlines()[0]
     assert [_kind_header(kind) in header for kind in BIFURCATION_KINDS] == [True] * len(BIFURCATION_KINDS)
     assert all(kind.replace("_", " ") in header for kind in BIFURCATION_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--lr", "0"], "--lr must be a finite number > 0.0, got 0.0"),
+        (["demo", "--alpha", "1.5"], "--alpha must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+        (["demo", "--seq-len", "1"], "--seq-len must be an int >= 2, got 1"),
+    ],
+)
+def test_demo_options_use_the_shared_validators(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
