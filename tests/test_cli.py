@@ -344,3 +344,18 @@ def test_find_json_into_a_closed_pipe_exits_quietly():
     err = process.stderr.read().decode()
     assert process.wait(timeout=300) == 1
     assert err == ""
+
+
+def test_scan_reads_the_model_a_checkpoint_names(tmp_path, capsys):
+    model = random_model("ClippedShallowPLRNN", 1, dim=2, hidden=3)
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {f"rnn.{k}": v for k, v in model.state_dict().items()},
+                "bifurcation_model": model_to_state(model)}, path)
+    out = tmp_path / "diagram"
+    argv = ["scan", str(path), "--param-a", "A[0]", "--range-a", "0.1", "0.5", "--param-b", "h1[0]",
+            "--range-b", "-0.1", "0.1", "--n", "2", "--max-order", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("ClippedShallowPLRNN")
+    torch.save({"state_dict": {f"rnn.{k}": v for k, v in model.state_dict().items()}}, path)
+    assert main(argv) == 2
+    assert "ShallowPLRNN and ClippedShallowPLRNN" in capsys.readouterr().err
