@@ -2,6 +2,8 @@
 
 Each subcommand is one function ``_run_<name>(args) -> int`` registered in ``COMMANDS``;
 errors the user can fix (bad files, bad arguments) print one line to stderr and exit with status 2.
+Heavy modules are imported inside the subcommands that need them: ``find`` and ``scan`` never import
+Lightning or TensorBoard.  A reader that closes the pipe early (``... | head``) ends the command quietly.
 """
 
 from __future__ import annotations
