@@ -110,7 +110,8 @@ def _sub_state_dicts(tensors: dict[str, torch.Tensor], prefix: str | None) -> di
     if prefix is not None:
         prefix = prefix if prefix == "" or prefix.endswith(".") else prefix + "."
         if prefix not in prefixes:
-            raise UsageError(f"--prefix {prefix!r} matches no state_dict entry; prefixes: {', '.join(sorted(prefixes - {''}))}")
+            listed = ", ".join(sorted(prefixes - {""}))
+            raise UsageError(f"--prefix {prefix!r} matches no state_dict entry; prefixes: {listed}")
         prefixes = {prefix}
     return {p: {n[len(p) :]: v for n, v in tensors.items() if n.startswith(p)} for p in sorted(prefixes)}
 
@@ -136,7 +137,8 @@ def _builtin_model(path: Path, kind: str | None, tensors: dict, config: dict, pr
         )
     prefixes = sorted({p for p, _ in fits})
     if len(prefixes) > 1:
-        raise UsageError(f"{path}: several models in the state_dict (prefixes {', '.join(map(repr, prefixes))}); choose with --prefix")
+        listed = ", ".join(map(repr, prefixes))
+        raise UsageError(f"{path}: several models in the state_dict (prefixes {listed}); choose with --prefix")
     kinds = [name for _, name in fits]
     if len(kinds) > 1:
         raise UsageError(
@@ -427,7 +429,9 @@ def _add_compare(subparsers) -> None:
         ),
     )
     parser.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="run folder, root folder or summary.json")
-    parser.add_argument("--json", metavar="PATH", help="write the runs (name, path, summary, demo) as JSON ('-' for stdout) instead of the table")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the runs (name, path, summary, demo) as JSON ('-' for stdout) instead of the table"
+    )
 
 
 def _run_compare(args: argparse.Namespace) -> int:
