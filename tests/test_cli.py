@@ -359,3 +359,19 @@ def test_scan_reads_the_model_a_checkpoint_names(tmp_path, capsys):
     torch.save({"state_dict": {f"rnn.{k}": v for k, v in model.state_dict().items()}}, path)
     assert main(argv) == 2
     assert "ShallowPLRNN and ClippedShallowPLRNN" in capsys.readouterr().err
+
+
+def test_prefix_picks_one_of_several_models(tmp_path, capsys):
+    student, teacher = random_model("PLRNN", 1), random_model("PLRNN", 2)
+    state = {f"rnn.{k}": v for k, v in student.state_dict().items()}
+    state.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})
+    path = tmp_path / "two.ckpt"
+    torch.save({"state_dict": state}, path)
+    argv = ["find", str(path), "--orders", "1", "--model-class", "PLRNN"]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "'rnn.', 'teacher.'", "--prefix")
+    assert main([*argv, "--prefix", "teacher", "--json", "-"]) == 0
+    found = CycleSet.from_dict(json.loads(capsys.readouterr().out))
+    assert _cycle_keys(found) == _cycle_keys(find_cycles(teacher, orders=[1], n_starts=256, seed=0))
+    assert main([*argv, "--prefix", "student."]) == 2
+    _assert_one_line_error(capsys, "matches no state_dict entry")
