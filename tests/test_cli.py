@@ -334,16 +334,20 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
-def test_find_json_into_a_closed_pipe_exits_quietly():
-    # Bug: `find M --json - | head -1` ended in a BrokenPipeError traceback.
+def run_into_closed_pipe(*argv: str) -> tuple[int, str]:
+    """Run the CLI with a stdout whose reader is gone before anything is written (as with `| head -1`)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bifurcation_callback.cli", "find", str(PAPER_MODEL_PATH), "--orders", "16", "--json", "-"],
+        [sys.executable, "-m", "bifurcation_callback.cli", *argv],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    process.stdout.close()  # the reader is gone before anything is written, as with `| head -1`
+    process.stdout.close()
     err = process.stderr.read().decode()
-    assert process.wait(timeout=300) == 1
-    assert err == ""
+    return process.wait(timeout=300), err
+
+
+def test_find_json_into_a_closed_pipe_exits_quietly():
+    # Bug: `find M --json - | head -1` ended in a BrokenPipeError traceback.
+    assert run_into_closed_pipe("find", str(PAPER_MODEL_PATH), "--orders", "16", "--json", "-") == (1, "")
 
 
 def test_scan_reads_the_model_a_checkpoint_names(tmp_path, capsys):

@@ -175,24 +175,13 @@ def test_compare_rejects_a_foreign_summary_json(tmp_path, capsys):
 
 def test_compare_json_into_a_closed_pipe_exits_quietly(tmp_path):
     # Bug: `compare ... --json - | head -1` ended in a BrokenPipeError traceback.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from test_cli import run_into_closed_pipe
 
     for k in range(200):
         run = tmp_path / f"run{k}"
         run.mkdir()
         (run / "summary.json").write_text(json.dumps(_summary(k, 1.0)))
-    root = Path(__file__).resolve().parents[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bifurcation_callback.cli", "compare", str(tmp_path), "--json", "-"],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    process.stdout.close()  # the reader is gone before anything is written, as with `| head -1`
-    err = process.stderr.read().decode()
-    assert process.wait(timeout=300) == 1
-    assert err == ""
+    assert run_into_closed_pipe("compare", str(tmp_path), "--json", "-") == (1, "")
 
 
 def test_compare_json_lists_the_runs(tmp_path, capsys):
