@@ -2,7 +2,9 @@
 
 The handful of names most users need; everything else lives in the submodules
 (``models``, ``cycles``, ``bifurcations``, ``loss_jumps``, ``callback``, ``dashboard``, ``plots``,
-``training``, ``data``, ``cli``).
+``training``, ``data``, ``cli``).  ``import bifurcation_callback`` does not import Lightning: the
+Lightning-bound names (``BifurcationMonitor``, ``DSRModule``, ``TimeSeriesDataModule`` and the data
+helpers) are imported on first use.
 
 Examples
 --------
@@ -23,9 +25,7 @@ from .bifurcations import (
     match,
     scan,
 )
-from .callback import BifurcationMonitor
 from .cycles import Cycle, CycleSet, FinderStats, exhaustive_cycles, find_cycles
-from .data import TimeSeriesDataModule, load_array, lorenz63, plrnn_teacher
 from .loss_jumps import Correlation, LossJump, correlate, detect_loss_jumps
 from .models import (
     ALRNN,
@@ -36,9 +36,34 @@ from .models import (
     model_from_state,
     model_to_state,
 )
-from .training import DSRModule
 
 __version__ = "0.1.0"
+
+# Names whose modules import Lightning: loaded on first access (PEP 562), so that the models, the cycle
+# finder, the bifurcation analysis and the CLI's find / scan work without importing Lightning.
+_LAZY: dict[str, str] = {
+    "BifurcationMonitor": "callback",
+    "DSRModule": "training",
+    "TimeSeriesDataModule": "data",
+    "load_array": "data",
+    "lorenz63": "data",
+    "plrnn_teacher": "data",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "__version__",

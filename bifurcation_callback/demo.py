@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ._checks import require_choice, require_int, require_real
 
 __all__ = [
     "DEMO_DATASETS",
@@ -50,14 +53,20 @@ DEMO_METHODS: dict[str, str] = {"BPTT": "bptt", "GTF": "gtf"}
 # Files a run folder may hold that a re-run of the demo replaces (nothing else is ever deleted).
 _RUN_FILES = ("summary.json", "demo.json", "events.jsonl", "hparams.yaml")
 _EVENT_FILE_PREFIX = "events.out.tfevents."
-# Short column headers for the event kinds (unknown future kinds fall back to their own name).
-_KIND_HEADERS = {
-    "appearance": "appear",
-    "disappearance": "vanish",
-    "stability_change": "stab.chg",
-    "border_collision": "border",
-    "degenerate": "degen",
+# What a summary.json written by BifurcationMonitor holds (at least): key -> accepted JSON types.
+_SUMMARY_SCHEMA: dict[str, tuple[type, ...]] = {
+    "n_monitored_steps": (int,),
+    "n_events": (int,),
+    "events_by_kind": (dict,),
+    "loss_jumps": (list,),
+    "jump_correlation": (dict,),
+    "final_loss": (int, float, type(None)),
 }
+
+
+def _kind_header(kind: str) -> str:
+    """Column header of an event kind: its name from ``BIFURCATION_KINDS`` (the one list), underscores as spaces."""
+    return kind.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -94,17 +103,17 @@ def demo_config(*, fast: bool = False, **overrides: Any) -> DemoConfig:
     Raises
     ------
     ValueError
-        Unknown data set or a count below its minimum; the message names the option.
+        Unknown data set, a count below its minimum, ``lr <= 0`` or ``alpha`` outside ``[0, 1]``; the message
+        names the option.
     """
     config = replace(DemoConfig(), **(_FAST if fast else {}))
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if config.data not in DEMO_DATASETS:
-        raise ValueError(f"--data must be one of {', '.join(DEMO_DATASETS)}, got {config.data!r}")
+    require_choice("--data", config.data, DEMO_DATASETS)
     minima = {"seeds": 1, "steps": 1, "seq_len": 2, "batch_size": 1, "max_order": 1, "every_n_steps": 1}
     for name, minimum in minima.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be an int >= {minimum}, got {value!r}")
+        require_int(f"--{name.replace('_', '-')}", getattr(config, name), minimum)
+    require_real("--lr", config.lr, minimum=0.0, exclusive_minimum=True)
+    require_real("--alpha", config.alpha, minimum=0.0, maximum=1.0)
     if config.n_train <= config.seq_len:
         raise ValueError(f"the training series ({config.n_train} steps) must be longer than --seq-len {config.seq_len}")
     return config
@@ -294,13 +303,15 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     Returns
     -------
     list of dict
-        ``{"path": folder, "summary": dict, "demo": dict or None}``, sorted by method (as in
-        :data:`DEMO_METHODS`), seed, path.
+        ``{"name": folder relative to the common root of all run folders, "path": folder,
+        "summary": dict, "demo": dict or None}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
+        path.  Runs that share a leaf folder name (``a/version_0``, ``b/version_0``) keep distinct names.
 
     Raises
     ------
     ValueError
-        A path that does not exist, an unreadable JSON file, or no ``summary.json`` at all.
+        A path that does not exist, an unreadable JSON file, a ``summary.json`` that BifurcationMonitor
+        did not write (missing keys or wrong types), or no ``summary.json`` at all.
     """
     found: dict[Path, None] = {}
     for raw in paths:
@@ -317,13 +328,16 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     if not found:
         where = ", ".join(str(p) for p in paths)
         raise ValueError(f"no summary.json found under {where} (BifurcationMonitor writes it when fit ends)")
+    folders = [summary_path.parent for summary_path in found]
+    root = Path(os.path.commonpath([folder.parent for folder in folders]))
     runs = []
-    for summary_path in found:
-        demo_path = summary_path.parent / "demo.json"
+    for summary_path, folder in zip(found, folders):
+        demo_path = folder / "demo.json"
         runs.append(
             {
-                "path": str(summary_path.parent),
-                "summary": _read_json(summary_path),
+                "name": folder.relative_to(root).as_posix(),
+                "path": str(folder),
+                "summary": _check_summary(summary_path, _read_json(summary_path)),
                 "demo": _read_json(demo_path) if demo_path.is_file() else None,
             }
         )
@@ -344,6 +358,22 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _check_summary(path: Path, summary: dict) -> dict:
+    """``summary`` if it has the keys and types of ``_SUMMARY_SCHEMA``, else ``ValueError`` naming the file."""
+    for key, types in _SUMMARY_SCHEMA.items():
+        value = summary.get(key, _MISSING)
+        if value is _MISSING or not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problem = "no" if value is _MISSING else f"a {type(value).__name__} as"
+            raise ValueError(
+                f"{path}: not a BifurcationMonitor summary.json ({problem} {key!r}; expected keys "
+                f"{', '.join(_SUMMARY_SCHEMA)})"
+            )
+    return summary
+
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -386,7 +416,7 @@ def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
     if final_loss is None and summary.get("n_monitored_steps", 0) + summary.get("n_skipped", 0) > 0:
         final_loss = math.nan
     return {
-        "method": demo.get("method") or Path(run["path"]).name,
+        "method": demo.get("method") or run.get("name") or Path(run["path"]).name,
         "seed": demo.get("seed"),
         "final_loss": _number(final_loss),
         "D_stsp": _number(demo.get("D_stsp")),
@@ -467,7 +497,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
         "D_stsp",
         "D_H",
         "loss jumps",
-        *[_KIND_HEADERS.get(kind, kind) for kind in kinds],
+        *[_kind_header(kind) for kind in kinds],
         "jumps w/ bif. nearby",
         "p",
         "monitor overhead",
@@ -488,9 +518,8 @@ def comparison_table(runs: Sequence[dict]) -> str:
 
     separator = "|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     legend = (
-        "events by kind: appear/vanish = a cycle (order <= max_order) appeared/vanished; stab.chg = a multiplier "
-        "crossed the unit circle; border = border collision; degen = degenerate transcritical (cycle to/from "
-        "infinity).  jumps w/ bif. nearby = loss jumps with a bifurcation within the monitor's window; p = "
+        "events by kind: see BIFURCATION_KINDS in bifurcation_callback.bifurcations (cycles of order <= "
+        "max_order).  jumps w/ bif. nearby = loss jumps with a bifurcation within the monitor's window; p = "
         "permutation test (mean row: Fisher's combination).  D_stsp, D_H on held-out data (lower is better)."
     )
     return "\n".join([line(header), separator, *map(line, rows), "", legend])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -28,9 +30,13 @@ __all__ = [
     "ClippedShallowPLRNN",
     "ALRNN",
     "MODEL_REGISTRY",
+    "MODEL_SPECS",
+    "ModelSpec",
+    "CHECKPOINT_MODEL_KEY",
     "require_piecewise_linear",
     "model_from_state",
     "model_to_state",
+    "build_model",
     "enumerate_region_codes",
     "detached_copy",
     "check_protocol",
@@ -574,26 +580,64 @@ def _require_positive_int(**values: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-# The single list of built-in model kinds: CLI choices, JSON loading and error messages read it.
-MODEL_REGISTRY: dict[str, type[PiecewiseLinearRNN]] = {
-    "PLRNN": PLRNN,
-    "ShallowPLRNN": ShallowPLRNN,
-    "ClippedShallowPLRNN": ClippedShallowPLRNN,
-    "ALRNN": ALRNN,
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the registry builds, describes and recognises one built-in model kind.
 
-_CONSTRUCTOR_ARGS: dict[str, tuple[str, ...]] = {
-    "PLRNN": ("dim",),
-    "ShallowPLRNN": ("latent_dim", "hidden_dim"),
-    "ClippedShallowPLRNN": ("latent_dim", "hidden_dim"),
-    "ALRNN": ("dim", "n_relu"),
+    Attributes
+    ----------
+    cls : type
+        The model class.
+    config : dict of str to str
+        Constructor argument -> the model attribute holding its value (what ``model_to_state`` writes
+        under ``"config"``).
+    parameters : tuple of str
+        The parameter names (``named_parameters``), which is what a checkpoint's state_dict shows.
+    infer : callable, optional
+        ``params -> config`` from the parameter shapes; ``None`` when the sizes cannot be read off them.
+    masked_diagonal : bool
+        ``W``'s diagonal is masked to zero (PLRNN, ALRNN): a state with a non-zero diagonal is rejected.
+    """
+
+    cls: type
+    config: dict[str, str]
+    parameters: tuple[str, ...]
+    infer: Callable[[dict[str, Tensor]], dict[str, int]] | None = None
+    masked_diagonal: bool = False
+
+
+def _shallow_sizes(params: dict[str, Tensor]) -> dict[str, int]:
+    return {"latent_dim": int(params["W1"].shape[0]), "hidden_dim": int(params["W1"].shape[1])}
+
+
+_SHALLOW_PARAMETERS = ("A", "W1", "W2", "h1", "h2")
+
+# The single registry of built-in model kinds: constructor arguments, model_to_state / model_from_state,
+# the checkpoint loader and the CLI's --model-class choices all read it.
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "PLRNN": ModelSpec(
+        PLRNN, {"dim": "state_dim"}, ("A", "W", "h"), lambda p: {"dim": int(p["A"].shape[0])}, masked_diagonal=True
+    ),
+    "ShallowPLRNN": ModelSpec(
+        ShallowPLRNN, {"latent_dim": "state_dim", "hidden_dim": "hidden_dim"}, _SHALLOW_PARAMETERS, _shallow_sizes
+    ),
+    "ClippedShallowPLRNN": ModelSpec(
+        ClippedShallowPLRNN, {"latent_dim": "state_dim", "hidden_dim": "hidden_dim"}, _SHALLOW_PARAMETERS, _shallow_sizes
+    ),
+    # n_relu cannot be read off the shapes: ALRNN states need their "config".
+    "ALRNN": ModelSpec(ALRNN, {"dim": "state_dim", "n_relu": "n_switches"}, ("A", "W", "h"), masked_diagonal=True),
 }
+# name -> class, for code that only needs the classes.
+MODEL_REGISTRY: dict[str, type[PiecewiseLinearRNN]] = {name: spec.cls for name, spec in MODEL_SPECS.items()}
+
+# The key under which ``DSRModule`` stores ``model_to_state(rnn)`` in its Lightning checkpoints; the
+# CLI's ``find`` / ``scan`` read the model from it instead of guessing from parameter names.
+CHECKPOINT_MODEL_KEY = "bifurcation_model"
 
 
 def _constructor_kwargs(model: PiecewiseLinearRNN) -> dict[str, int]:
-    name = type(model).__name__
-    attribute = {"dim": "state_dim", "latent_dim": "state_dim", "hidden_dim": "hidden_dim", "n_relu": "n_switches"}
-    return {arg: int(getattr(model, attribute[arg])) for arg in _CONSTRUCTOR_ARGS[name]}
+    spec = MODEL_SPECS[type(model).__name__]
+    return {arg: int(getattr(model, attribute)) for arg, attribute in spec.config.items()}
 
 
 def model_to_state(model: PiecewiseLinearRNN) -> dict:
@@ -606,8 +650,8 @@ def model_to_state(model: PiecewiseLinearRNN) -> dict:
     ['A', 'W', 'h']
     """
     kind = type(model).__name__
-    if kind not in MODEL_REGISTRY:
-        raise TypeError(f"model_to_state supports {', '.join(MODEL_REGISTRY)}, got {kind}")
+    if kind not in MODEL_SPECS or type(model) is not MODEL_SPECS[kind].cls:
+        raise TypeError(f"model_to_state supports {', '.join(MODEL_SPECS)}, got {kind}")
     return {
         "model": kind,
         "config": _constructor_kwargs(model),
@@ -625,12 +669,13 @@ def _effective(model: PiecewiseLinearRNN, name: str, parameter: Tensor) -> Tenso
 def model_from_state(state: dict) -> PiecewiseLinearRNN:
     """Build a model from ``model_to_state`` output (or a hand-written JSON of named tensors).
 
-    ``config`` may be omitted: sizes are then read off the parameter shapes.
+    ``config`` may be omitted where the sizes can be read off the parameter shapes (all kinds but ALRNN).
 
     Raises
     ------
     ValueError
-        Unknown model kind, missing or extra parameters, wrong shapes, non-finite values.
+        Unknown model kind, missing or extra parameters, wrong shapes, non-finite values, a PLRNN / ALRNN
+        ``W`` with a non-zero diagonal (the model masks it, so such a state does not say what it means).
 
     Examples
     --------
@@ -641,16 +686,44 @@ def model_from_state(state: dict) -> PiecewiseLinearRNN:
     if not isinstance(state, dict) or "model" not in state or "params" not in state:
         raise ValueError('model state must be a dict with keys "model" and "params" (and optionally "config")')
     kind = state["model"]
-    if kind not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {kind!r}; expected one of {', '.join(MODEL_REGISTRY)}")
+    if kind not in MODEL_SPECS:
+        raise ValueError(f"unknown model {kind!r}; expected one of {', '.join(MODEL_SPECS)}")
     if not isinstance(state["params"], dict):
         raise ValueError(f'"params" must map parameter names to nested lists, got {type(state["params"]).__name__}')
-    params = {name: torch.as_tensor(np.asarray(value, dtype=np.float64)) for name, value in state["params"].items()}
-    config = dict(state.get("config") or _infer_config(kind, params))
-    allowed = _CONSTRUCTOR_ARGS[kind]
+    try:
+        params = {name: torch.as_tensor(np.asarray(value, dtype=np.float64)) for name, value in state["params"].items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{kind} parameters must be nested lists of numbers ({error})") from None
+    W = params.get("W")
+    if MODEL_SPECS[kind].masked_diagonal and W is not None and W.ndim == 2 and W.shape[0] == W.shape[1]:
+        if torch.diagonal(W).abs().max() > 0:
+            raise ValueError(
+                f"{kind} W must have a zero diagonal (the model masks it), got diagonal {torch.diagonal(W).tolist()}"
+            )
+    return build_model(kind, params, state.get("config"))
+
+
+def build_model(kind: str, params: dict[str, Tensor], config: dict | None = None) -> PiecewiseLinearRNN:
+    """A float64 built-in model of registry ``kind`` holding ``params`` (a module state_dict's tensors).
+
+    Unlike ``model_from_state`` a masked ``W`` diagonal is accepted (and acts as zero), as in the
+    model's own ``load_state_dict``; ``config`` defaults to the sizes read off the shapes.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, config that cannot be inferred or has the wrong keys, missing or extra parameters,
+        wrong shapes, non-finite values.
+    """
+    if kind not in MODEL_SPECS:
+        raise ValueError(f"unknown model {kind!r}; expected one of {', '.join(MODEL_SPECS)}")
+    spec = MODEL_SPECS[kind]
+    params = {name: torch.as_tensor(value).detach().cpu().double() for name, value in params.items()}
+    config = dict(config or _infer_config(kind, params))
+    allowed = tuple(spec.config)
     if set(config) != set(allowed):
         raise ValueError(f'{kind} "config" must have exactly the keys {list(allowed)}, got {sorted(config)}')
-    model = MODEL_REGISTRY[kind](**config).double()
+    model = spec.cls(**config).double()
     expected = dict(model.named_parameters())
     if set(params) != set(expected):
         raise ValueError(f"{kind} parameters must be exactly {sorted(expected)}, got {sorted(params)}")
@@ -668,12 +741,12 @@ def model_from_state(state: dict) -> PiecewiseLinearRNN:
 
 
 def _infer_config(kind: str, params: dict[str, Tensor]) -> dict[str, int]:
+    spec = MODEL_SPECS[kind]
+    if spec.infer is None:
+        wanted = ", ".join(f'"{arg}": ...' for arg in spec.config)
+        raise ValueError(f'{kind} needs "config": {{{wanted}}} (its sizes cannot be read off the parameter shapes)')
     try:
-        if kind == "PLRNN":
-            return {"dim": int(params["A"].shape[0])}
-        if kind == "ALRNN":
-            raise ValueError('ALRNN needs "config": {"dim": ..., "n_relu": ...}')
-        return {"latent_dim": int(params["W1"].shape[0]), "hidden_dim": int(params["W1"].shape[1])}
+        return spec.infer(params)
     except (KeyError, IndexError) as error:
         raise ValueError(f"cannot infer the {kind} sizes from parameters {sorted(params)}: missing {error}") from None
 

@@ -25,13 +25,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from bifurcation_callback._checks import require_int
+from bifurcation_callback._checks import require_choice, require_int, require_real
 from bifurcation_callback._lightning import for_namespace
+from bifurcation_callback.models import CHECKPOINT_MODEL_KEY, model_to_state
 
 __all__ = [
     "DSRModule",
     "TRAINING_MODES",
     "OBSERVATION_MODELS",
+    "ObservationModel",
+    "IdentityObservation",
+    "LinearObservation",
     "OPTIMIZERS",
     "ALPHA_ESTIMATORS",
     "estimate_alpha",
@@ -39,9 +43,107 @@ __all__ = [
 
 # Single registries: validation errors, docs and the CLI's choices= read these.
 TRAINING_MODES = ("bptt", "stf", "gtf")
-OBSERVATION_MODELS = ("identity", "linear")
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ALPHA_ESTIMATORS = ("product_upper_bound", "batch_maximum")
+
+
+# ---------------------------------------------------------------------------------------- observation models
+
+
+class ObservationModel(nn.Module):
+    """How latent states ``z`` (M units) and observations ``x`` (N dims) relate; what ``DSRModule`` forces with.
+
+    Subclasses implement ``observe`` and ``forcing_signal`` and, where they differ from full forcing,
+    ``force``, ``initial_state`` and ``forced_latent``.
+
+    Parameters
+    ----------
+    state_dim : int
+        ``M``.
+    obs_dim : int
+        ``N``.
+    dtype : torch.dtype
+        Of the learned parameters.
+    """
+
+    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.state_dim, self.obs_dim = state_dim, obs_dim
+
+    def observe(self, z: Tensor) -> Tensor:
+        """``x̂ = O(z)``, shape ``(..., M) -> (..., N)``."""
+        raise NotImplementedError
+
+    def forcing_signal(self, x: Tensor) -> Tensor:
+        """``ẑ = O⁻¹(x)`` as used for forcing (no gradient flows through an inversion)."""
+        raise NotImplementedError
+
+    def force(self, z: Tensor, target: Tensor, weight: float | Tensor) -> Tensor:
+        """``(1 − weight) z + weight ẑ`` on the units the forcing signal covers (here: all)."""
+        return (1 - weight) * z + weight * target
+
+    def initial_state(self, x1: Tensor) -> Tensor:
+        """``z_1`` from ``x_1``, shape ``(..., N) -> (..., M)``."""
+        return self.forcing_signal(x1)
+
+    def forced_latent(self, x: Tensor) -> Tensor:
+        """The full latent state ``ẑ`` (..., M) at which adaptive α takes Jacobian norms."""
+        return self.forcing_signal(x)
+
+
+class IdentityObservation(ObservationModel):
+    """``x̂ = z[:N]``; ``ẑ = x`` forces the first ``N`` units only (GTF's partial forcing), so unobserved
+    units are never overwritten by zero padding; ``z_1 = [x_1, L x_1]`` with a learned ``L`` (zero at
+    start), shape ``(M − N, N)``, or ``None`` when ``N = M``."""
+
+    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(state_dim, obs_dim, dtype=dtype)
+        M, N = state_dim, obs_dim
+        self.L = nn.Parameter(torch.zeros(M - N, N, dtype=dtype)) if M > N else None
+
+    def observe(self, z: Tensor) -> Tensor:
+        return z[..., : self.obs_dim]
+
+    def forcing_signal(self, x: Tensor) -> Tensor:
+        return x
+
+    def force(self, z: Tensor, target: Tensor, weight: float | Tensor) -> Tensor:
+        n = self.obs_dim
+        return torch.cat([(1 - weight) * z[..., :n] + weight * target, z[..., n:]], dim=-1)
+
+    def initial_state(self, x1: Tensor) -> Tensor:
+        return x1 if self.L is None else torch.cat([x1, x1 @ self.L.T], dim=-1)
+
+    def forced_latent(self, x: Tensor) -> Tensor:
+        # Unobserved units padded with zeros.
+        if self.state_dim == self.obs_dim:
+            return x
+        return torch.cat([x, x.new_zeros(x.shape[:-1] + (self.state_dim - self.obs_dim,))], -1)
+
+
+class LinearObservation(ObservationModel):
+    """``x̂ = B z + b`` with ``B`` (N, M) starting as ``[I_N 0]`` (so "linear" generalises "identity" at
+    step 0) and ``b`` (N,) at zero; ``ẑ = pinv(B)(x − b)``, the least-squares state, forces all units;
+    ``z_1 = ẑ_1``.  ``B`` and ``b`` learn through the readout only."""
+
+    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(state_dim, obs_dim, dtype=dtype)
+        self.B = nn.Parameter(torch.eye(obs_dim, state_dim, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(obs_dim, dtype=dtype))
+
+    def observe(self, z: Tensor) -> Tensor:
+        return z @ self.B.T + self.b
+
+    def forcing_signal(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (x - self.b) @ torch.linalg.pinv(self.B).T
+
+
+# name -> class: the single list of observation models (DSRModule's obs=, its validation and the docs).
+OBSERVATION_MODELS: dict[str, type[ObservationModel]] = {
+    "identity": IdentityObservation,
+    "linear": LinearObservation,
+}
 
 
 def estimate_alpha(jacobian_norms: Tensor, *, estimator: str = "product_upper_bound") -> float:
@@ -108,40 +210,39 @@ class _DSRModuleMixin:
     ) -> None:
         super().__init__()
         _validate_rnn(rnn, needs_jacobian=alpha == "adaptive" and training == "gtf")
-        _require_choice("training", training, TRAINING_MODES)
-        _require_choice("obs", obs, OBSERVATION_MODELS)
-        _require_choice("optimizer", optimizer, tuple(OPTIMIZERS))
-        _require_choice("alpha_estimator", alpha_estimator, ALPHA_ESTIMATORS)
-        if isinstance(alpha, str):
-            if alpha != "adaptive":
-                raise ValueError(f'alpha must be a float in [0, 1] or "adaptive", got {alpha!r}')
-        elif not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
+        require_choice("training", training, TRAINING_MODES)
+        require_choice("obs", obs, OBSERVATION_MODELS)
+        require_choice("optimizer", optimizer, OPTIMIZERS)
+        require_choice("alpha_estimator", alpha_estimator, ALPHA_ESTIMATORS)
+        if alpha != "adaptive" and not _is_fraction(alpha):
             raise ValueError(f'alpha must be a float in [0, 1] or "adaptive", got {alpha!r}')
         require_int("tf_interval", tf_interval, 1)
         require_int("alpha_update_every", alpha_update_every, 1)
-        if obs_dim is not None:
-            require_int("obs_dim", obs_dim, 1)
-            if obs == "identity" and obs_dim > rnn.state_dim:
-                raise ValueError(
-                    f"obs_dim={obs_dim} exceeds the model's state_dim={rnn.state_dim}: the identity observation "
-                    'reads out the first obs_dim latent units; use a larger model or obs="linear"'
-                )
-        if seq_len is not None:
-            require_int("seq_len", seq_len, 1)
-        if not _is_real(lr) or not lr > 0:
-            raise ValueError(f"lr must be a float > 0, got {lr!r}")
-        if gradient_clip is not None and (not _is_real(gradient_clip) or not gradient_clip > 0):
-            raise ValueError(f"gradient_clip must be None or a float > 0, got {gradient_clip!r}")
-        if not _is_real(alpha_gamma) or not 0.0 <= alpha_gamma < 1.0:
-            raise ValueError(f"alpha_gamma must be a float in [0, 1), got {alpha_gamma!r}")
+        require_int("obs_dim", obs_dim, 1, optional=True)
+        if obs_dim is not None and obs == "identity" and obs_dim > rnn.state_dim:
+            raise ValueError(
+                f"obs_dim={obs_dim} exceeds the model's state_dim={rnn.state_dim}: the identity observation "
+                'reads out the first obs_dim latent units; use a larger model or obs="linear"'
+            )
+        require_int("seq_len", seq_len, 1, optional=True)
+        require_real("lr", lr, minimum=0.0, exclusive_minimum=True)
+        require_real("gradient_clip", gradient_clip, minimum=0.0, exclusive_minimum=True, optional=True)
+        if require_real("alpha_gamma", alpha_gamma, minimum=0.0, maximum=1.0) == 1.0:
+            raise ValueError(f"alpha_gamma must be a finite number >= 0.0 and < 1.0, got {alpha_gamma!r}")
         self.save_hyperparameters(ignore=["rnn"])
 
+        self.obs = obs
+        self.obs_dim = obs_dim if obs_dim is not None else rnn.state_dim
+        dtype = _parameter_dtype(rnn)
+        # Registered before rnn so that parameters() keeps the order of older versions (B, b or L first),
+        # which optimizer states in older checkpoints rely on.
+        self.observation = OBSERVATION_MODELS[obs](rnn.state_dim, self.obs_dim, dtype=dtype)
+        # Checkpoints written before the observation models were modules hold B, b, L at the top level.
+        self._register_load_state_dict_pre_hook(_move_observation_keys)
         self.rnn = rnn
         self.training_mode = training
         self.adaptive_alpha = alpha == "adaptive"
         self.tf_interval = tf_interval
-        self.obs = obs
-        self.obs_dim = obs_dim if obs_dim is not None else rnn.state_dim
         self.lr = float(lr)
         self.optimizer_name = optimizer
         self.gradient_clip = gradient_clip
@@ -151,19 +252,8 @@ class _DSRModuleMixin:
         self.alpha_gamma = float(alpha_gamma)
         self.last_grad_norm: float = float("nan")
 
-        M, N = rnn.state_dim, self.obs_dim
-        dtype = _parameter_dtype(rnn)
         # A buffer so that checkpoints resume adaptive α where it was.
         self.register_buffer("alpha_value", torch.tensor(1.0 if self.adaptive_alpha else float(alpha), dtype=dtype))
-        if obs == "linear":
-            # Starting as the identity readout makes "linear" a strict generalisation at step 0.
-            self.B = nn.Parameter(torch.eye(N, M, dtype=dtype))
-            self.b = nn.Parameter(torch.zeros(N, dtype=dtype))
-            self.L = None
-        else:
-            self.B = self.b = None
-            # Learned initial values of the unobserved units; zero = zero padding at the start.
-            self.L = nn.Parameter(torch.zeros(M - N, N, dtype=dtype)) if M > N else None
 
     # ---------------------------------------------------------------- observation model
 
@@ -172,11 +262,24 @@ class _DSRModuleMixin:
         """Current GTF forcing strength (constant, or the adaptive estimate)."""
         return float(self.alpha_value)
 
+    @property
+    def B(self) -> nn.Parameter | None:
+        """``obs="linear"``: the readout matrix ``B`` (N, M); else ``None``."""
+        return getattr(self.observation, "B", None)
+
+    @property
+    def b(self) -> nn.Parameter | None:
+        """``obs="linear"``: the readout offset ``b`` (N,); else ``None``."""
+        return getattr(self.observation, "b", None)
+
+    @property
+    def L(self) -> nn.Parameter | None:
+        """``obs="identity"`` with ``N < M``: the initial-state map ``L`` (M − N, N); else ``None``."""
+        return getattr(self.observation, "L", None)
+
     def observe(self, z: Tensor) -> Tensor:
         """Observation ``x̂ = O(z)``: first ``N`` units (identity) or ``B z + b`` (linear), shape ``(..., N)``."""
-        if self.obs == "identity":
-            return z[..., : self.obs_dim]
-        return z @ self.B.T + self.b
+        return self.observation.observe(z)
 
     def forcing_signal(self, x: Tensor) -> Tensor:
         """``ẑ = O⁻¹(x)`` as used for forcing.
@@ -187,23 +290,7 @@ class _DSRModuleMixin:
         No gradient flows through the inversion: ``ẑ`` is treated as data, and ``B``, ``b`` learn
         through the readout.
         """
-        if self.obs == "identity":
-            return x
-        with torch.no_grad():
-            return (x - self.b) @ torch.linalg.pinv(self.B).T
-
-    def _force(self, z: Tensor, target: Tensor, weight: float | Tensor) -> Tensor:
-        if self.obs == "identity":
-            n = self.obs_dim
-            return torch.cat([(1 - weight) * z[..., :n] + weight * target, z[..., n:]], dim=-1)
-        return (1 - weight) * z + weight * target
-
-    def _forced_latent(self, x: Tensor) -> Tensor:
-        # The state ẑ used for Jacobian norms; identity pads unobserved units with zeros.
-        zhat = self.forcing_signal(x)
-        if self.obs == "identity" and self.rnn.state_dim > self.obs_dim:
-            zhat = torch.cat([zhat, zhat.new_zeros(zhat.shape[:-1] + (self.rnn.state_dim - self.obs_dim,))], -1)
-        return zhat
+        return self.observation.forcing_signal(x)
 
     def initial_state(self, x1: Tensor) -> Tensor:
         """``z_1`` from the first observation ``x_1``, shape ``(..., N) -> (..., M)``.
@@ -211,11 +298,7 @@ class _DSRModuleMixin:
         Identity: ``[x_1, L x_1]`` with a learned ``L`` (zero at start) for the ``M − N`` unobserved
         units.  Linear: ``pinv(B)(x_1 − b)``.
         """
-        if self.obs == "linear":
-            return self.forcing_signal(x1)
-        if self.L is None:
-            return x1
-        return torch.cat([x1, x1 @ self.L.T], dim=-1)
+        return self.observation.initial_state(x1)
 
     # ---------------------------------------------------------------- rollouts
 
@@ -236,7 +319,7 @@ class _DSRModuleMixin:
             ``x̂_t = O(z_t)`` of the un-forced states.
         """
         mode = training or self.training_mode
-        _require_choice("training", mode, TRAINING_MODES)
+        require_choice("training", mode, TRAINING_MODES)
         weight = self.alpha_value if alpha is None else alpha
         x = x.to(self.alpha_value.dtype)
         targets = self.forcing_signal(x)
@@ -244,9 +327,9 @@ class _DSRModuleMixin:
         predictions = []
         for t in range(1, x.shape[1]):
             if mode == "gtf":
-                z = self._force(z, targets[:, t - 1], weight)
+                z = self.observation.force(z, targets[:, t - 1], weight)
             elif mode == "stf" and (t - 1) % self.tf_interval == 0:
-                z = self._force(z, targets[:, t - 1], 1.0)
+                z = self.observation.force(z, targets[:, t - 1], 1.0)
             z = self.rnn.step(z)
             predictions.append(self.observe(z))
         return torch.stack(predictions, dim=1)
@@ -294,7 +377,7 @@ class _DSRModuleMixin:
         else ``α ← γ α + (1 − γ) α_est``.  Rising fast and decaying slowly keeps gradients bounded
         while letting forcing relax as the model becomes contracting.
         """
-        zhat = self._forced_latent(x.to(self.alpha_value.dtype))
+        zhat = self.observation.forced_latent(x.to(self.alpha_value.dtype))
         norms = torch.linalg.matrix_norm(self.rnn.jacobian(zhat), ord=2)
         estimate = estimate_alpha(norms, estimator=self.alpha_estimator)
         current = self.alpha
@@ -358,6 +441,15 @@ class _DSRModuleMixin:
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return OPTIMIZERS[self.optimizer_name](self.parameters(), lr=self.lr)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The model's identity (class, constructor config, parameters) so that `bifurcation-callback find`
+        # rebuilds exactly this map instead of guessing the class from parameter names.
+        try:
+            checkpoint[CHECKPOINT_MODEL_KEY] = model_to_state(self.rnn)
+        except TypeError:  # a user's own model: the CLI needs --model-class for it
+            pass
 
     @classmethod
     def for_namespace(cls, namespace: str) -> type:
@@ -430,6 +522,9 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
     Built on ``lightning.pytorch``; for a ``pytorch_lightning.Trainer`` build the module with
     ``DSRModule.for_namespace("pytorch_lightning")(rnn, ...)``.  The constructor arguments except ``rnn``
     are saved as hyperparameters: ``DSRModule.load_from_checkpoint(path, rnn=PLRNN(3))``.
+    Checkpoints of a built-in model also hold ``model_to_state(rnn)`` under the key
+    ``"bifurcation_model"`` (``models.CHECKPOINT_MODEL_KEY``), which ``bifurcation-callback find`` and
+    ``scan`` read, so the model class is never guessed.
     No learning-rate schedule is attached (the GTF code decays 1e-3 → 1e-6); override
     ``configure_optimizers`` to add one.
 
@@ -451,14 +546,17 @@ class DSRModule(_DSRModuleMixin, pl.LightningModule):
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _is_real(value: object) -> bool:
-    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    return numeric and math.isfinite(value)
+def _is_fraction(value: object) -> bool:
+    try:
+        return 0.0 <= require_real("alpha", value) <= 1.0
+    except ValueError:
+        return False
 
 
-def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+def _move_observation_keys(state_dict, prefix, *args) -> None:
+    for name in ("B", "b", "L"):
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}observation.{name}"] = state_dict.pop(prefix + name)
 
 
 def _parameter_dtype(module: nn.Module) -> torch.dtype:

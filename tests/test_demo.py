@@ -42,7 +42,11 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
     rows = table_rows(out)
     assert [row[0] for row in rows] == list(DEMO_METHODS)  # one seed: no mean rows
     header = [cell.strip() for cell in out.splitlines()[[l.startswith("|") for l in out.splitlines()].index(True)].strip("|").split("|")]
-    for column in ("final loss", "D_stsp", "D_H", "loss jumps", "appear", "degen", "jumps w/ bif. nearby", "p", "monitor overhead"):
+    from bifurcation_callback.bifurcations import BIFURCATION_KINDS
+    from bifurcation_callback.demo import _kind_header
+
+    kinds = [_kind_header(kind) for kind in BIFURCATION_KINDS]
+    for column in ("final loss", "D_stsp", "D_H", "loss jumps", *kinds, "jumps w/ bif. nearby", "p", "monitor overhead"):
         assert column in header, header
     for row in rows:
         assert len(row) == len(header)
@@ -138,3 +142,76 @@ def test_fast_config_is_small():
     fast, full = demo_config(fast=True), demo_config()
     assert fast.seeds == 1 and full.seeds >= 3
     assert fast.steps * fast.seq_len < full.steps * full.seq_len / 10
+
+
+def _summary(n_events: int, final_loss: float) -> dict:
+    """The keys compare reads from a BifurcationMonitor summary.json."""
+    return {
+        "n_monitored_steps": 10, "n_skipped": 0, "n_events": n_events, "final_loss": final_loss,
+        "events_by_kind": {"appearance": n_events}, "loss_jumps": [],
+        "jump_correlation": {"jumps_explained": 0.0, "p_value": 1.0}, "monitor_overhead": 0.1,
+    }
+
+
+def test_compare_keeps_runs_with_the_same_leaf_folder_apart(tmp_path, capsys):
+    # Bug: rows were named by the leaf folder, so a/version_0 and b/version_0 were averaged into one mean row.
+    for name, loss in (("a", 1.0), ("b", 3.0)):
+        run = tmp_path / "logs" / name / "version_0"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(_summary(1, loss)))
+    assert main(["compare", str(tmp_path / "logs")]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [(row[0], row[2]) for row in rows] == [("a/version_0", "1"), ("b/version_0", "3")]
+
+
+def test_compare_rejects_a_foreign_summary_json(tmp_path, capsys):
+    # Bug: any JSON object named summary.json was tabulated (all n/a) with exit status 0.
+    good, foreign = tmp_path / "good", tmp_path / "other"
+    good.mkdir(), foreign.mkdir()
+    (good / "summary.json").write_text(json.dumps(_summary(0, 1.0)))
+    (foreign / "summary.json").write_text(json.dumps({"accuracy": 0.9}))
+    assert main(["compare", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert str(foreign / "summary.json") in err and "not a BifurcationMonitor summary.json" in err
+
+
+def test_compare_json_into_a_closed_pipe_exits_quietly(tmp_path):
+    # Bug: `compare ... --json - | head -1` ended in a BrokenPipeError traceback.
+    from test_cli import run_into_closed_pipe
+
+    for k in range(200):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps(_summary(k, 1.0)))
+    assert run_into_closed_pipe("compare", str(tmp_path), "--json", "-") == (1, "")
+
+
+def test_compare_json_lists_the_runs(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(_summary(2, 1.0)))
+    assert main(["compare", str(tmp_path / "r"), "--json", "-"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["name"] == "r" and run["summary"]["n_events"] == 2 and run["demo"] is None
+
+
+def test_kind_headers_come_from_the_bifurcation_vocabulary():
+    from bifurcation_callback.bifurcations import BIFURCATION_KINDS
+    from bifurcation_callback.demo import _kind_header
+
+    header = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}]).splitlines()[0]
+    assert [_kind_header(kind) in header for kind in BIFURCATION_KINDS] == [True] * len(BIFURCATION_KINDS)
+    assert all(kind.replace("_", " ") in header for kind in BIFURCATION_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--lr", "0"], "--lr must be a finite number > 0.0, got 0.0"),
+        (["demo", "--alpha", "1.5"], "--alpha must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+        (["demo", "--seq-len", "1"], "--seq-len must be an int >= 2, got 1"),
+    ],
+)
+def test_demo_options_use_the_shared_validators(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

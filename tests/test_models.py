@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bifurcation_callback import ALRNN, PLRNN, ClippedShallowPLRNN, ShallowPLRNN, model_from_state, model_to_state
-from bifurcation_callback.models import MODEL_REGISTRY, PiecewiseLinear, require_piecewise_linear
+from bifurcation_callback.models import MODEL_REGISTRY, MODEL_SPECS, PiecewiseLinear, require_piecewise_linear
 from problems import BISTABLE_2D, DEVICES, DTYPES, MODEL_KINDS, random_model, unmasked_plrnn
 
 
@@ -263,6 +263,23 @@ def _plrnn_state(**overrides):
 def test_model_from_state_rejects_bad_input(state, match):
     with pytest.raises(ValueError, match=match):
         model_from_state(state)
+
+
+@pytest.mark.parametrize("kind, config", [("PLRNN", {"dim": 2}), ("ALRNN", {"dim": 2, "n_relu": 1})])
+def test_model_from_state_rejects_a_non_zero_w_diagonal(kind, config):
+    # Bug: the masked diagonal was loaded and silently acted as zero, so the state did not say what it ran.
+    state = {"model": kind, "config": config, "params": {"A": [0.5, 0.5], "W": [[0.3, 1.0], [1.0, 0.0]], "h": [0.1, 0.2]}}
+    with pytest.raises(ValueError, match=r"W must have a zero diagonal.*\[0.3, 0.0\]"):
+        model_from_state(state)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_registry_drives_config_and_parameter_names(kind):
+    spec = MODEL_SPECS[kind]
+    model = random_model(kind, 0)
+    state = model_to_state(model)
+    assert tuple(state["config"]) == tuple(spec.config) and set(state["params"]) == set(spec.parameters)
+    assert MODEL_REGISTRY[kind] is spec.cls is type(model_from_state(state))
 
 
 def test_model_from_state_unknown_config_key_is_value_error():

@@ -65,16 +65,17 @@ GOOD = PLRNN(3)
         ({"tf_interval": 0}, r"tf_interval must be an int >= 1, got 0"),
         ({"tf_interval": 2.0}, r"tf_interval must be an int >= 1, got 2.0"),
         ({"obs": "affine"}, r"obs must be one of 'identity', 'linear', got 'affine'"),
-        ({"obs_dim": 0}, r"obs_dim must be an int >= 1, got 0"),
+        ({"obs_dim": 0}, r"obs_dim must be an int >= 1 or None, got 0"),
         ({"obs_dim": 4}, r"obs_dim=4 exceeds the model's state_dim=3"),
-        ({"lr": 0.0}, r"lr must be a float > 0, got 0.0"),
-        ({"lr": "1e-3"}, r"lr must be a float > 0, got '1e-3'"),
+        ({"lr": 0.0}, r"lr must be a finite number > 0.0, got 0.0"),
+        ({"lr": "1e-3"}, r"lr must be a finite number > 0.0, got '1e-3'"),
         ({"optimizer": "sgd"}, r"optimizer must be one of 'radam', 'adam', got 'sgd'"),
-        ({"gradient_clip": 0}, r"gradient_clip must be None or a float > 0, got 0"),
-        ({"seq_len": 0}, r"seq_len must be an int >= 1, got 0"),
+        ({"gradient_clip": 0}, r"gradient_clip must be a finite number > 0.0 or None, got 0"),
+        ({"seq_len": 0}, r"seq_len must be an int >= 1 or None, got 0"),
         ({"alpha_estimator": "explog"}, r"alpha_estimator must be one of 'product_upper_bound', 'batch_maximum'"),
         ({"alpha_update_every": 0}, r"alpha_update_every must be an int >= 1, got 0"),
-        ({"alpha_gamma": 1.0}, r"alpha_gamma must be a float in \[0, 1\), got 1.0"),
+        ({"alpha_gamma": 1.0}, r"alpha_gamma must be a finite number >= 0.0 and < 1.0, got 1.0"),
+        ({"alpha_gamma": -0.5}, r"alpha_gamma must be a finite number >= 0.0 and <= 1.0, got -0.5"),
     ],
 )
 def test_bad_constructor_arguments_are_named(kwargs, match):
@@ -101,9 +102,33 @@ def test_bad_rnn_is_rejected():
 
 def test_registries_are_the_allowed_values():
     assert TRAINING_MODES == ("bptt", "stf", "gtf")
-    assert OBSERVATION_MODELS == ("identity", "linear")
+    assert tuple(OBSERVATION_MODELS) == ("identity", "linear")
     assert set(OPTIMIZERS) == {"radam", "adam"}
     assert ALPHA_ESTIMATORS[0] == "product_upper_bound"
+
+
+@pytest.mark.parametrize("obs", OBSERVATION_MODELS)
+def test_observation_models_are_modules_with_one_interface(obs):
+    module = DSRModule(PLRNN(3), obs=obs, obs_dim=2)
+    assert type(module.observation) is OBSERVATION_MODELS[obs]
+    x = torch.randn(4, 2)
+    z = module.observation.initial_state(x)
+    assert z.shape == (4, 3) and module.observe(z).shape == (4, 2)
+    assert module.observation.forced_latent(x).shape == (4, 3)
+    assert module.observation.force(z, module.forcing_signal(x), 1.0).shape == (4, 3)
+
+
+def test_checkpoints_with_top_level_observation_parameters_still_load():
+    # Before the observation models were modules, B, b (linear) and L (identity) sat on DSRModule itself.
+    for obs, names in (("linear", ("B", "b")), ("identity", ("L",))):
+        module = DSRModule(PLRNN(3), obs=obs, obs_dim=2)
+        # Same parameter order as before (optimizer states in checkpoints are stored by position).
+        assert [n.removeprefix("observation.") for n, _ in module.named_parameters()] == [*names, "rnn.A", "rnn.W", "rnn.h"]
+        old = {k.removeprefix("observation."): v + 1.0 for k, v in module.state_dict().items()}
+        assert set(names) <= set(old)
+        module.load_state_dict(old)
+        for name in names:
+            assert torch.equal(getattr(module, name), old[name])
 
 
 def test_wrong_batch_shapes_fail_clearly():
