@@ -1,8 +1,8 @@
 """bifurcation-callback: exact cycle finding and bifurcation tracking for piecewise-linear RNNs.
 
 The handful of names most users need; everything else lives in the submodules
-(``models``, ``cycles``, ``bifurcations``, ``loss_jumps``, ``callback``, ``dashboard``, ``plots``,
-``training``, ``data``, ``cli``).  ``import bifurcation_callback`` does not import Lightning: the
+(``models``, ``cycles``, ``attractors``, ``bifurcations``, ``tracking``, ``loss_jumps``, ``callback``,
+``dashboard``, ``plots``, ``training``, ``data``, ``metrics``, ``cli``).  ``import bifurcation_callback`` does not import Lightning: the
 Lightning-bound names (``BifurcationMonitor``, ``DSRModule``, ``TimeSeriesDataModule`` and the data
 helpers) are imported on first use.
 
@@ -14,6 +14,9 @@ Examples
 (1, 2)
 """
 
+import importlib
+
+from .attractors import lyapunov_exponents
 from .bifurcations import (
     BIFURCATION_KINDS,
     BifurcationDiagram,
@@ -33,6 +36,7 @@ from .models import (
     ClippedShallowPLRNN,
     PiecewiseLinear,
     ShallowPLRNN,
+    check_protocol,
     model_from_state,
     model_to_state,
 )
@@ -55,8 +59,6 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later accesses skip __getattr__
     return value
@@ -64,6 +66,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "__version__",
@@ -73,6 +76,7 @@ __all__ = [
     "ClippedShallowPLRNN",
     "ShallowPLRNN",
     "PiecewiseLinear",
+    "check_protocol",
     "model_from_state",
     "model_to_state",
     # cycles
@@ -81,6 +85,8 @@ __all__ = [
     "FinderStats",
     "find_cycles",
     "exhaustive_cycles",
+    # attractors
+    "lyapunov_exponents",
     # bifurcations
     "BIFURCATION_KINDS",
     "BifurcationDiagram",
