@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bifurcation_callback import PLRNN, Cycle, CycleSet, FinderStats, ShallowPLRNN, exhaustive_cycles, find_cycles
+from bifurcation_callback import PLRNN, Cycle, CycleSet, FinderStats, exhaustive_cycles, find_cycles
 from bifurcation_callback.cycles import STABILITY_KINDS
 from problems import (
     DEVICES,

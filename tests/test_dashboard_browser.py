@@ -37,12 +37,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from bifurcation_callback.callback import BifurcationMonitor
 
 from .test_callback import flip_at
+from .chromium import headless_chromium
 from .tiny_modules import TinyRNNModule, plrnn_2d, quiet_trainer_kwargs, random_sequences
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 # Flags that make Chromium work as root in a container and keep it off the network.
 CHROMIUM_FLAGS = (
     "--headless",
@@ -245,28 +244,8 @@ return [texts.join(' | '), lines];
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator[Any]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
-    if missing:
-        pytest.fail(
-            f"headless Chromium is needed for the dashboard test but {', '.join(missing)} is missing: "
-            "run `make browser-deps` (Debian packages chromium and chromium-driver)"
-        )
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is missing: install the dev extra (`pip install -e '.[dev]'`)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    # An explicit driver path keeps Selenium Manager from looking for (and downloading) a driver.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile"), CHROMIUM_FLAGS, "the dashboard test") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _render(driver, url: str, ready: Callable[[str, int], bool], what: str) -> str:

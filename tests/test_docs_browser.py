@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from .chromium import headless_chromium
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 OFFLINE_CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -89,28 +89,8 @@ def test_built_site_ships_mathjax_and_loads_no_script_from_the_network(built_sit
 
 @pytest.fixture(scope="module")
 def offline_browser(tmp_path_factory) -> Iterator[Any]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
-    if missing:
-        pytest.fail(
-            f"headless Chromium is needed for the docs math test but {', '.join(missing)} is missing: "
-            "run `make browser-deps` (Debian packages chromium and chromium-driver)"
-        )
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is missing: install the dev extra (`pip install -e '.[dev]'`)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in OFFLINE_CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    # An explicit driver path keeps Selenium Manager from looking for (and downloading) a driver.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile"), OFFLINE_CHROMIUM_FLAGS, "the docs math test") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.browser
