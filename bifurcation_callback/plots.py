@@ -67,12 +67,12 @@ def sample_orbits(
     >>> import torch
     >>> from bifurcation_callback.models import PLRNN
     >>> from bifurcation_callback.cycles import find_cycles
-    >>> model = PLRNN(2)
+    >>> model = PLRNN(1)
     >>> with torch.no_grad():
-    ...     _ = model.A.fill_(0.5); _ = model.W.zero_(); _ = model.h.fill_(1.0)   # one stable fixed point (2, 2)
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)   # z' = z / 2 + 1: a stable fixed point at 2
     >>> orbits = sample_orbits(model, find_cycles(model, max_order=1), n_random=2, n_steps=60, n_transient=10)
-    >>> len(orbits), orbits[0].shape, bool(np.allclose(orbits[-1][-1], [2.0, 2.0]))
-    (3, (51, 2), True)
+    >>> len(orbits), orbits[0].shape, bool(np.allclose(orbits[-1][-1], [2.0]))
+    (3, (51, 1), True)
     """
     from .attractors import simulate
 
