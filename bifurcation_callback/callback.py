@@ -132,7 +132,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         Base seed of the random part of the search (the step number is added).
     show_all_events : bool
         List every event in the event tables (``bifurcation/events``, the summary and the fit-end line).  By
-        default border collisions that left the cycle's stability unchanged (``bifurcations.is_qualitative``
+        default border collisions that left the cycle's stability unchanged (``bifurcations.events.is_qualitative``
         False: the cycle just moved across a switching plane) are folded into a count; ``events.jsonl`` and
         ``monitor.events`` always hold every event.
     verbose : bool
@@ -520,7 +520,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             reference = _reference_states(self._module, self._rnn.state_dim)
         except Exception as error:
             self._warn("figures", f"BifurcationMonitor draws no orbits / training data in its figures: {error}")
-        dashboard.log_figures(cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference)
+        dashboard.log_figures(
+            cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference
+        )
 
     def _find_rnn(self, pl_module: Any) -> Any:
         if self.model_attr is not None:
