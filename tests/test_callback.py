@@ -501,6 +501,23 @@ def test_every_n_epochs_analyses_the_last_batch_of_every_nth_epoch(tmp_path):
     assert read_jsonl(Path(logger.log_dir) / "events.jsonl")[-1]["step"] == 31
 
 
+@pytest.mark.parametrize(
+    "trainer_kwargs, expected",
+    [
+        # 8 batches, 3 accumulated per optimizer step: steps after batches 3, 6 and 8 -> 3 steps per epoch.
+        ({"max_epochs": 2, "accumulate_grad_batches": 3}, [2, 5]),
+        # max_steps ends the third epoch after 4 of its batches: that epoch still ends, and is analysed.
+        ({"max_steps": 20}, [19]),
+    ],
+)
+def test_every_n_epochs_records_the_epochs_last_optimizer_step(tmp_path, trainer_kwargs, expected):
+    monitor = BifurcationMonitor(max_order=1, every_n_epochs=3 if "max_steps" in trainer_kwargs else 1)
+    trainer = pl.Trainer(callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False, **trainer_kwargs))
+    trainer.fit(TinyRNNModule(), random_sequences())
+    assert [record["step"] for record in monitor.records] == expected
+    assert monitor.summary["final_step"] == expected[-1]
+
+
 def test_every_n_epochs_resumes_like_an_uninterrupted_run(tmp_path):
     def run(folder, max_epochs, ckpt_path=None, checkpoint=False):
         callbacks = [BifurcationMonitor(max_order=2, every_n_epochs=2, jsonl_path=str(folder / "events.jsonl"))]
