@@ -10,6 +10,7 @@ It does no linear algebra and touches no logger itself.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from collections import Counter
@@ -17,7 +18,9 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning.pytorch.callbacks import Callback as _LightningCallback
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from ._checks import require_bool, require_int, require_real
@@ -28,13 +31,16 @@ from .dashboard import (
     Dashboard,
     custom_scalars_layout,
     events_markdown,
+    fold_events,
     fresh_run_dir,
     step_scalars,
+    summary_line,
     summary_markdown,
     summary_scalars,
 )
 from .loss_jumps import summarise_run
 from .models import check_protocol, require_piecewise_linear
+from .plots import sample_orbits
 from .tracking import MONITOR_FINDER_DEFAULTS, CycleTracker, TrackedStep, check_finder_kwargs, gradient_norm
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
@@ -56,9 +62,9 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):
-    """Find all fixed points and k-cycles of the RNN every ``every_n_steps`` training steps, report
-    bifurcations (cycles appearing, vanishing, changing stability or colliding with a border) and, at
-    the end of fit, whether they explain the loss jumps.
+    """Find all fixed points and k-cycles of the RNN every ``every_n_steps`` training steps (or at the end of
+    every ``every_n_epochs``-th epoch), report bifurcations (cycles appearing, vanishing, changing stability or
+    colliding with a border) and, at the end of fit, whether they explain the loss jumps.
 
     Steps follow Lightning's convention for metrics logged in ``training_step``: the batch that Lightning logs
     at step ``s`` is recorded at step ``s`` (0 for the first batch; ``trainer.global_step - 1`` with one
@@ -70,9 +76,14 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     ----------
     max_order : int
         Largest cycle order searched (1 = fixed points only).
-    every_n_steps : int
+    every_n_steps : int, optional
         Analyse the model after every n-th optimizer step (steps 0, n, 2n, ...).  Independent of the
-        Trainer's ``log_every_n_steps``.
+        Trainer's ``log_every_n_steps``.  Default 1 unless ``every_n_epochs`` is given.
+    every_n_epochs : int, optional
+        Instead of ``every_n_steps`` (at most one of the two, as in ModelCheckpoint's ``every_n_train_steps``
+        / ``every_n_epochs``): analyse the model at the end of every n-th training epoch (epochs n, 2n, ...,
+        counted from 1; also an epoch cut short by ``max_steps``), recorded at the step of the epoch's last
+        optimizer step, the same step Lightning gives that batch's metrics.
     model_attr : str, optional
         Dotted attribute path of the piecewise-linear RNN inside the LightningModule (e.g. ``"rnn"``).
         By default the single submodule implementing the PiecewiseLinear protocol is used.
@@ -97,7 +108,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         logger ``<trainer.default_root_dir>/bifurcation_monitor/version_N/events.jsonl`` with the first free
         ``N``, so runs never overwrite each other's files.  ``log_dir`` tells where they went.
     jump_window : int, optional
-        Steps within which a loss jump counts as explained by an event (default ``5 * every_n_steps``).
+        Steps within which a loss jump counts as explained by an event (default ``5 * every_n_steps``; with
+        ``every_n_epochs`` 5 times the median number of steps between two analyses).
     jump_warmup_steps : int
         Loss jumps are looked for only after this many training steps: a fresh model's first updates
         often drop the loss by more than a jump's threshold, which is learning, not a bifurcation.
@@ -118,6 +130,23 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         to its order's previous search.
     seed : int
         Base seed of the random part of the search (the step number is added).
+    show_all_events : bool
+        List every event in the event tables (``bifurcation/events``, the summary and the fit-end line).  By
+        default border collisions that left the cycle's stability unchanged (``bifurcations.events.is_qualitative``
+        False: the cycle just moved across a switching plane) are folded into a count; ``events.jsonl`` and
+        ``monitor.events`` always hold every event.
+    verbose : bool
+        Print a one-line summary at the end of fit on rank zero (``rank_zero_info``, like Lightning's
+        ModelCheckpoint / EarlyStopping): events by kind, loss jumps, how many have an event nearby, the
+        p-value and the monitor's overhead.
+
+    Notes
+    -----
+    The state-space figure draws the orbits of the map from the stable cycles' points and a few fixed random
+    states under the cycles.  A LightningModule may also expose training data in the RNN's state space as
+    ``bifurcation_reference_states``: an array or tensor of shape (T, M) (or (..., M), flattened; at most the
+    first 2000 states are drawn) with ``M`` the RNN's ``state_dim``, read whenever a figure is drawn; absent
+    or None draws no data.
 
     Raises
     ------
@@ -148,14 +177,17 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     >>> BifurcationMonitor(every_n_steps=0)
     Traceback (most recent call last):
     ...
-    ValueError: BifurcationMonitor: every_n_steps must be an int >= 1, got 0
+    ValueError: BifurcationMonitor: every_n_steps must be an int >= 1 or None, got 0
+    >>> BifurcationMonitor(every_n_epochs=2).every_n_steps is None
+    True
     """
 
     def __init__(
         self,
         max_order: int = 4,
-        every_n_steps: int = 1,
+        every_n_steps: int | None = None,
         *,
+        every_n_epochs: int | None = None,
         model_attr: str | None = None,
         finder_kwargs: dict[str, Any] | None = None,
         time_budget_s: float | None = None,
@@ -169,9 +201,18 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         localize_events: bool = False,
         discovery_every: int = 2,
         seed: int = 0,
+        show_all_events: bool = False,
+        verbose: bool = True,
     ) -> None:
         self.max_order = require_int("max_order", max_order, 1, owner=_OWNER)
-        self.every_n_steps = require_int("every_n_steps", every_n_steps, 1, owner=_OWNER)
+        every_n_steps = require_int("every_n_steps", every_n_steps, 1, optional=True, owner=_OWNER)
+        self.every_n_epochs = require_int("every_n_epochs", every_n_epochs, 1, optional=True, owner=_OWNER)
+        if every_n_steps is not None and self.every_n_epochs is not None:
+            raise ValueError(
+                f"{_OWNER}: every_n_steps and every_n_epochs are mutually exclusive, got every_n_steps={every_n_steps}"
+                f" and every_n_epochs={self.every_n_epochs}; pass one of them"
+            )
+        self.every_n_steps = 1 if every_n_steps is None and self.every_n_epochs is None else every_n_steps
         self.model_attr = _require_text("model_attr", model_attr, optional=True)
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner=_OWNER)
         self.time_budget_s = require_real(
@@ -183,16 +224,20 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             jsonl_path = _require_text("jsonl_path", jsonl_path)
         self.jsonl_path = jsonl_path
         jump_window = require_int("jump_window", jump_window, 0, optional=True, owner=_OWNER)
-        self.jump_window = 5 * self.every_n_steps if jump_window is None else jump_window
+        # With every_n_epochs the default is resolved at fit end, from the steps actually analysed.
+        self.jump_window = 5 * self.every_n_steps if jump_window is None and self.every_n_steps else jump_window
         self.jump_warmup_steps = require_int("jump_warmup_steps", jump_warmup_steps, 0, owner=_OWNER)
         self.jump_min_change = require_real("jump_min_change", jump_min_change, minimum=0.0, owner=_OWNER)
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER)
         self.localize_events = require_bool("localize_events", localize_events, owner=_OWNER)
         self.discovery_every = require_int("discovery_every", discovery_every, 1, owner=_OWNER)
         self.seed = require_int("seed", seed, 0, owner=_OWNER)
+        self.show_all_events = require_bool("show_all_events", show_all_events, owner=_OWNER)
+        self.verbose = require_bool("verbose", verbose, owner=_OWNER)
         self.summary: dict[str, Any] | None = None
         self.log_dir: str | None = None  # where events.jsonl and summary.json go; set at fit start
         self._rnn: Any = None
+        self._module: Any = None  # the LightningModule, read for bifurcation_reference_states
         self._dashboard: Dashboard | None = None
         self._reset_state()
 
@@ -229,6 +274,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
+            self._module = pl_module
             self._rnn = self._find_rnn(pl_module)
             # A model whose affine_pieces disagrees with its step would give wrong (usually empty) cycle sets at
             # every step without any error: fail before training starts, like a misconfigured callback.
@@ -268,9 +314,25 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         started = time.perf_counter()
         loss = _finite_or_none(_step_loss(trainer, outputs, self.loss_key))
         self._history.append([step, loss, _finite_or_none(self._pending_grad_norm)])
+        self._hook_seconds += time.perf_counter() - started
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            self._analyse_safely(step, loss)
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.every_n_epochs is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs or not self._history:
+            return
+        step, loss = self._history[-1][:2]  # the epoch's last optimizer step: the same step convention
+        if self._records and self._records[-1]["step"] == step:
+            return  # analysed already (an epoch of batches that never stepped the optimizer)
+        self._analyse_safely(int(step), loss)
+
+    def _analyse_safely(self, step: int, loss: float | None) -> None:
+        started = time.perf_counter()
         try:
-            if step % self.every_n_steps == 0:
-                self._analyse(step, loss)
+            self._analyse(step, loss)
         except Exception as error:  # the monitor must never take the training run down
             self._skip(step, loss, f"{type(error).__name__}: {error}")
         finally:
@@ -286,6 +348,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         try:
             self.summary = self._summarise()
             self._log_summary(self.summary)
+            if self.verbose:
+                rank_zero_info(summary_line(self.summary, show_all_events=self.show_all_events))
         except Exception as error:  # a broken summary must not hide the training result
             self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
         self._dashboard.flush()
@@ -365,11 +429,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         started = time.perf_counter()
         scalars = step_scalars(record, tracked.cycles, tracked.charted, n_events=self._n_events, n_skipped=self.n_skipped)
         dashboard.log_scalars(scalars, tracked.step)
-        if record["events"]:
-            dashboard.log_text("bifurcation/events", events_markdown(record["events"]), tracked.step)
+        if fold_events(record["events"], show_all=self.show_all_events)[0]:  # a step of folded crossings only: no text
+            events = events_markdown(record["events"], show_all=self.show_all_events)
+            dashboard.log_text("bifurcation/events", events, tracked.step)
         logged = time.perf_counter()
         if self.log_figures_every_n_steps and len(self._records) % self.log_figures_every_n_steps == 0:
-            dashboard.log_figures(tracked.cycles, self._records, self._history, tracked.step)
+            self._log_figures(tracked.cycles, tracked.step)
         # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
         record["publish_ms"] = 1e3 * (logged - started)
         record["figures_ms"] = 1e3 * (time.perf_counter() - logged)
@@ -397,16 +462,18 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         run = summarise_run(
             self._history,
             event_steps,
-            window=self.jump_window,
+            window=self._jump_window(analysed),
             warmup_steps=self.jump_warmup_steps,
             min_relative_change=self.jump_min_change,
         )
         losses = [loss for _, loss, _ in self._history if loss is not None]
         by_kind = Counter(e["kind"] for r in analysed for e in r["events"])
+        n_folded = sum(fold_events(r["events"])[1] for r in analysed)
         previous = self._tracker.previous
         return {
             "max_order": self.max_order,
             "every_n_steps": self.every_n_steps,
+            "every_n_epochs": self.every_n_epochs,
             "n_monitored_steps": len(analysed),
             "n_skipped": self.n_skipped,
             "skip_reasons": dict(self._skip_reasons),
@@ -415,6 +482,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "final_cycles": previous.to_dict() if previous is not None else None,
             "n_events": len(event_steps),
             "events_by_kind": {kind: by_kind.get(kind, 0) for kind in BIFURCATION_KINDS},
+            "n_border_crossings": n_folded,
             **run.to_dict(),
             "jump_warmup_steps": self.jump_warmup_steps,
             "jump_min_change": self.jump_min_change,
@@ -427,10 +495,34 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         dashboard = self._dashboard
         step = summary["final_step"] or 0
         dashboard.log_scalars(summary_scalars(summary), step)
-        dashboard.log_text("bifurcation/summary", summary_markdown(summary), step)
+        dashboard.log_text("bifurcation/summary", summary_markdown(summary, show_all_events=self.show_all_events), step)
         if self._records:
-            dashboard.log_figures(self._tracker.previous, self._records, self._history, step, summary["loss_jumps"])
+            self._log_figures(self._tracker.previous, step, summary["loss_jumps"])
         dashboard.write_summary(summary)
+
+    def _jump_window(self, analysed: list[dict[str, Any]]) -> int:
+        if self.jump_window is not None:
+            return self.jump_window
+        # every_n_epochs: 5 analyses' worth of steps, as 5 * every_n_steps is for every_n_steps.
+        steps = [record["step"] for record in analysed]
+        gaps = [b - a for a, b in zip(steps, steps[1:])]
+        return 5 * (int(statistics.median(gaps)) if gaps else (steps[0] + 1 if steps else 1))
+
+    def _log_figures(self, cycles: CycleSet | None, step: int, loss_jumps: list[dict[str, Any]] = ()) -> None:
+        dashboard = self._dashboard
+        if dashboard is None or not dashboard.has_tensorboard:
+            return
+        orbits: list[Any] = []
+        reference = None
+        try:  # figure decoration must not cost the step its record
+            if cycles is not None:
+                orbits = sample_orbits(self._rnn, cycles, seed=self.seed)
+            reference = _reference_states(self._module, self._rnn.state_dim)
+        except Exception as error:
+            self._warn("figures", f"BifurcationMonitor draws no orbits / training data in its figures: {error}")
+        dashboard.log_figures(
+            cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference
+        )
 
     def _find_rnn(self, pl_module: Any) -> Any:
         if self.model_attr is not None:
@@ -464,6 +556,26 @@ def _require_text(name: str, value: object, *, optional: bool = False) -> str | 
         wanted = "a non-empty string" + (" or None" if optional else "")
         raise ValueError(f"{_OWNER}: {name} must be {wanted}, got {value!r}")
     return value
+
+
+# At most this many states of ``bifurcation_reference_states`` are drawn.
+MAX_REFERENCE_STATES = 2000
+
+
+def _reference_states(pl_module: Any, state_dim: int) -> Any:
+    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) numpy array (at most
+    ``MAX_REFERENCE_STATES`` rows), or None when it has none."""
+    states = getattr(pl_module, "bifurcation_reference_states", None)
+    if states is None:
+        return None
+    if hasattr(states, "detach"):
+        states = states.detach().cpu().numpy()
+    array = np.asarray(states, dtype=float)
+    if array.ndim < 1 or array.shape[-1] != state_dim:
+        raise ValueError(
+            f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {array.shape}"
+        )
+    return array.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
 
 
 def _lightning_step(trainer: Any) -> int:

@@ -16,13 +16,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bifurcations.events import is_qualitative
+
 __all__ = [
     "LOGGED_METRICS",
     "Dashboard",
     "custom_scalars_layout",
     "events_markdown",
+    "fold_events",
     "read_jsonl",
     "step_scalars",
+    "summary_line",
     "summary_markdown",
     "summary_scalars",
     "fresh_run_dir",
@@ -89,8 +93,37 @@ def custom_scalars_layout(loss_tag: str, orders: Sequence[int]) -> dict:
     }
 
 
-def events_markdown(events: Iterable[Mapping[str, Any]]) -> str:
+def fold_events(events: Iterable[Mapping[str, Any]], *, show_all: bool = False) -> tuple[list[Mapping[str, Any]], int]:
+    """Split events into those a table shows and the number folded into a count.
+
+    By default only qualitative events (``bifurcations.events.is_qualitative``) are shown and border
+    collisions that left the cycle's stability unchanged are counted; ``show_all=True`` shows every event.
+
+    Examples
+    --------
+    >>> crossing = {"kind": "border_collision", "stable_before": True, "stable_after": True}
+    >>> shown, folded = fold_events([{"kind": "appearance"}, crossing])
+    >>> [e["kind"] for e in shown], folded
+    (['appearance'], 1)
+    >>> len(fold_events([crossing], show_all=True)[0])
+    1
+    """
+    events = list(events)
+    if show_all:
+        return events, 0
+    shown = [event for event in events if is_qualitative(event)]
+    return shown, len(events) - len(shown)
+
+
+def _folded_note(n_folded: int) -> str:
+    return f"{n_folded} border crossing{'s' if n_folded != 1 else ''} folded"
+
+
+def events_markdown(events: Iterable[Mapping[str, Any]], *, show_all: bool = False) -> str:
     """A Markdown table of events (TensorBoard renders text summaries as Markdown).
+
+    Border collisions that left the cycle's stability unchanged are folded into one line under the table
+    unless ``show_all`` (see ``fold_events``).
 
     Examples
     --------
@@ -98,11 +131,17 @@ def events_markdown(events: Iterable[Mapping[str, Any]]) -> str:
     | step | kind | order | what happened |
     |---:|---|---:|---|
     | 3 | appearance | 2 | a 2-cycle appeared |
+    >>> crossing = {"step": 3, "kind": "border_collision", "order": 1, "stable_before": False, "stable_after": False}
+    >>> print(events_markdown([crossing]).splitlines()[-1])
+    and 1 border crossing folded (stability unchanged; show_all_events=True lists them)
     """
+    shown, n_folded = fold_events(events, show_all=show_all)
     rows = ["| step | kind | order | what happened |", "|---:|---|---:|---|"]
-    for event in events:
+    for event in shown:
         kind = event["kind"] + (f" ({event['crossing']})" if event.get("crossing") else "")
         rows.append(f"| {event['step']} | {kind} | {event['order']} | {event.get('description', '')} |")
+    if n_folded:
+        rows += ["", f"and {_folded_note(n_folded)} (stability unchanged; show_all_events=True lists them)"]
     return "\n".join(rows)
 
 
@@ -175,10 +214,21 @@ def _fraction(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def summary_markdown(summary: Mapping[str, Any]) -> str:
+def _event_counts(summary: Mapping[str, Any], show_all: bool) -> tuple[dict[str, int], int]:
+    """Events per kind that occurred and the number folded: border crossings that left stability unchanged
+    (``n_border_crossings`` in the summary) come out of ``border_collision`` unless ``show_all``."""
+    counts = {kind: n for kind, n in summary["events_by_kind"].items() if n}
+    n_folded = 0 if show_all else summary.get("n_border_crossings", 0)
+    if n_folded:
+        counts["border_collision"] = counts.get("border_collision", 0) - n_folded
+    return {kind: n for kind, n in counts.items() if n}, n_folded
+
+
+def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = False) -> str:
     """The fit-end summary as a Markdown table (TensorBoard text tab, CLI ``compare``).
 
-    A fraction with nothing to count (no loss jumps, no events) reads ``n/a``.
+    A fraction with nothing to count (no loss jumps, no events) reads ``n/a``.  Border crossings that left
+    stability unchanged (``n_border_crossings``) are folded into a count unless ``show_all_events``.
 
     Examples
     --------
@@ -189,7 +239,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     | jumps with an event nearby | n/a |
     """
     correlation = summary["jump_correlation"]
-    kinds = ", ".join(f"{k}: {n}" for k, n in summary["events_by_kind"].items() if n) or "none"
+    counts, n_folded = _event_counts(summary, show_all_events)
+    kinds = ", ".join([f"{kind}: {n}" for kind, n in counts.items()] + [_folded_note(n_folded)] * bool(n_folded))
     lag = correlation.get("mean_lag")
     explained = _fraction(correlation["jumps_explained"])
     if correlation["jumps_explained"] is not None and correlation["p_value"] is not None:
@@ -197,7 +248,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     rows = [
         ("monitored steps", summary["n_monitored_steps"]),
         ("skipped steps", summary["n_skipped"]),
-        ("bifurcation events", f"{summary['n_events']} ({kinds})"),
+        ("bifurcation events", f"{summary['n_events']} ({kinds or 'none'})"),
         ("loss jumps", len(summary["loss_jumps"])),
         ("jumps with an event nearby", explained),
         ("events with a jump nearby", _fraction(correlation["events_with_jump"])),
@@ -205,6 +256,39 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         ("monitor overhead", f"{100 * summary['monitor_overhead']:.1f} %"),
     ]
     return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def summary_line(summary: Mapping[str, Any], *, show_all_events: bool = False) -> str:
+    """The fit-end summary in one line, as the monitor prints it on rank zero.
+
+    Undefined quantities (no loss jumps: nothing to explain) read ``n/a``.
+
+    Examples
+    --------
+    >>> summary = {"n_events": 12, "events_by_kind": {"appearance": 3, "stability_change": 2, "border_collision": 7},
+    ...            "n_border_crossings": 7, "loss_jumps": [{}] * 4, "monitor_overhead": 0.08,
+    ...            "jump_correlation": {"jumps_explained": 0.75, "p_value": 0.02}}
+    >>> print(summary_line(summary))
+    BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), 4 loss jumps, 3/4 with an event nearby (p = 0.02), overhead 8.0 %
+    >>> summary.update(loss_jumps=[], jump_correlation={"jumps_explained": None, "p_value": None})
+    >>> print(summary_line(summary).split(", ", 3)[-1])
+    0 loss jumps, n/a with an event nearby, overhead 8.0 %
+    """
+    correlation = summary["jump_correlation"]
+    n_events = summary["n_events"]
+    counts, n_folded = _event_counts(summary, show_all_events)
+    parts = [f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items()] + [_folded_note(n_folded)] * bool(n_folded)
+    kinds = ", ".join(parts)
+    events = f"{n_events} event{'s' if n_events != 1 else ''}" + (f" ({kinds})" if kinds else "")
+    n_jumps = len(summary["loss_jumps"])
+    explained = "n/a with an event nearby"
+    if correlation["jumps_explained"] is not None and n_jumps:
+        explained = f"{round(correlation['jumps_explained'] * n_jumps)}/{n_jumps} with an event nearby"
+        if correlation.get("p_value") is not None:
+            explained += f" (p = {correlation['p_value']:.2g})"
+    jumps = f"{n_jumps} loss jump{'s' if n_jumps != 1 else ''}"
+    overhead = f"overhead {100 * summary['monitor_overhead']:.1f} %"
+    return f"BifurcationMonitor: {events}, {jumps}, {explained}, {overhead}"
 
 
 def fresh_run_dir(root: str | Path, name: str = "bifurcation_monitor") -> Path:
@@ -297,16 +381,18 @@ class Dashboard:
 
     def log_figures(
         self, cycles: Any, records: Sequence[Mapping[str, Any]], history: Sequence[Sequence[Any]], step: int,
-        loss_jumps: Sequence[Mapping[str, Any]] = (),
+        loss_jumps: Sequence[Mapping[str, Any]] = (), *, orbits: Sequence[Any] = (), reference: Any = None,
     ) -> None:
-        """The state space with the cycles (when ``cycles`` is given) and the timeline of events over the loss
-        curve, to TensorBoard loggers only."""
+        """The state space with the cycles (when ``cycles`` is given), the ``orbits`` (list of (T, M) arrays)
+        under them and the ``reference`` states (training data in state space, (T, M) or None), and the
+        timeline of events over the loss curve, to TensorBoard loggers only."""
         if not self.has_tensorboard:
             return
         from .plots import plot_cycles, plot_timeline
 
         if cycles is not None:
-            self.log_figure("bifurcation/state_space", plot_cycles(cycles).figure, step)
+            figure = plot_cycles(cycles, orbits=orbits, reference=reference).figure
+            self.log_figure("bifurcation/state_space", figure, step)
         self.log_figure("bifurcation/timeline", plot_timeline(records, loss_jumps, losses=history).figure, step)
 
     def log_layout(self, layout: dict) -> None:

@@ -13,13 +13,14 @@ import numpy as np
 
 # plots reads bifurcations, never the reverse (data flows models -> cycles -> bifurcations -> plots).
 from .bifurcations import BIFURCATION_KINDS, BifurcationDiagram
+from .bifurcations.events import is_qualitative
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
     from .cycles import CycleSet
 
-__all__ = ["plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "KIND_COLOURS"]
+__all__ = ["plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "sample_orbits", "KIND_COLOURS"]
 
 
 def new_axes(figsize: tuple[float, float] = (5.0, 4.0)) -> "Axes":
@@ -39,8 +40,63 @@ def new_axes(figsize: tuple[float, float] = (5.0, 4.0)) -> "Axes":
     return figure.add_subplot()
 
 
-def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[int, int] = (0, 1)) -> "Axes":
-    """Draw every cycle of ``cycle_set`` in state space: filled markers stable, open markers not.
+def sample_orbits(
+    model: Any, cycle_set: "CycleSet", *, n_random: int = 4, n_steps: int = 200, n_transient: int = 50, seed: int = 0,
+) -> list[np.ndarray]:
+    """Orbits to draw under the cycles: the model iterated from every point of its stable cycles and from
+    ``n_random`` fixed random states (``attractors.simulate``), without the first ``n_transient`` steps.
+
+    The random states are the same at every call (``seed``), scaled to the cycles' extent (``1 +`` the
+    largest |coordinate| of any cycle point), so successive figures of one run are comparable.  Orbits that
+    diverge (non-finite, or beyond 1000 times that extent) are dropped: they would only stretch the axes.
+
+    Parameters
+    ----------
+    model : PiecewiseLinear
+        The model whose cycles ``cycle_set`` holds.
+    cycle_set : CycleSet
+    n_random, n_steps, n_transient, seed : int
+        Number of random initial states, length of each orbit, steps dropped first, seed of the states.
+
+    Returns
+    -------
+    list of ndarray, each shape (n_steps - n_transient + 1, M)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.models import PLRNN
+    >>> from bifurcation_callback.cycles import find_cycles
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)   # z' = z / 2 + 1: a stable fixed point at 2
+    >>> orbits = sample_orbits(model, find_cycles(model, max_order=1), n_random=2, n_steps=60, n_transient=10)
+    >>> len(orbits), orbits[0].shape, bool(np.allclose(orbits[-1][-1], [2.0]))
+    (3, (51, 1), True)
+    """
+    from .attractors import simulate
+
+    points = [cycle.points for cycle in cycle_set if cycle.is_stable]
+    extent = 1.0 + max((float(np.abs(c.points).max()) for c in cycle_set if c.points.size), default=0.0)
+    random = np.random.default_rng(seed).standard_normal((n_random, int(model.state_dim))) * extent
+    starts = np.concatenate(points + [random]) if points else random
+    if not len(starts):
+        return []
+    orbits = simulate(model, starts, n_steps).cpu().numpy()[:, n_transient:]
+    keep = np.isfinite(orbits).all(axis=(1, 2)) & (np.abs(orbits).max(axis=(1, 2), initial=0.0) < 1e3 * extent)
+    return list(orbits[keep])
+
+
+def plot_cycles(
+    cycle_set: "CycleSet",
+    ax: "Axes | None" = None,
+    *,
+    dims: tuple[int, int] = (0, 1),
+    orbits: Sequence[Any] = (),
+    reference: Any = None,
+) -> "Axes":
+    """Draw every cycle of ``cycle_set`` in state space: filled markers stable, open markers not, over the
+    orbits of the map and a stretch of training data when given.
 
     Each k-cycle's points are joined in visiting order (closed polygon); colour encodes the order.
     One-dimensional models are drawn on the line ``y = 0``.
@@ -52,6 +108,11 @@ def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[
         Where to draw; a new Agg figure when None.
     dims : (int, int)
         State coordinates on the x and y axes.
+    orbits : sequence of array, each shape (T, M)
+        Orbits of the map (e.g. ``sample_orbits``, or an attractor's orbit), drawn as thin lines under the
+        cycles so the attractor shows, not only its periodic points.
+    reference : array, shape (T, M), optional
+        States of the training data in the model's state space, drawn as small grey dots underneath.
 
     Returns
     -------
@@ -65,9 +126,9 @@ def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[
     >>> model = PLRNN(2)
     >>> with torch.no_grad():
     ...     _ = model.A.fill_(0.5); _ = model.W.zero_(); _ = model.h.fill_(1.0)
-    >>> ax = plot_cycles(find_cycles(model, max_order=2))
-    >>> len(ax.collections) > 0
-    True
+    >>> ax = plot_cycles(find_cycles(model, max_order=2), orbits=[np.zeros((5, 2))], reference=np.ones((9, 2)))
+    >>> len(ax.collections) > 0, [line.get_label() for line in ax.lines]
+    (True, ['orbits'])
     """
     from .cycles import CycleSet
 
@@ -77,14 +138,21 @@ def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[
         ax = new_axes()
     from matplotlib import colormaps
 
+    def coordinates(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(points[:, d] if points.shape[1] > d else np.zeros(len(points)) for d in dims)
+
+    if reference is not None:
+        x, y = coordinates(_state_array("reference", reference))
+        ax.scatter(x, y, s=6, color="0.45", alpha=0.5, linewidths=0, label="training data", zorder=1)
+    for index, orbit in enumerate(orbits):
+        x, y = coordinates(_state_array("orbits", orbit))
+        ax.plot(x, y, color="tab:cyan", lw=0.6, alpha=0.6, label="orbits" if index == 0 else None, zorder=2)
     orders = list(cycle_set.orders) or sorted({c.order for c in cycle_set})
     palette = colormaps["tab10"]
     colour = {order: palette(i % 10) for i, order in enumerate(orders)}
     labelled: set[tuple[int, bool]] = set()
     for cycle in cycle_set:
-        points = cycle.points
-        x = points[:, dims[0]] if points.shape[1] > dims[0] else np.zeros(len(points))
-        y = points[:, dims[1]] if points.shape[1] > dims[1] else np.zeros(len(points))
+        x, y = coordinates(cycle.points)
         c = colour.get(cycle.order, "black")
         if cycle.order > 1:
             ax.plot(np.append(x, x[0]), np.append(y, y[0]), color=c, linewidth=0.8, alpha=0.6)
@@ -100,12 +168,22 @@ def plot_cycles(cycle_set: "CycleSet", ax: "Axes | None" = None, *, dims: tuple[
         )
     ax.set_xlabel(f"z[{dims[0]}]")
     ax.set_ylabel(f"z[{dims[1]}]")
-    ax.set_title(f"{len(cycle_set)} cycles (filled = stable)")
-    if cycle_set.cycles:
+    ax.set_title(f"{len(cycle_set)} cycle{'s' if len(cycle_set) != 1 else ''} (filled = stable)")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="best")
-    else:
+    if not cycle_set.cycles:
         ax.text(0.5, 0.5, "no cycles found", transform=ax.transAxes, ha="center", va="center")
     return ax
+
+
+def _state_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a finite-rows (T, M) float array; a TypeError / ValueError names ``name`` otherwise."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value, dtype=float)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must hold arrays of shape (T, M), got shape {array.shape}")
+    return array[np.isfinite(array).all(axis=1)]
 
 
 def plot_bifurcation_diagram(
@@ -199,8 +277,9 @@ def plot_timeline(
     losses: Sequence[Sequence[Any]] | None = None,
     ax: "Axes | None" = None,
 ) -> "Axes":
-    """Loss curve with a vertical line at every bifurcation event (coloured by kind) and a triangle at
-    every detected loss jump; the number of cycles on a twin axis.
+    """Loss curve with a vertical line at every qualitative bifurcation event (coloured by kind), a short tick
+    on the bottom edge at every border crossing that left stability unchanged (``is_qualitative`` False),
+    and a triangle at every detected loss jump; the number of cycles on a twin axis.
 
     Parameters
     ----------
@@ -227,14 +306,24 @@ def plot_timeline(
     if curve and min(curve.values()) > 0:
         ax.set_yscale("log")
     seen: set[str] = set()
+    crossings: list[int] = []
     for record in records:
         for event in record.get("events", []):
+            if not is_qualitative(event):
+                crossings.append(event["step"])
+                continue
             kind = event["kind"]
             ax.axvline(
                 event["step"], color=KIND_COLOURS.get(kind, "grey"), alpha=0.6, lw=1,
                 label=kind.replace("_", " ") if kind not in seen else None,
             )
             seen.add(kind)
+    if crossings:
+        # Short ticks on the bottom edge: border crossings that changed no stability would hide the loss curve.
+        ax.vlines(
+            crossings, 0.0, 0.05, transform=ax.get_xaxis_transform(), color=KIND_COLOURS["border_collision"],
+            lw=1.0, alpha=0.8, label="border crossing (stability unchanged)",
+        )
     jump_steps = [j["step"] for j in loss_jumps if j["step"] in curve]
     if jump_steps:
         ax.scatter(jump_steps, [curve[s] for s in jump_steps], marker="v", color="crimson", zorder=3, label="loss jump")

@@ -25,6 +25,7 @@ from .problems import UnmaskedPLRNN
 from .tiny_modules import (
     DestroyProcessGroupAtTeardown,
     TinyRNNModule,
+    TinyRNNWithReferenceStates,
     plrnn_2d,
     quiet_trainer_kwargs,
     random_sequences,
@@ -236,7 +237,8 @@ def test_model_detection_errors():
 # Per public argument: values that must raise a ValueError naming the argument, and edge values accepted.
 ARGUMENT_CASES = {
     "max_order": ([0, -1, 1.5, True, "2", None], [1, 7]),
-    "every_n_steps": ([0, 1.5, True, None], [1, 1000]),
+    "every_n_steps": ([0, 1.5, True, "2"], [None, 1, 1000]),
+    "every_n_epochs": ([0, -1, 1.5, True, "2"], [None, 1, 3]),
     "model_attr": (["", 3, ["rnn"]], [None, "rnn", "model.rnn"]),
     "finder_kwargs": (
         [{"speed": 1}, {"dtype": "float16"}, {"dtype": torch.int64}, {"n_starts": 0}, {"inner": 1.5},
@@ -255,6 +257,8 @@ ARGUMENT_CASES = {
     "localize_events": (["yes", 1, None], [True, False]),
     "discovery_every": ([0, 1.5, None, True], [1, 4]),
     "seed": ([-1, 0.5, None, True], [0, 12345]),
+    "show_all_events": (["yes", 1, None], [True, False]),
+    "verbose": (["no", 0, None], [True, False]),
 }
 
 
@@ -272,6 +276,15 @@ def test_constructor_validates_argument(argument):
             BifurcationMonitor(**{argument: value})
     for value in good_values:
         BifurcationMonitor(**{argument: value})
+
+
+def test_every_n_steps_and_every_n_epochs_are_mutually_exclusive():
+    with pytest.raises(ValueError, match=r"^BifurcationMonitor: every_n_steps and every_n_epochs are mutually exclusive, "
+                                         r"got every_n_steps=1 and every_n_epochs=2"):
+        BifurcationMonitor(every_n_steps=1, every_n_epochs=2)
+    assert (BifurcationMonitor().every_n_steps, BifurcationMonitor().every_n_epochs) == (1, None)
+    by_epoch = BifurcationMonitor(every_n_epochs=2)
+    assert (by_epoch.every_n_steps, by_epoch.every_n_epochs, by_epoch.jump_window) == (None, 2, None)
 
 
 def test_finder_kwargs_are_normalised_and_unknown_keys_list_the_allowed_ones():
@@ -463,3 +476,161 @@ def test_a_model_whose_pieces_disagree_with_its_step_fails_at_setup_before_train
     with pytest.raises(ValueError, match="BifurcationMonitor: .*affine_pieces"):
         fit(tmp_path, module, BifurcationMonitor(max_order=1), max_steps=2)
     assert module.rnn.W.grad is None  # no training step ran
+
+
+# ---------------------------------------------------------------------------------------------- what a user asked for
+
+
+def test_every_n_epochs_analyses_the_last_batch_of_every_nth_epoch(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    monitor = BifurcationMonitor(max_order=2, every_n_epochs=2)
+    trainer = pl.Trainer(max_epochs=5, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=logger))
+    trainer.fit(TinyRNNModule(), random_sequences())  # 8 batches per epoch: steps 0..39
+    # Epochs 2 and 4 (counted from 1) end with the batches Lightning logs at steps 15 and 31; epoch 5 is not due.
+    assert [record["step"] for record in monitor.records] == [15, 31]
+    accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0}).Reload()
+    ours = {e.step: e.value for e in accumulator.Scalars("bifurcation/loss")}
+    lightning = {e.step: e.value for e in accumulator.Scalars("train_loss")}
+    assert sorted(ours) == [15, 31]
+    for step in (15, 31):  # the analysed batch's own loss, at the step Lightning gives it
+        assert ours[step] == pytest.approx(lightning[step], rel=1e-6)
+    assert {e.step for e in accumulator.Scalars("bifurcation/n_cycles/total")} == {15, 31}
+    # Loss jumps are still looked for in every step's loss; the default window is 5 analyses' worth of steps.
+    assert monitor.summary["final_step"] == 39 and monitor.summary["every_n_epochs"] == 2
+    assert monitor.summary["jump_correlation"]["window"] == 5 * 16
+    assert read_jsonl(Path(logger.log_dir) / "events.jsonl")[-1]["step"] == 31
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs, expected",
+    [
+        # 8 batches, 3 accumulated per optimizer step: steps after batches 3, 6 and 8 -> 3 steps per epoch.
+        ({"max_epochs": 2, "accumulate_grad_batches": 3}, [2, 5]),
+        # max_steps ends the third epoch after 4 of its batches: that epoch still ends, and is analysed.
+        ({"max_steps": 20}, [19]),
+    ],
+)
+def test_every_n_epochs_records_the_epochs_last_optimizer_step(tmp_path, trainer_kwargs, expected):
+    monitor = BifurcationMonitor(max_order=1, every_n_epochs=3 if "max_steps" in trainer_kwargs else 1)
+    trainer = pl.Trainer(callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False, **trainer_kwargs))
+    trainer.fit(TinyRNNModule(), random_sequences())
+    assert [record["step"] for record in monitor.records] == expected
+    assert monitor.summary["final_step"] == expected[-1]
+
+
+def test_every_n_epochs_resumes_like_an_uninterrupted_run(tmp_path):
+    def run(folder, max_epochs, ckpt_path=None, checkpoint=False):
+        callbacks = [BifurcationMonitor(max_order=2, every_n_epochs=2, jsonl_path=str(folder / "events.jsonl"))]
+        if checkpoint:
+            callbacks.append(ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_epochs=1))
+        trainer = pl.Trainer(
+            max_epochs=max_epochs, callbacks=callbacks,
+            **quiet_trainer_kwargs(tmp_path, enable_checkpointing=checkpoint, logger=False),
+        )
+        rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
+        trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=flip_at(28)), random_sequences(), ckpt_path=ckpt_path)
+        return callbacks[0]
+
+    whole = run(tmp_path / "whole", 6)
+    run(tmp_path / "resumed", 3, checkpoint=True)  # stops after epoch 3: steps 0..23, analysed at 15
+    resumed = run(tmp_path / "resumed", 6, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    expected = [15, 31, 47]
+    assert [r["step"] for r in whole.records] == [r["step"] for r in resumed.records] == expected
+    assert [r["step"] for r in read_jsonl(tmp_path / "resumed" / "events.jsonl")] == expected
+    # The flip planted in step 28 shows at the next analysis, bracketed by the previous one, in both runs: the
+    # resumed monitor compared against the cycle set restored from the checkpoint.
+    assert [(e.step, e.step_interval, e.kind, e.crossing) for e in whole.events] == [(31, (15, 31), "stability_change", "-1")]
+    assert [(e.step, e.step_interval, e.kind, e.crossing) for e in resumed.events] == [
+        (e.step, e.step_interval, e.kind, e.crossing) for e in whole.events]
+    assert [r["n_cycles"] for r in resumed.records] == [r["n_cycles"] for r in whole.records]
+    assert resumed.summary["n_monitored_steps"] == 3 and resumed.summary["final_step"] == 47
+
+
+@pytest.fixture
+def lightning_info(caplog, monkeypatch):
+    """Lightning's INFO messages (rank_zero_info) in caplog, whatever handler Lightning set up at import."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    return caplog
+
+
+def monitor_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("BifurcationMonitor:")]
+
+
+def test_fit_end_prints_one_summary_line_unless_verbose_is_false(tmp_path, lightning_info):
+    monitor = BifurcationMonitor(max_order=1)
+    fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
+    (line,) = monitor_lines(lightning_info)
+    assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead [\d.]+ %", line)
+    assert line == callback_module.summary_line(monitor.summary)
+    lightning_info.clear()
+    fit(tmp_path, TinyRNNModule(lr=0.0), BifurcationMonitor(max_order=1, verbose=False), max_steps=6, logger=False)
+    assert monitor_lines(lightning_info) == []
+
+
+def cross_the_border_at(step_of_change: int):
+    """W = 0: the map z' = A z + h is linear, so its stable fixed point h / (1 - A) keeps its multipliers while
+    h₀ moving from +0.05 to −0.05 carries it across the switching plane z₀ = 0 (0.1 → −0.1)."""
+
+    def schedule(step: int, rnn) -> None:
+        if step == step_of_change:
+            rnn.h[0] = -0.05
+
+    return schedule
+
+
+@pytest.mark.parametrize("show_all_events", [False, True])
+def test_border_crossings_that_keep_stability_are_folded_but_kept_in_the_files(tmp_path, lightning_info, show_all_events):
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    rnn = plrnn_2d(A=(0.5, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.05, 0.2))
+    module = TinyRNNModule(rnn, lr=0.0, schedule=cross_the_border_at(4))
+    monitor = BifurcationMonitor(max_order=1, show_all_events=show_all_events)
+    fit(tmp_path, module, monitor, max_steps=8, logger=logger)
+    (event,) = monitor.events
+    assert (event.kind, event.step, event.stable_before, event.stable_after) == ("border_collision", 4, True, True)
+    assert [len(r["events"]) for r in read_jsonl(Path(logger.log_dir) / "events.jsonl")] == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert monitor.summary["n_border_crossings"] == 1 and monitor.summary["events_by_kind"]["border_collision"] == 1
+    texts = SummaryReader(str(logger.log_dir)).text
+    by_tag = {tag: value for tag, value in zip(texts["tag"], texts["value"])}
+    (line,) = monitor_lines(lightning_info)
+    if show_all_events:
+        assert "| 4 | border_collision | 1 |" in by_tag["bifurcation/events"]
+        assert "1 (border_collision: 1)" in by_tag["bifurcation/summary"]
+        assert line.startswith("BifurcationMonitor: 1 event (1 border collision), 0 loss jumps")
+    else:
+        assert "bifurcation/events" not in by_tag  # a step of folded crossings only writes no table
+        assert "1 (1 border crossing folded)" in by_tag["bifurcation/summary"]
+        assert line.startswith("BifurcationMonitor: 1 event (1 border crossing folded), 0 loss jumps")
+
+
+def test_state_space_figure_gets_orbits_and_the_modules_reference_states(tmp_path, monkeypatch):
+    from bifurcation_callback import plots
+
+    drawn = []
+    original = plots.plot_cycles
+
+    def spy(cycles, *args, **kwargs):
+        drawn.append(kwargs)
+        return original(cycles, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_cycles", spy)
+    data = torch.randn(4, 6, 2)  # (batch, time, state): flattened to 24 states
+    module = TinyRNNWithReferenceStates(data)
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    fit(tmp_path, module, BifurcationMonitor(max_order=2, log_figures_every_n_steps=3), max_steps=6, logger=logger)
+    assert len(drawn) == 3  # steps 2 and 5, and fit end
+    for kwargs in drawn:
+        assert kwargs["reference"].shape == (24, 2)
+        assert kwargs["orbits"] and all(orbit.shape == (151, 2) for orbit in kwargs["orbits"])
+    accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0}).Reload()
+    assert len(accumulator.Images("bifurcation/state_space")) == 3
+
+    drawn.clear()
+    wrong = TinyRNNWithReferenceStates(torch.randn(10, 3))  # not in the RNN's 2-D state space
+    with pytest.warns(RuntimeWarning, match=r"no orbits / training data .*shape \(\.\.\., 2\)"):
+        fit(tmp_path, wrong, BifurcationMonitor(max_order=2, log_figures_every_n_steps=3), max_steps=3,
+            logger=TensorBoardLogger(str(tmp_path), name="wrong"))
+    assert drawn and all(kwargs["reference"] is None for kwargs in drawn)

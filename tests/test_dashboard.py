@@ -12,9 +12,12 @@ from bifurcation_callback.cycles import find_cycles
 from bifurcation_callback.dashboard import (
     LOGGED_METRICS,
     Dashboard,
+    events_markdown,
+    fold_events,
     fresh_run_dir,
     read_jsonl,
     step_scalars,
+    summary_line,
     summary_markdown,
     summary_scalars,
 )
@@ -111,3 +114,60 @@ def test_overwriting_an_earlier_runs_records_warns_but_a_resume_does_not(tmp_pat
 def test_summary_json_holds_null_for_undefined_fractions(tmp_path):
     path = Dashboard([], tmp_path).write_summary(summary())
     assert json.loads(path.read_text())["jump_correlation"]["jumps_explained"] is None
+
+
+CROSSING = {"step": 7, "kind": "border_collision", "order": 1, "description": "fixed point crossed (stays stable)",
+            "stable_before": True, "stable_after": True, "n_unstable_before": 0, "n_unstable_after": 0}
+BIRTH = {"step": 7, "kind": "appearance", "order": 2, "description": "stable 2-cycle appeared",
+         "stable_before": None, "stable_after": True}
+
+
+def test_events_table_folds_border_crossings_unless_all_are_asked_for():
+    assert fold_events([CROSSING, BIRTH, CROSSING]) == ([BIRTH], 2)
+    table = events_markdown([CROSSING, BIRTH, CROSSING])
+    assert "| 7 | appearance | 2 | stable 2-cycle appeared |" in table and "fixed point crossed" not in table
+    assert table.endswith("and 2 border crossings folded (stability unchanged; show_all_events=True lists them)")
+    everything = events_markdown([CROSSING, BIRTH, CROSSING], show_all=True)
+    assert everything.count("| 7 | border_collision | 1 |") == 2 and "folded" not in everything
+
+
+def folded_summary(**overrides):
+    base = summary(jumps_explained=0.75, p_value=0.0213, events_with_jump=0.5, n_jumps=4)
+    base.update(n_events=12, n_border_crossings=7, events_by_kind={
+        "appearance": 3, "disappearance": 0, "stability_change": 2, "border_collision": 7, "degenerate": 0})
+    base.update(overrides)
+    return base
+
+
+def test_summary_table_folds_border_crossings_and_show_all_lists_them():
+    assert "| bifurcation events | 12 (appearance: 3, stability_change: 2, 7 border crossings folded) |" in (
+        summary_markdown(folded_summary()))
+    assert "| bifurcation events | 12 (appearance: 3, stability_change: 2, border_collision: 7) |" in (
+        summary_markdown(folded_summary(), show_all_events=True))
+    # A qualitative border collision (here 1 of 8) keeps its own count beside the folded ones.
+    mixed = folded_summary(n_events=13, events_by_kind={"appearance": 3, "stability_change": 2, "border_collision": 8})
+    assert "(appearance: 3, stability_change: 2, border_collision: 1, 7 border crossings folded)" in summary_markdown(mixed)
+    # Summaries written before folding existed have no n_border_crossings: nothing is folded.
+    old = folded_summary()
+    del old["n_border_crossings"]
+    assert "border_collision: 7" in summary_markdown(old)
+
+
+@pytest.mark.parametrize(
+    "overrides, show_all, expected",
+    [
+        ({}, False, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), "
+                    "4 loss jumps, 3/4 with an event nearby (p = 0.021), overhead 25.0 %"),
+        ({}, True, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border collision), "
+                   "4 loss jumps, 3/4 with an event nearby (p = 0.021), overhead 25.0 %"),
+        ({"n_events": 0, "n_border_crossings": 0, "events_by_kind": {"appearance": 0}, "loss_jumps": [],
+          "jump_correlation": {"jumps_explained": None, "p_value": None, "events_with_jump": None, "mean_lag": None}},
+         False, "BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead 25.0 %"),
+        ({"loss_jumps": [{"step": 3}], "jump_correlation": {"jumps_explained": 0.0, "p_value": None,
+                                                              "events_with_jump": 0.0, "mean_lag": None}},
+         False, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), "
+                "1 loss jump, 0/1 with an event nearby, overhead 25.0 %"),
+    ],
+)
+def test_summary_line(overrides, show_all, expected):
+    assert summary_line(folded_summary(**overrides), show_all_events=show_all) == expected

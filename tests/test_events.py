@@ -19,6 +19,7 @@ from bifurcation_callback.bifurcations import (
     detect_bifurcations,
     match,
 )
+from bifurcation_callback.bifurcations.events import is_qualitative
 from bifurcation_callback.cycles import Cycle, CycleSet, exhaustive_cycles, find_cycles
 from problems import (
     ESCAPE_A,
@@ -152,3 +153,51 @@ def test_classify_and_detect_reject_bad_input():
         classify(None, None, step=1, step_interval=(0, 1))
     with pytest.raises(ValueError, match="must not exceed"):
         detect_bifurcations(CycleSet(), CycleSet(), step=1, prev_step=2)
+
+
+# ---------------------------------------------------------------------------------------------- is_qualitative
+
+
+def _one_cycle(point: float, code: bool, multiplier: float) -> Cycle:
+    return Cycle(1, np.array([[point]]), np.array([[code]]), np.array([multiplier + 0j]))
+
+
+def test_a_border_crossing_that_keeps_stability_is_not_qualitative():
+    # The tent path's stable fixed point crosses the border and stays stable: the dashboards fold it.
+    (event,) = events_between(tent(0.5, -0.2, 0.002), tent(0.5, -0.2, -0.002), max_order=1)
+    assert event.kind == "border_collision" and not is_qualitative(event)
+    assert not is_qualitative(event.to_dict()) and not is_qualitative(json.loads(json.dumps(event.to_dict())))
+
+
+@pytest.mark.parametrize(
+    "after, qualitative",
+    [
+        (_one_cycle(-0.1, False, 0.5), False),  # stable -> stable across the plane
+        (_one_cycle(-0.1, False, 1.5), True),  # stable -> unstable: the crossing changed stability
+        (_one_cycle(-0.1, False, -0.7), False),  # the multiplier flipped sign but stayed inside the circle
+    ],
+)
+def test_is_qualitative_of_border_collisions_follows_the_stability_change(after, qualitative):
+    event = classify(_one_cycle(0.1, True, 0.5), after, step=3, step_interval=(2, 3))
+    assert event.kind == "border_collision"
+    assert is_qualitative(event) is qualitative
+
+
+def test_unstable_crossings_compare_the_number_of_unstable_multipliers():
+    # Both unstable, but one more multiplier outside the circle after the crossing: qualitative.
+    before = Cycle(1, np.array([[0.1, 0.1]]), np.array([[True, True]]), np.array([1.5 + 0j, 0.5 + 0j]))
+    same = Cycle(1, np.array([[-0.1, 0.1]]), np.array([[False, True]]), np.array([1.4 + 0j, 0.4 + 0j]))
+    more = Cycle(1, np.array([[-0.1, 0.1]]), np.array([[False, True]]), np.array([1.4 + 0j, 1.2 + 0j]))
+    assert not is_qualitative(classify(before, same, step=3, step_interval=(2, 3)))
+    assert is_qualitative(classify(before, more, step=3, step_interval=(2, 3)))
+
+
+def test_every_other_kind_and_the_nonsmooth_fold_are_qualitative():
+    before, after = fold_path()
+    born = events_between(before, after, max_order=2)  # a pair appears at the border: the cycle count changed
+    assert [e.kind for e in born] == ["border_collision"] * 2 and all(is_qualitative(e) for e in born)
+    for kind in BIFURCATION_KINDS:
+        if kind != "border_collision":
+            assert is_qualitative({"kind": kind, "stable_before": True, "stable_after": True})
+    # A record from before n_unstable_* existed is judged by stable_before / stable_after.
+    assert not is_qualitative({"kind": "border_collision", "stable_before": False, "stable_after": False})

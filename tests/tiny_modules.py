@@ -50,6 +50,15 @@ class TinyRNNModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class TinyRNNWithReferenceStates(TinyRNNModule):
+    """Exposes a stretch of its training data in the RNN's state space (the monitor's figure protocol):
+    ``bifurcation_reference_states``, shape (T, M) or (..., M)."""
+
+    def __init__(self, reference_states, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bifurcation_reference_states = reference_states
+
+
 def random_sequences(n: int = 64, length: int = 6, dim: int = 2, seed: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     data = torch.randn(n, length, dim, generator=generator)
