@@ -301,3 +301,25 @@ def test_the_monitor_never_changes_the_training_trajectory(tmp_path):
     assert torch.equal(rng_with[0], rng_without[0])
     assert np.array_equal(rng_with[1], rng_without[1])
     assert rng_with[2] == rng_without[2]
+
+
+def test_the_demo_records_its_numerical_environment(demo_run):
+    _, _, _, logdir = demo_run
+    environment = json.loads((logdir / "bptt_seed0" / "demo.json").read_text())["environment"]
+    assert environment["torch_threads"] == 1 and environment["torch"] and environment["cpu_capability"]
+    assert environment["MKL_CBWR"] == "COMPATIBLE"  # the demo's default (no MKL_CBWR in the test environment)
+
+
+def test_the_demo_asks_for_the_same_mkl_branch_on_every_cpu(monkeypatch):
+    import os
+
+    from bifurcation_callback.demo import _same_mkl_branch_on_every_cpu
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    with _same_mkl_branch_on_every_cpu():
+        assert os.environ["MKL_CBWR"] == "COMPATIBLE"
+    assert "MKL_CBWR" not in os.environ  # restored
+    monkeypatch.setenv("MKL_CBWR", "AVX2")  # the user's choice wins
+    with _same_mkl_branch_on_every_cpu():
+        assert os.environ["MKL_CBWR"] == "AVX2"
+    assert os.environ["MKL_CBWR"] == "AVX2"
