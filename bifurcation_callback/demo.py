@@ -140,9 +140,11 @@ def _load_data(config: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 # MKL picks its code path (SSE/AVX2/AVX-512 "branch") from the CPU, and the branches round differently: on
-# one AVX-512 machine BPTT seed 2 of the full demo ended with D_stsp 4.08 (MKL's AVX-512 branch), 2.53
-# (MKL_CBWR=AVX2, what an AVX2-only machine runs) or another value (COMPATIBLE).  The COMPATIBLE branch is the
-# same on every x86 CPU, so the demo asks for it unless the user chose a branch.  MKL reads the variable at its
+# one AVX-512 machine BPTT seed 2 of the full demo ended with final loss 0.253 (MKL's AVX-512 branch), 0.140
+# (MKL_CBWR=AVX2, what an AVX2-only machine runs) or 0.121 (COMPATIBLE).  Intel documents the COMPATIBLE branch
+# for reproducible results on Intel and compatible x86 CPUs (same MKL version, fixed threads); with it, torch's
+# AVX2 and AVX-512 kernels gave the same full demo table.  So the demo asks for it unless the user chose a
+# branch.  MKL reads the variable at its
 # first use in the process: the CLI sets it in time; run_demo called later in a process that already used MKL
 # keeps that process's branch.
 _MKL_BRANCH = "COMPATIBLE"
