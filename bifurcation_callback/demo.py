@@ -139,6 +139,30 @@ def _load_data(config: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- running
 
 
+# MKL picks its code path (SSE/AVX2/AVX-512 "branch") from the CPU, and the branches round differently: on
+# one AVX-512 machine BPTT seed 2 of the full demo ended with final loss 0.253 (MKL's AVX-512 branch), 0.140
+# (MKL_CBWR=AVX2, what an AVX2-only machine runs) or 0.121 (COMPATIBLE).  Intel documents the COMPATIBLE branch
+# for reproducible results on Intel and compatible x86 CPUs (same MKL version, fixed threads); with it, torch's
+# AVX2 and AVX-512 kernels gave the same full demo table.  So the demo asks for it unless the user chose a
+# branch.  MKL reads the variable at its
+# first use in the process: the CLI sets it in time; run_demo called later in a process that already used MKL
+# keeps that process's branch.
+_MKL_BRANCH = "COMPATIBLE"
+
+
+@contextlib.contextmanager
+def _same_mkl_branch_on_every_cpu() -> Iterator[None]:
+    """``MKL_CBWR=COMPATIBLE`` while the demo runs, unless ``MKL_CBWR`` is set already."""
+    if "MKL_CBWR" in os.environ:
+        yield
+        return
+    os.environ["MKL_CBWR"] = _MKL_BRANCH
+    try:
+        yield
+    finally:
+        os.environ.pop("MKL_CBWR", None)
+
+
 @contextlib.contextmanager
 def _quiet_and_single_threaded() -> Iterator[None]:
     """One torch thread (4–20× faster per step on a busy 2-core box) and no Lightning chatter."""
@@ -159,6 +183,30 @@ def _quiet_and_single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _environment() -> dict[str, Any]:
+    """What the numbers depend on besides the code and the settings (see "Reproducibility" in docs/demo.md).
+
+    The same command gives the same numbers to the digit only where these agree: float rounding differs
+    between versions and between SIMD code paths (torch's ``cpu_capability``, MKL's branch, ``MKL_CBWR``),
+    and a training run that passes through a bifurcation amplifies a last-bit difference into another result.
+    """
+    import platform
+
+    import lightning
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+        "MKL_CBWR": os.environ.get("MKL_CBWR"),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _progress_callback(label: str, total: int):
@@ -253,6 +301,7 @@ def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np
         "n_eval": len(test),
         "wall_seconds": wall,
         "steps": trainer.global_step,
+        "environment": _environment(),
     }
     Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
     (Path(trainer.log_dir) / "demo.json").write_text(json.dumps(info, indent=2))
@@ -263,7 +312,9 @@ def run_demo(config: DemoConfig, logdir: str | Path, *, out: Callable[[str], Any
     """Train every (method, seed) pair in turn, then print the comparison table and the tensorboard command.
 
     Runs are sequential in one process with one torch thread: on the 2-core development box two
-    processes in parallel were no faster than one after the other (see docs/demo.md).
+    processes in parallel were no faster than one after the other (see docs/demo.md).  Two runs of the
+    same command on one machine give the same numbers except the timings; MKL runs its ``COMPATIBLE``
+    branch unless ``MKL_CBWR`` is set (see "Reproducibility" in docs/demo.md).
 
     Returns
     -------
@@ -280,7 +331,7 @@ def run_demo(config: DemoConfig, logdir: str | Path, *, out: Callable[[str], Any
         f"monitor: cycles up to order {config.max_order} every {config.every_n_steps} steps"
     )
     started = time.perf_counter()
-    with _quiet_and_single_threaded():
+    with _same_mkl_branch_on_every_cpu(), _quiet_and_single_threaded():
         for seed in range(config.seeds):
             for method in DEMO_METHODS:
                 _train_one(config, method, seed, root, train, test)

@@ -215,3 +215,113 @@ def test_kind_headers_come_from_the_bifurcation_vocabulary():
 def test_demo_options_use_the_shared_validators(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+
+# Fields that are timings (they differ between any two runs); everything else must be identical.
+SUMMARY_TIMINGS = {"monitor_seconds", "fit_seconds", "monitor_overhead"}
+RECORD_TIMINGS = {"finder_ms", "compare_ms", "publish_ms", "figures_ms"}
+DEMO_TIMINGS = {"wall_seconds"}
+
+
+def without(data: dict, keys: set[str]) -> dict:
+    assert keys <= set(data), sorted(keys - set(data))  # a renamed timing field must be renamed here too
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+def test_two_demo_runs_give_the_same_numbers(demo_run, tmp_path_factory):
+    # docs/demo.md promises that a re-run of the same command on the same machine prints the same table
+    # except the overhead column (a timing); here a second run in the same process, another logdir.
+    import contextlib
+    import io
+
+    _, first_out, _, first_dir = demo_run
+    second_dir = tmp_path_factory.mktemp("demo_again")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["demo", *TINY, "--logdir", str(second_dir)]) == 0
+    first_rows, second_rows = table_rows(first_out), table_rows(out.getvalue())
+    assert [row[:-1] for row in second_rows] == [row[:-1] for row in first_rows]
+    assert [row[-1].endswith("%") for row in second_rows] == [True] * len(first_rows)  # the overhead column
+    for training in DEMO_METHODS.values():
+        a, b = first_dir / f"{training}_seed0", second_dir / f"{training}_seed0"
+        summaries = [json.loads((run / "summary.json").read_text()) for run in (a, b)]
+        for summary in summaries:  # the finder's own clock, in the last cycle set
+            summary["final_cycles"]["stats"] = without(summary["final_cycles"]["stats"], {"elapsed_s"})
+        assert without(summaries[1], SUMMARY_TIMINGS) == without(summaries[0], SUMMARY_TIMINGS)
+        demos = [json.loads((run / "demo.json").read_text()) for run in (a, b)]
+        assert without(demos[1], DEMO_TIMINGS) == without(demos[0], DEMO_TIMINGS)
+        records = [[json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()] for run in (a, b)]
+        assert len(records[0]) == summaries[0]["n_monitored_steps"] > 0
+        assert [without(r, RECORD_TIMINGS) for r in records[1]] == [without(r, RECORD_TIMINGS) for r in records[0]]
+
+
+def _train_tiny(tmp_path, *, monitor: bool, steps: int = 40) -> tuple[dict, tuple]:
+    """A short demo-like BPTT run (seed 0) with or without the monitor: final weights, global RNG states after."""
+    import random
+
+    import lightning.pytorch as pl
+    import numpy as np
+    import torch
+
+    from bifurcation_callback.callback import BifurcationMonitor
+    from bifurcation_callback.data import TimeSeriesDataModule, plrnn_teacher
+    from bifurcation_callback.models import PLRNN
+    from bifurcation_callback.training import DSRModule
+    from tiny_modules import quiet_trainer_kwargs
+
+    x, _ = plrnn_teacher(300, system="4-cycle", seed=0)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    module = DSRModule(PLRNN(3), training="bptt", obs_dim=2, lr=5e-3, seq_len=20)
+    data = TimeSeriesDataModule(x.astype(np.float32), seq_len=20, batch_size=4, n_batches_per_epoch=15, seed=0)
+    callbacks = [BifurcationMonitor(max_order=2, every_n_steps=1, model_attr="rnn", seed=0)] if monitor else []
+    trainer = pl.Trainer(max_steps=steps, callbacks=callbacks, **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(module, data)
+    if monitor:
+        assert len(callbacks[0].records) == steps and callbacks[0].n_skipped == 0  # it analysed every step
+    weights = {name: p.detach().clone() for name, p in module.state_dict().items()}
+    return weights, (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+
+
+def test_the_monitor_never_changes_the_training_trajectory(tmp_path):
+    # The monitor only reads the model: its random search has its own generators, so the same seed gives
+    # bit-identical weights with and without it, and the global RNGs (torch, numpy, random) end in the same
+    # state.  Three epochs, so later epochs' batches would show a global draw of the monitor.
+    import numpy as np
+    import torch
+
+    with_monitor, rng_with = _train_tiny(tmp_path / "with", monitor=True)
+    without_monitor, rng_without = _train_tiny(tmp_path / "without", monitor=False)
+    assert with_monitor.keys() == without_monitor.keys()
+    for name in with_monitor:
+        assert torch.equal(with_monitor[name], without_monitor[name]), name
+    assert torch.equal(rng_with[0], rng_without[0])
+    assert np.array_equal(rng_with[1], rng_without[1])
+    assert rng_with[2] == rng_without[2]
+
+
+def test_the_demo_records_its_numerical_environment(demo_run):
+    _, _, _, logdir = demo_run
+    environment = json.loads((logdir / "bptt_seed0" / "demo.json").read_text())["environment"]
+    assert environment["torch_threads"] == 1 and environment["torch"] and environment["cpu_capability"]
+    import os
+
+    assert environment["MKL_CBWR"] == os.environ.get("MKL_CBWR", "COMPATIBLE")  # the demo's default, or the user's
+
+
+def test_the_demo_asks_for_the_same_mkl_branch_on_every_cpu(monkeypatch):
+    import os
+
+    from bifurcation_callback.demo import _same_mkl_branch_on_every_cpu
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    with _same_mkl_branch_on_every_cpu():
+        assert os.environ["MKL_CBWR"] == "COMPATIBLE"
+    assert "MKL_CBWR" not in os.environ  # restored
+    monkeypatch.setenv("MKL_CBWR", "AVX2")  # the user's choice wins
+    with _same_mkl_branch_on_every_cpu():
+        assert os.environ["MKL_CBWR"] == "AVX2"
+    assert os.environ["MKL_CBWR"] == "AVX2"
