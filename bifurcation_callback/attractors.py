@@ -434,25 +434,23 @@ def _orbit_radius(model, codes: np.ndarray, device: torch.device) -> float:
     return float(np.abs(np.linalg.eigvals(product.cpu().double().numpy())).max())
 
 
-def _largest_exponent(model, codes: Tensor, chunk: int = 64) -> np.ndarray:
-    """Largest Lyapunov exponent along orbits whose region codes ``(B, T, S)`` are known: the first column of
-    ``lyapunov_exponents``' QR method (a unit vector pushed through the exact Jacobians, renormalised every
-    step), on the window already simulated instead of a second simulation.  ``-inf`` when a Jacobian
-    annihilates the vector (superstable)."""
-    batch, steps, _ = codes.shape
-    dim = model.state_dim
-    generic = torch.linspace(1.0, 2.0, dim, dtype=torch.float64)  # not orthogonal to a typical direction
-    vector = (generic / generic.norm()).to(device=codes.device).expand(batch, dim)
-    log_stretch = torch.zeros(batch, dtype=torch.float64, device=codes.device)
-    for begin in range(0, steps, chunk):
-        jacobians, _ = model.affine_pieces(codes[:, begin : begin + chunk])
-        jacobians = jacobians.double()
+def _stretch(model, codes: Tensor, vector: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """Push unit vectors ``(B, M)`` through the exact Jacobians of the region codes ``(B, T, S)`` of their
+    orbits, renormalising every step; returns the summed log-stretches ``(B,)`` and the final vectors.
+
+    This is the first column of ``lyapunov_exponents``' QR method (which gives the largest exponent), run on
+    the codes of a window already simulated instead of a second simulation.  A Jacobian that annihilates the
+    vector (superstable) gives ``-inf``.
+    """
+    log_stretch = torch.zeros(codes.shape[0], dtype=torch.float64, device=codes.device)
+    for begin in range(0, codes.shape[1], chunk):
+        jacobians = model.affine_pieces(codes[:, begin : begin + chunk])[0].double()
         for j in range(jacobians.shape[1]):
             vector = (jacobians[:, j] @ vector.unsqueeze(-1)).squeeze(-1)
             norm = vector.norm(dim=-1)
             log_stretch += torch.log(norm)
             vector = vector / norm.clamp_min(1e-300).unsqueeze(-1)
-    return (log_stretch / steps).cpu().numpy()
+    return log_stretch, vector
 
 
 def _group_by_overlap(code_sets: dict[int, set[bytes]]) -> list[list[int]]:
@@ -486,8 +484,9 @@ def find_attractors(
     n_transient: int = 1000,
     n_window: int | None = None,
     n_orbit: int = 200,
-    lyapunov_tolerance: float = 1e-2,
+    lyapunov_tolerance: float = 5e-3,
     divergence_bound: float = 1e10,
+    n_rounds: int = 2,
     dtype: torch.dtype | str = torch.float64,
 ) -> AttractorReport:
     """The attractors reached from a batch of starting states: exact cycles of any period up to ``max_period``,
@@ -524,6 +523,10 @@ column of ``lyapunov_exponents``' QR method).
         ``|λ| <=`` this is quasi-periodic, above it chaotic, below ``-tolerance`` unresolved.
     divergence_bound : float
         An orbit whose norm exceeds this in the window (or is non-finite) is divergent.
+    n_rounds : int
+        Windows simulated at most: an orbit without a period is continued for another window (up to
+        ``n_rounds`` in all), since a long transient near a saddle looks aperiodic; its exponent averages
+        over all ``n_rounds * n_window`` steps.
     dtype : torch.dtype or str
         Precision (float64 by default; float32 uses the looser tolerances of ``_scyfi.TOLERANCES`` and
         ``CONVERGENCE_TOLERANCE``).
@@ -560,32 +563,51 @@ column of ``lyapunov_exponents``' QR method).
     n_orbit = require_int("n_orbit", n_orbit, 1)
     lyapunov_tolerance = require_real("lyapunov_tolerance", lyapunov_tolerance, minimum=0.0)
     divergence_bound = require_real("divergence_bound", divergence_bound, minimum=0.0, exclusive_minimum=True)
+    n_rounds = require_int("n_rounds", n_rounds, 1)
     analysed, device = _prepare_model(model, dtype, None, copy=False)
-    start, _ = _as_states(analysed, states, dtype)
-    batch = start.shape[0]
+    z, _ = _as_states(analysed, states, dtype)
+    batch, dim = z.shape
+    orbits = np.full((batch, n_window, dim), np.nan)  # the last window simulated for each state
+    codes = np.zeros((batch, n_window, analysed.n_switches), dtype=bool)
+    divergent = np.zeros(batch, dtype=bool)
+    cycles: dict[int, Cycle] = {}
+    neutral: dict[int, tuple[int, float]] = {}
+    generic = torch.linspace(1.0, 2.0, dim, dtype=torch.float64, device=device)  # not orthogonal to typical directions
+    vectors = (generic / generic.norm()).expand(batch, dim).clone()
+    log_stretch = torch.zeros(batch, dtype=torch.float64, device=device)
+    open_rows = np.arange(batch)
     with torch.no_grad(), _one_cpu_thread(device):
-        z = start
         for _ in range(n_transient):
             z = analysed.step(z)
-        trajectory, visited = _scyfi.simulate(_scyfi.model_functions(analysed)[1], z, n_window)
-        orbits = trajectory[:, :n_window].cpu().double().numpy()  # point t has code visited[:, t]
-        codes = visited.cpu().numpy()
-        with np.errstate(invalid="ignore", over="ignore"):
-            divergent = ~np.isfinite(orbits).all(axis=(1, 2)) | (np.abs(orbits).max(axis=(1, 2)) > divergence_bound)
-        periods = _code_periods(codes, ~divergent, max_period)
-        cycles = _solve_periodic(analysed, orbits, codes, periods, dtype, max_period)
-        # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
-        neutral: dict[int, tuple[int, float]] = {}
-        for b in np.flatnonzero(periods):
-            if int(b) not in cycles:
-                order = _point_period(orbits[b], int(periods[b]), CONVERGENCE_TOLERANCE[dtype])
-                if order:
-                    neutral[int(b)] = (order, _orbit_radius(analysed, codes[b, n_window - order :], device))
-        aperiodic = [b for b in range(batch) if not divergent[b] and b not in cycles and b not in neutral]
-        exponents = {}
-        if aperiodic:
-            largest = _largest_exponent(analysed, visited[aperiodic])
-            exponents = dict(zip(aperiodic, largest.tolist()))
+        for _ in range(n_rounds):
+            trajectory, visited = _scyfi.simulate(_scyfi.model_functions(analysed)[1], z, n_window)
+            window = trajectory[:, :n_window].cpu().double().numpy()  # point t has code visited[:, t]
+            orbits[open_rows], codes[open_rows] = window, visited.cpu().numpy()
+            with np.errstate(invalid="ignore", over="ignore"):
+                lost = ~np.isfinite(window).all(axis=(1, 2)) | (np.abs(window).max(axis=(1, 2)) > divergence_bound)
+            divergent[open_rows[lost]] = True
+            periods = np.zeros(batch, dtype=np.int64)
+            periods[open_rows] = _code_periods(codes[open_rows], ~lost, max_period)
+            cycles.update(_solve_periodic(analysed, orbits, codes, periods, dtype, max_period))
+            # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
+            for b in np.flatnonzero(periods):
+                if int(b) not in cycles:
+                    order = _point_period(orbits[b], int(periods[b]), CONVERGENCE_TOLERANCE[dtype])
+                    if order:
+                        neutral[int(b)] = (order, _orbit_radius(analysed, codes[b, n_window - order :], device))
+            still = np.array([not lost[i] and b not in cycles and b not in neutral for i, b in enumerate(open_rows)])
+            if not still.any():
+                open_rows = open_rows[still]
+                break
+            # Orbits without a period (yet): accumulate their largest exponent, and continue them another window
+            # in case they were still in a transient (long transients near a saddle look aperiodic).
+            keep = torch.as_tensor(still, device=device)
+            kept_rows = open_rows[still]
+            index = torch.as_tensor(kept_rows, device=device)
+            stretch, vectors[index] = _stretch(analysed, visited[keep], vectors[index])
+            log_stretch[index] += stretch
+            open_rows, z = kept_rows, trajectory[keep, n_window]
+    exponents = (log_stretch.cpu().numpy() / (n_window * n_rounds)) if len(open_rows) else np.empty(0)
 
     # Group the states into distinct attractors; each group is described by its first state.
     groups: dict[tuple, list[int]] = {}
@@ -593,8 +615,9 @@ column of ``lyapunov_exponents``' QR method).
         groups.setdefault(("cycle", cycle.key), []).append(b)
     for b, (order, _) in neutral.items():
         groups.setdefault(("neutral", order, _canonical_key(codes[b, n_window - order :])), []).append(b)
-    kinds = {}
-    for b, exponent in exponents.items():
+    kinds: dict[int, str] = {}
+    for b in open_rows.tolist():
+        exponent = float(exponents[b])
         if math.isnan(exponent):
             divergent[b] = True  # diverged after the window
         elif exponent > lyapunov_tolerance:
@@ -624,7 +647,7 @@ column of ``lyapunov_exponents``' QR method).
         elif divergent[first]:
             kind = "divergent"
         else:
-            kind, exponent = kinds[first], exponents[first]
+            kind, exponent = kinds[first], float(exponents[first])
         attractors.append(Attractor(kind, period, cycle, radius, exponent, kept, len(members) / batch, tuple(members)))
     attractors.sort(key=lambda a: (-len(a.states), a.states[0]))
     labels = [0] * batch
