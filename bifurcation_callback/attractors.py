@@ -353,9 +353,11 @@ def _code_periods(codes: np.ndarray, candidates: np.ndarray, max_period: int) ->
     64-bit words first, so each period costs one vectorised comparison over all open rows.
     """
     batch, window, _ = codes.shape
-    packed = np.packbits(codes, axis=-1)
-    packed = np.pad(packed, ((0, 0), (0, 0), (0, (-packed.shape[-1]) % 8 or (8 if packed.shape[-1] == 0 else 0))))
-    words = np.ascontiguousarray(packed).view(np.uint64)  # (B, W, n_words)
+    packed = np.packbits(codes, axis=-1)  # (B, W, ceil(S / 8)) bytes
+    n_bytes = max(8, -(-packed.shape[-1] // 8) * 8)  # whole 64-bit words, at least one (a model with S = 0)
+    padded = np.zeros(packed.shape[:-1] + (n_bytes,), dtype=np.uint8)
+    padded[..., : packed.shape[-1]] = packed
+    words = padded.view(np.uint64)  # (B, W, n_words)
     periods = np.zeros(batch, dtype=np.int64)
     open_rows = np.flatnonzero(candidates)
     for period in range(1, min(max_period, window - 1) + 1):
@@ -434,23 +436,24 @@ def _orbit_radius(model, codes: np.ndarray, device: torch.device) -> float:
     return float(np.abs(np.linalg.eigvals(product.cpu().double().numpy())).max())
 
 
-def _stretch(model, codes: Tensor, vector: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
+def _stretch(model, codes: Tensor, vectors: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Push unit vectors ``(B, M)`` through the exact Jacobians of the region codes ``(B, T, S)`` of their
     orbits, renormalising every step; returns the summed log-stretches ``(B,)`` and the final vectors.
 
     This is the first column of ``lyapunov_exponents``' QR method (which gives the largest exponent), run on
-    the codes of a window already simulated instead of a second simulation.  A Jacobian that annihilates the
-    vector (superstable) gives ``-inf``.
+    the codes of a window already simulated instead of a second simulation, in numpy (small matrices: torch's
+    per-call overhead would dominate).  A Jacobian that annihilates the vector (superstable) gives ``-inf``.
     """
-    log_stretch = torch.zeros(codes.shape[0], dtype=torch.float64, device=codes.device)
-    for begin in range(0, codes.shape[1], chunk):
-        jacobians = model.affine_pieces(codes[:, begin : begin + chunk])[0].double()
-        for j in range(jacobians.shape[1]):
-            vector = (jacobians[:, j] @ vector.unsqueeze(-1)).squeeze(-1)
-            norm = vector.norm(dim=-1)
-            log_stretch += torch.log(norm)
-            vector = vector / norm.clamp_min(1e-300).unsqueeze(-1)
-    return log_stretch, vector
+    log_stretch = np.zeros(codes.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for begin in range(0, codes.shape[1], chunk):
+            jacobians = model.affine_pieces(codes[:, begin : begin + chunk])[0].cpu().double().numpy()
+            for j in range(jacobians.shape[1]):
+                vectors = np.einsum("bij,bj->bi", jacobians[:, j], vectors)
+                norms = np.sqrt(np.einsum("bi,bi->b", vectors, vectors))
+                log_stretch += np.log(norms)
+                vectors /= np.maximum(norms, 1e-300)[:, None]
+    return log_stretch, vectors
 
 
 def _group_by_overlap(code_sets: dict[int, set[bytes]]) -> list[list[int]]:
@@ -525,8 +528,8 @@ column of ``lyapunov_exponents``' QR method).
         An orbit whose norm exceeds this in the window (or is non-finite) is divergent.
     n_rounds : int
         Windows simulated at most: an orbit without a period is continued for another window (up to
-        ``n_rounds`` in all), since a long transient near a saddle looks aperiodic; its exponent averages
-        over all ``n_rounds * n_window`` steps.
+        ``n_rounds`` in all), since a long transient near a saddle looks aperiodic; its exponent is the
+        average over the last window (the earlier ones count as transient; the tangent vector carries over).
     dtype : torch.dtype or str
         Precision (float64 by default; float32 uses the looser tolerances of ``_scyfi.TOLERANCES`` and
         ``CONVERGENCE_TOLERANCE``).
@@ -572,9 +575,9 @@ column of ``lyapunov_exponents``' QR method).
     divergent = np.zeros(batch, dtype=bool)
     cycles: dict[int, Cycle] = {}
     neutral: dict[int, tuple[int, float]] = {}
-    generic = torch.linspace(1.0, 2.0, dim, dtype=torch.float64, device=device)  # not orthogonal to typical directions
-    vectors = (generic / generic.norm()).expand(batch, dim).clone()
-    log_stretch = torch.zeros(batch, dtype=torch.float64, device=device)
+    generic = np.linspace(1.0, 2.0, dim)  # a fixed start vector, not orthogonal to typical directions
+    vectors = np.tile(generic / np.linalg.norm(generic), (batch, 1))
+    log_stretch = np.zeros(batch)
     open_rows = np.arange(batch)
     with torch.no_grad(), _one_cpu_thread(device):
         for _ in range(n_transient):
@@ -599,15 +602,14 @@ column of ``lyapunov_exponents``' QR method).
             if not still.any():
                 open_rows = open_rows[still]
                 break
-            # Orbits without a period (yet): accumulate their largest exponent, and continue them another window
-            # in case they were still in a transient (long transients near a saddle look aperiodic).
+            # Orbits without a period (yet): their largest exponent over this window, and another window in case
+            # they were still in a transient (long transients near a saddle look aperiodic).
             keep = torch.as_tensor(still, device=device)
             kept_rows = open_rows[still]
-            index = torch.as_tensor(kept_rows, device=device)
-            stretch, vectors[index] = _stretch(analysed, visited[keep], vectors[index])
-            log_stretch[index] += stretch
+            stretch, vectors[kept_rows] = _stretch(analysed, visited[keep], vectors[kept_rows])
+            log_stretch[kept_rows] = stretch  # the last window counts; earlier ones were transient
             open_rows, z = kept_rows, trajectory[keep, n_window]
-    exponents = (log_stretch.cpu().numpy() / (n_window * n_rounds)) if len(open_rows) else np.empty(0)
+    exponents = log_stretch / n_window
 
     # Group the states into distinct attractors; each group is described by its first state.
     groups: dict[tuple, list[int]] = {}
