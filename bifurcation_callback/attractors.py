@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 
-def _as_states(model: object, z0: object, dtype: torch.dtype) -> tuple[Tensor, bool]:
-    """``z0`` as a (B, M) tensor in ``dtype`` on the model's device, and whether it was a single state."""
+def _as_states(model: object, z0: object, dtype: torch.dtype, name: str = "z0") -> tuple[Tensor, bool]:
+    """``z0`` as a (B, M) tensor in ``dtype`` on the model's device, and whether it was a single state;
+    errors call the argument ``name``."""
     first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
     device = first.device if first is not None else torch.device("cpu")
     states = torch.as_tensor(z0, dtype=dtype, device=device)
@@ -49,10 +50,10 @@ def _as_states(model: object, z0: object, dtype: torch.dtype) -> tuple[Tensor, b
     states = states.reshape(1, -1) if single else states
     if states.ndim != 2 or states.shape[-1] != model.state_dim:
         raise ValueError(
-            f"z0 must have shape ({model.state_dim},) or (B, {model.state_dim}) for this model, got {tuple(states.shape)}"
+            f"{name} must have shape ({model.state_dim},) or (B, {model.state_dim}) for this model, got {tuple(states.shape)}"
         )
     if not torch.isfinite(states).all():
-        raise ValueError("z0 contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     return states, single
 
 
@@ -502,8 +503,7 @@ def find_attractors(
     solution.  A period-p code sequence that gives no verified cycle is retried at ``2p, 3p, ...``; a neutral
     orbit whose points repeat without a solvable cycle is still reported as periodic (``cycle=None``).  Orbits
     without a period get their largest Lyapunov exponent from the exact Jacobians along the window (the first
-column of ``lyapunov_exponents``' QR method).
-    See ``ATTRACTOR_KINDS`` for the classification.
+    column of ``lyapunov_exponents``' QR method).  See ``ATTRACTOR_KINDS`` for the classification.
 
     Distinct attractors: periodic ones by cycle key (rotation invariant), aperiodic ones of one kind when their
     sets of visited regions overlap by at least half of the smaller set, all divergent orbits as one.
@@ -568,8 +568,10 @@ column of ``lyapunov_exponents``' QR method).
     divergence_bound = require_real("divergence_bound", divergence_bound, minimum=0.0, exclusive_minimum=True)
     n_rounds = require_int("n_rounds", n_rounds, 1)
     analysed, device = _prepare_model(model, dtype, None, copy=False)
-    z, _ = _as_states(analysed, states, dtype)
+    z, _ = _as_states(analysed, states, dtype, "states")
     batch, dim = z.shape
+    if batch == 0:
+        raise ValueError("states must hold at least one state, got an empty batch")
     orbits = np.full((batch, n_window, dim), np.nan)  # the last window simulated for each state
     codes = np.zeros((batch, n_window, analysed.n_switches), dtype=bool)
     divergent = np.zeros(batch, dtype=bool)

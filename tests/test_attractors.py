@@ -19,7 +19,17 @@ from bifurcation_callback.attractors import (
 from bifurcation_callback.cycles import cycles_from_sequences, find_cycles
 from bifurcation_callback.data import PLRNN_TEACHERS, plrnn_teacher_cycle
 from bifurcation_callback.models import PLRNN, ShallowPLRNN
-from problems import BISTABLE_2D, LONG_CYCLE_A1, Rotation, check_cycle, paper_model, same_cycle_points
+from problems import (
+    BISTABLE_2D,
+    DTYPES,
+    LONG_CYCLE_A1,
+    MODEL_KINDS,
+    Rotation,
+    check_cycle,
+    paper_model,
+    random_model,
+    same_cycle_points,
+)
 
 
 def tent_like(slope_left: float, slope_right: float, corner: float) -> ShallowPLRNN:
@@ -285,8 +295,9 @@ def test_cycles_from_sequences_matches_find_cycles() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"states": [[0.0]]}, r"z0 must have shape \(2,\) or \(B, 2\)"),
-        ({"states": [[float("nan"), 0.0]]}, "NaN"),
+        ({"states": [[0.0]]}, r"states must have shape \(2,\) or \(B, 2\)"),
+        ({"states": [[float("nan"), 0.0]]}, "states contains NaN"),
+        ({"states": torch.zeros(0, 2)}, "states must hold at least one state"),
         ({"max_period": 0}, "max_period must be an int >= 1"),
         ({"n_transient": -1}, "n_transient must be an int >= 0"),
         ({"max_period": 8, "n_window": 15}, "n_window must be an int >= 16"),
@@ -311,3 +322,29 @@ def test_find_attractors_rejects_non_models_and_nan_weights() -> None:
         model.h[0] = float("nan")
     with pytest.raises(ValueError, match="contains NaN or Inf"):
         find_attractors(model, [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_invariants_on_random_models(kind: str, dtype: torch.dtype) -> None:
+    # Every model family, both precisions: fractions add up, labels point at the attractor holding the state,
+    # kinds come from the registry, and every reported cycle is a genuine cycle of the model.
+    for seed in range(3):
+        model = random_model(kind, seed, dim=2, hidden=4, scale=1.0)
+        report = find_attractors(model, starts(6, 2, seed=seed).to(dtype), max_period=32, n_transient=200, dtype=dtype)
+        assert sum(a.fraction for a in report) == pytest.approx(1.0)
+        assert all(b in report.attractors[label].states for b, label in enumerate(report.labels))
+        for attractor in report:
+            assert attractor.kind in ATTRACTOR_KINDS
+            assert attractor.orbit.shape == (96, 2)  # n_orbit (200) capped by the window, 3 * max_period
+            if attractor.cycle is not None:
+                assert attractor.period == attractor.cycle.order
+                if dtype == torch.float64:
+                    check_cycle(model, attractor.cycle)
+        if dtype == torch.float32:  # the same attractors as in float64, the cycles to float32 accuracy
+            exact = find_attractors(model, starts(6, 2, seed=seed), max_period=32, n_transient=200)
+            assert [(a.kind, a.period, a.states) for a in report] == [(a.kind, a.period, a.states) for a in exact]
+            for single, double in zip(report, exact):
+                if double.cycle is not None:
+                    assert single.cycle.key == double.cycle.key
+                    assert same_cycle_points(single.cycle.points, double.cycle.points, rtol=1e-4)
