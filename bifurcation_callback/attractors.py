@@ -198,12 +198,18 @@ def lyapunov_exponents(
 #   quasi_periodic      : no period, |largest Lyapunov exponent| <= tolerance;
 #   unresolved          : no period <= max_period, yet contracting (exponent < -tolerance): a cycle longer than
 #                         max_period, or an orbit still in its transient;
-#   divergent           : the orbit left every bound (non-finite, or a norm above ``divergence_bound``).
+#   divergent           : the orbit left every bound (non-finite, a norm above ``divergence_bound``) or keeps
+#                         growing over the window (``DIVERGENCE_GROWTH``).
 ATTRACTOR_KINDS = ("fixed_point", "cycle", "chaotic", "quasi_periodic", "unresolved", "divergent")
 
 # Distance of the orbit's last stretch from its solved cycle, relative to ``1 + |cycle|``, under which the orbit
 # counts as on the cycle; also the tolerance of the point-periodicity test for neutral orbits.
 CONVERGENCE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+# An orbit whose largest norm over the window's last third exceeds this factor times (1 + that over its first
+# third) is divergent even while still finite and below ``divergence_bound``: an exponentially growing orbit
+# would otherwise pass for chaotic (its exponent is its growth rate).
+DIVERGENCE_GROWTH = 2.0
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -345,6 +351,20 @@ class AttractorReport:
             max_period=int(data["max_period"]),
             elapsed_s=float(data.get("elapsed_s", 0.0)),
         )
+
+
+def _leaving(window: np.ndarray, bound: float) -> np.ndarray:
+    """Which orbits ``(B, W, M)`` left every bound: non-finite, or a norm beyond ``bound``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return ~np.isfinite(window).all(axis=(1, 2)) | (np.linalg.norm(window, axis=-1).max(axis=1) > bound)
+
+
+def _growing(window: np.ndarray) -> np.ndarray:
+    """Which orbits ``(B, W, M)`` keep growing: the largest norm over the window's last third is more than
+    ``DIVERGENCE_GROWTH`` times (1 + that over its first third)."""
+    norms = np.linalg.norm(window, axis=-1)
+    third = max(1, window.shape[1] // 3)
+    return norms[:, -third:].max(axis=1) > DIVERGENCE_GROWTH * (1.0 + norms[:, :third].max(axis=1))
 
 
 def _code_periods(codes: np.ndarray, candidates: np.ndarray, max_period: int) -> np.ndarray:
@@ -525,7 +545,8 @@ def find_attractors(
     lyapunov_tolerance : float
         ``|λ| <=`` this is quasi-periodic, above it chaotic, below ``-tolerance`` unresolved.
     divergence_bound : float
-        An orbit whose norm exceeds this in the window (or is non-finite) is divergent.
+        An orbit whose norm exceeds this in the window (or is non-finite) is divergent; so is one that keeps
+        growing (``DIVERGENCE_GROWTH``).
     n_rounds : int
         Windows simulated at most: an orbit without a period is continued for another window (up to
         ``n_rounds`` in all), since a long transient near a saddle looks aperiodic; its exponent is the
@@ -588,8 +609,7 @@ def find_attractors(
             trajectory, visited = _scyfi.simulate(_scyfi.model_functions(analysed)[1], z, n_window)
             window = trajectory[:, :n_window].cpu().double().numpy()  # point t has code visited[:, t]
             orbits[open_rows], codes[open_rows] = window, visited.cpu().numpy()
-            with np.errstate(invalid="ignore", over="ignore"):
-                lost = ~np.isfinite(window).all(axis=(1, 2)) | (np.abs(window).max(axis=(1, 2)) > divergence_bound)
+            lost = _leaving(window, divergence_bound)
             divergent[open_rows[lost]] = True
             periods = np.zeros(batch, dtype=np.int64)
             periods[open_rows] = _code_periods(codes[open_rows], ~lost, max_period)
@@ -612,6 +632,10 @@ def find_attractors(
             log_stretch[kept_rows] = stretch  # the last window counts; earlier ones were transient
             open_rows, z = kept_rows, trajectory[keep, n_window]
     exponents = log_stretch / n_window
+    # Still without a period after the last window: an orbit that keeps growing is divergent, not chaotic.
+    growing = open_rows[_growing(orbits[open_rows])]
+    divergent[growing] = True
+    open_rows = np.setdiff1d(open_rows, growing)
 
     # Group the states into distinct attractors; each group is described by its first state.
     groups: dict[tuple, list[int]] = {}
@@ -623,7 +647,7 @@ def find_attractors(
     for b in open_rows.tolist():
         exponent = float(exponents[b])
         if math.isnan(exponent):
-            divergent[b] = True  # diverged after the window
+            divergent[b] = True
         elif exponent > lyapunov_tolerance:
             kinds[b] = "chaotic"
         else:

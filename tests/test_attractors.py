@@ -230,6 +230,13 @@ def test_divergent_orbits_are_one_divergent_attractor() -> None:
     assert math.isnan(attractor.largest_lyapunov)
 
 
+def test_slowly_growing_orbit_is_divergent_not_chaotic() -> None:
+    # z' = 1.02 z from 1: finite and far below the bound after 300 steps, but its exponent log 1.02 is its
+    # growth rate, not chaos.
+    report = find_attractors(tent_like(1.02, 1.02, 0.0), [[1.0]], max_period=32, n_transient=200)
+    assert [a.kind for a in report] == ["divergent"]
+
+
 @pytest.mark.parametrize("period", sorted(LONG_CYCLE_A1))
 def test_long_stable_cycle_of_the_paper_family(period: int) -> None:
     model = paper_model(LONG_CYCLE_A1[period])
