@@ -335,6 +335,24 @@ class AttractorReport:
         """Number of distinct attractors per kind (every kind of ``ATTRACTOR_KINDS`` listed)."""
         return {kind: sum(a.kind == kind for a in self.attractors) for kind in ATTRACTOR_KINDS}
 
+    def summary(self) -> str:
+        """A plain-text table: one row per attractor (kind, period, |λ|max, largest exponent, fraction).
+
+        Examples
+        --------
+        >>> print(AttractorReport(max_period=8).summary())
+        kind            period  |λ|max     λ_1         fraction
+        (no starting states)
+        """
+        rows = [f"{'kind':<15} {'period':<7} {'|λ|max':<10} {'λ_1':<11} fraction"]
+        for a in self.attractors:
+            period = "-" if a.period is None else str(a.period)
+            radius = "-" if a.spectral_radius is None else f"{a.spectral_radius:.4g}"
+            rows.append(f"{a.kind:<15} {period:<7} {radius:<10} {a.largest_lyapunov:<11.4g} {a.fraction:.3g}")
+        if not self.attractors:
+            rows.append("(no starting states)")
+        return "\n".join(rows)
+
     def to_dict(self) -> dict:
         return {
             "attractors": [attractor.to_dict() for attractor in self.attractors],

@@ -21,6 +21,7 @@ from bifurcation_callback.data import PLRNN_TEACHERS, plrnn_teacher_cycle
 from bifurcation_callback.models import PLRNN, ShallowPLRNN
 from problems import (
     BISTABLE_2D,
+    DEVICES,
     DTYPES,
     LONG_CYCLE_A1,
     MODEL_KINDS,
@@ -355,3 +356,20 @@ def test_invariants_on_random_models(kind: str, dtype: torch.dtype) -> None:
                 if double.cycle is not None:
                     assert single.cycle.key == double.cycle.key
                     assert same_cycle_points(single.cycle.points, double.cycle.points, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_teacher_on_each_device(device: str) -> None:
+    # CUDA runs the simulation and the solves on the GPU; the report is the same as on the CPU.
+    model = teacher("16-cycle").to(device)
+    report = find_attractors(model, starts(8, 2).to(device))
+    cpu = find_attractors(teacher("16-cycle"), starts(8, 2))
+    assert (report.primary.kind, report.primary.period, report.primary.fraction) == ("cycle", 16, 1.0)
+    assert report.primary.cycle.key == cpu.primary.cycle.key
+    assert same_cycle_points(report.primary.cycle.points, cpu.primary.cycle.points, rtol=1e-10)
+
+
+def test_summary_lists_each_attractor() -> None:
+    report = find_attractors(BISTABLE_2D.build(), [[3.0, -1.0], [-1.0, 3.0]], max_period=8)
+    lines = report.summary().splitlines()
+    assert len(lines) == 3 and lines[1].split()[:3] == ["fixed_point", "1", "0.5"]
