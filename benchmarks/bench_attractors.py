@@ -74,10 +74,9 @@ def main() -> None:
                         z = model.step(z)
 
             kinds = ", ".join(f"{a.kind}({a.period})" if a.period else a.kind for a in report)
-            print(
-                f"{name:<22} {label:<38} {kinds:<24} {median_ms(lambda: find_attractors(model, states, **kwargs), args.repeats):>10.1f}"
-                f" {median_ms(simulate_only, args.repeats):>19.1f}"
-            )
+            milliseconds = median_ms(lambda: find_attractors(model, states, **kwargs), args.repeats)
+            floor = median_ms(simulate_only, args.repeats)
+            print(f"{name:<22} {label:<38} {kinds:<24} {milliseconds:>10.1f} {floor:>19.1f}")
         # What the monitor can do between steps: start on the previous attractor's points, no transient.
         previous = torch.as_tensor(find_attractors(model, states).primary.orbit[-16:])
         warm = {"n_transient": 0}

@@ -50,7 +50,8 @@ def _as_states(model: object, z0: object, dtype: torch.dtype, name: str = "z0") 
     states = states.reshape(1, -1) if single else states
     if states.ndim != 2 or states.shape[-1] != model.state_dim:
         raise ValueError(
-            f"{name} must have shape ({model.state_dim},) or (B, {model.state_dim}) for this model, got {tuple(states.shape)}"
+            f"{name} must have shape ({model.state_dim},) or (B, {model.state_dim}) for this model, "
+            f"got {tuple(states.shape)}"
         )
     if not torch.isfinite(states).all():
         raise ValueError(f"{name} contains NaN or Inf")
