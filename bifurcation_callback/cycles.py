@@ -722,3 +722,57 @@ def _region_count_bound(model) -> int:
     if getattr(model, "every_code_realizable", False) or n_switches <= dim:
         return 2**n_switches
     return sum(math.comb(n_switches, i) for i in range(dim + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cycles from given region-code sequences (attractors.find_attractors reads the sequences off simulated orbits)
+
+
+def cycles_from_sequences(model: object, codes: object, *, dtype: torch.dtype | str = torch.float64) -> list[Cycle]:
+    """The verified cycles whose region-code sequences are among ``codes``: one batched solve, no search.
+
+    Each sequence is solved, simulated and verified exactly as ``find_cycles`` does (same ``_scyfi`` kernel
+    and checks, same canonical rotation, so ``Cycle.key`` agrees with ``find_cycles``).  Virtual or singular
+    sequences, and sequences whose cycle has a smaller period than ``k``, give nothing.
+
+    Parameters
+    ----------
+    model : PiecewiseLinear
+        Any model implementing the protocol.
+    codes : array-like of bool, shape (B, k, S)
+        ``B`` region-code sequences of one order ``k``.
+    dtype : torch.dtype or str
+        Precision of the solve (selects the tolerances).
+
+    Returns
+    -------
+    list of Cycle
+        Distinct verified cycles of minimal period ``k``, sorted by key.
+
+    Raises
+    ------
+    ValueError
+        ``codes`` not of shape (B, k, S) with ``k >= 1`` and ``S = model.n_switches``; bad model parameters.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)       # fixed point 2, in the "on" region
+    >>> [c.points.tolist() for c in cycles_from_sequences(model, [[[True]], [[False]]])]
+    [[[2.0]]]
+    """
+    from ._checks import require_dtype  # imported here to keep this addition in one appended block
+
+    dtype = require_dtype("dtype", dtype)
+    analysed, device = _prepare_model(model, dtype, None, copy=False)
+    codes = torch.as_tensor(codes, device=device)
+    if codes.ndim != 3 or codes.shape[1] < 1 or codes.shape[2] != analysed.n_switches:
+        raise ValueError(
+            f"codes must have shape (B, k, {analysed.n_switches}) with k >= 1 for this model, got {tuple(codes.shape)}"
+        )
+    collector = _Collector(codes.shape[1], dtype, _scyfi.switching_geometry(analysed))
+    with torch.no_grad():
+        collector.add(_scyfi.evaluate(*_scyfi.model_functions(analysed), codes.bool()))
+    return collector.cycles()

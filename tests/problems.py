@@ -380,3 +380,37 @@ def same_cycle_points(a: np.ndarray, b: np.ndarray, *, rtol: float) -> bool:
         return False
     scale = 1.0 + np.abs(a).max()
     return any(np.abs(np.roll(a, s, axis=0) - b).max() <= rtol * scale for s in range(a.shape[0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Attractors (test_attractors): a protocol-only rotation model and long stable cycles of the paper's family
+
+
+class Rotation(torch.nn.Module):
+    """A user model (protocol only) mapping every region by ``radius · R(angle)``; one switch, ``z_1 > 0``.
+
+    radius 1 and an angle incommensurate with 2π give a quasi-periodic orbit on a circle (all exponents 0);
+    angle 2π/q gives neutral q-periodic orbits whose cycle system ``(I - R^q) z = 0`` is singular.
+    """
+
+    state_dim, n_switches = 2, 1
+
+    def __init__(self, radius: float, angle: float) -> None:
+        super().__init__()
+        c, s = math.cos(angle), math.sin(angle)
+        self.register_buffer("J", radius * torch.tensor([[c, -s], [s, c]], dtype=torch.float64))
+
+    def region_codes(self, z: torch.Tensor) -> torch.Tensor:
+        return z[..., :1] > 0
+
+    def affine_pieces(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        J = self.J.expand(*codes.shape[:-1], 2, 2)
+        return J, torch.zeros(*codes.shape[:-1], 2, dtype=self.J.dtype, device=self.J.device)
+
+    def step(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.J.T
+
+
+# paper_model(a1) for these A[0] has one stable cycle of this period that every start we tried reaches
+# (found by simulating a1 on a grid; multipliers |λ|max 0.172 and 0.0886 per period).
+LONG_CYCLE_A1 = {107: 0.96905, 285: 0.969}
