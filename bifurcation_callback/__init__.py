@@ -16,7 +16,7 @@ Examples
 
 import importlib
 
-from .attractors import lyapunov_exponents
+from .attractors import ATTRACTOR_KINDS, Attractor, AttractorReport, find_attractors, lyapunov_exponents
 from .bifurcations import (
     BIFURCATION_KINDS,
     BifurcationDiagram,
@@ -86,6 +86,10 @@ __all__ = [
     "find_cycles",
     "exhaustive_cycles",
     # attractors
+    "ATTRACTOR_KINDS",
+    "Attractor",
+    "AttractorReport",
+    "find_attractors",
     "lyapunov_exponents",
     # bifurcations
     "BIFURCATION_KINDS",
