@@ -60,7 +60,7 @@ def assert_same_cycles(found: CycleSet, exact: CycleSet, *, rtol: float = 1e-8) 
 
 
 def _match_known(found: CycleSet, problem, *, atol: float) -> None:
-    assert found.complete
+    assert not found.cut
     expected_counts = collections.Counter(c.order for c in problem.cycles)
     assert found.counts() == {k: expected_counts.get(k, 0) for k in range(1, problem.max_order + 1)}
     for known in problem.cycles:
@@ -122,7 +122,7 @@ def test_find_cycles_equals_exhaustive(spec):
     model = random_model(kind, seed, dim=dim, hidden=hidden)
     exact = exhaustive_cycles(model, max_order=4)
     found = find_cycles(model, max_order=4)
-    assert found.complete
+    assert not found.cut
     assert_same_cycles(found, exact)
     assert_no_duplicates(found)
     for cycle in found:
@@ -161,7 +161,8 @@ def test_every_model_kind_matches_exhaustive(kind):
 def test_paper_model_has_two_16_cycles_and_no_15_cycle():
     model = paper_model()
     found = find_cycles(model, orders=[15, 16])
-    assert found.complete
+    assert found.statuses == {15: "searched", 16: "searched"}  # 4**15 sequences: beyond enumeration
+    assert not found.cut and not found.complete
     assert found.counts() == {15: 0, 16: 2}
     assert found.stable_counts() == {15: 0, 16: 1}
     assert sorted(c.kind for c in found) == ["saddle", "stable"]
@@ -414,13 +415,15 @@ def test_identity_jacobian_on_one_region_only(dtype):
 
 def test_tiny_time_budget_returns_incomplete():
     found = find_cycles(paper_model(), orders=[15, 16], time_budget_s=1e-6)
-    assert found.complete is False
+    assert found.cut is True and found.complete is False
+    assert found.statuses == {15: "cut", 16: "cut"}
     assert "time budget" in found.summary()
     assert all(np.all(np.isfinite(c.points)) for c in found)
 
 
 def test_generous_time_budget_is_complete():
-    assert find_cycles(PLRNN_2D.build(), max_order=2, time_budget_s=60.0).complete
+    found = find_cycles(PLRNN_2D.build(), max_order=2, time_budget_s=60.0)
+    assert found.complete and not found.cut and found.statuses == {1: "exhaustive", 2: "exhaustive"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -463,7 +466,8 @@ def test_cycle_set_json_round_trip():
     assert any(np.any(c.eigenvalues.imag != 0) for c in found), "want complex multipliers in the round trip"
     text = json.dumps(found.to_dict())
     restored = CycleSet.from_dict(json.loads(text))
-    assert restored.orders == found.orders and restored.complete == found.complete
+    assert restored.orders == found.orders and restored.statuses == found.statuses
+    assert (restored.complete, restored.cut) == (found.complete, found.cut)
     assert restored.stats == found.stats
     assert len(restored) == len(found)
     for a, b in zip(found, restored):
@@ -503,8 +507,9 @@ def test_summary_and_counts():
     assert [c.order for c in found] == sorted(c.order for c in found)
     lines = found.summary().splitlines()
     assert lines[0].split()[:2] == ["order", "kind"]
-    assert len(lines) == 1 + len(found)
-    assert "saddle" in lines[-1]
+    assert len(lines) == 2 + len(found)  # header, cycles, counts with statuses (exhaustive: no legend)
+    assert "saddle" in lines[-2]
+    assert lines[-1] == "counts: order 1: 2 (exhaustive), order 2: 1 (exhaustive), order 3: 0 (exhaustive)"
     assert "no cycles found for orders 3" in CycleSet(orders=(3,)).summary()
 
 
