@@ -532,7 +532,7 @@ class _RandomCodes:
 
     # Trajectories simulated (once per search) for the third source, and their length.
     N_TRAJECTORIES = 64
-    TRAJECTORY_STEPS = 64
+    TRAJECTORY_STEPS = 32
 
     def __init__(
         self, model, device: torch.device, dtype: torch.dtype, seed: int, regions: Tensor | None = None
