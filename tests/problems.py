@@ -380,3 +380,25 @@ def same_cycle_points(a: np.ndarray, b: np.ndarray, *, rtol: float) -> bool:
         return False
     scale = 1.0 + np.abs(a).max()
     return any(np.abs(np.roll(a, s, axis=0) - b).max() <= rtol * scale for s in range(a.shape[0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The SCYFI unit tests' long cycles of the paper's 2-D PLRNN (paper notes, Sec. 3 "Validation")
+
+
+def paper_variant(a1: float, *, w1: float = -0.64375, w2: float = 0.52505308, h2: float = -0.97931491) -> PLRNN:
+    """A = diag(a1, 0.96461297), W = [[0, w1], [w2, 0]], h = (0.37298253, h2), float64, as in SCYFI's tests."""
+    return _set(PLRNN(2), A=[a1, 0.96461297], W=[[0.0, w1], [w2, 0.0]], h=[0.37298253, h2])
+
+
+# (order, paper_variant keywords): each model has exactly two cycles of that order (one stable, one saddle).
+PAPER_LONG_CYCLES = (
+    (16, {"a1": 0.8377689}),
+    (27, {"a1": 0.9777689, "w1": -0.14375}),
+    (31, {"a1": 0.9777689, "w1": -0.14375, "w2": 1.17505}),
+    (40, {"a1": 0.9777689}),
+    (53, {"a1": 0.9377689}),
+    (65, {"a1": 0.9777689, "w1": -0.14375, "w2": 1.32505}),
+    (80, {"a1": 0.9777689, "w1": -0.14375, "h2": -0.77931}),
+    (83, {"a1": 0.9777689, "w1": -0.14375, "w2": 0.67505}),
+)

@@ -20,9 +20,11 @@ from problems import (
     FLIP_1D,
     KNOWN_PROBLEMS,
     MODEL_KINDS,
+    PAPER_LONG_CYCLES,
     PLRNN_2D,
     check_cycle,
     paper_model,
+    paper_variant,
     plrnn,
     random_model,
     same_cycle_points,
@@ -167,6 +169,17 @@ def test_paper_model_has_two_16_cycles_and_no_15_cycle():
     assert found.stable_counts() == {15: 0, 16: 1}
     assert sorted(c.kind for c in found) == ["saddle", "stable"]
     assert_no_duplicates(found)
+    for cycle in found:
+        check_cycle(model, cycle, rtol=1e-8)
+
+
+@pytest.mark.parametrize("order, parameters", PAPER_LONG_CYCLES, ids=[f"{k}-cycles" for k, _ in PAPER_LONG_CYCLES])
+def test_paper_long_cycles(order, parameters):
+    """SCYFI's published unit tests: two cycles of orders 16 .. 83 (one stable, one saddle), found by the search."""
+    model = paper_variant(**parameters)
+    found = find_cycles(model, orders=[order])
+    assert found.counts() == {order: 2} and found.status(order) == "searched"
+    assert sorted(c.kind for c in found) == ["saddle", "stable"]
     for cycle in found:
         check_cycle(model, cycle, rtol=1e-8)
 
