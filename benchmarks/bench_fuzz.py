@@ -10,6 +10,10 @@ random overall scale in [0.5, 1.5].  For each model, ``find_cycles(model, max_or
 is compared with ``exhaustive_cycles``: a *missed* cycle is an exact cycle (canonical code key) that the
 finder did not report, a *false* cycle one it reported that is not exact or whose points differ.
 Reported: counts, the statuses seen per order, and the finder's time per model (mean and p95).
+
+``--measure-limit`` instead times what the choice of ``exhaustive_limit`` trades: enumerating 2**14,
+2**16 and 2**18 sequences of order 3 against one default random search of order 3, on one model per kind
+(M = 3, H = 4) and on ShallowPLRNN(3, 50); and the LP enumeration of the regions (``realizable_codes``).
 """
 
 from __future__ import annotations
@@ -56,14 +60,55 @@ def compare(found, exact, *, rtol: float = 1e-6) -> tuple[list, list]:
     return missed, false
 
 
+def measure_limit(repeats: int = 3) -> None:
+    """Print the timings behind DEFAULT_EXHAUSTIVE_LIMIT and REGION_ENUMERATION_CAP (medians of ``repeats``)."""
+    from bifurcation_callback import _scyfi
+    from bifurcation_callback.cycles import _Collector, _enumerate_order
+    from bifurcation_callback.models import ClippedShallowPLRNN, ShallowPLRNN
+
+    def median_time(call) -> float:
+        times = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - tic)
+        return sorted(times)[len(times) // 2]
+
+    torch.manual_seed(2)
+    models = [(f"{kind}(3, 4)", random_model(kind, 1, dim=3, hidden=4)) for kind in MODEL_KINDS]
+    models.append(("ShallowPLRNN(3, 50)", ShallowPLRNN(3, 50, weight_scale=1.5).double()))
+    print(f"{'model':<28} {'R':>5} {'2**14 s':>8} {'2**16 s':>8} {'2**18 s':>8} {'search s':>9}   (order 3)")
+    with torch.no_grad():
+        for name, model in models:
+            regions = model.realizable_codes() if model.n_switches <= 16 else (torch.rand(64, model.n_switches) > 0.5)
+            functions = _scyfi.model_functions(model)
+            row = []
+            for exponent in (14, 16, 18):
+                subset = regions[torch.arange(round(2 ** (exponent / 3))) % regions.shape[0]]
+                row.append(median_time(lambda: _enumerate_order(functions, subset, 3, _Collector(3, torch.float64, None))))
+            search = median_time(lambda: find_cycles(model, orders=[3], exhaustive_limit=0))
+            print(f"{name:<28} {regions.shape[0]:>5} {row[0]:>8.3f} {row[1]:>8.3f} {row[2]:>8.3f} {search:>9.3f}")
+    print("LP enumeration of the regions (realizable_codes):")
+    for cls, dim, hidden in ((ShallowPLRNN, 3, 4), (ClippedShallowPLRNN, 3, 4), (ShallowPLRNN, 3, 12),
+                             (ClippedShallowPLRNN, 3, 8), (ShallowPLRNN, 3, 20)):
+        model = cls(dim, hidden).double()
+        tic = time.perf_counter()
+        n_regions = model.realizable_codes().shape[0]
+        print(f"  {cls.__name__}({dim}, {hidden}): {n_regions} regions in {time.perf_counter() - tic:.2f} s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-models", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-order", type=int, default=3)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--measure-limit", action="store_true", help="time enumeration vs random search instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.measure_limit:
+        measure_limit()
+        return 0
 
     n_exact = collections.Counter()
     n_missed = collections.Counter()

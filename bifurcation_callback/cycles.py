@@ -58,9 +58,9 @@ ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
 DEFAULT_EXHAUSTIVE_LIMIT = 2**16
 
 # find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
-# can have at most this many cells: ~0.1 s for 64 cells, ~1 s for 300, ~3 s for 540 (docs/benchmarks.md).
+# can have at most this many cells: 0.1-0.5 s for 64 cells, 1-3.6 s for 299 (docs/benchmarks.md).
 # Larger models get the heuristic search, with regions drawn from random states and trajectories.
-REGION_ENUMERATION_CAP = 256
+REGION_ENUMERATION_CAP = 128
 
 # NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
 
