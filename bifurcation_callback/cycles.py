@@ -52,9 +52,9 @@ STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
 #   cut         the time budget stopped the search in or before this order: what was found is kept.
 ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
 
-# find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a
-# 2-core CPU (docs/benchmarks.md): 2**16 sequences cost 0.03-0.1 s for the small models and up to 0.6 s for
-# ShallowPLRNN(3, 50), the order of a default random search of one order (256 starts x up to 80 iterations).
+# find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a busy
+# 2-core CPU (docs/benchmarks.md): 2**16 sequences of order 3 cost 0.13-0.16 s on small models, a default
+# random search of that order 0.07-0.09 s; 2**18 would cost ~8 searches.
 DEFAULT_EXHAUSTIVE_LIMIT = 2**16
 
 # find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
