@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-order", type=int, default=3)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--exhaustive-limit", type=int, default=None,
+                        help="pass this exhaustive_limit to find_cycles (default: its own; 0 tests the random search alone)")
     parser.add_argument("--measure-limit", action="store_true", help="time enumeration vs random search instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
         model = random_model(kind, model_seed, dim=dim, hidden=hidden or 4, scale=scale)
         exact = exhaustive_cycles(model, max_order=args.max_order)
         tic = time.perf_counter()
-        found = find_cycles(model, max_order=args.max_order)
+        options = {} if args.exhaustive_limit is None else {"exhaustive_limit": args.exhaustive_limit}
+        found = find_cycles(model, max_order=args.max_order, **options)
         times.append(time.perf_counter() - tic)
         missed, false = compare(found, exact)
         n_exact[kind] += len(exact)
@@ -142,6 +145,7 @@ def main(argv=None) -> int:
         "n_models": args.n_models,
         "seed": args.seed,
         "max_order": args.max_order,
+        "exhaustive_limit": args.exhaustive_limit,
         "exact_cycles": dict(n_exact),
         "missed": dict(n_missed),
         "false": dict(n_false),

@@ -521,7 +521,7 @@ class _Collector:
 
 
 class _RandomCodes:
-    """Random region sequences for SCYFI's chains, from three sources in turn.
+    """Random region sequences for SCYFI's chains, each from one of three sources (drawn at random).
 
     * codes of random states in a box sized to the switching geometry, each sequence shrunk by a random
       factor down to 1/100 so that thin regions near the origin are reached too;
@@ -580,7 +580,8 @@ class _RandomCodes:
 
     def draw(self, n_sequences: int, order: int) -> Tensor:
         codes = self.model.region_codes(self._states((n_sequences, order)))
-        sources = torch.arange(n_sequences, device=self.device) % 3
+        # The source of each sequence is drawn, not cycled: restarts often come one or two at a time.
+        sources = torch.randint(3, (n_sequences,), generator=self.generator, device=self.device)
         n_cells = int((sources == 1).sum())
         if self.regions is not None and n_cells:
             index = torch.randint(self.regions.shape[0], (n_cells, order), generator=self.generator, device=self.device)
