@@ -52,10 +52,11 @@ STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
 #   cut         the time budget stopped the search in or before this order: what was found is kept.
 ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
 
-# find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a busy
-# 2-core CPU (docs/benchmarks.md): 2**16 sequences of order 3 cost 0.13-0.16 s on small models, a default
-# random search of that order 0.07-0.09 s; 2**18 would cost ~8 searches.
-DEFAULT_EXHAUSTIVE_LIMIT = 2**16
+# find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a
+# 2-core CPU (docs/benchmarks.md): 2**18 sequences of order 3 cost ~0.25 s quiet (0.6-0.8 s busy), a default
+# random search of that order 0.04-0.09 s.  With 2**16 the fuzz missed 8 of 13,426 cycles, all in clipped
+# shallow PLRNNs with 41..64 regions whose order 3 (R**3 <= 2**18) was then only searched.
+DEFAULT_EXHAUSTIVE_LIMIT = 2**18
 
 # find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
 # can have at most this many cells: 0.1-0.5 s for 64 cells, 1-3.6 s for 299 (docs/benchmarks.md).
@@ -715,7 +716,7 @@ def find_cycles(
         Stop after this many seconds: the cycles found so far are kept, the order being searched and the
         orders not reached get status ``"cut"`` (``CycleSet.cut`` is True).
     exhaustive_limit : int
-        Enumerate an order when it has at most this many region sequences (default ``2**16``; 0 never).
+        Enumerate an order when it has at most this many region sequences (default ``2**18``; 0 never).
 
     Returns
     -------
@@ -740,7 +741,7 @@ def find_cycles(
     [(1, 'unstable', 2.0)]
     >>> cycles.statuses                                    # 2 regions: 2 and 4 sequences, both enumerated
     {1: 'exhaustive', 2: 'exhaustive'}
-    >>> find_cycles(model, max_order=2, exhaustive_limit=0).statuses
+    >>> find_cycles(model, max_order=2, exhaustive_limit=0).statuses   # never enumerate
     {1: 'searched', 2: 'searched'}
     """
     order_list = _resolve_orders(max_order, orders)
