@@ -149,10 +149,15 @@ def latency_case(model, *, settings, n_calls, log):
                 "case": "iii", "method": "find_cycles (warm)", "settings": label, "calls": n_calls,
                 "median_ms": 1e3 * median(times), "p90_ms": 1e3 * float(np.percentile(times, 90)),
                 "min_ms": 1e3 * min(times), "calls_keeping_all_cycles": same, "final_counts": nonzero(cs.counts()),
+                "statuses": dict(getattr(cs, "statuses", {})),
             }
         )
         log(f"  [iii] {label}: median {rows[-1]['median_ms']:.2f} ms")
     return rows, ref_counts
+
+
+# The monitor's planned per-step policy: warm start plus a small random search on every order.
+PER_STEP_SETTINGS = [("n_starts=32, inner=5, outer=1", {"n_starts": 32, "inner": 5, "outer": 1})]
 
 
 def thread_check(model, *, reps, log):
@@ -180,6 +185,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see docs)")
     parser.add_argument("--reps", type=int, default=3, help="repeats per timing (median reported)")
+    parser.add_argument("--per-step-only", action="store_true",
+                        help="only case (iii), the warm-started per-step call (with the order statuses it reports)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -188,6 +195,14 @@ def main(argv=None) -> int:
     reps = args.reps
 
     m1, m2 = model_i(), model_ii()
+    if args.per_step_only:
+        rows3, ref_counts = latency_case(m2, settings=PER_STEP_SETTINGS, n_calls=25, log=log)
+        print(f"(iii) per-step call on (ii), warm start, orders 1..4; reference counts {ref_counts}")
+        for row in rows3:
+            print(f"{row['settings']:<32} median {row['median_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms, "
+                  f"min {row['min_ms']:.2f} ms, calls keeping all cycles {row['calls_keeping_all_cycles']}/{row['calls']}, "
+                  f"statuses {row.get('statuses')}")
+        return 0
     orders1, orders2 = list(range(1, 21)), [1, 2, 3, 4]
     sizes = [256, 1024] if quick else [256, 1024, 4096]
     log("case (i): 2-D PLRNN, orders 1..20")
@@ -217,7 +232,7 @@ def main(argv=None) -> int:
         ("monitor default (random on 1 order/step)", lambda step: {**MONITOR_FINDER_DEFAULTS, "random_orders": [1 + step % 4]}),
         ("n_starts=0 (warm only)", {"n_starts": 0, "inner": 5, "outer": 1}),
         ("n_starts=16, inner=5, outer=1", {"n_starts": 16, "inner": 5, "outer": 1}),
-        ("n_starts=32, inner=5, outer=1", {"n_starts": 32, "inner": 5, "outer": 1}),
+        *PER_STEP_SETTINGS,
         ("n_starts=16, inner=3, outer=1", {"n_starts": 16, "inner": 3, "outer": 1}),
     ]
     rows3, ref_counts = latency_case(m2, settings=settings, n_calls=25, log=log)

@@ -305,8 +305,10 @@ def _run_find(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(json.dumps(cycles.to_dict(), indent=2))
         return 0
-    counts = ", ".join(f"order {k}: {n}" for k, n in cycles.counts().items())
-    print(f"{type(model).__name__} (state dim {model.state_dim}) — {len(cycles)} cycles ({counts})")
+    # Counts of orders that were not enumerated exhaustively are lower bounds, shown as "≥ n" (legend in summary).
+    counts = ", ".join(f"order {k}: {cycles.count_label(k)}" for k in cycles.orders)
+    total = f"{len(cycles)}" if cycles.complete else f"≥ {len(cycles)}"
+    print(f"{type(model).__name__} (state dim {model.state_dim}) — {total} cycles ({counts})")
     print(cycles.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(cycles.to_dict(), indent=2))

@@ -15,6 +15,7 @@ result types.  A model's ``affine_pieces`` is checked against its ``step`` once 
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 import weakref
@@ -29,12 +30,13 @@ from torch import Tensor
 from . import _scyfi
 from ._checks import require_int
 from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
-from .models import all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
+from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
 __all__ = [
     "Cycle",
     "CycleSet",
     "FinderStats",
+    "ORDER_STATUSES",
     "STABILITY_KINDS",
     "find_cycles",
     "exhaustive_cycles",
@@ -42,6 +44,24 @@ __all__ = [
 
 # The closed vocabulary of stability kinds; Cycle.kind returns one of these.
 STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
+
+# How a CycleSet's cycles of one order were obtained (CycleSet.statuses):
+#   exhaustive  every realizable region sequence of that order was solved: the list is complete (proved);
+#   searched    SCYFI's heuristic random search ran (the effort is in FinderStats): a lower bound;
+#   warm_only   only the warm start's region sequences were re-solved: a lower bound;
+#   cut         the time budget stopped the search in or before this order: what was found is kept.
+ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
+
+# find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a
+# 2-core CPU (docs/benchmarks.md): 2**18 sequences of order 3 cost ~0.25 s quiet (0.6-0.8 s busy), a default
+# random search of that order 0.04-0.09 s.  With 2**16 the fuzz missed 8 of 13,426 cycles, all in clipped
+# shallow PLRNNs with 41..64 regions whose order 3 (R**3 <= 2**18) was then only searched.
+DEFAULT_EXHAUSTIVE_LIMIT = 2**18
+
+# find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
+# can have at most this many cells: 0.1-0.5 s for 64 cells, 1-3.6 s for 299 (docs/benchmarks.md).
+# Larger models get the heuristic search, with regions drawn from random states and trajectories.
+REGION_ENUMERATION_CAP = 128
 
 # NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
 
@@ -201,9 +221,12 @@ class CycleSet:
     cycles : tuple[Cycle, ...]
     orders : tuple[int, ...]
         The orders that were searched.
-    complete : bool
-        False when the time budget stopped the search early.
     stats : FinderStats
+    statuses : dict[int, str]
+        How each order's cycles were obtained, one of ``ORDER_STATUSES``: ``"exhaustive"`` (every region
+        sequence solved: complete), ``"searched"`` (heuristic search: a lower bound), ``"warm_only"`` (only
+        the warm start re-solved) or ``"cut"`` (stopped by the time budget).  Orders not given are
+        ``"searched"``.
 
     Examples
     --------
@@ -211,12 +234,49 @@ class CycleSet:
     >>> cycles = find_cycles(PLRNN(2), max_order=2, seed=0)
     >>> set(cycles.counts()) == {1, 2}
     True
+    >>> cycles.statuses, cycles.complete          # 4 regions: 4 and 16 sequences, both enumerated
+    ({1: 'exhaustive', 2: 'exhaustive'}, True)
+    >>> CycleSet(orders=(1, 2), statuses={1: "exhaustive"}).status(2)
+    'searched'
     """
 
     cycles: tuple[Cycle, ...] = ()
     orders: tuple[int, ...] = ()
-    complete: bool = True
     stats: FinderStats = field(default_factory=FinderStats)
+    statuses: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        statuses = {int(k): v for k, v in dict(self.statuses).items()}
+        unknown = {k: v for k, v in statuses.items() if v not in ORDER_STATUSES}
+        if unknown:
+            raise ValueError(f"statuses must be one of {ORDER_STATUSES}, got {unknown}")
+        extra = sorted(set(statuses) - set(self.orders))
+        if extra:
+            raise ValueError(f"statuses name orders {extra} that are not in orders {tuple(self.orders)}")
+        object.__setattr__(self, "statuses", {k: statuses.get(k, "searched") for k in self.orders})
+
+    def status(self, order: int) -> str:
+        """How the cycles of ``order`` were obtained (one of ``ORDER_STATUSES``); KeyError if not searched."""
+        return self.statuses[order]
+
+    def is_exhaustive(self, order: int) -> bool:
+        """True when every region sequence of ``order`` was solved: ``by_order(order)`` is all there is."""
+        return self.statuses.get(order) == "exhaustive"
+
+    @property
+    def complete(self) -> bool:
+        """True when every searched order is exhaustive (the counts are exact, not lower bounds)."""
+        return all(status == "exhaustive" for status in self.statuses.values())
+
+    @property
+    def cut(self) -> bool:
+        """True when the time budget stopped the search in some order."""
+        return "cut" in self.statuses.values()
+
+    def count_label(self, order: int) -> str:
+        """The number of cycles of ``order`` as text: ``"3"`` when exhaustive, ``"≥ 3"`` for a lower bound."""
+        count = len(self.by_order(order))
+        return str(count) if self.is_exhaustive(order) else f"≥ {count}"
 
     def __iter__(self) -> Iterator[Cycle]:
         return iter(self.cycles)
@@ -243,28 +303,40 @@ class CycleSet:
     def to_dict(self) -> dict:
         return {
             "orders": list(self.orders),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
             "complete": self.complete,
+            "cut": self.cut,
             "cycles": [cycle.to_dict() for cycle in self.cycles],
             "stats": self.stats.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "CycleSet":
+        """Inverse of ``to_dict``.  JSON written before per-order statuses (a ``"complete"`` flag only) reads
+        as every order ``"searched"``, or every order ``"cut"`` when ``complete`` was false."""
+        orders = tuple(int(k) for k in data["orders"])
+        if "statuses" in data:
+            statuses = {int(k): str(v) for k, v in data["statuses"].items()}
+        else:
+            statuses = dict.fromkeys(orders, "searched" if data.get("complete", True) else "cut")
         return cls(
             cycles=tuple(Cycle.from_dict(c) for c in data["cycles"]),
-            orders=tuple(int(k) for k in data["orders"]),
-            complete=bool(data.get("complete", True)),
+            orders=orders,
             stats=FinderStats.from_dict(data.get("stats", {})),
+            statuses=statuses,
         )
 
     def summary(self) -> str:
-        """A plain-text table: one row per cycle (order, kind, spectral radius, first point).
+        """A plain-text table: one row per cycle (order, kind, spectral radius, first point), then the count
+        and status of every order; a count that is only a lower bound is shown as ``≥ n``.
 
         Examples
         --------
         >>> print(CycleSet(orders=(1,)).summary())
         order  kind      |λ|max     border    first point
         (no cycles found for orders 1)
+        counts: order 1: ≥ 0 (searched)
+        (≥ n: a lower bound; only exhaustive orders are proved complete)
         """
         rows = [f"{'order':<6} {'kind':<9} {'|λ|max':<10} {'border':<9} first point"]
         for cycle in self.cycles:
@@ -274,7 +346,12 @@ class CycleSet:
             )
         if not self.cycles:
             rows.append(f"(no cycles found for orders {', '.join(map(str, self.orders))})")
+        rows.append(
+            "counts: " + ", ".join(f"order {k}: {self.count_label(k)} ({self.statuses[k]})" for k in self.orders)
+        )
         if not self.complete:
+            rows.append("(≥ n: a lower bound; only exhaustive orders are proved complete)")
+        if self.cut:
             rows.append("(search stopped by the time budget: the list may be incomplete)")
         return "\n".join(rows)
 
@@ -445,19 +522,77 @@ class _Collector:
 
 
 class _RandomCodes:
-    """Region codes of random states in a box sized to the model's switching geometry."""
+    """Random region sequences for SCYFI's chains, each from one of three sources (drawn at random).
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    * codes of random states in a box sized to the switching geometry, each sequence shrunk by a random
+      factor down to 1/100 so that thin regions near the origin are reached too;
+    * uniformly drawn realizable regions, when the model's regions were enumerated (``regions``);
+    * windows of ``k`` consecutive codes visited by trajectories of the map from random states: the
+      sequences orbits actually follow, where attracting cycles and their neighbours live.
+    """
+
+    # Trajectories simulated (once per search) for the third source, and their length.
+    N_TRAJECTORIES = 64
+    TRAJECTORY_STEPS = 32
+
+    def __init__(
+        self, model, device: torch.device, dtype: torch.dtype, seed: int, regions: Tensor | None = None
+    ) -> None:
         self.model = model
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.radius = search_radius(model)
         self.device, self.dtype = device, dtype
+        self.regions = regions
+        self._visited: Tensor | None = None  # (N, T, S) codes along trajectories
+        self._alive: Tensor | None = None  # (N, T) finite and not escaped
+
+    def _states(self, shape: tuple[int, ...]) -> Tensor:
+        """Random states, shape ``shape + (M,)``, in the box; the states of one sequence (the last dimension
+        of ``shape``) share one shrink factor in [1/100, 1]."""
+        options = {"generator": self.generator, "device": self.device, "dtype": self.dtype}
+        states = 2 * torch.rand(shape + (self.model.state_dim,), **options) - 1
+        shrink = 10.0 ** (-2.0 * torch.rand(shape[:-1] + (1, 1), **options))
+        return states * (self.radius * shrink)
+
+    def _trajectory_codes(self) -> tuple[Tensor, Tensor]:
+        if self._visited is None:
+            state = self._states((self.N_TRAJECTORIES, 1))[:, 0]
+            functions = _scyfi.model_functions(self.model)
+            visited, alive = [], []
+            for _ in range(self.TRAJECTORY_STEPS):
+                ok = torch.isfinite(state).all(-1) & (state.abs().amax(-1) < 1e6 * self.radius)
+                state, code = functions[1](torch.where(ok[:, None], state, torch.zeros_like(state)))
+                visited.append(code)
+                alive.append(ok)
+            self._visited, self._alive = torch.stack(visited, 1), torch.stack(alive, 1)
+        return self._visited, self._alive
+
+    def _from_trajectories(self, n_sequences: int, order: int) -> Tensor | None:
+        visited, alive = self._trajectory_codes()
+        if order > visited.shape[1]:
+            return None
+        windows = alive.unfold(1, order, 1).all(-1)  # (N, T - k + 1): all k steps alive
+        if not bool(windows.any()):
+            return None
+        flat = torch.multinomial(windows.flatten().to(self.dtype), n_sequences, replacement=True, generator=self.generator)
+        chain, start = flat // windows.shape[1], flat % windows.shape[1]
+        steps = start[:, None] + torch.arange(order, device=self.device)
+        return visited[chain[:, None], steps]
 
     def draw(self, n_sequences: int, order: int) -> Tensor:
-        states = torch.rand(
-            (n_sequences, order, self.model.state_dim), generator=self.generator, device=self.device, dtype=self.dtype
-        )
-        return self.model.region_codes((2 * states - 1) * self.radius)
+        codes = self.model.region_codes(self._states((n_sequences, order)))
+        # The source of each sequence is drawn, not cycled: restarts often come one or two at a time.
+        sources = torch.randint(3, (n_sequences,), generator=self.generator, device=self.device)
+        n_cells = int((sources == 1).sum())
+        if self.regions is not None and n_cells:
+            index = torch.randint(self.regions.shape[0], (n_cells, order), generator=self.generator, device=self.device)
+            codes[sources == 1] = self.regions[index]
+        n_visited = int((sources == 2).sum())
+        if n_visited:
+            windows = self._from_trajectories(n_visited, order)
+            if windows is not None:
+                codes[sources == 2] = windows
+        return codes
 
 
 def _warm_codes(warm_start: "CycleSet | None", order: int, n_switches: int, device: torch.device) -> Tensor:
@@ -537,8 +672,18 @@ def find_cycles(
     warm_start: CycleSet | None = None,
     random_orders: Sequence[int] | None = None,
     time_budget_s: float | None = None,
+    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
 ) -> CycleSet:
-    """Find the fixed points and cycles of a piecewise-linear model with batched SCYFI.
+    """Find the fixed points and cycles of a piecewise-linear model: exactly where enumerable, else by SCYFI.
+
+    An order ``k`` whose ``R**k`` region sequences (``R`` realizable regions: cells of the switching-plane
+    arrangement, ``2**S`` orthants for a PLRNN) number at most ``exhaustive_limit`` is enumerated: every
+    sequence is solved, in batches, and the order's status is ``"exhaustive"`` (complete).  Other orders
+    get batched SCYFI (status ``"searched"``): random region sequences drawn from random states, from the
+    realizable regions (when listed) and from codes visited by trajectories, followed for ``inner``
+    iterations.  The regions are listed (by LPs) only when the arrangement can have at most
+    ``REGION_ENUMERATION_CAP`` cells; larger models are always searched.  Orders outside
+    ``random_orders`` only re-solve the warm start (``"warm_only"``).
 
     Parameters
     ----------
@@ -568,11 +713,15 @@ def find_cycles(
         Orders that get the random search (default: all).  The others only re-solve the warm start, which
         lets a training monitor spread the random search over steps (one order per step).
     time_budget_s : float, optional
-        Stop after this many seconds; the result then has ``complete=False``.
+        Stop after this many seconds: the cycles found so far are kept, the order being searched and the
+        orders not reached get status ``"cut"`` (``CycleSet.cut`` is True).
+    exhaustive_limit : int
+        Enumerate an order when it has at most this many region sequences (default ``2**18``; 0 never).
 
     Returns
     -------
     CycleSet
+        With ``statuses`` per order; ``complete`` is True only when every order was exhaustive.
 
     Raises
     ------
@@ -590,11 +739,16 @@ def find_cycles(
     >>> cycles = find_cycles(model, max_order=2)
     >>> [(c.order, c.kind, round(c.spectral_radius, 6)) for c in cycles]
     [(1, 'unstable', 2.0)]
+    >>> cycles.statuses                                    # 2 regions: 2 and 4 sequences, both enumerated
+    {1: 'exhaustive', 2: 'exhaustive'}
+    >>> find_cycles(model, max_order=2, exhaustive_limit=0).statuses   # never enumerate
+    {1: 'searched', 2: 'searched'}
     """
     order_list = _resolve_orders(max_order, orders)
     n_starts = require_int("n_starts", n_starts, 0)
     inner = require_int("inner", inner, 1)
     outer = require_int("outer", outer, 1)
+    exhaustive_limit = require_int("exhaustive_limit", exhaustive_limit, 0)
     if time_budget_s is not None and (
         isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0
     ):
@@ -611,37 +765,92 @@ def find_cycles(
     started = time.monotonic()
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
     analysed, device = _prepare_model(model, dtype, device, copy=False)
-    sampler = _RandomCodes(analysed, device, dtype, seed)
+    searched = set(randomised) if n_starts else set()
+    regions = _realizable_regions(analysed, device) if searched else None
+    sampler = _RandomCodes(analysed, device, dtype, seed, regions)
     geometry = _scyfi.switching_geometry(analysed)
+    functions = _scyfi.model_functions(analysed)
     cycles: list[Cycle] = []
     iterations: dict[int, int] = {}
+    statuses: dict[int, str] = {}
     totals = {"solves": 0, "singular": 0, "warm": 0}
-    complete = True
     with torch.no_grad(), _one_cpu_thread(device):
         for order in order_list:
+            if "cut" in statuses.values():  # the budget ran out in an earlier order
+                statuses[order] = "cut"
+                continue
             warm = _warm_codes(warm_start, order, analysed.n_switches, device)
             collector = _Collector(order, dtype, geometry)
+            enumerate_all = order in searched and regions is not None and regions.shape[0] ** order <= exhaustive_limit
             result = _search_order(
                 analysed,
                 order,
                 warm,
                 sampler,
                 collector,
-                n_starts=n_starts if order in randomised else 0,
+                n_starts=n_starts if order in searched and not enumerate_all else 0,
                 inner=inner,
                 outer=outer,
                 deadline=deadline,
             )
             iterations[order], n_solves, n_singular, warm_hits, finished = result
+            if finished and enumerate_all:
+                n_enumerated, n_singular_enumerated, finished = _enumerate_order(
+                    functions, regions, order, collector, deadline=deadline
+                )
+                n_solves, n_singular = n_solves + n_enumerated, n_singular + n_singular_enumerated
+                iterations[order] += 1
             totals["solves"] += n_solves
             totals["singular"] += n_singular
             totals["warm"] += warm_hits
             cycles.extend(collector.cycles())
             if not finished:
-                complete = False
-                break
+                statuses[order] = "cut"
+            elif enumerate_all:
+                statuses[order] = "exhaustive"
+            else:
+                statuses[order] = "searched" if order in searched else "warm_only"
     stats = FinderStats(iterations, totals["solves"], totals["singular"], totals["warm"], time.monotonic() - started)
-    return CycleSet(tuple(cycles), order_list, complete, stats)
+    return CycleSet(tuple(cycles), order_list, stats, statuses)
+
+
+def _realizable_regions(model, device: torch.device) -> Tensor | None:
+    """The model's realizable region codes on ``device``, or None when listing them is too costly.
+
+    Costly means more than ``REGION_ENUMERATION_CAP`` possible cells, no ``realizable_codes`` and more
+    than 16 switches, or an enumeration that fails (its own ``max_codes``).
+    """
+    if _region_count_bound(model) > REGION_ENUMERATION_CAP:
+        return None
+    try:
+        return _region_table(model).to(device)
+    except ValueError:
+        return None
+
+
+def _enumerate_order(
+    functions: tuple[_scyfi.AffinePieces, _scyfi.StepWithCodes],
+    regions: Tensor,
+    order: int,
+    collector: _Collector,
+    *,
+    batch_size: int = 1 << 16,
+    deadline: float = math.inf,
+) -> tuple[int, int, bool]:
+    """Solve every sequence of ``order`` regions, in batches; returns (solves, singular, finished)."""
+    n_regions = regions.shape[0]
+    total = n_regions**order
+    digits = n_regions ** torch.arange(order - 1, -1, -1, device=regions.device)
+    solves = singular = 0
+    for begin in range(0, total, batch_size):
+        if time.monotonic() > deadline:
+            return solves, singular, False
+        index = torch.arange(begin, min(begin + batch_size, total), device=regions.device)
+        evaluation = _scyfi.evaluate(*functions, regions[(index[:, None] // digits) % n_regions])
+        collector.add(evaluation)
+        solves += index.numel()
+        singular += int((~evaluation.solvable).sum())
+    return solves, singular, True
 
 
 def exhaustive_cycles(
@@ -692,23 +901,34 @@ def exhaustive_cycles(
     with torch.no_grad():
         for order in order_list:
             collector = _Collector(order, dtype, geometry)
-            total = n_regions**order
-            digits = n_regions ** torch.arange(order - 1, -1, -1, device=device)
-            for begin in range(0, total, batch_size):
-                index = torch.arange(begin, min(begin + batch_size, total), device=device)
-                evaluation = _scyfi.evaluate(*functions, regions[(index[:, None] // digits) % n_regions])
-                collector.add(evaluation)
-                totals["solves"] += index.numel()
-                totals["singular"] += int((~evaluation.solvable).sum())
+            solves, singular, _ = _enumerate_order(functions, regions, order, collector, batch_size=batch_size)
+            totals["solves"] += solves
+            totals["singular"] += singular
             cycles.extend(collector.cycles())
     stats = FinderStats(
         {k: 1 for k in order_list}, totals["solves"], totals["singular"], 0, time.monotonic() - started
     )
-    return CycleSet(tuple(cycles), order_list, True, stats)
+    return CycleSet(tuple(cycles), order_list, stats, dict.fromkeys(order_list, "exhaustive"))
+
+
+# Region tables of the last few weight settings, keyed by the model class and its switching planes: the
+# cells depend on the weights, but a model analysed twice unchanged (find_cycles then exhaustive_cycles, a
+# CLI run, a test) pays the LPs once.
+_REGION_TABLES: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
+_REGION_TABLES_SIZE = 8
 
 
 def _region_table(model) -> Tensor:
     """Every realizable region code of the model (all ``2**S`` codes when it cannot say)."""
+    if isinstance(model, PiecewiseLinearRNN) and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes:
+        planes, offsets = (t.detach().cpu().double().numpy() for t in model.switching_planes())
+        key = (type(model), planes.shape, planes.tobytes(), offsets.tobytes())
+        if key not in _REGION_TABLES:
+            _REGION_TABLES[key] = model.realizable_codes().cpu()
+            while len(_REGION_TABLES) > _REGION_TABLES_SIZE:
+                _REGION_TABLES.popitem(last=False)
+        _REGION_TABLES.move_to_end(key)
+        return _REGION_TABLES[key]
     if callable(getattr(model, "realizable_codes", None)):
         return model.realizable_codes()
     if model.n_switches > 20:

@@ -751,12 +751,14 @@ def _infer_config(kind: str, params: dict[str, Tensor]) -> dict[str, int]:
         raise ValueError(f"cannot infer the {kind} sizes from parameters {sorted(params)}: missing {error}") from None
 
 
-def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 1 << 16) -> Tensor:
+def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 1 << 16, n_samples: int = 4096) -> Tensor:
     """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``.
 
-    Cells are built one plane at a time: a partial code is extended by ``on``/``off`` when a linear
-    program finds a state strictly inside.  Exact up to the LP tolerance, and fast for the small
-    models used as ground truth.
+    Cells are built one plane at a time: a partial code is extended by ``on``/``off`` when a state strictly
+    inside exists.  Random states (at scales from the arrangement's size down to a thousandth of it) and
+    every linear program's solution are such states for the codes they show, so a linear program is
+    solved only for the partial codes no known state reaches: mostly the empty ones, whose emptiness
+    only an LP can prove.  Exact up to the LP tolerance.
 
     Parameters
     ----------
@@ -764,6 +766,8 @@ def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 
     offsets : Tensor, shape (S,)
     max_codes : int
         Raise ``ValueError`` when the arrangement has more cells than this.
+    n_samples : int
+        Random states whose codes are taken as known cells before any LP (deterministic: seed 0).
 
     Returns
     -------
@@ -779,16 +783,35 @@ def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 
     G = planes.detach().cpu().double().numpy()
     g = offsets.detach().cpu().double().numpy()
     n_switches, dim = G.shape
+    norms = np.maximum(np.linalg.norm(G, axis=1), 1e-300)
+    G, g = G / norms[:, None], g / norms
     # Maximise the slack t of every chosen side; a cell exists iff t > 0 (boxed so the LP is bounded).
     objective = np.zeros(dim + 1)
     objective[-1] = -1.0
     bounds = [(-1e6, 1e6)] * dim + [(None, 1.0)]
+    # Prefixes of codes of states known to lie strictly inside a cell (away from every plane).
+    known: set[tuple[int, ...]] = set()
+
+    def learn(states: np.ndarray) -> None:
+        inputs = states @ G.T + g
+        inside = (np.abs(inputs) > 1e-9 * (1.0 + np.abs(states).max(axis=-1, keepdims=True))).all(axis=-1)
+        for code in {tuple(row) for row in (inputs[inside] > 0).astype(np.int8).tolist()}:
+            known.update(code[:upto] for upto in range(1, n_switches + 1))
+
+    if n_switches and n_samples:
+        scale = max(1.0, float(np.abs(g).max()))
+        rng = np.random.default_rng(0)
+        radii = scale * 10.0 ** rng.uniform(-3.0, 0.7, size=(n_samples, 1))
+        learn(rng.standard_normal((n_samples, dim)) * radii)
 
     def has_interior(signs: np.ndarray, upto: int) -> bool:
         A_ub = np.hstack([-signs[:, None] * G[:upto], np.ones((upto, 1))])
         b_ub = signs * g[:upto]
         result = linprog(objective, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
-        return bool(result.status == 0 and -result.fun > 1e-9)
+        if result.status == 0 and -result.fun > 1e-9:
+            learn(result.x[None, :dim])
+            return True
+        return False
 
     cells: list[tuple[int, ...]] = [()]
     for upto in range(1, n_switches + 1):
@@ -796,7 +819,7 @@ def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 
         for cell in cells:
             for bit in (0, 1):
                 candidate = cell + (bit,)
-                if has_interior(np.where(np.array(candidate) > 0, 1.0, -1.0), upto):
+                if candidate in known or has_interior(np.where(np.array(candidate) > 0, 1.0, -1.0), upto):
                     extended.append(candidate)
         if len(extended) > max_codes:
             raise ValueError(f"the arrangement has more than max_codes={max_codes} regions")

@@ -259,7 +259,7 @@ class CycleTracker:
             **{**effort, **self.finder_kwargs},
         )
         searched = time.perf_counter()
-        if not cycles.complete:
+        if cycles.cut:
             return None
         weights = detached_copy(model) if self.localize_events and isinstance(model, torch.nn.Module) else None
         if self.previous is None:  # the first snapshot: every cycle starts a track, nothing to compare with

@@ -414,3 +414,25 @@ class Rotation(torch.nn.Module):
 # paper_model(a1) for these A[0] has one stable cycle of this period that every start we tried reaches
 # (found by simulating a1 on a grid; multipliers |λ|max 0.172 and 0.0886 per period).
 LONG_CYCLE_A1 = {107: 0.96905, 285: 0.969}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The SCYFI unit tests' long cycles of the paper's 2-D PLRNN (paper notes, Sec. 3 "Validation")
+
+
+def paper_variant(a1: float, *, w1: float = -0.64375, w2: float = 0.52505308, h2: float = -0.97931491) -> PLRNN:
+    """A = diag(a1, 0.96461297), W = [[0, w1], [w2, 0]], h = (0.37298253, h2), float64, as in SCYFI's tests."""
+    return _set(PLRNN(2), A=[a1, 0.96461297], W=[[0.0, w1], [w2, 0.0]], h=[0.37298253, h2])
+
+
+# (order, paper_variant keywords): each model has exactly two cycles of that order (one stable, one saddle).
+PAPER_LONG_CYCLES = (
+    (16, {"a1": 0.8377689}),
+    (27, {"a1": 0.9777689, "w1": -0.14375}),
+    (31, {"a1": 0.9777689, "w1": -0.14375, "w2": 1.17505}),
+    (40, {"a1": 0.9777689}),
+    (53, {"a1": 0.9377689}),
+    (65, {"a1": 0.9777689, "w1": -0.14375, "w2": 1.32505}),
+    (80, {"a1": 0.9777689, "w1": -0.14375, "h2": -0.77931}),
+    (83, {"a1": 0.9777689, "w1": -0.14375, "w2": 0.67505}),
+)

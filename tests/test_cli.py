@@ -35,8 +35,10 @@ def test_find_prints_the_table(model_file, capsys):
     assert lines[0].startswith("PLRNN (state dim 2)") and "3 cycles" in lines[0]
     assert "order 1: 2, order 2: 1" in lines[0]
     assert lines[1].split()[:2] == ["order", "kind"]
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines[2:5]]
     assert sorted((row[0], row[1]) for row in rows) == [("1", "stable"), ("1", "unstable"), ("2", "saddle")]
+    # 4 regions: both orders enumerated, so the counts are exact and no lower-bound legend is printed
+    assert lines[5:] == ["counts: order 1: 2 (exhaustive), order 2: 1 (exhaustive)"]
 
 
 def test_find_writes_loadable_json(model_file, tmp_path, capsys):
@@ -44,7 +46,9 @@ def test_find_writes_loadable_json(model_file, tmp_path, capsys):
     assert main(["find", str(model_file), "--max-order", "2", "--json", str(out_path)]) == 0
     assert f"wrote {out_path}" in capsys.readouterr().out
     cycles = CycleSet.from_dict(json.loads(out_path.read_text()))
-    assert cycles.orders == (1, 2) and cycles.counts() == {1: 2, 2: 1} and cycles.complete
+    assert cycles.orders == (1, 2) and cycles.counts() == {1: 2, 2: 1} and not cycles.cut
+    assert json.loads(out_path.read_text())["statuses"] == {"1": "exhaustive", "2": "exhaustive"}
+    assert cycles.statuses == {1: "exhaustive", 2: "exhaustive"} and cycles.complete
 
 
 def test_find_json_to_stdout(model_file, capsys):
@@ -55,7 +59,18 @@ def test_find_json_to_stdout(model_file, capsys):
 
 def test_find_paper_model_orders(capsys):
     assert main(["find", str(PAPER_MODEL_PATH), "--orders", "15", "16"]) == 0
-    assert "order 15: 0, order 16: 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # 4**15 sequences are beyond enumeration: the counts of the heuristic search are lower bounds
+    assert "— ≥ 2 cycles (order 15: ≥ 0, order 16: ≥ 2)" in out.splitlines()[0]
+    assert "counts: order 15: ≥ 0 (searched), order 16: ≥ 2 (searched)" in out
+    assert "(≥ n: a lower bound; only exhaustive orders are proved complete)" in out
+
+
+def test_find_json_carries_the_status_per_order(capsys):
+    assert main(["find", str(PAPER_MODEL_PATH), "--orders", "1", "16", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["statuses"] == {"1": "exhaustive", "16": "searched"}
+    assert data["complete"] is False and data["cut"] is False
 
 
 def test_find_float32_and_seed(model_file, capsys):

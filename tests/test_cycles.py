@@ -12,17 +12,19 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bifurcation_callback import PLRNN, Cycle, CycleSet, FinderStats, exhaustive_cycles, find_cycles
-from bifurcation_callback.cycles import STABILITY_KINDS
+from bifurcation_callback import PLRNN, Cycle, CycleSet, FinderStats, ShallowPLRNN, exhaustive_cycles, find_cycles
+from bifurcation_callback.cycles import DEFAULT_EXHAUSTIVE_LIMIT, ORDER_STATUSES, STABILITY_KINDS
 from problems import (
     DEVICES,
     DTYPES,
     FLIP_1D,
     KNOWN_PROBLEMS,
     MODEL_KINDS,
+    PAPER_LONG_CYCLES,
     PLRNN_2D,
     check_cycle,
     paper_model,
+    paper_variant,
     plrnn,
     random_model,
     same_cycle_points,
@@ -60,7 +62,7 @@ def assert_same_cycles(found: CycleSet, exact: CycleSet, *, rtol: float = 1e-8) 
 
 
 def _match_known(found: CycleSet, problem, *, atol: float) -> None:
-    assert found.complete
+    assert not found.cut
     expected_counts = collections.Counter(c.order for c in problem.cycles)
     assert found.counts() == {k: expected_counts.get(k, 0) for k in range(1, problem.max_order + 1)}
     for known in problem.cycles:
@@ -122,7 +124,7 @@ def test_find_cycles_equals_exhaustive(spec):
     model = random_model(kind, seed, dim=dim, hidden=hidden)
     exact = exhaustive_cycles(model, max_order=4)
     found = find_cycles(model, max_order=4)
-    assert found.complete
+    assert not found.cut
     assert_same_cycles(found, exact)
     assert_no_duplicates(found)
     for cycle in found:
@@ -161,11 +163,23 @@ def test_every_model_kind_matches_exhaustive(kind):
 def test_paper_model_has_two_16_cycles_and_no_15_cycle():
     model = paper_model()
     found = find_cycles(model, orders=[15, 16])
-    assert found.complete
+    assert found.statuses == {15: "searched", 16: "searched"}  # 4**15 sequences: beyond enumeration
+    assert not found.cut and not found.complete
     assert found.counts() == {15: 0, 16: 2}
     assert found.stable_counts() == {15: 0, 16: 1}
     assert sorted(c.kind for c in found) == ["saddle", "stable"]
     assert_no_duplicates(found)
+    for cycle in found:
+        check_cycle(model, cycle, rtol=1e-8)
+
+
+@pytest.mark.parametrize("order, parameters", PAPER_LONG_CYCLES, ids=[f"{k}-cycles" for k, _ in PAPER_LONG_CYCLES])
+def test_paper_long_cycles(order, parameters):
+    """SCYFI's published unit tests: two cycles of orders 16 .. 83 (one stable, one saddle), found by the search."""
+    model = paper_variant(**parameters)
+    found = find_cycles(model, orders=[order])
+    assert found.counts() == {order: 2} and found.status(order) == "searched"
+    assert sorted(c.kind for c in found) == ["saddle", "stable"]
     for cycle in found:
         check_cycle(model, cycle, rtol=1e-8)
 
@@ -414,13 +428,15 @@ def test_identity_jacobian_on_one_region_only(dtype):
 
 def test_tiny_time_budget_returns_incomplete():
     found = find_cycles(paper_model(), orders=[15, 16], time_budget_s=1e-6)
-    assert found.complete is False
+    assert found.cut is True and found.complete is False
+    assert found.statuses == {15: "cut", 16: "cut"}
     assert "time budget" in found.summary()
     assert all(np.all(np.isfinite(c.points)) for c in found)
 
 
 def test_generous_time_budget_is_complete():
-    assert find_cycles(PLRNN_2D.build(), max_order=2, time_budget_s=60.0).complete
+    found = find_cycles(PLRNN_2D.build(), max_order=2, time_budget_s=60.0)
+    assert found.complete and not found.cut and found.statuses == {1: "exhaustive", 2: "exhaustive"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -463,7 +479,8 @@ def test_cycle_set_json_round_trip():
     assert any(np.any(c.eigenvalues.imag != 0) for c in found), "want complex multipliers in the round trip"
     text = json.dumps(found.to_dict())
     restored = CycleSet.from_dict(json.loads(text))
-    assert restored.orders == found.orders and restored.complete == found.complete
+    assert restored.orders == found.orders and restored.statuses == found.statuses
+    assert (restored.complete, restored.cut) == (found.complete, found.cut)
     assert restored.stats == found.stats
     assert len(restored) == len(found)
     for a, b in zip(found, restored):
@@ -503,11 +520,102 @@ def test_summary_and_counts():
     assert [c.order for c in found] == sorted(c.order for c in found)
     lines = found.summary().splitlines()
     assert lines[0].split()[:2] == ["order", "kind"]
-    assert len(lines) == 1 + len(found)
-    assert "saddle" in lines[-1]
+    assert len(lines) == 2 + len(found)  # header, cycles, counts with statuses (exhaustive: no legend)
+    assert "saddle" in lines[-2]
+    assert lines[-1] == "counts: order 1: 2 (exhaustive), order 2: 1 (exhaustive), order 3: 0 (exhaustive)"
     assert "no cycles found for orders 3" in CycleSet(orders=(3,)).summary()
 
 
 def test_finder_stats_round_trip():
     stats = FinderStats({1: 3, 16: 40}, 1000, 7, 2, 0.25)
     assert FinderStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Exhaustive orders and per-order statuses (issue "A complete picture at every step")
+
+_any_kind_specs = st.tuples(
+    st.sampled_from(MODEL_KINDS), st.integers(2, 3), st.integers(2, 4), st.floats(0.5, 1.5), _seeds
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=_any_kind_specs)
+def test_find_cycles_equals_exhaustive_for_every_kind(spec):
+    """Defaults: every order with R**k <= exhaustive_limit is enumerated, so found == exact there."""
+    kind, dim, hidden, scale, seed = spec
+    model = random_model(kind, seed, dim=dim, hidden=hidden, scale=scale)
+    exact = exhaustive_cycles(model, max_order=3)
+    found = find_cycles(model, max_order=3)
+    n_regions = model.realizable_codes().shape[0]
+    for order in (1, 2, 3):
+        expected = "exhaustive" if n_regions**order <= DEFAULT_EXHAUSTIVE_LIMIT else "searched"
+        assert found.status(order) == expected
+        assert found.is_exhaustive(order) == (expected == "exhaustive")
+    assert found.complete == all(n_regions**k <= DEFAULT_EXHAUSTIVE_LIMIT for k in (1, 2, 3))
+    assert exact.statuses == {1: "exhaustive", 2: "exhaustive", 3: "exhaustive"} and exact.complete
+    assert_same_cycles(found, exact)
+    assert_no_duplicates(found)
+
+
+def test_orders_above_the_limit_are_searched_never_exhaustive():
+    model = random_model("ShallowPLRNN", 3, dim=2, hidden=4)
+    n_regions = model.realizable_codes().shape[0]
+    limit = n_regions**2  # orders 1 and 2 enumerable, order 3 not
+    found = find_cycles(model, max_order=3, exhaustive_limit=limit)
+    assert found.statuses == {1: "exhaustive", 2: "exhaustive", 3: "searched"}
+    assert not found.is_exhaustive(3) and found.complete is False and found.cut is False
+    assert found.count_label(3).startswith("≥ ") and found.count_label(1) == str(len(found.by_order(1)))
+    assert "(≥ n: a lower bound" in found.summary()
+    never = find_cycles(model, max_order=2, exhaustive_limit=0)
+    assert never.statuses == {1: "searched", 2: "searched"} and not never.complete
+    # Too many regions to list (beyond REGION_ENUMERATION_CAP): searched at every order, whatever the limit.
+    big = ShallowPLRNN(3, 50)
+    assert set(find_cycles(big, max_order=1, n_starts=8, inner=2, outer=1).statuses.values()) == {"searched"}
+
+
+def test_warm_only_orders_say_so():
+    model = PLRNN_2D.build()
+    first = find_cycles(model, max_order=3)
+    again = find_cycles(model, max_order=3, warm_start=first, random_orders=[2])
+    assert again.statuses == {1: "warm_only", 2: "exhaustive", 3: "warm_only"}
+    assert keys(again) == keys(first) and not again.complete
+    only = find_cycles(model, max_order=2, warm_start=first, n_starts=0)
+    assert only.statuses == {1: "warm_only", 2: "warm_only"}
+
+
+def test_cut_keeps_what_was_found_and_marks_later_orders_cut(monkeypatch):
+    import bifurcation_callback.cycles as cycles_module
+
+    real_enumerate = cycles_module._enumerate_order
+    calls = []
+
+    def enumerate_then_run_out(*args, **kwargs):  # order 1 finishes, then the budget is spent
+        calls.append(args[2])
+        return real_enumerate(*args, **{**kwargs, "deadline": math.inf if len(calls) == 1 else -math.inf})
+
+    monkeypatch.setattr(cycles_module, "_enumerate_order", enumerate_then_run_out)
+    found = find_cycles(PLRNN_2D.build(), max_order=3, time_budget_s=60.0)
+    assert found.statuses == {1: "exhaustive", 2: "cut", 3: "cut"}
+    assert found.cut and not found.complete and found.counts()[1] == 2
+    assert "time budget" in found.summary()
+
+
+def test_cycle_set_statuses_api_and_old_json():
+    cycles = CycleSet(orders=(1, 2, 3), statuses={1: "exhaustive", 3: "cut"})
+    assert cycles.statuses == {1: "exhaustive", 2: "searched", 3: "cut"}
+    assert cycles.status(2) == "searched" and cycles.is_exhaustive(1) and not cycles.is_exhaustive(2)
+    assert cycles.cut and not cycles.complete
+    assert CycleSet(orders=(1,), statuses={1: "exhaustive"}).complete
+    assert CycleSet.from_dict(json.loads(json.dumps(cycles.to_dict()))).statuses == cycles.statuses
+    with pytest.raises(TypeError):
+        CycleSet(orders=(1,), complete=True)  # complete is derived from the statuses now
+    with pytest.raises(ValueError, match="statuses must be one of"):
+        CycleSet(orders=(1,), statuses={1: "done"})
+    with pytest.raises(ValueError, match="not in orders"):
+        CycleSet(orders=(1,), statuses={2: "searched"})
+    # JSON written before per-order statuses: "complete" only
+    old = {"orders": [1, 2], "complete": True, "cycles": []}
+    assert CycleSet.from_dict(old).statuses == {1: "searched", 2: "searched"}
+    assert CycleSet.from_dict({**old, "complete": False}).statuses == {1: "cut", 2: "cut"}
+    assert set(ORDER_STATUSES) == {"exhaustive", "searched", "warm_only", "cut"}
