@@ -36,6 +36,7 @@ __all__ = [
     "ATTRACTOR_KINDS",
     "Attractor",
     "AttractorReport",
+    "attractor_label",
     "find_attractors",
 ]
 
@@ -702,3 +703,18 @@ def find_attractors(
         for b in attractor.states:
             labels[b] = index
     return AttractorReport(tuple(attractors), tuple(labels), max_period, time.monotonic() - started)
+
+
+def attractor_label(kind: str | None, period: int | None = None) -> str:
+    """A short name of an attractor (its kind and period) for tables and event descriptions.
+
+    Examples
+    --------
+    >>> attractor_label("cycle", 16), attractor_label("fixed_point", 1), attractor_label("quasi_periodic")
+    ('16-cycle', 'fixed point', 'quasi-periodic')
+    """
+    if kind is None:
+        return "none"
+    if period is not None:
+        return "fixed point" if period == 1 else f"{period}-cycle"
+    return kind.replace("_", "-")

@@ -24,11 +24,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from ._checks import require_bool, require_int, require_real
+from .attractors import AttractorReport
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import (
     LOGGED_METRICS,
     Dashboard,
+    attractor_record,
     custom_scalars_layout,
     events_markdown,
     fold_events,
@@ -41,7 +43,14 @@ from .dashboard import (
 from .loss_jumps import summarise_run
 from .models import check_protocol, require_piecewise_linear
 from .plots import sample_orbits
-from .tracking import MONITOR_FINDER_DEFAULTS, CycleTracker, TrackedStep, check_finder_kwargs, gradient_norm
+from .tracking import (
+    MONITOR_FINDER_DEFAULTS,
+    AttractorTracker,
+    CycleTracker,
+    TrackedStep,
+    check_finder_kwargs,
+    gradient_norm,
+)
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -120,14 +129,15 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve over the whole run (the
         first ``max_tracked_cycles`` tracks; a cycle born later gets none).
+    max_attractor_period : int
+        At every monitored step the attractor is found at any period up to this (beyond ``max_order``): the
+        model is simulated from the previous attractor's points, from ``bifurcation_reference_states`` when
+        the module has them and from a few random states, eventually periodic orbits are solved exactly, and
+        the rest are classified by their largest Lyapunov exponent (``attractors.find_attractors``).  A change
+        of the followed attractor's kind or period is an ``attractor_change`` event.  0 turns it off.
     localize_events : bool
         Bisect along the straight line between the two weight snapshots around every step with events,
         to give the events a sub-step ``location`` (costs about ten extra searches per such step).
-    discovery_every : int
-        Run the small random search for newly born cycles on every n-th monitored step (one order per
-        search, in rotation); the cycles already known are re-solved at every monitored step.  1 finds new
-        cycles sooner, 2 (default) halves the search's cost; an appearance's bracket always reaches back
-        to its order's previous search.
     seed : int
         Base seed of the random part of the search (the step number is added).
     show_all_events : bool
@@ -162,8 +172,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     - ``bifurcation/loss``, ``bifurcation/grad_norm``
     - ``bifurcation/n_cycles/order_{k}``, ``bifurcation/n_stable/order_{k}``, ``bifurcation/n_cycles/total``,
       ``bifurcation/n_stable/total``
+    - ``bifurcation/exhaustive/order_{k}`` (1: the count is proved complete, 0: a lower bound)
     - ``bifurcation/max_abs_eig/order_{k}``, ``bifurcation/max_abs_eig/cycle_{id}``
     - ``bifurcation/min_unit_distance``, ``bifurcation/min_border_margin``
+    - ``bifurcation/attractor/kind``, ``bifurcation/attractor/period``, ``bifurcation/attractor/max_abs_eig``,
+      ``bifurcation/attractor/lyapunov``, ``bifurcation/attractor/n_attractors``
     - ``bifurcation/event``, ``bifurcation/events_total``, ``bifurcation/monitor_ms``, ``bifurcation/skipped``
     - at fit end: ``bifurcation/jumps_explained``, ``bifurcation/events_with_jump``, ``bifurcation/p_value``
       (each only when defined: no loss jumps or no events leave it out, and the summary shows ``n/a``),
@@ -198,8 +211,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jump_warmup_steps: int = 20,
         jump_min_change: float = 1.0,
         max_tracked_cycles: int = 8,
+        max_attractor_period: int = 256,
         localize_events: bool = False,
-        discovery_every: int = 2,
         seed: int = 0,
         show_all_events: bool = False,
         verbose: bool = True,
@@ -229,8 +242,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.jump_warmup_steps = require_int("jump_warmup_steps", jump_warmup_steps, 0, owner=_OWNER)
         self.jump_min_change = require_real("jump_min_change", jump_min_change, minimum=0.0, owner=_OWNER)
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER)
+        self.max_attractor_period = require_int("max_attractor_period", max_attractor_period, 0, owner=_OWNER)
         self.localize_events = require_bool("localize_events", localize_events, owner=_OWNER)
-        self.discovery_every = require_int("discovery_every", discovery_every, 1, owner=_OWNER)
         self.seed = require_int("seed", seed, 0, owner=_OWNER)
         self.show_all_events = require_bool("show_all_events", show_all_events, owner=_OWNER)
         self.verbose = require_bool("verbose", verbose, owner=_OWNER)
@@ -244,13 +257,14 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def _reset_state(self) -> None:
         self._tracker = CycleTracker(
             self.max_order,
-            discovery_every=self.discovery_every,
             max_tracked_cycles=self.max_tracked_cycles,
             seed=self.seed,
             finder_kwargs=self.finder_kwargs,
             time_budget_s=self.time_budget_s,
             localize_events=self.localize_events,
         )
+        self._attractors = AttractorTracker(self.max_attractor_period, seed=self.seed) if self.max_attractor_period else None
+        self._attractor_report: AttractorReport | None = None  # the last one, for the figures
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
         # when the cycle search runs only every n steps.
@@ -360,6 +374,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def state_dict(self) -> dict[str, Any]:
         return {
             "tracker": self._tracker.state_dict(),
+            "attractor": self._attractors.state_dict() if self._attractors is not None else None,
             "records": self._records,
             "history": self._history,
             "skip_reasons": dict(self._skip_reasons),
@@ -373,6 +388,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._records = list(state_dict.get("records", []))
         # Checkpoints written before the tracker was split out hold its fields at the top level.
         self._tracker.load_state_dict(state_dict.get("tracker", {"n_searches": len(self._records), **state_dict}))
+        if self._attractors is not None and state_dict.get("attractor"):
+            self._attractors.load_state_dict(state_dict["attractor"])
         self._history = [list(entry) for entry in state_dict.get("history", [])]
         self._n_events = sum(len(record.get("events", [])) for record in self._records)
         self._skip_reasons = Counter(state_dict.get("skip_reasons", {}))
@@ -405,22 +422,44 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _analyse(self, step: int, loss: float | None) -> None:
         tracked = self._tracker.update(self._rnn, step)
-        if tracked is None:
-            self._skip(step, loss, f"time budget of {self.time_budget_s} s exceeded")
-            return
+        if tracked.cycles.cut:
+            cut = [k for k, status in tracked.cycles.statuses.items() if status == "cut"]
+            self._warn(
+                "time budget",
+                f"BifurcationMonitor: the cycle search at step {step} was cut by time_budget_s={self.time_budget_s}: "
+                f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
+            )
         record = {
             "step": step,
             "loss": loss,
             "grad_norm": self._history[-1][2],
             "n_cycles": {str(k): n for k, n in tracked.cycles.counts().items()},
             "n_stable": {str(k): n for k, n in tracked.cycles.stable_counts().items()},
+            "statuses": {str(k): status for k, status in tracked.cycles.statuses.items()},
             "events": [event.to_dict() for event in tracked.events],
             "finder_ms": tracked.finder_ms,
             "compare_ms": tracked.compare_ms,
         }
+        if self._attractors is not None:
+            attractor, events = self._analyse_attractor(step)
+            record.update(attractor)
+            record["events"].extend(events)
         self._records.append(record)
-        self._n_events += len(tracked.events)
+        self._n_events += len(record["events"])
         self._publish(record, tracked)
+
+    def _analyse_attractor(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The attractor fields of a step's record and its attractor_change event, if any; a failure costs the
+        step its attractor, not its cycles."""
+        try:
+            reference = _reference_states(self._module, self._rnn.state_dim)
+            result = self._attractors.update(self._rnn, step, reference)
+        except Exception as error:
+            self._warn("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}")
+            return {"attractor": None}, []
+        self._attractor_report = result.report
+        fields = {"attractor": attractor_record(result.primary, result.report), "attractor_ms": result.attractor_ms}
+        return fields, [result.event.to_dict()] if result.event is not None else []
 
     def _publish(self, record: dict[str, Any], tracked: TrackedStep) -> None:
         dashboard = self._dashboard
@@ -480,6 +519,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "final_step": int(self._history[-1][0]) if self._history else None,
             "final_loss": losses[-1] if losses else None,
             "final_cycles": previous.to_dict() if previous is not None else None,
+            "final_attractor": next((r.get("attractor") for r in reversed(analysed) if r.get("attractor")), None),
+            "max_attractor_period": self.max_attractor_period,
+            "n_attractor_changes": by_kind.get("attractor_change", 0),
             "n_events": len(event_steps),
             "events_by_kind": {kind: by_kind.get(kind, 0) for kind in BIFURCATION_KINDS},
             "n_border_crossings": n_folded,
@@ -515,7 +557,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         orbits: list[Any] = []
         reference = None
         try:  # figure decoration must not cost the step its record
-            if cycles is not None:
+            if self._attractor_report is not None:  # the attractors the analysis found, at any period
+                orbits = [attractor.orbit for attractor in self._attractor_report if attractor.kind != "divergent"]
+            elif cycles is not None:
                 orbits = sample_orbits(self._rnn, cycles, seed=self.seed)
             reference = _reference_states(self._module, self._rnn.state_dim)
         except Exception as error:

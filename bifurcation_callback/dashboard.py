@@ -16,12 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .attractors import ATTRACTOR_KINDS, attractor_label
 from .bifurcations.events import is_qualitative
 
 __all__ = [
     "LOGGED_METRICS",
     "Dashboard",
     "custom_scalars_layout",
+    "attractor_record",
     "events_markdown",
     "fold_events",
     "read_jsonl",
@@ -41,13 +43,19 @@ LOGGED_METRICS: dict[str, str] = {
     "bifurcation/n_stable/order_{k}": "number of stable k-cycles",
     "bifurcation/n_cycles/total": "all cycles up to max_order",
     "bifurcation/n_stable/total": "all stable cycles up to max_order",
+    "bifurcation/exhaustive/order_{k}": "1 when the k-cycle count is proved complete (every region sequence enumerated), 0 when it is a lower bound (heuristic search)",
     "bifurcation/max_abs_eig/order_{k}": "largest |multiplier| over the k-cycles",
     "bifurcation/max_abs_eig/cycle_{id}": "largest |multiplier| of one tracked cycle (tracks 0 .. max_tracked_cycles - 1 of the run)",
     "bifurcation/min_unit_distance": "min over cycles and multipliers of ||λ| − 1|: small = stability change near",
     "bifurcation/min_border_margin": "min distance of a cycle point to a switching plane: small = border collision near",
     "bifurcation/event": "number of bifurcation events at this step (0 otherwise): markers on the loss chart",
     "bifurcation/events_total": "cumulative number of events",
-    "bifurcation/monitor_ms": "time of the cycle search and comparison at this step",
+    "bifurcation/attractor/kind": "kind of the followed attractor, as its index in attractors.ATTRACTOR_KINDS (0 fixed point, 1 cycle, 2 chaotic, 3 quasi-periodic, 4 unresolved, 5 divergent)",
+    "bifurcation/attractor/period": "period of the followed attractor (any period up to max_attractor_period; absent when not periodic)",
+    "bifurcation/attractor/max_abs_eig": "largest |multiplier| of the followed attractor's cycle (absent when not periodic)",
+    "bifurcation/attractor/lyapunov": "largest Lyapunov exponent of the followed attractor (exact for a cycle: log|λ|max / period)",
+    "bifurcation/attractor/n_attractors": "number of distinct attractors reached from the starting states",
+    "bifurcation/monitor_ms": "time of the cycle search, the attractor analysis and the comparison at this step",
     "bifurcation/skipped": "cumulative number of monitored steps skipped (errors, NaN weights, time budget)",
     "bifurcation/jumps_explained": "at fit end: fraction of loss jumps with an event within jump_window steps (not logged without jumps)",
     "bifurcation/events_with_jump": "at fit end: fraction of events with a loss jump within jump_window steps (not logged without events)",
@@ -145,6 +153,35 @@ def events_markdown(events: Iterable[Mapping[str, Any]], *, show_all: bool = Fal
     return "\n".join(rows)
 
 
+def attractor_record(primary: Any, report: Any) -> dict[str, Any] | None:
+    """The followed attractor as a JSON-ready record (no orbit: records stay small).
+
+    Parameters
+    ----------
+    primary : Attractor or None
+    report : AttractorReport
+
+    Examples
+    --------
+    >>> attractor_record(None, None) is None
+    True
+    """
+    if primary is None:
+        return None
+    finite = lambda value: value if value is not None and math.isfinite(value) else None  # noqa: E731
+    return {
+        "kind": primary.kind,
+        "period": primary.period,
+        "label": attractor_label(primary.kind, primary.period),
+        "stable": primary.is_stable,
+        "spectral_radius": finite(primary.spectral_radius),
+        "largest_lyapunov": finite(primary.largest_lyapunov),
+        "fraction": primary.fraction,
+        "n_attractors": len(report),
+        "others": [attractor_label(a.kind, a.period) for a in report if a is not primary],
+    }
+
+
 def step_scalars(
     record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int
 ) -> dict[str, float | None]:
@@ -174,12 +211,20 @@ def step_scalars(
         "bifurcation/event": float(len(record["events"])),
         "bifurcation/events_total": float(n_events),
         "bifurcation/skipped": float(n_skipped),
-        "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"],
+        "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"] + record.get("attractor_ms", 0.0),
     }
+    attractor = record.get("attractor")
+    if attractor is not None:
+        scalars["bifurcation/attractor/kind"] = float(ATTRACTOR_KINDS.index(attractor["kind"]))
+        scalars["bifurcation/attractor/period"] = attractor["period"]
+        scalars["bifurcation/attractor/max_abs_eig"] = attractor["spectral_radius"]
+        scalars["bifurcation/attractor/lyapunov"] = attractor["largest_lyapunov"]
+        scalars["bifurcation/attractor/n_attractors"] = float(attractor["n_attractors"])
     for order in cycles.orders:
         of_order = cycles.by_order(order)
         scalars[f"bifurcation/n_cycles/order_{order}"] = float(len(of_order))
         scalars[f"bifurcation/n_stable/order_{order}"] = float(sum(c.is_stable for c in of_order))
+        scalars[f"bifurcation/exhaustive/order_{order}"] = float(cycles.is_exhaustive(order))
         if of_order:
             scalars[f"bifurcation/max_abs_eig/order_{order}"] = max(c.spectral_radius for c in of_order)
     for track, radius in charted.items():

@@ -14,22 +14,34 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._checks import require_dtype, require_int
+from .attractors import Attractor, AttractorReport, attractor_label, find_attractors
 from .bifurcations import BifurcationEvent, detect_bifurcations, localize, match
 from .cycles import Cycle, CycleSet, find_cycles
-from .models import detached_copy
+from .models import detached_copy, search_radius
 
-__all__ = ["MONITOR_FINDER_DEFAULTS", "FINDER_KEYS", "CycleTracker", "TrackedStep", "check_finder_kwargs", "gradient_norm"]
+__all__ = [
+    "MONITOR_FINDER_DEFAULTS",
+    "FINDER_KEYS",
+    "AttractorTracker",
+    "CycleTracker",
+    "TrackedAttractor",
+    "TrackedStep",
+    "check_finder_kwargs",
+    "gradient_norm",
+]
 
-# Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each),
-# and a small random search for newly born cycles runs on one order every `discovery_every` monitored
-# steps, in rotation.  The first step uses find_cycles' thorough defaults on every order.
+# Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each), then
+# every order is searched: exhaustively where its region sequences can be enumerated (find_cycles decides),
+# else by this small random search, so a new cycle is counted at the step it is born.  The first step uses
+# find_cycles' thorough defaults on every order.
 MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 5, "outer": 1}
 
 # The single list of find_cycles options a user may override; validation and its error message read it.
-FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "inner", "n_starts", "outer")
+FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "exhaustive_limit", "inner", "n_starts", "outer")
 
 
 def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> dict[str, Any]:
@@ -60,7 +72,7 @@ def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> d
     >>> check_finder_kwargs({"speed": 2})
     Traceback (most recent call last):
     ...
-    ValueError: finder_kwargs has unknown keys ['speed']; allowed: ['device', 'dtype', 'inner', 'n_starts', 'outer']
+    ValueError: finder_kwargs has unknown keys ['speed']; allowed: ['device', 'dtype', 'exhaustive_limit', 'inner', 'n_starts', 'outer']
     """
     prefix = f"{owner}: " if owner else ""
     if finder_kwargs is None:
@@ -77,8 +89,8 @@ def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> d
             checked[key] = require_dtype(name, value, owner=owner)
         elif key == "device":
             checked[key] = _device(name, value, prefix)
-        else:
-            checked[key] = require_int(name, value, 1, owner=owner)
+        else:  # exhaustive_limit 0 turns enumeration off; the search itself needs at least one start
+            checked[key] = require_int(name, value, 0 if key == "exhaustive_limit" else 1, owner=owner)
     return checked
 
 
@@ -142,9 +154,6 @@ class CycleTracker:
     ----------
     max_order : int
         Largest cycle order searched.
-    discovery_every : int
-        Run the random search for newly born cycles on every n-th update (one order per search, in rotation);
-        the cycles already known are re-solved at every update.
     max_tracked_cycles : int
         How many tracks (the first ones created) get a per-cycle curve over the whole run.
     seed : int
@@ -177,7 +186,6 @@ class CycleTracker:
         self,
         max_order: int,
         *,
-        discovery_every: int = 2,
         max_tracked_cycles: int = 8,
         seed: int = 0,
         finder_kwargs: Mapping[str, Any] | None = None,
@@ -185,7 +193,6 @@ class CycleTracker:
         localize_events: bool = False,
     ) -> None:
         self.max_order = require_int("max_order", max_order, 1, owner="CycleTracker")
-        self.discovery_every = require_int("discovery_every", discovery_every, 1, owner="CycleTracker")
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner="CycleTracker")
         self.seed = require_int("seed", seed, 0, owner="CycleTracker")
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner="CycleTracker")
@@ -200,32 +207,32 @@ class CycleTracker:
         """Forget every snapshot, track and schedule position."""
         self.previous: CycleSet | None = None
         self.previous_step: int | None = None
+        self._warm_start: CycleSet | None = None
         self.n_searches = 0
         self._tracks: dict[str, int] = {}
         self._next_track_id = 0
-        self._last_random_search: dict[int, int] = {}
+        self._first_step: int | None = None
+        # Per order, the last analysed step whose search was exhaustive (proved complete).
+        self._last_exhaustive: dict[int, int] = {}
         self._previous_weights = None
 
     # ------------------------------------------------------------------------------------------ schedule
 
-    def plan(self) -> tuple[dict[str, int], list[int] | None]:
-        """The effort of the next search: (finder options, orders with a random search; None = all, thorough).
+    def plan(self) -> dict[str, int]:
+        """The finder options of the next search: find_cycles' thorough defaults while there is no warm start,
+        then ``MONITOR_FINDER_DEFAULTS`` (with the user's overrides applied by ``update``) on every order.
 
         Examples
         --------
-        >>> CycleTracker(max_order=3).plan()
-        ({}, None)
+        >>> tracker = CycleTracker(max_order=3)
+        >>> tracker.plan()
+        {}
         """
-        if self.previous is None:  # no warm start yet: find_cycles' thorough defaults on every order
-            return {}, None
-        if self.n_searches % self.discovery_every:
-            return dict(MONITOR_FINDER_DEFAULTS), []
-        discovery = self.n_searches // self.discovery_every
-        return dict(MONITOR_FINDER_DEFAULTS), [1 + discovery % self.max_order]
+        return {} if self.previous is None else dict(MONITOR_FINDER_DEFAULTS)
 
     # ------------------------------------------------------------------------------------------ update
 
-    def update(self, model: Any, step: int) -> TrackedStep | None:
+    def update(self, model: Any, step: int) -> TrackedStep:
         """Search the cycles of ``model`` at ``step``, compare with the previous snapshot and move on.
 
         Parameters
@@ -237,8 +244,11 @@ class CycleTracker:
 
         Returns
         -------
-        TrackedStep or None
-            None when the time budget cut the search short: nothing is compared or remembered.
+        TrackedStep
+            A search cut by the time budget keeps what it found: its orders have status ``"cut"`` (their
+            counts are lower bounds), no event is reported for them (a cycle not reached is no disappearance),
+            and the next search starts from the union of what this one found and the earlier cycles of those
+            orders, so a budget too small for one thorough search still lets the monitor catch up.
 
         Raises
         ------
@@ -246,34 +256,33 @@ class CycleTracker:
             From ``find_cycles`` (non-finite weights, ...); the tracker's state is left as it was, except that
             the attempt counts in the schedule.
         """
-        effort, random_orders = self.plan()
+        effort = self.plan()
         self.n_searches += 1
         started = time.perf_counter()
         cycles = find_cycles(
             self._analysis_copy(model),
             self.max_order,
-            warm_start=self.previous,
-            random_orders=random_orders,
+            warm_start=self._warm_start,
             seed=self.seed + step,
             time_budget_s=self.time_budget_s,
             **{**effort, **self.finder_kwargs},
         )
         searched = time.perf_counter()
-        if cycles.cut:
-            return None
         weights = detached_copy(model) if self.localize_events and isinstance(model, torch.nn.Module) else None
         if self.previous is None:  # the first snapshot: every cycle starts a track, nothing to compare with
             events: list[BifurcationEvent] = []
             self._update_tracks(match(CycleSet(orders=cycles.orders), cycles))
         else:
             events = detect_bifurcations(self.previous, cycles, step=step, prev_step=self.previous_step)
-            events = [self._honest_bracket(event) for event in events]
+            compared = {k for k in cycles.orders if "cut" not in (cycles.status(k), self.previous.status(k))}
+            events = [self._honest_bracket(event) for event in events if event.order in compared]
             self._update_tracks(match(self.previous, cycles))
             if events and self._previous_weights is not None and weights is not None:
                 events = self._localize(events, self._previous_weights, weights, step)
+        self._warm_start = _carry_over(cycles, self._warm_start)
         self.previous, self.previous_step, self._previous_weights = cycles, step, weights
-        for order in cycles.orders if random_orders is None else random_orders:
-            self._last_random_search[order] = step
+        self._first_step = step if self._first_step is None else self._first_step
+        self._last_exhaustive.update({order: step for order in cycles.orders if cycles.is_exhaustive(order)})
         return TrackedStep(
             step=step,
             cycles=cycles,
@@ -294,15 +303,17 @@ class CycleTracker:
         return dict(sorted((t, c) for t, c in tracked if t is not None and t < self.max_tracked_cycles))
 
     def _honest_bracket(self, event: BifurcationEvent) -> BifurcationEvent:
-        """A newly found cycle may have been born any time since its order's last random search, so the
-        bracket of every event about a cycle with no predecessor (an appearance, or a pair born at a
-        border) reaches back to that search."""
-        searched = self._last_random_search.get(event.order)
+        """A cycle found with no predecessor (an appearance, or a pair born at a border) was born after the last
+        step at which its order was proved complete without it; at steps searched only heuristically it may
+        simply have been missed.  So the bracket of such an event reaches back to the order's last exhaustive
+        step (to the first analysed step when the order never was exhaustive); for orders enumerated at every
+        step it is the usual ``(previous step, step)``."""
         low, high = event.step_interval
         newly_found = event.eigenvalues_before is None and event.eigenvalues_after is not None
-        if not newly_found or searched is None or searched >= low:
+        proved_absent = self._last_exhaustive.get(event.order, self._first_step)
+        if not newly_found or proved_absent is None or proved_absent >= low:
             return event
-        return dataclasses.replace(event, step_interval=(searched, high))
+        return dataclasses.replace(event, step_interval=(proved_absent, high))
 
     def _update_tracks(self, pairings: list) -> None:
         """Give every current cycle a track id; a persisting cycle keeps its id under its (possibly new) key."""
@@ -357,7 +368,8 @@ class CycleTracker:
             "n_searches": self.n_searches,
             "tracks": dict(self._tracks),
             "next_track_id": self._next_track_id,
-            "last_random_search": {str(k): v for k, v in self._last_random_search.items()},
+            "first_step": self._first_step,
+            "last_exhaustive": {str(k): v for k, v in self._last_exhaustive.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -366,8 +378,200 @@ class CycleTracker:
         self.reset()
         previous = state.get("previous")
         self.previous = CycleSet.from_dict(previous) if previous is not None else None
+        self._warm_start = self.previous
         self.previous_step = state.get("previous_step")
         self.n_searches = int(state.get("n_searches", 0))
         self._tracks = dict(state.get("tracks", {}))
         self._next_track_id = int(state.get("next_track_id", 0))
-        self._last_random_search = {int(k): int(v) for k, v in state.get("last_random_search", {}).items()}
+        self._first_step = state.get("first_step")
+        self._last_exhaustive = {int(k): int(v) for k, v in state.get("last_exhaustive", {}).items()}
+
+
+def _carry_over(cycles: CycleSet, warm_start: CycleSet | None) -> CycleSet:
+    """The next warm start: ``cycles`` plus, for its orders cut by the time budget, the earlier warm start's
+    cycles of those orders (their region sequences are only tried again, never reported)."""
+    if warm_start is None or not cycles.cut:
+        return cycles
+    known = {cycle.key for cycle in cycles}
+    kept = [c for c in warm_start if c.order in cycles.orders and cycles.status(c.order) == "cut" and c.key not in known]
+    return dataclasses.replace(cycles, cycles=tuple(sorted(cycles.cycles + tuple(kept), key=lambda c: c.order)))
+
+
+# ---------------------------------------------------------------------------------------------- attractor
+
+# Starting states per attractor analysis: the previous attractor's points (continuity), data states the
+# LightningModule exposes, and a few random ones (other basins).
+ATTRACTOR_PREVIOUS_POINTS = 8
+ATTRACTOR_REFERENCE_STATES = 8
+ATTRACTOR_RANDOM_STATES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackedAttractor:
+    """What one attractor analysis produced.
+
+    Attributes
+    ----------
+    step : int
+    report : AttractorReport
+        Every attractor reached from the starting states.
+    primary : Attractor or None
+        The attractor followed from step to step: the one the previous primary's points reach; without
+        them (first step, or after a divergent one) the most-reached bounded attractor.
+    event : BifurcationEvent or None
+        An ``attractor_change`` when the primary's kind or period differs from the previous step's.
+    attractor_ms : float
+    """
+
+    step: int
+    report: AttractorReport
+    primary: Attractor | None
+    event: BifurcationEvent | None
+    attractor_ms: float
+
+
+class AttractorTracker:
+    """Follow the attractor of one piecewise-linear model across training steps, at any period up to
+    ``max_period`` (the cycle search is bounded by ``max_order``; the attractor is not).
+
+    Each update simulates the model from the previous attractor's points, from ``reference`` states (e.g.
+    training data in state space) and from a few random states (own generator, seeded by ``seed + step``), and
+    classifies what they reach (``attractors.find_attractors``): the stable cycles of any order, chaotic,
+    quasi-periodic or divergent orbits.  The *primary* attractor is the one the previous primary's points reach
+    (the most-reached bounded one when there are none), so a change of kind or period there is an
+    ``attractor_change`` event.
+
+    Parameters
+    ----------
+    max_period : int
+        Longest period detected.
+    seed : int
+        Base seed of the random starting states.
+    n_transient : int
+        Steps discarded before periodicity is tested once a previous attractor seeds the states (the first
+        analysis discards ``4 * n_transient``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.models import ShallowPLRNN
+    >>> model = ShallowPLRNN(1, 1)  # z' = -0.5 z + w relu(z) + 1
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(-0.5), model.W1.fill_(0.0), model.W2.fill_(1.0), model.h2.zero_(), model.h1.fill_(1.0)
+    >>> tracker = AttractorTracker(max_period=8)
+    >>> primary = tracker.update(model, step=0).primary  # w = 0: the stable fixed point 2/3
+    >>> attractor_label(primary.kind, primary.period)
+    'fixed point'
+    >>> with torch.no_grad():
+    ...     _ = model.W1.fill_(-1.0)  # slope -1.5 right of 0: the fixed point is unstable, a 2-cycle attracts
+    >>> tracker.update(model, step=1).event.description
+    'attractor changed from fixed point to 2-cycle'
+    """
+
+    def __init__(self, max_period: int = 256, *, seed: int = 0, n_transient: int = 256) -> None:
+        self.max_period = require_int("max_period", max_period, 1, owner="AttractorTracker")
+        self.seed = require_int("seed", seed, 0, owner="AttractorTracker")
+        self.n_transient = require_int("n_transient", n_transient, 0, owner="AttractorTracker")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous attractor."""
+        self.previous: dict[str, Any] | None = None  # kind, period, points (list of lists), step
+        self.previous_step: int | None = None
+
+    def starting_states(self, model: Any, step: int, reference: Any = None) -> torch.Tensor:
+        """The batch of starting states of the next update (previous primary's points first)."""
+        dim = model.state_dim
+        parts = []
+        if self.previous is not None and self.previous["points"]:
+            parts.append(torch.as_tensor(self.previous["points"], dtype=torch.float64).reshape(-1, dim))
+        if reference is not None:
+            states = torch.as_tensor(reference, dtype=torch.float64).reshape(-1, dim).cpu()
+            states = states[torch.isfinite(states).all(-1)]
+            if len(states):
+                index = torch.linspace(0, len(states) - 1, min(len(states), ATTRACTOR_REFERENCE_STATES)).long()
+                parts.append(states[index])
+        generator = torch.Generator().manual_seed(self.seed + step)
+        radius = search_radius(model)
+        parts.append((2 * torch.rand(ATTRACTOR_RANDOM_STATES, dim, generator=generator, dtype=torch.float64) - 1) * radius)
+        return torch.cat(parts)
+
+    def update(self, model: Any, step: int, reference: Any = None) -> TrackedAttractor:
+        """Analyse the attractor of ``model`` at ``step``.
+
+        Parameters
+        ----------
+        model : PiecewiseLinear
+        step : int
+        reference : array-like, shape (..., M), optional
+            States to start from besides the previous attractor (e.g. training data mapped to state space).
+
+        Raises
+        ------
+        ValueError
+            From ``find_attractors`` (non-finite weights, ...); the previous attractor is kept.
+        """
+        started = time.perf_counter()
+        states = self.starting_states(model, step, reference)
+        warm = self.previous is not None
+        report = find_attractors(
+            model,
+            states,
+            max_period=self.max_period,
+            n_transient=self.n_transient if warm else 4 * self.n_transient,
+            n_window=2 * self.max_period,
+        )
+        primary = self._primary(report, followed=bool(self.previous and self.previous["points"]))
+        event = self._change(primary, step)
+        if primary is not None:
+            if primary.cycle is not None:
+                points = primary.cycle.points[:: max(1, len(primary.cycle.points) // ATTRACTOR_PREVIOUS_POINTS)]
+            else:
+                points = primary.orbit[-ATTRACTOR_PREVIOUS_POINTS:]
+            # A divergent orbit's points lead nowhere: the next step looks for an attractor afresh.
+            points = points[np.isfinite(points).all(-1)] if primary.kind != "divergent" else points[:0]
+            self.previous = {
+                "kind": primary.kind,
+                "period": primary.period,
+                "stable": primary.is_stable,
+                "points": points.tolist(),
+            }
+            self.previous_step = step
+        return TrackedAttractor(step, report, primary, event, 1e3 * (time.perf_counter() - started))
+
+    @staticmethod
+    def _primary(report: AttractorReport, *, followed: bool) -> Attractor | None:
+        """The attractor the previous one's points (the first starting states) reach; without them, the
+        most-reached attractor that is not divergent (divergent only when nothing else was reached)."""
+        if not report.attractors:
+            return None
+        if followed:
+            return report.attractors[report.labels[0]]
+        bounded = [attractor for attractor in report.attractors if attractor.kind != "divergent"]
+        return (bounded or list(report.attractors))[0]
+
+    def _change(self, primary: Attractor | None, step: int) -> BifurcationEvent | None:
+        if self.previous is None or primary is None:
+            return None
+        before = (self.previous["kind"], self.previous["period"])
+        if (primary.kind, primary.period) == before:
+            return None
+        return BifurcationEvent(
+            "attractor_change",
+            primary.period or 0,
+            step=step,
+            step_interval=(self.previous_step, step),
+            stable_before=self.previous.get("stable"),
+            stable_after=primary.is_stable,
+            point=tuple(float(v) for v in primary.orbit[-1]) if len(primary.orbit) else None,
+            description=f"attractor changed from {attractor_label(*before)} to {attractor_label(primary.kind, primary.period)}",
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The previous primary attractor (kind, period, points) and its step: JSON-friendly."""
+        return {"previous": self.previous, "previous_step": self.previous_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reset()
+        self.previous = state.get("previous")
+        self.previous_step = state.get("previous_step")

@@ -96,12 +96,15 @@ def test_planted_flip_is_logged_at_the_right_step(tmp_path):
     monitor = BifurcationMonitor(max_order=2, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
     fit(tmp_path, module, monitor, logger=False)
     events = monitor.events
-    assert len(events) == 1, events
-    event = events[0]
+    assert len(events) == 2, events
+    event, attractor = events
     # The weights change inside training step 6 (the batch Lightning logs at step 6); the monitor sees them
     # after that batch's optimizer step and records them at the same step.
     assert (event.kind, event.crossing, event.order) == ("stability_change", "-1", 1)
     assert event.step == 6 and event.step_interval == (5, 6)
+    # With W = 0 the map is linear: past the flip, orbits leave every bounded set.
+    assert (attractor.kind, attractor.step, attractor.step_interval) == ("attractor_change", 6, (5, 6))
+    assert attractor.description == "attractor changed from fixed point to divergent"
     records = read_jsonl(tmp_path / "out" / "events.jsonl")
     assert [r["step"] for r in records if r["events"]] == [6]
 
@@ -109,14 +112,14 @@ def test_planted_flip_is_logged_at_the_right_step(tmp_path):
 def test_localize_events_places_the_flip_inside_its_step(tmp_path):
     rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
     module = TinyRNNModule(rnn, lr=0.0, schedule=flip_at(6))
-    monitor = BifurcationMonitor(max_order=2, localize_events=True)
+    monitor = BifurcationMonitor(max_order=2, localize_events=True, max_attractor_period=0)
     fit(tmp_path, module, monitor, logger=False)
     (event,) = monitor.events
     # Along the straight weight path a₀(t) = −0.8 − 0.4 t the multiplier a₀ reaches −1 at t = 1/2.
     assert event.location == pytest.approx(5.5, abs=1e-3)
 
 
-@pytest.mark.parametrize("problem", ["nan_weights", "finder_error", "time_budget"])
+@pytest.mark.parametrize("problem", ["nan_weights", "finder_error"])
 def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, problem):
     monitor_kwargs = {"max_order": 2}
     schedule = None
@@ -137,8 +140,6 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
             raise RuntimeError("solver exploded")
 
         monkeypatch.setattr(tracking_module, "find_cycles", broken)
-    else:
-        monitor_kwargs["time_budget_s"] = 1e-9
     monitor = BifurcationMonitor(**monitor_kwargs)
     module = TinyRNNModule(lr=0.0, schedule=schedule)
     with pytest.warns(RuntimeWarning, match="BifurcationMonitor skipped step"):
@@ -254,8 +255,8 @@ ARGUMENT_CASES = {
     "jump_warmup_steps": ([-1, 0.5, None, True], [0, 100]),
     "jump_min_change": ([-0.5, True, None, float("nan"), "1"], [0, 0.0, 2.5]),
     "max_tracked_cycles": ([None, -1, 2.0, True], [0, 8]),
+    "max_attractor_period": ([None, -1, 2.5, True, "256"], [0, 1, 256]),
     "localize_events": (["yes", 1, None], [True, False]),
-    "discovery_every": ([0, 1.5, None, True], [1, 4]),
     "seed": ([-1, 0.5, None, True], [0, 12345]),
     "show_all_events": (["yes", 1, None], [True, False]),
     "verbose": (["no", 0, None], [True, False]),
@@ -290,7 +291,7 @@ def test_every_n_steps_and_every_n_epochs_are_mutually_exclusive():
 def test_finder_kwargs_are_normalised_and_unknown_keys_list_the_allowed_ones():
     monitor = BifurcationMonitor(finder_kwargs={"dtype": "float32", "device": "cpu"})
     assert monitor.finder_kwargs == {"dtype": torch.float32, "device": torch.device("cpu")}
-    with pytest.raises(ValueError, match=r"finder_kwargs has unknown keys \['speed'\]; allowed: \['device', 'dtype', 'inner'"):
+    with pytest.raises(ValueError, match=r"finder_kwargs has unknown keys \['speed'\]; allowed: \['device', 'dtype', 'exhaustive_limit', 'inner'"):
         BifurcationMonitor(finder_kwargs={"speed": 1})
 
 
@@ -345,10 +346,35 @@ def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
     assert len(unguarded.summary["loss_jumps"]) > 1  # the first descent reads as jumps without the warm-up
 
 
-def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
+def test_a_time_budget_never_stalls_the_monitor(tmp_path):
+    """A budget too small for any search used to skip every step forever; now every step is recorded, its
+    counts marked as lower bounds (status "cut"), with one warning and no event."""
+    monitor = BifurcationMonitor(max_order=2, time_budget_s=1e-9, max_attractor_period=0)
+    with pytest.warns(RuntimeWarning, match="lower bounds"):
+        fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
+    assert monitor.n_skipped == 0 and len(monitor.records) == 6
+    assert all(set(record["statuses"].values()) == {"cut"} for record in monitor.records)
+    assert monitor.events == []
+
+
+def test_a_large_model_with_a_small_budget_catches_up_from_its_warm_start(tmp_path):
+    from bifurcation_callback.models import ShallowPLRNN
+
+    torch.manual_seed(0)
+    rnn = ShallowPLRNN(latent_dim=2, hidden_dim=60)  # far too many regions to enumerate orders 2-3
+    monitor = BifurcationMonitor(max_order=3, time_budget_s=0.02, max_attractor_period=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit(tmp_path, TinyRNNModule(rnn, lr=0.0), monitor, max_steps=8, logger=False)
+    assert monitor.n_skipped == 0 and len(monitor.records) == 8
+    totals = [sum(record["n_cycles"].values()) for record in monitor.records]
+    assert totals[-1] >= totals[0]  # the warm start carries what earlier (cut) searches found
+
+
+def test_newly_born_cycles_are_counted_at_the_step_they_are_born(tmp_path):
     """z' = 0.5 z + relu(z) + mu: no fixed point for mu > 0, a pair (2 mu and -2 mu) at a border for mu < 0.
-    mu jumps from +0.1 to -0.1 inside step 6; no previous cycle exists, so only the random search can find
-    the pair, on a later step; the bracket must still contain the true change (5, 6]."""
+    mu jumps from +0.1 to -0.1 inside step 6; no previous cycle exists, so only the search for new cycles can
+    find the pair; every order of this model is enumerated, so the bracket is exactly (5, 6]."""
     from bifurcation_callback.models import ShallowPLRNN
 
     rnn = ShallowPLRNN(latent_dim=1, hidden_dim=1)
@@ -359,14 +385,16 @@ def test_newly_born_cycles_are_discovered_with_an_honest_bracket(tmp_path):
         if step == 6:
             model.h1.fill_(-0.1)
 
-    monitor = BifurcationMonitor(max_order=2, discovery_every=2)
+    monitor = BifurcationMonitor(max_order=2)
     trainer = pl.Trainer(max_steps=20, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(dim=1))
-    events = monitor.events
+    events = [e for e in monitor.events if e.kind != "attractor_change"]
     assert [(e.kind, e.order) for e in events] == [("border_collision", 1), ("border_collision", 1)]
-    for event in events:
-        low, high = event.step_interval
-        assert low <= 5 < 6 <= high <= 6 + 2 * 2  # found within max_order discovery rounds
+    # no fixed point before: orbits diverged; after, the stable one of the pair attracts them
+    (attractor,) = [e for e in monitor.events if e.kind == "attractor_change"]
+    assert attractor.step_interval == (5, 6) and attractor.description.endswith("to fixed point")
+    # Every order of this 1-D model is enumerated at every monitored step: found at the step it is born.
+    assert [event.step_interval for event in events] == [(5, 6), (5, 6)]
     assert sorted(round(float(c.points[0, 0]), 6) for c in monitor.cycles) == [-0.2, 0.2]
 
 
@@ -450,7 +478,7 @@ def test_tracked_cycle_tags_are_capped_for_the_whole_run(tmp_path):
             model.h1.fill_(0.1 if step == 4 else -0.1)
 
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    monitor = BifurcationMonitor(max_order=1, max_tracked_cycles=2, discovery_every=1)
+    monitor = BifurcationMonitor(max_order=1, max_tracked_cycles=2)
     trainer = pl.Trainer(max_steps=16, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=logger))
     trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(n=200, dim=1))
     assert len(monitor.cycles) == 2 and len(monitor.events) >= 2  # born again, as new tracks
@@ -539,7 +567,8 @@ def test_every_n_epochs_resumes_like_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "resumed" / "events.jsonl")] == expected
     # The flip planted in step 28 shows at the next analysis, bracketed by the previous one, in both runs: the
     # resumed monitor compared against the cycle set restored from the checkpoint.
-    assert [(e.step, e.step_interval, e.kind, e.crossing) for e in whole.events] == [(31, (15, 31), "stability_change", "-1")]
+    assert [(e.step, e.step_interval, e.kind, e.crossing) for e in whole.events] == [
+        (31, (15, 31), "stability_change", "-1"), (31, (15, 31), "attractor_change", None)]
     assert [(e.step, e.step_interval, e.kind, e.crossing) for e in resumed.events] == [
         (e.step, e.step_interval, e.kind, e.crossing) for e in whole.events]
     assert [r["n_cycles"] for r in resumed.records] == [r["n_cycles"] for r in whole.records]
@@ -624,7 +653,8 @@ def test_state_space_figure_gets_orbits_and_the_modules_reference_states(tmp_pat
     assert len(drawn) == 3  # steps 2 and 5, and fit end
     for kwargs in drawn:
         assert kwargs["reference"].shape == (24, 2)
-        assert kwargs["orbits"] and all(orbit.shape == (151, 2) for orbit in kwargs["orbits"])
+        # the orbits of the attractors the step's analysis found (200 points each), not isolated points
+        assert kwargs["orbits"] and all(orbit.shape == (200, 2) for orbit in kwargs["orbits"])
     accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0}).Reload()
     assert len(accumulator.Images("bifurcation/state_space")) == 3
 

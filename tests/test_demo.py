@@ -221,7 +221,7 @@ def test_demo_options_use_the_shared_validators(argv, message, capsys):
 
 # Fields that are timings (they differ between any two runs); everything else must be identical.
 SUMMARY_TIMINGS = {"monitor_seconds", "fit_seconds", "monitor_overhead"}
-RECORD_TIMINGS = {"finder_ms", "compare_ms", "publish_ms", "figures_ms"}
+RECORD_TIMINGS = {"finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms"}
 DEMO_TIMINGS = {"wall_seconds"}
 
 

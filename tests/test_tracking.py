@@ -64,37 +64,48 @@ def test_persisting_cycles_keep_their_track_ids():
     assert ids == [[0]] * 4
 
 
-def test_search_schedule_thorough_first_then_one_order_in_rotation():
-    """Today's schedule (a later issue replaces it): the first search is thorough on every order, then a random
-    search on one order every `discovery_every` updates, orders in rotation."""
-    tracker = CycleTracker(max_order=3, discovery_every=2)
+def test_search_schedule_thorough_first_then_every_order_at_every_update():
+    tracker = CycleTracker(max_order=3)
     model = linear_1d(0.5)
     plans = []
-    for step in range(8):
+    for step in range(4):
         plans.append(tracker.plan())
         tracker.update(model, step)
-    assert plans[0] == ({}, None)
-    assert all(effort == MONITOR_FINDER_DEFAULTS for effort, _ in plans[1:])
-    assert [orders for _, orders in plans[1:]] == [[], [2], [], [3], [], [1], []]
+    assert plans[0] == {}
+    assert all(plan == MONITOR_FINDER_DEFAULTS for plan in plans[1:])
 
 
-def test_a_pair_born_between_random_searches_gets_a_bracket_back_to_the_last_search():
-    tracker = CycleTracker(max_order=2, discovery_every=2)
+def test_a_pair_born_at_a_border_is_counted_at_the_step_it_is_born():
+    # Every order of this 1-D model is enumerated at every update, so the bracket is exact.
+    tracker = CycleTracker(max_order=2)
     model = border_pair(0.1)
     found = []
-    for step in range(12):
+    for step in range(6):
         if step == 3:
             set_mu(model, -0.1)  # born during step 3
         found.append(tracker.update(model, step))
+    assert all(result.cycles.is_exhaustive(order) for result in found for order in (1, 2))
     events = [event for result in found for event in result.events]
-    assert [(e.kind, e.order) for e in events] == [("border_collision", 1)] * 2
-    for event in events:
-        low, high = event.step_interval
-        assert low <= 2 < 3 <= high
+    assert [(e.kind, e.order, e.step_interval) for e in events] == [("border_collision", 1, (2, 3))] * 2
+
+
+def test_a_cycle_first_found_by_a_heuristic_search_gets_a_bracket_back_to_the_last_proof():
+    # Above the enumeration limit an order is only searched: a newly found cycle may have been missed before,
+    # so its bracket reaches back to the first analysed step (no exhaustive step of that order exists).
+    tracker = CycleTracker(max_order=2, finder_kwargs={"exhaustive_limit": 0})
+    model = border_pair(0.1)
+    found = []
+    for step in range(6):
+        if step == 3:
+            set_mu(model, -0.1)
+        found.append(tracker.update(model, step))
+    assert not any(result.cycles.is_exhaustive(1) for result in found)
+    events = [event for result in found for event in result.events]
+    assert events and all(event.step_interval[0] == 0 and event.step_interval[1] >= 3 for event in events)
 
 
 def test_tracked_curves_are_capped_for_the_whole_run():
-    tracker = CycleTracker(max_order=1, discovery_every=1, max_tracked_cycles=2)
+    tracker = CycleTracker(max_order=1, max_tracked_cycles=2)
     model = border_pair(-0.1)
     charted = set()
     for step in range(14):
@@ -107,11 +118,19 @@ def test_tracked_curves_are_capped_for_the_whole_run():
     assert tracker.charted(tracker.previous) == {}
 
 
-def test_time_budget_cut_returns_none_and_remembers_nothing():
-    tracker = CycleTracker(max_order=2, time_budget_s=1e-12)
-    assert tracker.update(linear_1d(0.5), step=0) is None
-    assert tracker.previous is None and tracker.previous_step is None
-    assert tracker.plan() == ({}, None)
+def test_a_search_cut_by_the_time_budget_keeps_what_it_found_and_reports_no_event():
+    tracker = CycleTracker(max_order=2)
+    model = border_pair(-0.1)  # two fixed points
+    assert len(tracker.update(model, step=0).cycles) == 2
+    tracker.time_budget_s = 1e-12  # cut at once: nothing is re-solved
+    cut = tracker.update(model, step=1)
+    assert cut.cycles.cut and set(cut.cycles.statuses.values()) == {"cut"}
+    assert cut.events == ()  # the two fixed points were not reached, not lost
+    tracker.time_budget_s = None
+    again = tracker.update(model, step=2)
+    assert len(again.cycles) == 2 and not again.cycles.cut
+    assert again.events == ()  # nor are they born again: the step before was only a lower bound
+    assert again.cycles.stats.warm_start_hits == 2  # the cut step passed the earlier cycles on as warm start
 
 
 def test_finder_errors_propagate_and_leave_the_snapshot_untouched():
@@ -128,10 +147,10 @@ def test_finder_errors_propagate_and_leave_the_snapshot_untouched():
 
 def test_state_dict_round_trips_through_json_and_continues_identically():
     model = border_pair(-0.1)
-    original = CycleTracker(max_order=2, discovery_every=2)
+    original = CycleTracker(max_order=2)
     for step in range(5):
         original.update(model, step)
-    restored = CycleTracker(max_order=2, discovery_every=2)
+    restored = CycleTracker(max_order=2)
     restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
     assert restored.plan() == original.plan()
     assert restored.state_dict() == original.state_dict()

@@ -16,6 +16,7 @@ The vocabulary is closed: ``BIFURCATION_KINDS`` lists every ``BifurcationEvent.k
 | stability_change | same region sequence, the number of multipliers outside the unit circle changed; ``crossing`` says how: ``+1`` (``fold``; in a PL map the cycle passes through infinity), ``-1`` (``pd``, flip / period doubling), ``complex`` (``ns``, Neimark–Sacker) | the trajectory leaves / joins the cycle; at a ``+1`` crossing of a PL map ``(I - P)^-1`` blows up, so gradients explode like at a DTB |
 | border_collision | a cycle point crosses a switching plane (``bc``): the cycle persists with new region codes, or a pair of cycles appears / vanishes at the border (nonsmooth fold) | Jacobian products jump: loss jumps, discontinuous and (per the paper) vanishing gradients |
 | degenerate | a cycle escapes to / comes from infinity as a real multiplier reaches +1 (the paper's degenerate transcritical bifurcation, DTB) | ‖∂L/∂θ‖ → ∞: exploding gradients (Thm 1) |
+| attractor_change | the attractor the orbits follow changed kind or period (e.g. 4-cycle → fixed point, 16-cycle → chaotic), at any period; made by ``tracking.AttractorTracker``, not by ``detect_bifurcations``; ``order`` is the new period (0 when not periodic) | what the generated trajectories, and so the loss, see |
 
 Thresholds (module constants, documented where they are defined):
 
@@ -64,7 +65,14 @@ __all__ = [
 ]
 
 # The closed vocabulary of events: validation, docs and the CLI read these registries.
-BIFURCATION_KINDS = ("appearance", "disappearance", "stability_change", "border_collision", "degenerate")
+BIFURCATION_KINDS = (
+    "appearance",
+    "disappearance",
+    "stability_change",
+    "border_collision",
+    "degenerate",
+    "attractor_change",
+)
 # How a stability_change happened: a real multiplier crossed +1 (fold), -1 (flip / period doubling),
 # or a complex pair crossed |λ| = 1 (Neimark–Sacker).
 CROSSINGS = ("+1", "-1", "complex")

@@ -1,0 +1,60 @@
+"""The monitor against ground truth at every step: weights planted along a straight path between two random
+weight sets (no learning) cross several bifurcations, and at every monitored step the monitor's counts must
+equal exhaustive enumeration of every region sequence."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from bifurcation_callback.callback import BifurcationMonitor
+from bifurcation_callback.cycles import exhaustive_cycles
+from bifurcation_callback.models import PLRNN
+
+from .tiny_modules import TinyRNNModule, quiet_trainer_kwargs, random_sequences
+
+N_STEPS = 40
+MAX_ORDER = 3
+
+
+def random_weights(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "A": torch.rand(3, generator=generator) * 2.2 - 1.1,
+        "W": (torch.rand(3, 3, generator=generator) * 2 - 1) * 1.2,
+        "h": torch.rand(3, generator=generator) * 2 - 1,
+    }
+
+
+def set_on_path(rnn: PLRNN, start: dict, end: dict, step: int) -> None:
+    fraction = min(step, N_STEPS - 1) / (N_STEPS - 1)
+    with torch.no_grad():
+        for name in ("A", "W", "h"):
+            getattr(rnn, name).copy_((1 - fraction) * start[name] + fraction * end[name])
+
+
+# Seeds of path ends chosen (by exhaustive enumeration along the path) so that the path crosses 3-4 changes of the
+# cycle counts, in two orders each: fixed points and 2-cycles (26), 2- and 3-cycles (48).
+@pytest.mark.parametrize("seed", [26, 48])
+def test_counts_equal_exhaustive_enumeration_at_every_monitored_step(tmp_path, seed):
+    start, end = random_weights(seed), random_weights(seed + 1)
+    module = TinyRNNModule(PLRNN(3), lr=0.0, schedule=lambda step, rnn: set_on_path(rnn, start, end, step))
+    monitor = BifurcationMonitor(max_order=MAX_ORDER, jsonl_path=str(tmp_path / "events.jsonl"))
+    trainer = pl.Trainer(max_steps=N_STEPS, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(module, random_sequences(n=8 * N_STEPS, dim=3))
+
+    reference = PLRNN(3).double()
+    wrong, changes, previous = [], 0, None
+    records = [record for record in monitor.records if "skipped" not in record]
+    assert [record["step"] for record in records] == list(range(N_STEPS))
+    for record in records:
+        set_on_path(reference, start, end, record["step"])
+        exact = exhaustive_cycles(reference, max_order=MAX_ORDER)
+        truth = ({str(k): n for k, n in exact.counts().items()}, {str(k): n for k, n in exact.stable_counts().items()})
+        if (record["n_cycles"], record["n_stable"]) != truth:
+            wrong.append((record["step"], record["n_cycles"], record["n_stable"], truth))
+        changes += previous is not None and truth != previous
+        previous = truth
+    assert changes >= 3, "the planted path should cross several bifurcations"
+    assert not wrong, f"{len(wrong)} of {len(records)} steps differ from exhaustive enumeration: {wrong[:5]}"
