@@ -1,6 +1,7 @@
-"""The monitor against ground truth at every step: weights planted along a straight path between two random
-weight sets (no learning) cross several bifurcations, and at every monitored step the monitor's counts must
-equal exhaustive enumeration of every region sequence."""
+"""The monitor against ground truth at every step, with weights planted along straight paths (no learning):
+between two random weight sets, crossing several bifurcations, the monitor's counts must equal exhaustive
+enumeration of every region sequence at every monitored step; towards the paper's 16-cycle teacher, the
+attractor must be its stable 16-cycle at every step once the teacher is reached."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from bifurcation_callback.callback import BifurcationMonitor
-from bifurcation_callback.cycles import exhaustive_cycles
+from bifurcation_callback.cycles import exhaustive_cycles, find_cycles
+from bifurcation_callback.data import _teacher_model
 from bifurcation_callback.models import PLRNN
 
 from .tiny_modules import TinyRNNModule, quiet_trainer_kwargs, random_sequences
@@ -58,3 +60,36 @@ def test_counts_equal_exhaustive_enumeration_at_every_monitored_step(tmp_path, s
         previous = truth
     assert changes >= 3, "the planted path should cross several bifurcations"
     assert not wrong, f"{len(wrong)} of {len(records)} steps differ from exhaustive enumeration: {wrong[:5]}"
+
+
+def test_the_teachers_16_cycle_is_reported_as_the_attractor_at_every_step_once_reached(tmp_path):
+    """The paper's 2-D teacher's attractor is a stable 16-cycle, far beyond max_order 4.  Weights move along a
+    straight path from a perturbed teacher to the teacher (reached at step 8); from then on the monitor must
+    report a stable 16-cycle attractor at every step."""
+    teacher = _teacher_model("16-cycle")
+    generator = torch.Generator().manual_seed(3)
+    end = {name: getattr(teacher, name).detach().float() for name in ("A", "W", "h")}
+    start = {name: value + 0.15 * torch.randn(value.shape, generator=generator)
+             for name, value in end.items()}
+    reached = 8
+
+    def schedule(step: int, rnn: PLRNN) -> None:
+        fraction = min(step / reached, 1.0)
+        for name in ("A", "W", "h"):
+            getattr(rnn, name).copy_((1 - fraction) * start[name] + fraction * end[name])
+
+    monitor = BifurcationMonitor(max_order=4, jsonl_path=str(tmp_path / "events.jsonl"))
+    trainer = pl.Trainer(max_steps=16, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(TinyRNNModule(PLRNN(2), lr=0.0, schedule=schedule), random_sequences(n=8 * 16, dim=2))
+
+    held = PLRNN(2)  # the teacher as the module holds it (float32 weights), analysed in float64 like the monitor
+    with torch.no_grad():
+        schedule(reached, held)
+    (stable_16,) = [c for c in find_cycles(held, orders=[16]) if c.is_stable]
+    after = [record for record in monitor.records if record["step"] >= reached]
+    assert [record["step"] for record in after] == list(range(reached, 16))
+    for record in after:
+        attractor = record["attractor"]
+        assert (attractor["kind"], attractor["period"], attractor["stable"]) == ("cycle", 16, True), record["step"]
+        assert attractor["spectral_radius"] == pytest.approx(stable_16.spectral_radius, rel=1e-6)
+    assert monitor.summary["final_attractor"]["label"] == "16-cycle"
