@@ -299,6 +299,7 @@ def _run_find(args: argparse.Namespace) -> int:
             n_starts=args.n_starts,
             seed=args.seed,
             dtype=torch.float32 if args.float32 else torch.float64,
+            progress=True,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

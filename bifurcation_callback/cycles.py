@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from . import _scyfi
-from ._checks import require_int
+from ._checks import require_bool, require_int
 from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
 from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
@@ -673,6 +674,7 @@ def find_cycles(
     random_orders: Sequence[int] | None = None,
     time_budget_s: float | None = None,
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
+    progress: bool = False,
 ) -> CycleSet:
     """Find the fixed points and cycles of a piecewise-linear model: exactly where enumerable, else by SCYFI.
 
@@ -717,6 +719,8 @@ def find_cycles(
         orders not reached get status ``"cut"`` (``CycleSet.cut`` is True).
     exhaustive_limit : int
         Enumerate an order when it has at most this many region sequences (default ``2**18``; 0 never).
+    progress : bool
+        Show a progress bar over the orders (tqdm, on stderr) once the search has taken more than 2 s.
 
     Returns
     -------
@@ -746,6 +750,7 @@ def find_cycles(
     """
     order_list = _resolve_orders(max_order, orders)
     n_starts = require_int("n_starts", n_starts, 0)
+    progress = require_bool("progress", progress)
     inner = require_int("inner", inner, 1)
     outer = require_int("outer", outer, 1)
     exhaustive_limit = require_int("exhaustive_limit", exhaustive_limit, 0)
@@ -774,8 +779,10 @@ def find_cycles(
     iterations: dict[int, int] = {}
     statuses: dict[int, str] = {}
     totals = {"solves": 0, "singular": 0, "warm": 0}
-    with torch.no_grad(), _one_cpu_thread(device):
-        for order in order_list:
+    # tqdm's delay: a search that ends within 2 s prints nothing (the monitor's per-step calls).
+    bar = tqdm(order_list, desc="cycle search", unit="order", delay=2.0, leave=False, disable=not progress)
+    with torch.no_grad(), _one_cpu_thread(device), bar:
+        for order in bar:
             if "cut" in statuses.values():  # the budget ran out in an earlier order
                 statuses[order] = "cut"
                 continue

@@ -265,6 +265,7 @@ class CycleTracker:
             warm_start=self._warm_start,
             seed=self.seed + step,
             time_budget_s=self.time_budget_s,
+            progress=self.previous is None,  # the thorough first search can take seconds on a large model
             **{**effort, **self.finder_kwargs},
         )
         searched = time.perf_counter()

@@ -619,3 +619,11 @@ def test_cycle_set_statuses_api_and_old_json():
     assert CycleSet.from_dict(old).statuses == {1: "searched", 2: "searched"}
     assert CycleSet.from_dict({**old, "complete": False}).statuses == {1: "cut", 2: "cut"}
     assert set(ORDER_STATUSES) == {"exhaustive", "searched", "warm_only", "cut"}
+
+
+def test_progress_bar_is_silent_for_quick_searches_and_validated(capsys):
+    # tqdm's 2 s delay: the monitor's per-step searches (and this one) print nothing.
+    find_cycles(PLRNN(2), max_order=2, progress=True)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="progress must be True or False"):
+        find_cycles(PLRNN(2), max_order=2, progress="yes")
