@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import _scyfi
-from ._checks import require_bool, require_int
+from ._checks import require_bool, require_dtype, require_int
 from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
 from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
@@ -41,6 +41,7 @@ __all__ = [
     "STABILITY_KINDS",
     "find_cycles",
     "exhaustive_cycles",
+    "cycles_from_sequences",
 ]
 
 # The closed vocabulary of stability kinds; Cycle.kind returns one of these.
@@ -990,8 +991,6 @@ def cycles_from_sequences(model: object, codes: object, *, dtype: torch.dtype | 
     >>> [c.points.tolist() for c in cycles_from_sequences(model, [[[True]], [[False]]])]
     [[[2.0]]]
     """
-    from ._checks import require_dtype  # imported here to keep this addition in one appended block
-
     dtype = require_dtype("dtype", dtype)
     analysed, device = _prepare_model(model, dtype, None, copy=False)
     codes = torch.as_tensor(codes, device=device)
