@@ -113,6 +113,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                "overhead": statistics.median(overhead), "overhead_all": overhead}
         for key, values in steps_ms.items():
             row[key] = statistics.median(values)
+            row[key.replace("_ms", "_mean_ms")] = statistics.mean(values)
             row[key.replace("_ms", "_p95_ms")] = percentile(values, 95)
             row[key.replace("_ms", "_n")] = len(values)
         rows.append(row)
