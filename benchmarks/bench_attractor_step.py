@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             agree = sum(a == b for a, b in zip(labels[nt], labels[default]))
             row = {"model": name, "n_transient": nt, "cold_ms": ms[nt][0], "median_ms": statistics.median(warm),
                    "p95_ms": percentile(warm, 95), "ms_all": ms[nt], "labels": sorted(set(labels[nt])),
-                   "agree_with_default": agree, "n": len(labels[nt])}
+                   "agree_with_default": agree, "n": len(labels[nt]), "labels_per_step": labels[nt]}
             results.append(row)
             print(f"{name:<28} n_transient {nt:>4}: cold {row['cold_ms']:7.1f}  warm median {row['median_ms']:6.1f}"
                   f"  p95 {row['p95_ms']:6.1f}  primary {','.join(row['labels'])}  same as n_transient={default}: "
