@@ -1,16 +1,25 @@
 """Overhead of BifurcationMonitor on a real training loop.
 
 ShallowPLRNN(M=3, H=50) trained with BPTT on Lorenz-63 (seq_len 200, batch 16) for a fixed number of
-steps, without the monitor and with it (every_n_steps=1 and 10, max_order=4), repetitions interleaved in
-one run so machine noise hits every configuration alike.  The overhead is reported as a ratio of fit wall
-times, and broken down from the monitor's own per-step timings (finder, comparison, logging, figures).
+steps, without the monitor and with it (every_n_steps=1 and 10, max_order=4; with the attractor analysis
+at its default max_attractor_period=256 and without it, max_attractor_period=0), repetitions interleaved
+in one run so machine noise hits every configuration alike.  The overhead is reported as a ratio of fit
+wall times, and broken down from the monitor's own per-step records (finder_ms, compare_ms, attractor_ms,
+publish_ms, figures_ms): median and 95th percentile over the monitored steps of all repetitions.
+
+Runs on older versions of the package too: a configuration whose keyword argument the installed
+BifurcationMonitor does not accept (e.g. max_attractor_period before the attractor analysis) is skipped
+with a note.  To compare two versions in the same machine window, alternate single-repetition runs of
+the two checkouts and merge their JSON files (per-step values are kept in the JSON):
 
     PYTHONPATH=. python benchmarks/bench_monitor.py [--steps 60] [--reps 3] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_monitor.py --merge before-*.json   # table over several JSON files
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import statistics
@@ -31,9 +40,31 @@ from bifurcation_callback.training import DSRModule
 CONFIGS = {
     "no monitor": None,
     "every_n_steps=1": {"every_n_steps": 1},
+    "every_n_steps=1, no attractor": {"every_n_steps": 1, "max_attractor_period": 0},
     "every_n_steps=10": {"every_n_steps": 10},
+    "every_n_steps=10, no attractor": {"every_n_steps": 10, "max_attractor_period": 0},
     "every_n_steps=1 + figures/25": {"every_n_steps": 1, "log_figures_every_n_steps": 25},
 }
+PART_KEYS = ("finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms")
+
+
+def supported(kwargs: dict | None) -> bool:
+    """Whether the installed BifurcationMonitor accepts every keyword of a configuration."""
+    if kwargs is None:
+        return True
+    parameters = inspect.signature(BifurcationMonitor.__init__).parameters
+    return all(key in parameters for key in kwargs)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), without numpy."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str) -> tuple[float, BifurcationMonitor | None]:
@@ -56,10 +87,52 @@ def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str) -> tu
     return time.perf_counter() - started, monitor
 
 
-def breakdown(monitor: BifurcationMonitor) -> dict[str, float]:
+def per_step(monitor: BifurcationMonitor) -> dict[str, list[float]]:
+    """Each timing of each monitored step (a key the version does not record is absent)."""
     records = [r for r in monitor.records if "skipped" not in r]
-    keys = ("finder_ms", "compare_ms", "publish_ms", "figures_ms")
-    return {key: statistics.mean(r.get(key, 0.0) for r in records) for key in keys}
+    return {key: [r[key] for r in records if key in r] for key in PART_KEYS if any(key in r for r in records)}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per configuration over runs (a run: the JSON of one invocation); overhead per repetition
+    against the same invocation's same repetition's no-monitor time, then the median."""
+    rows = []
+    names = [name for name in CONFIGS if any(name in run["fit_s"] for run in runs)]
+    for name in names:
+        fit, overhead, steps_ms = [], [], {}
+        for run in runs:
+            if name not in run["fit_s"]:
+                continue
+            fit.extend(run["fit_s"][name])
+            overhead.extend(t / b - 1 for t, b in zip(run["fit_s"][name], run["fit_s"]["no monitor"]))
+            for rep in run["per_step"].get(name, []):
+                for key, values in rep.items():
+                    steps_ms.setdefault(key, []).extend(values)
+        row = {"configuration": name, "fit_s": statistics.median(fit), "fit_s_all": fit,
+               "ms_per_step": 1e3 * statistics.median(fit) / runs[0]["steps"],
+               "overhead": statistics.median(overhead), "overhead_all": overhead}
+        for key, values in steps_ms.items():
+            row[key] = statistics.median(values)
+            row[key.replace("_ms", "_mean_ms")] = statistics.mean(values)
+            row[key.replace("_ms", "_p95_ms")] = percentile(values, 95)
+            row[key.replace("_ms", "_n")] = len(values)
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    print(f"{'configuration':<32} {'fit s':>7} {'ms/step':>8} {'overhead':>9}  "
+          + " ".join(f"{key[:-3]:>15}" for key in PART_KEYS))
+    for row in rows:
+        cells = [f"{row[key]:7.2f}/{row[key.replace('_ms', '_p95_ms')]:7.2f}" if key in row else f"{'-':>15}"
+                 for key in PART_KEYS]
+        print(f"{row['configuration']:<32} {row['fit_s']:7.2f} {row['ms_per_step']:8.1f} "
+              f"{100 * row['overhead']:8.1f}%  " + " ".join(cells))
+        print(f"{'':<32} fit s per repetition: {', '.join(f'{t:.2f}' for t in row['fit_s_all'])}; "
+              f"overhead: {', '.join(f'{100 * o:.1f}%' for o in row['overhead_all'])}")
+    print("(overhead: median over repetitions of fit time / the same repetition's no-monitor time - 1; "
+          "parts: median/p95 ms per monitored step over all monitored steps of all repetitions)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,45 +140,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
+                        help="configurations to run besides 'no monitor' (default: all)")
+    parser.add_argument("--json", help="write the results (and every per-step timing) here")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only print the table over these JSON files")
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as handle:
+                runs.append(json.load(handle))
+        print_table(summarize(runs), f"merged {len(runs)} run(s): {', '.join(args.merge)}")
+        return 0
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)  # keep the output to the benchmark's own lines
+    configs = {name: kwargs for name, kwargs in CONFIGS.items()
+               if name == "no monitor" or args.configs is None or name in args.configs}
+    for name, kwargs in list(configs.items()):
+        if not supported(kwargs):
+            print(f"note: skipping {name!r}: this version's BifurcationMonitor does not accept "
+                  f"{sorted(set(kwargs) - set(inspect.signature(BifurcationMonitor.__init__).parameters))}",
+                  file=sys.stderr)
+            del configs[name]
     data = lorenz63(5000, seed=0)
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    parts: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    parts: dict[str, list[dict[str, list[float]]]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as root:
         fit_once(data, None, 5, root)  # warm-up: imports, allocator, first TensorBoard writer
         for rep in range(args.reps):
-            for name, kwargs in CONFIGS.items():
+            for name, kwargs in configs.items():
                 seconds, monitor = fit_once(data, kwargs, args.steps, root)
                 times[name].append(seconds)
                 if monitor is not None:
-                    parts[name].append(breakdown(monitor))
-                print(f"rep {rep + 1}/{args.reps}  {name:<30} {seconds:6.2f} s", file=sys.stderr)
-    base = statistics.median(times["no monitor"])
-    # Overhead from the repetition's own baseline (adjacent runs share the machine's state), then the median.
-    paired = {name: statistics.median(t / b - 1 for t, b in zip(times[name], times["no monitor"])) for name in CONFIGS}
-    results = []
-    print(f"\n{args.steps} steps, ShallowPLRNN(3, 50), BPTT, seq_len 200, batch 16, {args.threads} thread(s), "
-          f"median of {args.reps}")
-    print(f"{'configuration':<30} {'fit s':>7} {'ms/step':>8} {'overhead':>9} {'finder':>7} {'compare':>8} "
-          f"{'logging':>8} {'figures':>8}  (overhead: median over repetitions of fit time / the same "
-          "repetition's no-monitor time - 1; parts: ms per monitored step)")
-    for name in CONFIGS:
-        median = statistics.median(times[name])
-        row = {"configuration": name, "fit_s": median, "ms_per_step": 1e3 * median / args.steps,
-               "overhead": paired[name], "overhead_of_medians": median / base - 1, "fit_s_all": times[name]}
-        if parts[name]:
-            row.update({key: statistics.median(p[key] for p in parts[name]) for key in parts[name][0]})
-        results.append(row)
-        cells = [f"{row.get(k, float('nan')):>7.2f}" for k in ("finder_ms", "compare_ms", "publish_ms", "figures_ms")]
-        print(f"{name:<30} {median:7.2f} {row['ms_per_step']:8.1f} {100 * row['overhead']:8.1f}% " + " ".join(cells))
+                    parts[name].append(per_step(monitor))
+                print(f"rep {rep + 1}/{args.reps}  {name:<32} {seconds:6.2f} s", file=sys.stderr, flush=True)
+    run = {"steps": args.steps, "reps": args.reps, "threads": args.threads, "fit_s": times,
+           "per_step": {name: reps for name, reps in parts.items() if reps}}
+    rows = summarize([run])
+    print_table(rows, f"\n{args.steps} steps, ShallowPLRNN(3, 50), BPTT, seq_len 200, batch 16, "
+                f"{args.threads} thread(s), median of {args.reps}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"steps": args.steps, "reps": args.reps, "threads": args.threads, "results": results}, handle, indent=2)
+            json.dump({**run, "results": rows}, handle, indent=2)
     return 0
 
 
