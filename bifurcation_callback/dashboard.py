@@ -87,7 +87,7 @@ def custom_scalars_layout(loss_tag: str, orders: Sequence[int]) -> dict:
     Examples
     --------
     >>> sorted(custom_scalars_layout("bifurcation/loss", [1, 2])["bifurcations"])
-    ['cycles per order', 'largest |multiplier| per order', 'loss and bifurcation events']
+    ['attractor', 'cycles per order', 'largest |multiplier| per order', 'loss and bifurcation events']
     """
     return {
         "bifurcations": {
@@ -97,6 +97,12 @@ def custom_scalars_layout(loss_tag: str, orders: Sequence[int]) -> dict:
             ],
             "cycles per order": ["Multiline", [f"bifurcation/n_cycles/order_{k}" for k in orders]],
             "largest |multiplier| per order": ["Multiline", [f"bifurcation/max_abs_eig/order_{k}" for k in orders]],
+            # The attractor at any period: a period curve that jumps is an attractor change the counts per
+            # order (bounded by max_order) cannot show.
+            "attractor": [
+                "Multiline",
+                ["bifurcation/attractor/period", "bifurcation/attractor/max_abs_eig", "bifurcation/attractor/lyapunov"],
+            ],
         }
     }
 

@@ -219,6 +219,7 @@ def test_data_api_serves_scalars_text_images_and_layout(tensorboard, monitored_r
     assert charts["cycles per order"] == ["bifurcation/n_cycles/order_1", "bifurcation/n_cycles/order_2"]
     assert {"bifurcation/loss", "bifurcation/event"} <= set(charts["loss and bifurcation events"])
     assert "largest |multiplier| per order" in charts
+    assert charts["attractor"][0] == "bifurcation/attractor/period"
 
 
 # ---------------------------------------------------------------------------------------------------- browser
