@@ -286,7 +286,7 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
     >>> summary = {"n_monitored_steps": 3, "n_skipped": 0, "n_events": 0, "events_by_kind": {}, "loss_jumps": [],
     ...            "monitor_overhead": 0.1, "jump_correlation": {"jumps_explained": None, "p_value": None,
     ...            "events_with_jump": None, "mean_lag": None}}
-    >>> print(summary_markdown(summary).splitlines()[6])
+    >>> print(summary_markdown(summary).splitlines()[7])
     | jumps with an event nearby | n/a |
     """
     correlation = summary["jump_correlation"]
@@ -299,6 +299,7 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
     rows = [
         ("monitored steps", summary["n_monitored_steps"]),
         ("skipped steps", summary["n_skipped"]),
+        ("final attractor", _attractor_text(summary)),
         ("bifurcation events", f"{summary['n_events']} ({kinds or 'none'})"),
         ("loss jumps", len(summary["loss_jumps"])),
         ("jumps with an event nearby", explained),
@@ -339,7 +340,19 @@ def summary_line(summary: Mapping[str, Any], *, show_all_events: bool = False) -
             explained += f" (p = {correlation['p_value']:.2g})"
     jumps = f"{n_jumps} loss jump{'s' if n_jumps != 1 else ''}"
     overhead = f"overhead {100 * summary['monitor_overhead']:.1f} %"
-    return f"BifurcationMonitor: {events}, {jumps}, {explained}, {overhead}"
+    attractor = f", final attractor: {_attractor_text(summary)}" if summary.get("final_attractor") else ""
+    return f"BifurcationMonitor: {events}, {jumps}, {explained}, {overhead}{attractor}"
+
+
+def _attractor_text(summary: Mapping[str, Any]) -> str:
+    """'16-cycle (stable, 1 of 2 attractors)', or n/a when the attractor was not analysed."""
+    attractor = summary.get("final_attractor")
+    if not attractor:
+        return "n/a"
+    stability = {True: "stable", False: "not stable"}.get(attractor.get("stable"), "")
+    others = f"{attractor['n_attractors']} attractors found" if attractor.get("n_attractors", 1) > 1 else ""
+    details = ", ".join(part for part in (stability, others) if part)
+    return attractor["label"] + (f" ({details})" if details else "")
 
 
 def fresh_run_dir(root: str | Path, name: str = "bifurcation_monitor") -> Path:

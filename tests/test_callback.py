@@ -593,7 +593,7 @@ def test_fit_end_prints_one_summary_line_unless_verbose_is_false(tmp_path, light
     monitor = BifurcationMonitor(max_order=1)
     fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
     (line,) = monitor_lines(lightning_info)
-    assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead [\d.]+ %", line)
+    assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead [\d.]+ %, final attractor: fixed point \(stable\)", line)
     assert line == callback_module.summary_line(monitor.summary)
     lightning_info.clear()
     fit(tmp_path, TinyRNNModule(lr=0.0), BifurcationMonitor(max_order=1, verbose=False), max_steps=6, logger=False)
