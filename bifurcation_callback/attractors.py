@@ -422,39 +422,34 @@ def _canonical_key(codes: np.ndarray) -> bytes:
     return codes[_scyfi.rotation_table(len(codes))[_scyfi.canonical_rotation(codes)]].astype(np.uint8).tobytes()
 
 
-def _solve_periodic(model, orbits, codes, periods, dtype, max_period) -> dict[int, Cycle]:
+def _solve_periodic(model, orbits, codes, periods, dtype) -> dict[int, Cycle]:
     """Cycles that the periodic orbits converge to, by state index.
 
-    The code sequence of the last ``k = m p`` window steps is solved (``m = 1`` first; multiples of ``p`` only
-    while no verified cycle comes back, e.g. for a singular system).  The orbit is on its cycle when its last
-    ``k`` points lie within the convergence tolerance of the cycle's points, or when the cycle is stable and the
-    orbit got closer over the window (it stayed in the cycle's regions throughout, where the error evolves by
-    the cycle's own contracting product).
+    The code sequence of the last ``p`` window steps is solved once per distinct period.  Multiples of ``p``
+    are never tried: their solution is the same p-cycle, which the minimal-period check rejects (trying them
+    made a diverging orbit that stays in one region cost seconds: 255 solves of orders up to 256).  The orbit
+    is on its cycle when its last ``p`` points lie within the convergence tolerance of the cycle's points, or
+    when the cycle is stable and the orbit got closer over the window (it stayed in the cycle's regions
+    throughout, where the error evolves by the cycle's own contracting product).
     """
     window = codes.shape[1]
     tolerance = CONVERGENCE_TOLERANCE[dtype]
     reached: dict[int, Cycle] = {}
-    pending = {int(b): 1 for b in np.flatnonzero(periods)}
-    while pending:
-        by_order: dict[int, list[int]] = {}
-        for b, multiple in pending.items():
-            by_order.setdefault(int(periods[b]) * multiple, []).append(b)
-        retry: dict[int, int] = {}
-        for order, rows in by_order.items():
-            sequences = codes[rows, window - order :]
-            found = {cycle.key: cycle for cycle in cycles_from_sequences(model, sequences, dtype=dtype)}
-            for b, sequence in zip(rows, sequences):
-                cycle = found.get(_canonical_key(sequence))
-                if cycle is None:
-                    if order + periods[b] <= max_period:
-                        retry[b] = pending[b] + 1
-                    continue
-                scale = 1.0 + float(np.abs(cycle.points).max())
-                end = _distance_to_cycle(orbits[b, window - order :], cycle.points)
-                start = _distance_to_cycle(orbits[b, :order], cycle.points)
-                if end <= tolerance * scale or (cycle.is_stable and end < start):
-                    reached[b] = cycle
-        pending = retry
+    by_order: dict[int, list[int]] = {}
+    for b in np.flatnonzero(periods):
+        by_order.setdefault(int(periods[b]), []).append(int(b))
+    for order, rows in by_order.items():
+        sequences = codes[rows, window - order :]
+        found = {cycle.key: cycle for cycle in cycles_from_sequences(model, sequences, dtype=dtype)}
+        for b, sequence in zip(rows, sequences):
+            cycle = found.get(_canonical_key(sequence))
+            if cycle is None:
+                continue
+            scale = 1.0 + float(np.abs(cycle.points).max())
+            end = _distance_to_cycle(orbits[b, window - order :], cycle.points)
+            start = _distance_to_cycle(orbits[b, :order], cycle.points)
+            if end <= tolerance * scale or (cycle.is_stable and end < start):
+                reached[b] = cycle
     return reached
 
 
@@ -540,8 +535,8 @@ def find_attractors(
     region codes are tested for the smallest period ``p <= max_period`` with which they repeat throughout;
     that code sequence is then solved exactly with the SCYFI kernel (the same verification as ``find_cycles``,
     so ``Attractor.cycle.key`` equals ``find_cycles``' key for that cycle), and the orbit must converge to the
-    solution.  A period-p code sequence that gives no verified cycle is retried at ``2p, 3p, ...``; a neutral
-    orbit whose points repeat without a solvable cycle is still reported as periodic (``cycle=None``).  Orbits
+    solution (multiples of p would give the same cycle, rejected as non-minimal, so they are not tried); a
+    neutral orbit whose points repeat without a solvable cycle is still reported as periodic (``cycle=None``).  Orbits
     without a period get their largest Lyapunov exponent from the exact Jacobians along the window (the first
     column of ``lyapunov_exponents``' QR method).  See ``ATTRACTOR_KINDS`` for the classification.
 
@@ -633,7 +628,7 @@ def find_attractors(
             divergent[open_rows[lost]] = True
             periods = np.zeros(batch, dtype=np.int64)
             periods[open_rows] = _code_periods(codes[open_rows], ~lost, max_period)
-            cycles.update(_solve_periodic(analysed, orbits, codes, periods, dtype, max_period))
+            cycles.update(_solve_periodic(analysed, orbits, codes, periods, dtype))
             # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
             for b in np.flatnonzero(periods):
                 if int(b) not in cycles:
