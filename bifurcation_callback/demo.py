@@ -462,8 +462,10 @@ def split_by_attractor(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[st
     """Count the events of each kind in ``ATTRACTOR_SPLIT_KINDS``, split into those of the attractor and the rest.
 
     An event is *of the attractor* when its cycle is stable before or after it (``stable_before`` or
-    ``stable_after`` true): a stable cycle is an attractor, so the event changed, created or destroyed one.
-    The rest happened to saddles and repellers.  Other kinds are ignored.
+    ``stable_after`` true: a stable cycle is an attractor) and it is qualitative
+    (``bifurcations.events.is_qualitative``): a stable cycle that merely moved across a switching plane,
+    staying stable with the same number of unstable multipliers, is no bifurcation of the attractor.  The
+    rest: events of saddles and repellers, and those mere crossings.  Other kinds are ignored.
 
     Parameters
     ----------
@@ -482,10 +484,13 @@ def split_by_attractor(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[st
     ...                     {"kind": "appearance", "stable_after": True}])
     {'border_collision': {'attractor': 0, 'rest': 0}, 'degenerate': {'attractor': 1, 'rest': 1}}
     """
+    from .bifurcations.events import is_qualitative
+
     counts = {kind: {"attractor": 0, "rest": 0} for kind in ATTRACTOR_SPLIT_KINDS}
     for event in events:
         if event.get("kind") in counts:
-            of_attractor = event.get("stable_before") is True or event.get("stable_after") is True
+            stable = event.get("stable_before") is True or event.get("stable_after") is True
+            of_attractor = stable and is_qualitative(event)
             counts[event["kind"]]["attractor" if of_attractor else "rest"] += 1
     return counts
 
@@ -700,9 +705,73 @@ def comparison_table(runs: Sequence[dict]) -> str:
         f"final attractor: the monitor's followed attractor at the last monitored step; events by kind ({names}; "
         "cycles of order <= max_order, attractor changes at any period <= max_attractor_period); "
         "attr / rest: border collisions and degenerate events of the attractor (the event's cycle stable before "
-        "or after) / of saddles and repellers.  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
+        "or after, and not a mere crossing of a switching plane that changed nothing) / the others (saddles, "
+        "repellers, such crossings).  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
         "within the monitor's window; p = permutation test (mean row: Fisher's combination); overhead = time "
         "in the monitor / rest of fit.  D_stsp, D_H on held-out data (lower is better).  Mean row: means, "
         "the most frequent final attractor (in k/n runs), jumps pooled."
     )
-    return "\n".join([line(header), separator, *map(line, rows), "", legend])
+    tests = method_tests(runs)
+    return "\n".join([line(header), separator, *map(line, rows), "", legend, *(["", tests] if tests else [])])
+
+
+# Per-run quantities that method_tests compares between the two methods: (label, key of _row_values or of its
+# split, how to read it).
+_TESTED = (
+    ("final loss", "final_loss"),
+    ("D_stsp", "D_stsp"),
+    ("D_H", "D_H"),
+    ("attractor changes", "attractor_changes"),
+    ("border collisions of the attractor", "border_collision/attractor"),
+    ("degenerate events of the attractor", "degenerate/attractor"),
+    ("border collisions, rest", "border_collision/rest"),
+    ("degenerate events, rest", "degenerate/rest"),
+    ("loss jumps", "jumps"),
+    ("jumps with an event nearby", "explained"),
+)
+
+
+def _teacher_label(data: str | None) -> str | None:
+    """The label of a teacher data set's attractor ("teacher-16cycle" -> "16-cycle"), else None."""
+    if not data or not data.startswith("teacher-") or not data.endswith("cycle"):
+        return None
+    period = data.removeprefix("teacher-").removesuffix("cycle")
+    return f"{period}-cycle" if period.isdigit() else None
+
+
+def method_tests(runs: Sequence[dict]) -> str:
+    """GTF against BPTT over seeds, one line per quantity: medians and a two-sided Mann–Whitney U p-value
+    (``scipy.stats.mannwhitneyu``, exact where scipy can); for "reached the teacher's attractor" (the final
+    attractor is the teacher's k-cycle) the counts and Fisher's exact test.  Empty unless exactly the two demo
+    methods are present with at least two seeds each.
+    """
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    kinds = _kinds(runs)
+    values = [_row_values(run, kinds) for run in runs]
+    groups = {method: [v for v in values if v["method"] == method] for method in DEMO_METHODS}
+    if set(v["method"] for v in values) != set(DEMO_METHODS) or min(len(g) for g in groups.values()) < 2:
+        return ""
+    a, b = (groups[method] for method in DEMO_METHODS)
+    names = " vs ".join(DEMO_METHODS)
+    lines = [f"{names} over seeds (n = {len(a)} / {len(b)}): medians, two-sided Mann–Whitney U p"]
+
+    def read(v: dict, key: str) -> float | None:
+        if "/" in key:
+            return None if v["split"] is None else v["split"][key]
+        return v[key]
+
+    for label, key in _TESTED:
+        x, y = [read(v, key) for v in a], [read(v, key) for v in b]
+        if any(value is None or not math.isfinite(value) for value in x + y):
+            lines.append(f"  {label}: n/a")
+            continue
+        p = 1.0 if len(set(x + y)) == 1 else float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+        lines.append(f"  {label}: {np.median(x):.3g} vs {np.median(y):.3g}, p = {p:.3g}")
+    teachers = {(v.get("data") or (run["demo"] or {}).get("data")) for v, run in zip(values, runs)}
+    teacher = _teacher_label(next(iter(teachers))) if len(teachers) == 1 else None
+    if teacher is not None and all(v["attractor"] is not None for v in a + b):
+        hits = [sum(v["attractor"] == teacher for v in g) for g in (a, b)]
+        p = float(fisher_exact([[hits[0], len(a) - hits[0]], [hits[1], len(b) - hits[1]]]).pvalue)
+        lines.append(f"  final attractor = the teacher's {teacher}: {hits[0]}/{len(a)} vs {hits[1]}/{len(b)}, Fisher's exact p = {p:.3g}")
+    return "\n".join(lines)

@@ -211,11 +211,13 @@ def test_kind_headers_come_from_the_bifurcation_vocabulary():
     assert all(f"{_kind_header(kind)} = {kind}" in legend for kind in BIFURCATION_KINDS)  # the legend names each
 
 
-def test_split_by_attractor_counts_events_whose_cycle_is_stable_before_or_after():
+def test_split_by_attractor_counts_qualitative_events_whose_cycle_is_stable_before_or_after():
     from bifurcation_callback.demo import split_by_attractor
 
     events = [
-        {"kind": "border_collision", "stable_before": True, "stable_after": True},  # a stable cycle crossing
+        {"kind": "border_collision", "stable_before": True, "stable_after": True},  # a mere crossing: not counted
+        {"kind": "border_collision", "stable_before": True, "stable_after": True,  # ... unless its stability changed
+         "n_unstable_before": 0, "n_unstable_after": 1},
         {"kind": "border_collision", "stable_before": None, "stable_after": True},  # a stable cycle born
         {"kind": "border_collision", "stable_before": False, "stable_after": None},  # a saddle vanishing
         {"kind": "degenerate", "stable_before": False, "stable_after": True},
@@ -225,7 +227,7 @@ def test_split_by_attractor_counts_events_whose_cycle_is_stable_before_or_after(
         {"kind": "attractor_change", "stable_before": True, "stable_after": True},
     ]
     assert split_by_attractor(events) == {
-        "border_collision": {"attractor": 2, "rest": 1},
+        "border_collision": {"attractor": 2, "rest": 2},
         "degenerate": {"attractor": 1, "rest": 2},
     }
     assert split_by_attractor([]) == {"border_collision": {"attractor": 0, "rest": 0}, "degenerate": {"attractor": 0, "rest": 0}}
@@ -383,3 +385,26 @@ def test_the_demo_asks_for_the_same_mkl_branch_on_every_cpu(monkeypatch):
     with _same_mkl_branch_on_every_cpu():
         assert os.environ["MKL_CBWR"] == "AVX2"
     assert os.environ["MKL_CBWR"] == "AVX2"
+
+
+def test_method_tests_compare_gtf_with_bptt_over_seeds(demo_run, capsys):
+    from bifurcation_callback.demo import method_tests
+
+    _, out, _, logdir = demo_run
+    runs = collect_runs([logdir])
+    assert method_tests(runs) == "" and "Mann–Whitney" not in out  # one seed per method: no test
+    # Three pretend seeds per method with different D_stsp and final attractors.
+    fake = []
+    for run in runs:
+        for seed in range(3):
+            gtf = run["demo"]["method"] == "GTF"
+            summary = {**run["summary"], "final_attractor": {"label": "4-cycle" if gtf or seed == 0 else "fixed point"}}
+            demo = {**run["demo"], "seed": seed, "D_stsp": (0.1 if gtf else 5.0) + seed}
+            fake.append({**run, "summary": summary, "demo": demo})
+    text = method_tests(fake)
+    lines = text.splitlines()
+    assert lines[0] == "BPTT vs GTF over seeds (n = 3 / 3): medians, two-sided Mann–Whitney U p"
+    assert "  D_stsp: 6 vs 1.1, p = 0.1" in lines  # exact two-sided p of a complete separation, n = 3 / 3
+    assert lines[-1] == "  final attractor = the teacher's 4-cycle: 1/3 vs 3/3, Fisher's exact p = 0.4"
+    assert not re.search(r"\bnan\b", text)
+    assert comparison_table(fake).endswith(text)  # printed under the table by demo and compare alike
