@@ -631,8 +631,9 @@ def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
         values = [v[key] for v in group]
         return None if any(v is None for v in values) else float(np.mean(values))
 
-    p_values = [v["p"] for v in group]
-    if any(p is None for p in p_values):
+    # Runs without loss jumps have no p-value (nothing to associate); the others' are combined.
+    p_values = [v["p"] for v in group if v["p"] is not None]
+    if not p_values:
         p = None
     elif len(p_values) == 1:
         p = p_values[0]
@@ -663,7 +664,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
 
     One row per run and, per method with several seeds, a ``mean`` row: arithmetic means, the most
     frequent final attractor with its count, the fraction of jumps with an event nearby pooled over seeds,
-    and the p-values combined by Fisher's method.  ``n/a`` marks a quantity the saved files do not have
+    and the p-values of the runs with loss jumps combined by Fisher's method.  ``n/a`` marks a quantity the saved files do not have
     (``D_stsp``/``D_H`` of a run that was not made by the demo, the attractor of a monitor without attractor
     analysis, the split of a run without ``events.jsonl``, the p-value of a run without loss jumps);
     ``diverged`` a non-finite final loss.
@@ -707,7 +708,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
         "attr / rest: border collisions and degenerate events of the attractor (the event's cycle stable before "
         "or after, and not a mere crossing of a switching plane that changed nothing) / the others (saddles, "
         "repellers, such crossings).  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
-        "within the monitor's window; p = permutation test (mean row: Fisher's combination); overhead = time "
+        "within the monitor's window; p = permutation test (mean row: Fisher's combination of the runs with jumps); overhead = time "
         "in the monitor / rest of fit.  D_stsp, D_H on held-out data (lower is better).  Mean row: means, "
         "the most frequent final attractor (in k/n runs), jumps pooled."
     )
@@ -741,7 +742,7 @@ def _teacher_label(data: str | None) -> str | None:
 
 def method_tests(runs: Sequence[dict]) -> str:
     """GTF against BPTT over seeds, one line per quantity: medians and a two-sided Mann–Whitney U p-value
-    (``scipy.stats.mannwhitneyu``, exact where scipy can); for "reached the teacher's attractor" (the final
+    (``scipy.stats.mannwhitneyu``: exact without ties, else the normal approximation with tie correction); for "reached the teacher's attractor" (the final
     attractor is the teacher's k-cycle) the counts and Fisher's exact test.  Empty unless exactly the two demo
     methods are present with at least two seeds each.
     """
@@ -766,7 +767,9 @@ def method_tests(runs: Sequence[dict]) -> str:
         if any(value is None or not math.isfinite(value) for value in x + y):
             lines.append(f"  {label}: n/a")
             continue
-        p = 1.0 if len(set(x + y)) == 1 else float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+        # Exact null distribution where there are no ties, else the normal approximation with tie correction.
+        method = "exact" if len(set(x + y)) == len(x + y) else "asymptotic"
+        p = 1.0 if len(set(x + y)) == 1 else float(mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue)
         lines.append(f"  {label}: {np.median(x):.3g} vs {np.median(y):.3g}, p = {p:.3g}")
     teachers = {(v.get("data") or (run["demo"] or {}).get("data")) for v, run in zip(values, runs)}
     teacher = _teacher_label(next(iter(teachers))) if len(teachers) == 1 else None

@@ -408,3 +408,16 @@ def test_method_tests_compare_gtf_with_bptt_over_seeds(demo_run, capsys):
     assert lines[-1] == "  final attractor = the teacher's 4-cycle: 1/3 vs 3/3, Fisher's exact p = 0.4"
     assert not re.search(r"\bnan\b", text)
     assert comparison_table(fake).endswith(text)  # printed under the table by demo and compare alike
+
+
+def test_mean_row_p_combines_only_the_runs_with_loss_jumps():
+    def run(seed: int, p: float | None, n_jumps: int) -> dict:
+        summary = {**_summary(0, 1.0), "loss_jumps": [{"step": 30 + k} for k in range(n_jumps)],
+                   "jump_correlation": {"jumps_explained": 1.0 if n_jumps else None, "p_value": p}}
+        return {"name": f"r{seed}", "path": f"r{seed}", "summary": summary, "demo": {"method": "BPTT", "seed": seed}}
+
+    rows = table_rows(comparison_table([run(0, 0.02, 2), run(1, None, 0)]))
+    header = comparison_table([run(0, 0.02, 2)]).splitlines()[0]
+    p = [cell.strip() for cell in header.strip("|").split("|")].index("p")
+    assert [row[p] for row in rows] == ["0.02", "n/a", "0.02"]  # a run without jumps has no p; the mean row skips it
+    assert table_rows(comparison_table([run(0, None, 0), run(1, None, 0)]))[-1][p] == "n/a"
