@@ -364,7 +364,7 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     list of dict
         ``{"name": folder relative to the common root of all run folders, "path": folder,
         "summary": dict, "demo": dict or None, "attractor_split": split_by_attractor of the events.jsonl
-        beside it, or None}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
+        beside it, or None, "last_step_skipped": bool}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
         path.  Runs that share a leaf folder name (``a/version_0``, ``b/version_0``) keep distinct names.
 
     Raises
@@ -393,7 +393,7 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     runs = []
     for summary_path, folder in zip(found, folders):
         demo_path = folder / "demo.json"
-        events = _read_events(folder / "events.jsonl")
+        events, last_skipped = _read_events(folder / "events.jsonl")
         runs.append(
             {
                 "name": folder.relative_to(root).as_posix(),
@@ -401,6 +401,7 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
                 "summary": _check_summary(summary_path, _read_json(summary_path)),
                 "demo": _read_json(demo_path) if demo_path.is_file() else None,
                 "attractor_split": None if events is None else split_by_attractor(events),
+                "last_step_skipped": last_skipped,
             }
         )
     order = {method: k for k, method in enumerate(DEMO_METHODS)}
@@ -495,11 +496,12 @@ def split_by_attractor(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[st
     return counts
 
 
-def _read_events(path: Path) -> list[dict] | None:
-    """Every event of an ``events.jsonl`` (one record per monitored step), or None when there is no such file."""
+def _read_events(path: Path) -> tuple[list[dict] | None, bool]:
+    """Every event of an ``events.jsonl`` (one record per monitored step), or None when there is no such file,
+    and whether the monitor skipped the last step it was to analyse (e.g. a model with NaN weights)."""
     if not path.is_file():
-        return None
-    events = []
+        return None, False
+    events, record = [], {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -508,7 +510,7 @@ def _read_events(path: Path) -> list[dict] | None:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: cannot be read as JSON ({error})") from None
         events.extend(record.get("events") or [])
-    return events
+    return events, "skipped" in record
 
 
 def _kinds(runs: Sequence[dict]) -> list[str]:
@@ -536,11 +538,15 @@ def _fmt(value: float | None, spec: str, missing: str = "n/a") -> str:
     return format(value, spec)
 
 
-def _final_attractor(summary: dict) -> str | None:
-    """The label of the monitor's ``final_attractor`` ("4-cycle", "fixed point", "chaotic", "none"), or None
-    where the summary has no attractor analysis (an older monitor, or ``max_attractor_period=0``)."""
+def _final_attractor(run: dict) -> str | None:
+    """The label of the monitor's ``final_attractor`` ("4-cycle", "fixed point", "chaotic", "none"), "skipped"
+    when the monitor could not analyse the last monitored step (the summary's attractor is then an older one's),
+    or None where the summary has no attractor analysis (an older monitor, or ``max_attractor_period=0``)."""
+    summary = run["summary"]
     if "final_attractor" not in summary or not summary.get("max_attractor_period", 1):
         return None
+    if run.get("last_step_skipped"):
+        return "skipped"
     from .attractors import attractor_label
 
     attractor = summary["final_attractor"]
@@ -560,7 +566,7 @@ def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
     # The monitor stores a non-finite loss as None; a run with losses but no finite final one diverged.
     if final_loss is None and summary.get("n_monitored_steps", 0) + summary.get("n_skipped", 0) > 0:
         final_loss = math.nan
-    attractor = _final_attractor(summary)
+    attractor = _final_attractor(run)
     split = run.get("attractor_split")
     return {
         "method": demo.get("method") or run.get("name") or Path(run["path"]).name,

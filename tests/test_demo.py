@@ -262,6 +262,9 @@ def test_mean_row_names_the_most_frequent_final_attractor():
     # A monitor without attractor analysis: n/a, not "none".
     off = {**runs[0], "summary": {**runs[0]["summary"], "max_attractor_period": 0}}
     assert table_rows(comparison_table([off]))[0][5:7] == ["n/a", "n/a"]
+    # The monitor skipped the last step (a model with NaN weights): the summary's attractor is an old one.
+    diverged = {**runs[0], "last_step_skipped": True}
+    assert table_rows(comparison_table([diverged]))[0][5] == "skipped"
 
 
 @pytest.mark.parametrize(
