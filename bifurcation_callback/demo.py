@@ -22,7 +22,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ __all__ = [
     "run_demo",
     "collect_runs",
     "comparison_table",
+    "split_by_attractor",
+    "ATTRACTOR_SPLIT_KINDS",
 ]
 
 # data set name -> what it is (the CLI's --data choices and help read this).
@@ -64,11 +67,6 @@ _SUMMARY_SCHEMA: dict[str, tuple[type, ...]] = {
 }
 
 
-def _kind_header(kind: str) -> str:
-    """Column header of an event kind: its name from ``BIFURCATION_KINDS`` (the one list), underscores as spaces."""
-    return kind.replace("_", " ")
-
-
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything that defines a demo run; stored in every run's ``demo.json``.
@@ -86,6 +84,9 @@ class DemoConfig:
     latent_dim: int | None = None  # None: data dimension + 1 (teacher: 3, Lorenz: 4)
     max_order: int = 4
     every_n_steps: int = 5
+    # The monitor's default is 256; the teachers' attractors have periods 4 and 16, and 32 leaves room for a
+    # period doubling of the 16-cycle while halving the attractor analysis' cost (see docs/demo.md, "Run time").
+    max_attractor_period: int = 32
     n_train: int = 2000
     n_eval: int = 2000
 
@@ -109,7 +110,7 @@ def demo_config(*, fast: bool = False, **overrides: Any) -> DemoConfig:
     config = replace(DemoConfig(), **(_FAST if fast else {}))
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     require_choice("--data", config.data, DEMO_DATASETS)
-    minima = {"seeds": 1, "steps": 1, "seq_len": 2, "batch_size": 1, "max_order": 1, "every_n_steps": 1}
+    minima = {"seeds": 1, "steps": 1, "seq_len": 2, "batch_size": 1, "max_order": 1, "every_n_steps": 1, "max_attractor_period": 0}
     for name, minimum in minima.items():
         require_int(f"--{name.replace('_', '-')}", getattr(config, name), minimum)
     require_real("--lr", config.lr, minimum=0.0, exclusive_minimum=True)
@@ -269,7 +270,13 @@ def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np
     datamodule = TimeSeriesDataModule(
         train, seq_len=config.seq_len, batch_size=config.batch_size, n_batches_per_epoch=100, seed=seed
     )
-    monitor = BifurcationMonitor(max_order=config.max_order, every_n_steps=config.every_n_steps, model_attr="rnn", seed=seed)
+    monitor = BifurcationMonitor(
+        max_order=config.max_order,
+        every_n_steps=config.every_n_steps,
+        max_attractor_period=config.max_attractor_period,
+        model_attr="rnn",
+        seed=seed,
+    )
     trainer = pl.Trainer(
         max_steps=config.steps,
         accelerator="cpu",
@@ -328,7 +335,8 @@ def run_demo(config: DemoConfig, logdir: str | Path, *, out: Callable[[str], Any
         f"demo: {config.data} data ({len(train)} train / {len(test)} held-out steps), "
         f"PLRNN({config.model_dim(train.shape[1])}), {config.steps} steps × {config.seeds} seed(s) per method, "
         f"seq_len {config.seq_len}, lr {config.lr:g} (RAdam), GTF α = {config.alpha:g}; "
-        f"monitor: cycles up to order {config.max_order} every {config.every_n_steps} steps"
+        f"monitor: cycles up to order {config.max_order} and the attractor up to period "
+        f"{config.max_attractor_period} every {config.every_n_steps} steps"
     )
     started = time.perf_counter()
     with _same_mkl_branch_on_every_cpu(), _quiet_and_single_threaded():
@@ -355,7 +363,8 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     -------
     list of dict
         ``{"name": folder relative to the common root of all run folders, "path": folder,
-        "summary": dict, "demo": dict or None}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
+        "summary": dict, "demo": dict or None, "attractor_split": split_by_attractor of the events.jsonl
+        beside it, or None, "last_step_skipped": bool}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
         path.  Runs that share a leaf folder name (``a/version_0``, ``b/version_0``) keep distinct names.
 
     Raises
@@ -384,12 +393,15 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     runs = []
     for summary_path, folder in zip(found, folders):
         demo_path = folder / "demo.json"
+        events, last_skipped = _read_events(folder / "events.jsonl")
         runs.append(
             {
                 "name": folder.relative_to(root).as_posix(),
                 "path": str(folder),
                 "summary": _check_summary(summary_path, _read_json(summary_path)),
                 "demo": _read_json(demo_path) if demo_path.is_file() else None,
+                "attractor_split": None if events is None else split_by_attractor(events),
+                "last_step_skipped": last_skipped,
             }
         )
     order = {method: k for k, method in enumerate(DEMO_METHODS)}
@@ -429,6 +441,77 @@ _MISSING = object()
 
 # ---------------------------------------------------------------------------------------------- the table
 
+# Short column headers of the event kinds (the legend names them); a kind not listed here shows its name.
+_KIND_HEADERS = {
+    "appearance": "appear",
+    "disappearance": "vanish",
+    "stability_change": "stab.chg",
+    "border_collision": "border",
+    "degenerate": "degen",
+    "attractor_change": "attr.chg",
+}
+# Event kinds the table splits into events of the attractor and the rest (see split_by_attractor).
+ATTRACTOR_SPLIT_KINDS = ("border_collision", "degenerate")
+
+
+def _kind_header(kind: str) -> str:
+    """Column header of an event kind of ``BIFURCATION_KINDS``: its abbreviation, else its name with spaces."""
+    return _KIND_HEADERS.get(kind, kind.replace("_", " "))
+
+
+def split_by_attractor(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Count the events of each kind in ``ATTRACTOR_SPLIT_KINDS``, split into those of the attractor and the rest.
+
+    An event is *of the attractor* when its cycle is stable before or after it (``stable_before`` or
+    ``stable_after`` true: a stable cycle is an attractor) and it is qualitative
+    (``bifurcations.events.is_qualitative``): a stable cycle that merely moved across a switching plane,
+    staying stable with the same number of unstable multipliers, is no bifurcation of the attractor.  The
+    rest: events of saddles and repellers, and those mere crossings.  Other kinds are ignored.
+
+    Parameters
+    ----------
+    events : iterable of dict
+        Event records as in ``events.jsonl`` (``BifurcationEvent.to_dict()``).
+
+    Returns
+    -------
+    dict
+        ``{kind: {"attractor": n, "rest": n}}`` for every kind of ``ATTRACTOR_SPLIT_KINDS``.
+
+    Examples
+    --------
+    >>> split_by_attractor([{"kind": "degenerate", "stable_before": True, "stable_after": None},
+    ...                     {"kind": "degenerate", "stable_before": False, "stable_after": False},
+    ...                     {"kind": "appearance", "stable_after": True}])
+    {'border_collision': {'attractor': 0, 'rest': 0}, 'degenerate': {'attractor': 1, 'rest': 1}}
+    """
+    from .bifurcations.events import is_qualitative
+
+    counts = {kind: {"attractor": 0, "rest": 0} for kind in ATTRACTOR_SPLIT_KINDS}
+    for event in events:
+        if event.get("kind") in counts:
+            stable = event.get("stable_before") is True or event.get("stable_after") is True
+            of_attractor = stable and is_qualitative(event)
+            counts[event["kind"]]["attractor" if of_attractor else "rest"] += 1
+    return counts
+
+
+def _read_events(path: Path) -> tuple[list[dict] | None, bool]:
+    """Every event of an ``events.jsonl`` (one record per monitored step), or None when there is no such file,
+    and whether the monitor skipped the last step it was to analyse (e.g. a model with NaN weights)."""
+    if not path.is_file():
+        return None, False
+    events, record = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: cannot be read as JSON ({error})") from None
+        events.extend(record.get("events") or [])
+    return events, "skipped" in record
+
 
 def _kinds(runs: Sequence[dict]) -> list[str]:
     from .bifurcations import BIFURCATION_KINDS
@@ -455,6 +538,23 @@ def _fmt(value: float | None, spec: str, missing: str = "n/a") -> str:
     return format(value, spec)
 
 
+def _final_attractor(run: dict) -> str | None:
+    """The label of the monitor's ``final_attractor`` ("4-cycle", "fixed point", "chaotic", "none"), "skipped"
+    when the monitor could not analyse the last monitored step (the summary's attractor is then an older one's),
+    or None where the summary has no attractor analysis (an older monitor, or ``max_attractor_period=0``)."""
+    summary = run["summary"]
+    if "final_attractor" not in summary or not summary.get("max_attractor_period", 1):
+        return None
+    if run.get("last_step_skipped"):
+        return "skipped"
+    from .attractors import attractor_label
+
+    attractor = summary["final_attractor"]
+    if not attractor:
+        return attractor_label(None)
+    return attractor.get("label") or attractor_label(attractor.get("kind"), attractor.get("period"))
+
+
 def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
     """Raw numbers of one run (None when the saved files do not have them)."""
     summary, demo = run["summary"], run["demo"] or {}
@@ -466,38 +566,68 @@ def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
     # The monitor stores a non-finite loss as None; a run with losses but no finite final one diverged.
     if final_loss is None and summary.get("n_monitored_steps", 0) + summary.get("n_skipped", 0) > 0:
         final_loss = math.nan
+    attractor = _final_attractor(run)
+    split = run.get("attractor_split")
     return {
         "method": demo.get("method") or run.get("name") or Path(run["path"]).name,
         "seed": demo.get("seed"),
         "final_loss": _number(final_loss),
         "D_stsp": _number(demo.get("D_stsp")),
         "D_H": _number(demo.get("D_H")),
+        "attractor": attractor,
+        "attractor_changes": None if attractor is None else int(summary.get("n_attractor_changes") or 0),
         "jumps": n_jumps,
         "kinds": {kind: int(by_kind.get(kind, 0)) for kind in kinds},
+        "split": {f"{kind}/{part}": split[kind][part] for kind in split for part in split[kind]} if split else None,
         "explained": int(round(explained * n_jumps)),
         "p": _number(correlation.get("p_value")),
         "overhead": _number(summary.get("monitor_overhead")),
     }
 
 
+def _split_columns() -> list[tuple[str, str]]:
+    """(key in a row's ``split``, header) of the split columns: "border att", "border rest", ..."""
+    return [(f"{kind}/{part}", f"{_kind_header(kind)} {part[:4]}") for kind in ATTRACTOR_SPLIT_KINDS for part in ("attractor", "rest")]
+
+
+def _count_kinds(kinds: Sequence[str]) -> list[str]:
+    """The kinds with one plain count column: not split, and not attractor_change (its own column)."""
+    return [kind for kind in kinds if kind not in ATTRACTOR_SPLIT_KINDS and kind != "attractor_change"]
+
+
 def _cells(values: dict[str, Any], kinds: Sequence[str], *, seed: str, counts_spec: str = "d") -> list[str]:
     jumps = values["jumps"]
-    fraction = f"{values['explained']}/{_fmt(jumps, counts_spec)}"
-    if jumps:
-        fraction += f" ({values['explained'] / jumps:.2f})"
+    fraction = values.get("fraction")
+    if fraction is None:
+        fraction = f"{values['explained']}/{_fmt(jumps, counts_spec)}"
+        if jumps:
+            fraction += f" ({values['explained'] / jumps:.2f})"
     overhead = values["overhead"]
+    split = values["split"]
     return [
         str(values["method"]),
         seed,
         _fmt(values["final_loss"], ".4g"),
         _fmt(values["D_stsp"], ".3f"),
         _fmt(values["D_H"], ".3f"),
+        values["attractor"] or "n/a",
+        _fmt(values["attractor_changes"], counts_spec),
         _fmt(jumps, counts_spec),
-        *[_fmt(values["kinds"][kind], counts_spec) for kind in kinds],
+        *[_fmt(values["kinds"][kind], counts_spec) for kind in _count_kinds(kinds)],
+        *[_fmt(None if split is None else split[key], counts_spec) for key, _ in _split_columns()],
         fraction,
         _fmt(values["p"], ".3g"),
         _fmt(None if overhead is None else 100 * overhead, ".1f") + (" %" if overhead is not None else ""),
     ]
+
+
+def _most_common_attractor(labels: Sequence[str | None]) -> str | None:
+    """"4-cycle 7/10": the most frequent final attractor (first seen wins a tie) and in how many runs."""
+    if any(label is None for label in labels):
+        return None
+    counts = Counter(labels)
+    label = max(counts, key=lambda name: (counts[name], -labels.index(name)))
+    return f"{label} {counts[label]}/{len(labels)}"
 
 
 def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
@@ -507,38 +637,43 @@ def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
         values = [v[key] for v in group]
         return None if any(v is None for v in values) else float(np.mean(values))
 
-    p_values = [v["p"] for v in group]
-    if any(p is None for p in p_values):
+    # Runs without loss jumps have no p-value (nothing to associate); the others' are combined.
+    p_values = [v["p"] for v in group if v["p"] is not None]
+    if not p_values:
         p = None
     elif len(p_values) == 1:
         p = p_values[0]
     else:  # Fisher's method: is there evidence in any run?  (mean p-values mean nothing)
         p = float(combine_pvalues(np.clip(p_values, 1e-300, 1.0), method="fisher").pvalue)
+    splits = [v["split"] for v in group]
+    # Jumps with an event nearby: pooled over the seeds, k/n.
+    total, explained = sum(v["jumps"] for v in group), sum(v["explained"] for v in group)
     values = {
         "method": group[0]["method"],
         "final_loss": mean("final_loss"),
         "D_stsp": mean("D_stsp"),
         "D_H": mean("D_H"),
+        "attractor": _most_common_attractor([v["attractor"] for v in group]),
+        "attractor_changes": mean("attractor_changes"),
         "jumps": float(np.mean([v["jumps"] for v in group])),
         "kinds": {kind: float(np.mean([v["kinds"][kind] for v in group])) for kind in kinds},
-        "explained": 0,
+        "split": None if None in splits else {key: float(np.mean([s[key] for s in splits])) for key in splits[0]},
+        "fraction": f"{explained}/{total}" + (f" ({explained / total:.2f})" if total else ""),
         "p": p,
         "overhead": mean("overhead"),
     }
-    cells = _cells(values, kinds, seed="mean", counts_spec=".1f")
-    # Jumps with an event nearby: pooled over the seeds, k/n.
-    total, explained = sum(v["jumps"] for v in group), sum(v["explained"] for v in group)
-    cells[6 + len(kinds)] = f"{explained}/{total}" + (f" ({explained / total:.2f})" if total else "")
-    return cells
+    return _cells(values, kinds, seed="mean", counts_spec=".1f")
 
 
 def comparison_table(runs: Sequence[dict]) -> str:
     """The side-by-side table of :func:`collect_runs` output, as a Markdown table (aligned for terminals).
 
-    One row per run and, per method with several seeds, a ``mean`` row: arithmetic means, the
-    fraction of jumps with an event nearby pooled over seeds, and the p-values combined by Fisher's
-    method.  ``n/a`` marks a quantity the saved files do not have (``D_stsp``/``D_H`` of a run that
-    was not made by the demo); ``diverged`` a non-finite final loss.
+    One row per run and, per method with several seeds, a ``mean`` row: arithmetic means, the most
+    frequent final attractor with its count, the fraction of jumps with an event nearby pooled over seeds,
+    and the p-values of the runs with loss jumps combined by Fisher's method.  ``n/a`` marks a quantity the saved files do not have
+    (``D_stsp``/``D_H`` of a run that was not made by the demo, the attractor of a monitor without attractor
+    analysis, the split of a run without ``events.jsonl``, the p-value of a run without loss jumps);
+    ``diverged`` a non-finite final loss.
     """
     kinds = _kinds(runs)
     header = [
@@ -547,11 +682,14 @@ def comparison_table(runs: Sequence[dict]) -> str:
         "final loss",
         "D_stsp",
         "D_H",
-        "loss jumps",
-        *[_kind_header(kind) for kind in kinds],
-        "jumps w/ bif. nearby",
+        "final attractor",
+        _kind_header("attractor_change"),
+        "jumps",
+        *[_kind_header(kind) for kind in _count_kinds(kinds)],
+        *[name for _, name in _split_columns()],
+        "jumps w/ ev.",
         "p",
-        "monitor overhead",
+        "overhead",
     ]
     rows: list[list[str]] = []
     values = [_row_values(run, kinds) for run in runs]
@@ -563,14 +701,86 @@ def comparison_table(runs: Sequence[dict]) -> str:
         if len(group) > 1:
             rows.append(_mean_row(group, kinds))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = {0, 1, 5}  # text columns
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
-    separator = "|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    separator = "|" + "|".join("-" * (w + 2) if i in left else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    names = ", ".join(f"{_kind_header(kind)} = {kind}" for kind in kinds)
     legend = (
-        "events by kind: see BIFURCATION_KINDS in bifurcation_callback.bifurcations (cycles of order <= "
-        "max_order).  jumps w/ bif. nearby = loss jumps with a bifurcation within the monitor's window; p = "
-        "permutation test (mean row: Fisher's combination).  D_stsp, D_H on held-out data (lower is better)."
+        f"final attractor: the monitor's followed attractor at the last monitored step; events by kind ({names}; "
+        "cycles of order <= max_order, attractor changes at any period <= max_attractor_period); "
+        "attr / rest: border collisions and degenerate events of the attractor (the event's cycle stable before "
+        "or after, and not a mere crossing of a switching plane that changed nothing) / the others (saddles, "
+        "repellers, such crossings).  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
+        "within the monitor's window; p = permutation test (mean row: Fisher's combination of the runs with jumps); overhead = time "
+        "in the monitor / rest of fit.  D_stsp, D_H on held-out data (lower is better).  Mean row: means, "
+        "the most frequent final attractor (in k/n runs), jumps pooled."
     )
-    return "\n".join([line(header), separator, *map(line, rows), "", legend])
+    tests = method_tests(runs)
+    return "\n".join([line(header), separator, *map(line, rows), "", legend, *(["", tests] if tests else [])])
+
+
+# Per-run quantities that method_tests compares between the two methods: (label, key of _row_values or of its
+# split, how to read it).
+_TESTED = (
+    ("final loss", "final_loss"),
+    ("D_stsp", "D_stsp"),
+    ("D_H", "D_H"),
+    ("attractor changes", "attractor_changes"),
+    ("border collisions of the attractor", "border_collision/attractor"),
+    ("degenerate events of the attractor", "degenerate/attractor"),
+    ("border collisions, rest", "border_collision/rest"),
+    ("degenerate events, rest", "degenerate/rest"),
+    ("loss jumps", "jumps"),
+    ("jumps with an event nearby", "explained"),
+)
+
+
+def _teacher_label(data: str | None) -> str | None:
+    """The label of a teacher data set's attractor ("teacher-16cycle" -> "16-cycle"), else None."""
+    if not data or not data.startswith("teacher-") or not data.endswith("cycle"):
+        return None
+    period = data.removeprefix("teacher-").removesuffix("cycle")
+    return f"{period}-cycle" if period.isdigit() else None
+
+
+def method_tests(runs: Sequence[dict]) -> str:
+    """GTF against BPTT over seeds, one line per quantity: medians and a two-sided Mann–Whitney U p-value
+    (``scipy.stats.mannwhitneyu``: exact without ties, else the normal approximation with tie correction); for "reached the teacher's attractor" (the final
+    attractor is the teacher's k-cycle) the counts and Fisher's exact test.  Empty unless exactly the two demo
+    methods are present with at least two seeds each.
+    """
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    kinds = _kinds(runs)
+    values = [_row_values(run, kinds) for run in runs]
+    groups = {method: [v for v in values if v["method"] == method] for method in DEMO_METHODS}
+    if set(v["method"] for v in values) != set(DEMO_METHODS) or min(len(g) for g in groups.values()) < 2:
+        return ""
+    a, b = (groups[method] for method in DEMO_METHODS)
+    names = " vs ".join(DEMO_METHODS)
+    lines = [f"{names} over seeds (n = {len(a)} / {len(b)}): medians, two-sided Mann–Whitney U p"]
+
+    def read(v: dict, key: str) -> float | None:
+        if "/" in key:
+            return None if v["split"] is None else v["split"][key]
+        return v[key]
+
+    for label, key in _TESTED:
+        x, y = [read(v, key) for v in a], [read(v, key) for v in b]
+        if any(value is None or not math.isfinite(value) for value in x + y):
+            lines.append(f"  {label}: n/a")
+            continue
+        # Exact null distribution where there are no ties, else the normal approximation with tie correction.
+        method = "exact" if len(set(x + y)) == len(x + y) else "asymptotic"
+        p = 1.0 if len(set(x + y)) == 1 else float(mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue)
+        lines.append(f"  {label}: {np.median(x):.3g} vs {np.median(y):.3g}, p = {p:.3g}")
+    teachers = {(v.get("data") or (run["demo"] or {}).get("data")) for v, run in zip(values, runs)}
+    teacher = _teacher_label(next(iter(teachers))) if len(teachers) == 1 else None
+    if teacher is not None and all(v["attractor"] is not None for v in a + b):
+        hits = [sum(v["attractor"] == teacher for v in g) for g in (a, b)]
+        p = float(fisher_exact([[hits[0], len(a) - hits[0]], [hits[1], len(b) - hits[1]]]).pvalue)
+        lines.append(f"  final attractor = the teacher's {teacher}: {hits[0]}/{len(a)} vs {hits[1]}/{len(b)}, Fisher's exact p = {p:.3g}")
+    return "\n".join(lines)

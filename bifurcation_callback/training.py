@@ -251,6 +251,8 @@ class _DSRModuleMixin:
         self.alpha_update_every = alpha_update_every
         self.alpha_gamma = float(alpha_gamma)
         self.last_grad_norm: float = float("nan")
+        # The last batch's first sequence in latent space, (T, M), read by BifurcationMonitor (see training_step).
+        self.bifurcation_reference_states: Tensor | None = None
 
         # A buffer so that checkpoints resume adaptive α where it was.
         self.register_buffer("alpha_value", torch.tensor(1.0 if self.adaptive_alpha else float(alpha), dtype=dtype))
@@ -410,6 +412,7 @@ class _DSRModuleMixin:
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._check_batch(batch)
+        self._remember_reference_states(x)
         if self.training_mode == "gtf":
             if self.adaptive_alpha and self.global_step % self.alpha_update_every == 0:
                 self.update_alpha(x)
@@ -417,6 +420,18 @@ class _DSRModuleMixin:
         loss = F.mse_loss(self.rollout(x), x[:, 1:])
         self._log("train_loss", loss, prog_bar=True)
         return loss
+
+    @torch.no_grad()
+    def _remember_reference_states(self, x: Tensor) -> None:
+        """``bifurcation_reference_states``: the batch's first sequence mapped to latent space by the
+        observation model's own state inference, ``initial_state`` at every time point, shape (T, M), detached.
+
+        Identity: ``[x_t, L x_t]`` (the observed units are the data; the unobserved ones what the module infers
+        for a start there).  Linear: ``pinv(B)(x_t − b)``, the forcing signal.  BifurcationMonitor starts its
+        attractor search from these states and draws them in the state-space figure; one sequence keeps it
+        bounded (T = seq_len + 1 states).
+        """
+        self.bifurcation_reference_states = self.initial_state(x[0]).detach()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

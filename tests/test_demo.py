@@ -45,17 +45,22 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
     from bifurcation_callback.bifurcations import BIFURCATION_KINDS
     from bifurcation_callback.demo import _kind_header
 
-    kinds = [_kind_header(kind) for kind in BIFURCATION_KINDS]
-    for column in ("final loss", "D_stsp", "D_H", "loss jumps", *kinds, "jumps w/ bif. nearby", "p", "monitor overhead"):
+    from bifurcation_callback.demo import ATTRACTOR_SPLIT_KINDS
+
+    kinds = [_kind_header(kind) for kind in BIFURCATION_KINDS if kind not in ATTRACTOR_SPLIT_KINDS]
+    split = [f"{_kind_header(kind)} {part}" for kind in ATTRACTOR_SPLIT_KINDS for part in ("attr", "rest")]
+    for column in ("final loss", "D_stsp", "D_H", "final attractor", "jumps", *kinds, *split, "jumps w/ ev.", "p", "overhead"):
         assert column in header, header
     for row in rows:
         assert len(row) == len(header)
-        no_jumps = row[header.index("loss jumps")] == "0"
+        no_jumps = row[header.index("jumps")] == "0"
         for name, cell in zip(header, row):
             # With no loss jump the association is undefined: its p-value reads n/a, never a made-up 1.
             undefined = {"n/a"} if (no_jumps and name == "p") else set()
             assert cell and (cell not in {"-", "n/a"} or cell in undefined), (name, row)
             assert not re.search(r"\b(none|nan)\b", cell, re.IGNORECASE), (name, row)
+        attractor = row[header.index("final attractor")]
+        assert re.fullmatch(r"fixed point|\d+-cycle|chaotic|quasi-periodic|unresolved|divergent|none", attractor), row
     assert f"tensorboard --logdir {logdir}" in out
     assert "BPTT seed 0" in err and "GTF seed 0" in err  # the progress lines
 
@@ -70,6 +75,7 @@ def test_demo_writes_logs_per_run(demo_run):
         assert summary["final_step"] == 59 and summary["n_monitored_steps"] > 0
         assert demo["training"] == training and demo["seed"] == 0
         assert demo["D_stsp"] >= 0 and 0 <= demo["D_H"] <= 1
+        assert summary["max_attractor_period"] == demo["config"]["max_attractor_period"] == 32  # the demo's setting
 
 
 def test_compare_prints_the_same_table(demo_run, tmp_path, capsys):
@@ -199,9 +205,66 @@ def test_kind_headers_come_from_the_bifurcation_vocabulary():
     from bifurcation_callback.bifurcations import BIFURCATION_KINDS
     from bifurcation_callback.demo import _kind_header
 
-    header = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}]).splitlines()[0]
+    table = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}])
+    header, legend = table.splitlines()[0], table.splitlines()[-1]
     assert [_kind_header(kind) in header for kind in BIFURCATION_KINDS] == [True] * len(BIFURCATION_KINDS)
-    assert all(kind.replace("_", " ") in header for kind in BIFURCATION_KINDS)
+    assert all(f"{_kind_header(kind)} = {kind}" in legend for kind in BIFURCATION_KINDS)  # the legend names each
+
+
+def test_split_by_attractor_counts_qualitative_events_whose_cycle_is_stable_before_or_after():
+    from bifurcation_callback.demo import split_by_attractor
+
+    events = [
+        {"kind": "border_collision", "stable_before": True, "stable_after": True},  # a mere crossing: not counted
+        {"kind": "border_collision", "stable_before": True, "stable_after": True,  # ... unless its stability changed
+         "n_unstable_before": 0, "n_unstable_after": 1},
+        {"kind": "border_collision", "stable_before": None, "stable_after": True},  # a stable cycle born
+        {"kind": "border_collision", "stable_before": False, "stable_after": None},  # a saddle vanishing
+        {"kind": "degenerate", "stable_before": False, "stable_after": True},
+        {"kind": "degenerate", "stable_before": False, "stable_after": False},
+        {"kind": "degenerate"},  # no stability recorded: not the attractor's
+        {"kind": "stability_change", "stable_before": True, "stable_after": False},  # not split
+        {"kind": "attractor_change", "stable_before": True, "stable_after": True},
+    ]
+    assert split_by_attractor(events) == {
+        "border_collision": {"attractor": 2, "rest": 2},
+        "degenerate": {"attractor": 1, "rest": 2},
+    }
+    assert split_by_attractor([]) == {"border_collision": {"attractor": 0, "rest": 0}, "degenerate": {"attractor": 0, "rest": 0}}
+
+
+def test_split_columns_add_up_to_the_event_counts(demo_run):
+    _, out, _, logdir = demo_run
+    from bifurcation_callback.demo import ATTRACTOR_SPLIT_KINDS, _kind_header
+
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    for run, row in zip(collect_runs([logdir]), table_rows(out)):
+        for kind in ATTRACTOR_SPLIT_KINDS:
+            parts = [int(row[header.index(f"{_kind_header(kind)} {part}")]) for part in ("attr", "rest")]
+            assert sum(parts) == run["summary"]["events_by_kind"][kind], (kind, row)
+        changes = row[header.index(_kind_header("attractor_change"))]
+        assert int(changes) == run["summary"]["n_attractor_changes"] == run["summary"]["events_by_kind"]["attractor_change"]
+
+
+def test_mean_row_names_the_most_frequent_final_attractor():
+    def run(seed: int, label: str | None, changes: int) -> dict:
+        summary = {**_summary(0, 1.0), "final_attractor": label and {"label": label}, "max_attractor_period": 256,
+                   "n_attractor_changes": changes}
+        return {"name": f"r{seed}", "path": f"r{seed}", "summary": summary, "demo": {"method": "GTF", "seed": seed},
+                "attractor_split": None}
+
+    runs = [run(0, "4-cycle", 1), run(1, "fixed point", 2), run(2, "4-cycle", 3), run(3, None, 0)]
+    rows = table_rows(comparison_table(runs))
+    assert [row[5] for row in rows] == ["4-cycle", "fixed point", "4-cycle", "none", "4-cycle 2/4"]
+    assert [row[6] for row in rows] == ["1", "2", "3", "0", "1.5"]
+    assert rows[0][11] == "n/a"  # no events.jsonl: the split is undefined
+    # A monitor without attractor analysis: n/a, not "none".
+    off = {**runs[0], "summary": {**runs[0]["summary"], "max_attractor_period": 0}}
+    assert table_rows(comparison_table([off]))[0][5:7] == ["n/a", "n/a"]
+    # The monitor skipped the last step (a model with NaN weights): the summary's attractor is an old one.
+    diverged = {**runs[0], "last_step_skipped": True}
+    assert table_rows(comparison_table([diverged]))[0][5] == "skipped"
 
 
 @pytest.mark.parametrize(
@@ -325,3 +388,39 @@ def test_the_demo_asks_for_the_same_mkl_branch_on_every_cpu(monkeypatch):
     with _same_mkl_branch_on_every_cpu():
         assert os.environ["MKL_CBWR"] == "AVX2"
     assert os.environ["MKL_CBWR"] == "AVX2"
+
+
+def test_method_tests_compare_gtf_with_bptt_over_seeds(demo_run, capsys):
+    from bifurcation_callback.demo import method_tests
+
+    _, out, _, logdir = demo_run
+    runs = collect_runs([logdir])
+    assert method_tests(runs) == "" and "Mann–Whitney" not in out  # one seed per method: no test
+    # Three pretend seeds per method with different D_stsp and final attractors.
+    fake = []
+    for run in runs:
+        for seed in range(3):
+            gtf = run["demo"]["method"] == "GTF"
+            summary = {**run["summary"], "final_attractor": {"label": "4-cycle" if gtf or seed == 0 else "fixed point"}}
+            demo = {**run["demo"], "seed": seed, "D_stsp": (0.1 if gtf else 5.0) + seed}
+            fake.append({**run, "summary": summary, "demo": demo})
+    text = method_tests(fake)
+    lines = text.splitlines()
+    assert lines[0] == "BPTT vs GTF over seeds (n = 3 / 3): medians, two-sided Mann–Whitney U p"
+    assert "  D_stsp: 6 vs 1.1, p = 0.1" in lines  # exact two-sided p of a complete separation, n = 3 / 3
+    assert lines[-1] == "  final attractor = the teacher's 4-cycle: 1/3 vs 3/3, Fisher's exact p = 0.4"
+    assert not re.search(r"\bnan\b", text)
+    assert comparison_table(fake).endswith(text)  # printed under the table by demo and compare alike
+
+
+def test_mean_row_p_combines_only_the_runs_with_loss_jumps():
+    def run(seed: int, p: float | None, n_jumps: int) -> dict:
+        summary = {**_summary(0, 1.0), "loss_jumps": [{"step": 30 + k} for k in range(n_jumps)],
+                   "jump_correlation": {"jumps_explained": 1.0 if n_jumps else None, "p_value": p}}
+        return {"name": f"r{seed}", "path": f"r{seed}", "summary": summary, "demo": {"method": "BPTT", "seed": seed}}
+
+    rows = table_rows(comparison_table([run(0, 0.02, 2), run(1, None, 0)]))
+    header = comparison_table([run(0, 0.02, 2)]).splitlines()[0]
+    p = [cell.strip() for cell in header.strip("|").split("|")].index("p")
+    assert [row[p] for row in rows] == ["0.02", "n/a", "0.02"]  # a run without jumps has no p; the mean row skips it
+    assert table_rows(comparison_table([run(0, None, 0), run(1, None, 0)]))[-1][p] == "n/a"

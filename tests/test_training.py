@@ -164,6 +164,28 @@ def _build(config: dict, **kwargs) -> DSRModule:
     return module
 
 
+@pytest.mark.parametrize("mode", ["bptt", "gtf"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_reference_states_are_the_last_batch_in_latent_space(config, mode):
+    # BifurcationMonitor reads bifurcation_reference_states (T, M) for its attractor search and the figure.
+    from bifurcation_callback.callback import _reference_states
+
+    module = _build(config, training=mode)
+    assert module.bifurcation_reference_states is None  # before any batch
+    M, N = module.rnn.state_dim, module.obs_dim
+    for step, x in enumerate((_batch(N, seed=1), _batch(N, seed=2))):  # each batch replaces the last one's
+        module.training_step(x, step)
+        states = module.bifurcation_reference_states
+        assert states.shape == (12, M) and not states.requires_grad  # one sequence: bounded, detached
+        if module.obs == "identity":
+            assert torch.equal(states[:, :N], x[0])  # the data are the observed units
+            if M > N:
+                assert torch.allclose(states[:, N:], x[0] @ module.L.T)  # the unobserved: inferred as for z_1
+        else:  # the forcing signal pinv(B)(x - b): the readout maps it back to the data
+            assert torch.allclose(module.observe(states), x[0], atol=1e-4)
+        assert _reference_states(module, M).shape == (12, M)  # what the monitor accepts
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_gtf_alpha_zero_is_free_running_bptt(config):
     module = _build(config, training="gtf", alpha=0.0)
