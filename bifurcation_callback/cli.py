@@ -379,8 +379,10 @@ def _add_demo(subparsers) -> None:
         description=(
             "Train the same PLRNN on the same data and seeds by BPTT (free running) and by generalized "
             "teacher forcing, with a BifurcationMonitor attached; print a side-by-side table (final loss, "
-            "D_stsp, D_H, loss jumps, bifurcation events by kind, jumps explained, p-value, monitor "
-            "overhead) and write TensorBoard logs.  Full mode takes a few minutes on a laptop CPU."
+            "D_stsp, D_H, final attractor, attractor changes, loss jumps, bifurcation events by kind with "
+            "border collisions and degenerate events of the attractor apart, jumps with an event nearby, "
+            "p-value, monitor overhead; with several seeds, BPTT vs GTF tests) and write TensorBoard logs.  "
+            "Full mode takes a few minutes on a laptop CPU."
         ),
     )
     parser.add_argument("--fast", action="store_true", help="1 seed per method, few short steps (about a minute)")
