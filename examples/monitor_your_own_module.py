@@ -16,7 +16,6 @@ period-2 signal, ``BifurcationMonitor`` finds its fixed points and 2-cycles at e
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from pathlib import Path
 
