@@ -387,7 +387,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._reset_state()
         self._records = list(state_dict.get("records", []))
         # Checkpoints written before the tracker was split out hold its fields at the top level.
-        self._tracker.load_state_dict(state_dict.get("tracker", {"n_searches": len(self._records), **state_dict}))
+        self._tracker.load_state_dict(state_dict.get("tracker", state_dict))
         if self._attractors is not None and state_dict.get("attractor"):
             self._attractors.load_state_dict(state_dict["attractor"])
         self._history = [list(entry) for entry in state_dict.get("history", [])]

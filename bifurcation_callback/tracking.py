@@ -1,10 +1,11 @@
-"""CycleTracker: the monitor's memory between training steps, without Lightning.
+"""CycleTracker and AttractorTracker: the monitor's memory between training steps, without Lightning.
 
-It decides how hard to search at each monitored step (the search schedule), runs ``find_cycles`` warm-started
-from the previous step's cycles, compares the two snapshots (``detect_bifurcations``, ``match``), widens the
-brackets of newly found cycles to what the schedule can vouch for, optionally localises events along the
-weight path, and gives every cycle a track id that persists while the cycle does.  ``BifurcationMonitor``
-only calls :meth:`CycleTracker.update` and logs what it returns; everything here is testable with a bare model.
+``CycleTracker`` decides how hard to search at each monitored step, runs ``find_cycles`` warm-started from the
+previous step's cycles, compares the two snapshots (``detect_bifurcations``, ``match``), widens the brackets
+of newly found cycles back to the last step their order was proved complete, optionally localises events
+along the weight path, and gives every cycle a track id that persists while the cycle does.
+``AttractorTracker`` follows the attractor at any period.  ``BifurcationMonitor`` only calls their ``update``
+methods and logs what they return; everything here is testable with a bare model.
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ class TrackedStep:
     cycles : CycleSet
         All cycles found.
     events : tuple of BifurcationEvent
-        Changes since the previous snapshot (empty at the first one), brackets widened where the schedule
-        requires it.
+        Changes since the previous snapshot (empty at the first one; none for orders cut by the time
+        budget), brackets widened back to the order's last exhaustive step.
     charted : dict of int to float
         Track id → largest |multiplier| of the current cycles that own a per-cycle curve (at most
         ``max_tracked_cycles`` ids over the whole run).
@@ -204,11 +205,10 @@ class CycleTracker:
         self.reset()
 
     def reset(self) -> None:
-        """Forget every snapshot, track and schedule position."""
+        """Forget every snapshot and track."""
         self.previous: CycleSet | None = None
         self.previous_step: int | None = None
         self._warm_start: CycleSet | None = None
-        self.n_searches = 0
         self._tracks: dict[str, int] = {}
         self._next_track_id = 0
         self._first_step: int | None = None
@@ -253,11 +253,9 @@ class CycleTracker:
         Raises
         ------
         ValueError
-            From ``find_cycles`` (non-finite weights, ...); the tracker's state is left as it was, except that
-            the attempt counts in the schedule.
+            From ``find_cycles`` (non-finite weights, ...); the tracker's state is left as it was.
         """
         effort = self.plan()
-        self.n_searches += 1
         started = time.perf_counter()
         cycles = find_cycles(
             self._analysis_copy(model),
@@ -362,11 +360,10 @@ class CycleTracker:
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs: the last snapshot, the tracks and the schedule position (JSON-friendly)."""
+        """What a resumed run needs: the last snapshot, the tracks and the last exhaustive steps (JSON-friendly)."""
         return {
             "previous": self.previous.to_dict() if self.previous is not None else None,
             "previous_step": self.previous_step,
-            "n_searches": self.n_searches,
             "tracks": dict(self._tracks),
             "next_track_id": self._next_track_id,
             "first_step": self._first_step,
@@ -381,7 +378,6 @@ class CycleTracker:
         self.previous = CycleSet.from_dict(previous) if previous is not None else None
         self._warm_start = self.previous
         self.previous_step = state.get("previous_step")
-        self.n_searches = int(state.get("n_searches", 0))
         self._tracks = dict(state.get("tracks", {}))
         self._next_track_id = int(state.get("next_track_id", 0))
         self._first_step = state.get("first_step")
