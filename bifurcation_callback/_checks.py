@@ -23,6 +23,7 @@ __all__ = [
     "require_bool",
     "require_choice",
     "require_dtype",
+    "finite_or_none",
 ]
 
 # The finder's precisions and the spellings accepted for them: "float32", torch.float32 and np.float32 all work,
@@ -173,3 +174,14 @@ def require_dtype(name: str, value: object, *, owner: str | None = None) -> torc
     torch_names = ", ".join(str(d) for d in FLOAT_DTYPES.values())
     strings = ", ".join(repr(s) for s in FLOAT_DTYPES)
     raise ValueError(f"{_prefix(owner)}{name} must be one of {torch_names} (or {strings}), got {value!r}")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float when finite, else None: strict JSON and the loggers take no NaN or inf.
+
+    Examples
+    --------
+    >>> finite_or_none(2), finite_or_none(float("nan")), finite_or_none(None)
+    (2.0, None, None)
+    """
+    return float(value) if value is not None and math.isfinite(value) else None

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _scyfi
-from ._checks import require_dtype, require_int, require_real
+from ._checks import finite_or_none, require_dtype, require_int, require_real
 from .cycles import Cycle, _one_cpu_thread, _prepare_model, cycles_from_sequences
 from .models import detached_copy, require_piecewise_linear
 
@@ -214,9 +214,6 @@ CONVERGENCE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 DIVERGENCE_GROWTH = 2.0
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
 
 def _nan_if_none(value: object) -> float:
     return float("nan") if value is None else float(value)
@@ -273,9 +270,9 @@ class Attractor:
             "kind": self.kind,
             "period": self.period,
             "cycle": None if self.cycle is None else self.cycle.to_dict(),
-            "spectral_radius": _finite_or_none(self.spectral_radius),
-            "largest_lyapunov": _finite_or_none(self.largest_lyapunov),
-            "orbit": [[_finite_or_none(v) for v in row] for row in self.orbit.tolist()],
+            "spectral_radius": finite_or_none(self.spectral_radius),
+            "largest_lyapunov": finite_or_none(self.largest_lyapunov),
+            "orbit": [[finite_or_none(v) for v in row] for row in self.orbit.tolist()],
             "fraction": self.fraction,
             "states": list(self.states),
         }

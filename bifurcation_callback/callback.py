@@ -9,7 +9,6 @@ It does no linear algebra and touches no logger itself.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 import warnings
@@ -23,7 +22,7 @@ from lightning.pytorch.callbacks import Callback as _LightningCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from ._checks import require_bool, require_int, require_real
+from ._checks import finite_or_none, require_bool, require_int, require_real
 from .attractors import AttractorReport
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
@@ -65,9 +64,6 @@ __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS", "s
 
 _OWNER = "BifurcationMonitor"
 
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):
@@ -326,8 +322,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self._history and self._history[-1][0] == step:
             return  # several optimizers, or manual optimization: one record per logged step
         started = time.perf_counter()
-        loss = _finite_or_none(_step_loss(trainer, outputs, self.loss_key))
-        self._history.append([step, loss, _finite_or_none(self._pending_grad_norm)])
+        loss = finite_or_none(_step_loss(trainer, outputs, self.loss_key))
+        self._history.append([step, loss, finite_or_none(self._pending_grad_norm)])
         self._hook_seconds += time.perf_counter() - started
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             self._analyse_safely(step, loss)

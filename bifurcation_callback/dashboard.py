@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._checks import finite_or_none
 from .attractors import ATTRACTOR_KINDS, attractor_label
 from .bifurcations.events import is_qualitative
 
@@ -174,14 +175,13 @@ def attractor_record(primary: Any, report: Any) -> dict[str, Any] | None:
     """
     if primary is None:
         return None
-    finite = lambda value: value if value is not None and math.isfinite(value) else None  # noqa: E731
     return {
         "kind": primary.kind,
         "period": primary.period,
         "label": attractor_label(primary.kind, primary.period),
         "stable": primary.is_stable,
-        "spectral_radius": finite(primary.spectral_radius),
-        "largest_lyapunov": finite(primary.largest_lyapunov),
+        "spectral_radius": finite_or_none(primary.spectral_radius),
+        "largest_lyapunov": finite_or_none(primary.largest_lyapunov),
         "fraction": primary.fraction,
         "n_attractors": len(report),
         "others": [attractor_label(a.kind, a.period) for a in report if a is not primary],
