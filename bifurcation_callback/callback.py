@@ -515,7 +515,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "final_step": int(self._history[-1][0]) if self._history else None,
             "final_loss": losses[-1] if losses else None,
             "final_cycles": previous.to_dict() if previous is not None else None,
-            "final_attractor": next((r.get("attractor") for r in reversed(analysed) if r.get("attractor")), None),
+            # The last monitored step's attractor; None when that step was skipped or its analysis failed, never
+            # an older step's attractor presented as the final one.
+            "final_attractor": self._records[-1].get("attractor") if self._records else None,
             "max_attractor_period": self.max_attractor_period,
             "n_attractor_changes": by_kind.get("attractor_change", 0),
             "n_events": len(event_steps),

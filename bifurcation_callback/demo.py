@@ -540,8 +540,9 @@ def _fmt(value: float | None, spec: str, missing: str = "n/a") -> str:
 
 def _final_attractor(run: dict) -> str | None:
     """The label of the monitor's ``final_attractor`` ("4-cycle", "fixed point", "chaotic", "none"), "skipped"
-    when the monitor could not analyse the last monitored step (the summary's attractor is then an older one's),
-    or None where the summary has no attractor analysis (an older monitor, or ``max_attractor_period=0``)."""
+    when the monitor could not analyse the last monitored step (the summary then has none; summaries of older
+    versions held an earlier step's), or None where the summary has no attractor analysis (an older monitor,
+    or ``max_attractor_period=0``)."""
     summary = run["summary"]
     if "final_attractor" not in summary or not summary.get("max_attractor_period", 1):
         return None

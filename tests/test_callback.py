@@ -664,3 +664,16 @@ def test_state_space_figure_gets_orbits_and_the_modules_reference_states(tmp_pat
         fit(tmp_path, wrong, BifurcationMonitor(max_order=2, log_figures_every_n_steps=3), max_steps=3,
             logger=TensorBoardLogger(str(tmp_path), name="wrong"))
     assert drawn and all(kwargs["reference"] is None for kwargs in drawn)
+
+
+def test_final_attractor_is_the_last_steps_never_an_older_one(tmp_path):
+    # NaN weights from step 4 on: every later step is skipped, so there is no final attractor to report.
+    def schedule(step, rnn):
+        if step >= 4:
+            rnn.h[0] = float("nan")
+
+    monitor = BifurcationMonitor(max_order=1)
+    with pytest.warns(RuntimeWarning, match="skipped step"):
+        fit(tmp_path, TinyRNNModule(lr=0.0, schedule=schedule), monitor, max_steps=6, logger=False)
+    assert monitor.records[3]["attractor"] is not None and "skipped" in monitor.records[-1]
+    assert monitor.summary["final_attractor"] is None
