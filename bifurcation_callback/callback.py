@@ -9,6 +9,7 @@ It does no linear algebra and touches no logger itself.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
@@ -22,14 +23,13 @@ from lightning.pytorch.callbacks import Callback as _LightningCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from ._checks import finite_or_none, require_bool, require_int, require_real
-from .attractors import AttractorReport
+from ._checks import finite_or_none, require_bool, require_choice, require_int, require_real
+from .analysis import Snapshot, StepAnalyser, StepResult, load_snapshot, take_snapshot
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import (
     LOGGED_METRICS,
     Dashboard,
-    attractor_record,
     custom_scalars_layout,
     events_markdown,
     fold_events,
@@ -40,16 +40,10 @@ from .dashboard import (
     summary_scalars,
 )
 from .loss_jumps import summarise_run
-from .models import check_protocol, require_piecewise_linear
+from .models import check_protocol, detached_copy, require_piecewise_linear
 from .plots import sample_orbits
-from .tracking import (
-    MONITOR_FINDER_DEFAULTS,
-    AttractorTracker,
-    CycleTracker,
-    TrackedStep,
-    check_finder_kwargs,
-    gradient_norm,
-)
+from .tracking import MONITOR_FINDER_DEFAULTS, check_finder_kwargs, gradient_norm
+from .worker import WORKER_KINDS, AnalysisWorker, WorkerMessage
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -64,6 +58,7 @@ __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS", "s
 
 _OWNER = "BifurcationMonitor"
 
+MODES: tuple[str, ...] = ("auto", "async", "sync")
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):
@@ -141,6 +136,27 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         default border collisions that left the cycle's stability unchanged (``bifurcations.events.is_qualitative``
         False: the cycle just moved across a switching plane) are folded into a count; ``events.jsonl`` and
         ``monitor.events`` always hold every event.
+    mode : {"auto", "async", "sync"}
+        Where the analysis runs.  ``"async"``: the training thread only snapshots the RNN's weights (detached
+        CPU copies; from CUDA through pinned memory without a device-wide sync) with the step's loss and
+        gradient norm, and a worker analyses them while training goes on; results are logged at the step they
+        belong to as soon as they are ready.  ``"sync"``: the analysis runs inside ``on_train_batch_end`` and
+        training waits for it.  ``"auto"`` (default) is async when this machine has a spare CPU core: more
+        CPUs available to the process (``os.sched_getaffinity``) than the Trainer has processes on it
+        (``trainer.num_devices``), and sync otherwise.  Only global rank zero runs a worker.
+    worker : {"process", "thread"}
+        In async mode: a worker process (default; its own interpreter and CPU thread, so it shares no GIL with
+        training) or a thread of the training process.  A model that cannot be sent to another process (its
+        class defined in ``__main__``, or unpicklable) is analysed in a thread, with a warning.
+    queue_size : int or None
+        In async mode: snapshots that may wait while the worker analyses one.  When the worker falls behind,
+        the oldest waiting snapshot is dropped (latest wins): the monitor counts the dropped steps
+        (``bifurcation/dropped``) and the next analysed step is compared with the last analysed one, so its
+        events' brackets cover the dropped steps.  None never drops a step (records equal to sync mode's; the
+        backlog is analysed while training goes on and drained at fit end).
+    drain_timeout_s : float or None
+        In async mode: how long the end of fit waits for the snapshots still queued before the summary is
+        written; what is left is counted as dropped, with a warning.  None waits for all of them.
     verbose : bool
         Print a one-line summary at the end of fit on rank zero (``rank_zero_info``, like Lightning's
         ModelCheckpoint / EarlyStopping): events by kind, loss jumps, how many have an event nearby, the
@@ -173,7 +189,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     - ``bifurcation/min_unit_distance``, ``bifurcation/min_border_margin``
     - ``bifurcation/attractor/kind``, ``bifurcation/attractor/period``, ``bifurcation/attractor/max_abs_eig``,
       ``bifurcation/attractor/lyapunov``, ``bifurcation/attractor/n_attractors``
-    - ``bifurcation/event``, ``bifurcation/events_total``, ``bifurcation/monitor_ms``, ``bifurcation/skipped``
+    - ``bifurcation/event``, ``bifurcation/events_total``, ``bifurcation/monitor_ms``, ``bifurcation/skipped``,
+      ``bifurcation/dropped``, ``bifurcation/lag_steps``
     - at fit end: ``bifurcation/jumps_explained``, ``bifurcation/events_with_jump``, ``bifurcation/p_value``
       (each only when defined: no loss jumps or no events leave it out, and the summary shows ``n/a``),
       ``bifurcation/n_loss_jumps``
@@ -211,6 +228,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         localize_events: bool = False,
         seed: int = 0,
         show_all_events: bool = False,
+        mode: str = "auto",
+        worker: str = "process",
+        queue_size: int | None = 1,
+        drain_timeout_s: float | None = 60.0,
         verbose: bool = True,
     ) -> None:
         self.max_order = require_int("max_order", max_order, 1, owner=_OWNER)
@@ -242,33 +263,41 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.localize_events = require_bool("localize_events", localize_events, owner=_OWNER)
         self.seed = require_int("seed", seed, 0, owner=_OWNER)
         self.show_all_events = require_bool("show_all_events", show_all_events, owner=_OWNER)
+        self.mode = require_choice("mode", mode, MODES, owner=_OWNER)
+        self.worker = require_choice("worker", worker, WORKER_KINDS, owner=_OWNER)
+        self.queue_size = require_int("queue_size", queue_size, 1, optional=True, owner=_OWNER)
+        self.drain_timeout_s = require_real(
+            "drain_timeout_s", drain_timeout_s, minimum=0.0, optional=True, owner=_OWNER
+        )
         self.verbose = require_bool("verbose", verbose, owner=_OWNER)
         self.summary: dict[str, Any] | None = None
         self.log_dir: str | None = None  # where events.jsonl and summary.json go; set at fit start
+        self.active_mode: str | None = None  # "async" or "sync" once fit has started ("auto" resolved)
         self._rnn: Any = None
         self._module: Any = None  # the LightningModule, read for bifurcation_reference_states
         self._dashboard: Dashboard | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._tracker = CycleTracker(
-            self.max_order,
-            max_tracked_cycles=self.max_tracked_cycles,
-            seed=self.seed,
-            finder_kwargs=self.finder_kwargs,
-            time_budget_s=self.time_budget_s,
-            localize_events=self.localize_events,
-        )
-        self._attractors = AttractorTracker(self.max_attractor_period, seed=self.seed) if self.max_attractor_period else None
-        self._attractor_report: AttractorReport | None = None  # the last one, for the figures
+        self._analyser: StepAnalyser | None = None  # built at fit start, from the RNN
+        self._worker: AnalysisWorker | None = None
+        self._worker_summary: dict[str, Any] | None = None
+        # What a checkpoint restored for the analyser: its trackers' state and the snapshots not yet analysed.
+        self._restored_state: dict[str, Any] | None = None
+        self._restored_pending: list[Snapshot] = []
+        self._last: tuple[Snapshot, StepResult] | None = None  # the last analysed step, for the figures
+        self._final_cycles: CycleSet | None = None
+        self._figure_model: Any = None
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
         # when the cycle search runs only every n steps.
         self._history: list[list[float | None]] = []
         self._n_events = 0
         self._skip_reasons: Counter[str] = Counter()
+        self._dropped: list[int] = []  # monitored steps the async worker never analysed (latest wins)
         self._warned: set[str] = set()
         self._hook_seconds = 0.0
+        self._analysis_seconds = 0.0
         self._fit_seconds = 0.0
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
@@ -308,6 +337,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._dashboard.log_layout(custom_scalars_layout("bifurcation/loss", range(1, self.max_order + 1)))
         # On resume the restored records replace whatever the interrupted run wrote after its checkpoint.
         self._dashboard.rewrite_records(self._records if self._resumed else [], resumed=self._resumed)
+        self._start_analysis(trainer)
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
@@ -324,9 +354,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         started = time.perf_counter()
         loss = finite_or_none(_step_loss(trainer, outputs, self.loss_key))
         self._history.append([step, loss, finite_or_none(self._pending_grad_norm)])
-        self._hook_seconds += time.perf_counter() - started
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
-            self._analyse_safely(step, loss)
+            self._submit(step, loss)
+        self._collect()
+        self._hook_seconds += time.perf_counter() - started
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -335,18 +366,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if (trainer.current_epoch + 1) % self.every_n_epochs or not self._history:
             return
         step, loss = self._history[-1][:2]  # the epoch's last optimizer step: the same step convention
-        if self._records and self._records[-1]["step"] == step:
+        if step in self._submitted_steps():
             return  # analysed already (an epoch of batches that never stepped the optimizer)
-        self._analyse_safely(int(step), loss)
-
-    def _analyse_safely(self, step: int, loss: float | None) -> None:
         started = time.perf_counter()
-        try:
-            self._analyse(step, loss)
-        except Exception as error:  # the monitor must never take the training run down
-            self._skip(step, loss, f"{type(error).__name__}: {error}")
-        finally:
-            self._hook_seconds += time.perf_counter() - started
+        self._submit(int(step), loss)
+        self._collect()
+        self._hook_seconds += time.perf_counter() - started
 
     @override
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -355,6 +380,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._fit_started = None
         if not trainer.is_global_zero or self._dashboard is None:
             return
+        self._finish_analysis()
         try:
             self.summary = self._summarise()
             self._log_summary(self.summary)
@@ -364,32 +390,55 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
         self._dashboard.flush()
 
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close_worker()  # an interrupted fit must not leave a worker process behind
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._close_worker()
+
     # ------------------------------------------------------------------------------------------ state
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        if self._worker is not None:
+            self._collect()  # what is finished becomes records; the rest is saved as pending snapshots
+            analyser_state, pending = self._worker.state, self._worker.pending()
+        elif self._analyser is not None:
+            analyser_state, pending = self._analyser.state_dict(), []
+        else:  # saved before fit started: what was restored, unchanged
+            analyser_state, pending = self._restored_state or {}, self._restored_pending
         return {
-            "tracker": self._tracker.state_dict(),
-            "attractor": self._attractors.state_dict() if self._attractors is not None else None,
+            "tracker": analyser_state.get("tracker"),
+            "attractor": analyser_state.get("attractor"),
+            "pending": [snapshot.to_dict() for snapshot in pending],
             "records": self._records,
             "history": self._history,
             "skip_reasons": dict(self._skip_reasons),
+            "dropped": list(self._dropped),
             "hook_seconds": self._hook_seconds,
+            "analysis_seconds": self._analysis_seconds,
             "fit_seconds": self._fit_seconds,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._close_worker()
         self._reset_state()
         self._records = list(state_dict.get("records", []))
         # Checkpoints written before the tracker was split out hold its fields at the top level.
-        self._tracker.load_state_dict(state_dict.get("tracker", state_dict))
-        if self._attractors is not None and state_dict.get("attractor"):
-            self._attractors.load_state_dict(state_dict["attractor"])
+        tracker = state_dict.get("tracker", state_dict)
+        self._restored_state = {"tracker": tracker, "attractor": state_dict.get("attractor")}
+        self._restored_pending = [Snapshot.from_dict(entry) for entry in state_dict.get("pending", [])]
+        previous = (tracker or {}).get("previous")
+        self._final_cycles = CycleSet.from_dict(previous) if previous is not None else None
         self._history = [list(entry) for entry in state_dict.get("history", [])]
         self._n_events = sum(len(record.get("events", [])) for record in self._records)
         self._skip_reasons = Counter(state_dict.get("skip_reasons", {}))
+        self._dropped = [int(step) for step in state_dict.get("dropped", [])]
         self._hook_seconds = float(state_dict.get("hook_seconds", 0.0))
+        self._analysis_seconds = float(state_dict.get("analysis_seconds", 0.0))
         self._fit_seconds = float(state_dict.get("fit_seconds", 0.0))
         self._resumed = True
 
@@ -397,7 +446,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """One dict per monitored step (as written to ``events.jsonl``)."""
+        """One dict per analysed or skipped step (as written to ``events.jsonl``), in step order."""
         return list(self._records)
 
     @property
@@ -408,68 +457,165 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @property
     def cycles(self) -> CycleSet | None:
         """The cycle set of the last analysed step."""
-        return self._tracker.previous
+        return self._final_cycles
 
     @property
     def n_skipped(self) -> int:
         return sum(self._skip_reasons.values())
 
+    @property
+    def dropped_steps(self) -> list[int]:
+        """Monitored steps the async worker did not analyse (it was busy: latest wins; or the fit-end drain
+        timed out).  Each lies inside the step bracket of the next analysed step."""
+        return list(self._dropped)
+
     # ------------------------------------------------------------------------------------------ wiring
 
-    def _analyse(self, step: int, loss: float | None) -> None:
-        tracked = self._tracker.update(self._rnn, step)
-        if tracked.cycles.cut:
-            cut = [k for k, status in tracked.cycles.statuses.items() if status == "cut"]
-            self._warn(
-                "time budget",
-                f"BifurcationMonitor: the cycle search at step {step} was cut by time_budget_s={self.time_budget_s}: "
-                f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
+    def _start_analysis(self, trainer: Any) -> None:
+        """Build the analyser (with a restored state), resolve the mode and start the worker."""
+        self._analyser = StepAnalyser(
+            self._rnn,
+            max_order=self.max_order,
+            max_tracked_cycles=self.max_tracked_cycles,
+            seed=self.seed,
+            finder_kwargs=self.finder_kwargs,
+            time_budget_s=self.time_budget_s,
+            localize_events=self.localize_events,
+            max_attractor_period=self.max_attractor_period,
+        )
+        if self._restored_state is not None:
+            self._analyser.load_state_dict(self._restored_state)
+        self.active_mode = self.mode if self.mode != "auto" else default_mode(trainer)
+        pending, self._restored_pending = self._restored_pending, []
+        if self.active_mode == "async":
+            self._worker = AnalysisWorker(self._analyser, kind=self.worker, queue_size=self.queue_size)
+            for snapshot in pending:  # steps a checkpoint saved before they were analysed: none is lost
+                self._worker.submit(snapshot, force=True)
+        else:
+            for snapshot in pending:
+                self._analyse_now(snapshot)
+
+    def _submit(self, step: int, loss: float | None) -> None:
+        """Snapshot the RNN at ``step`` and analyse it now (sync) or hand it to the worker (async)."""
+        try:
+            snapshot = take_snapshot(
+                self._rnn, step, loss=loss, grad_norm=self._history[-1][2] if self._history else None,
+                reference=self._reference_or_none(), copy=self._worker is not None,
             )
-        record = {
-            "step": step,
-            "loss": loss,
-            "grad_norm": self._history[-1][2],
-            "n_cycles": {str(k): n for k, n in tracked.cycles.counts().items()},
-            "n_stable": {str(k): n for k, n in tracked.cycles.stable_counts().items()},
-            "statuses": {str(k): status for k, status in tracked.cycles.statuses.items()},
-            "events": [event.to_dict() for event in tracked.events],
-            "finder_ms": tracked.finder_ms,
-            "compare_ms": tracked.compare_ms,
-        }
-        if self._attractors is not None:
-            attractor, events = self._analyse_attractor(step)
-            record.update(attractor)
-            record["events"].extend(events)
+        except Exception as error:  # the monitor must never take the training run down
+            self._skip(step, loss, f"{type(error).__name__}: {error}")
+            return
+        if self._worker is None:
+            self._analyse_now(snapshot)
+            return
+        dropped = self._worker.submit(snapshot)
+        if dropped is not None:
+            self._dropped.append(dropped.step)
+
+    def _analyse_now(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        try:
+            result = self._analyser.analyse(snapshot)
+        except Exception as error:  # the monitor must never take the training run down
+            self._skip(snapshot.step, snapshot.loss, f"{type(error).__name__}: {error}")
+            return
+        finally:
+            self._analysis_seconds += time.perf_counter() - started
+        self._accept(snapshot, result)
+
+    def _collect(self) -> None:
+        """Log what the worker finished, in step order."""
+        if self._worker is None:
+            return
+        for message in self._worker.collect():
+            self._handle(message)
+
+    def _handle(self, message: WorkerMessage) -> None:
+        snapshot = message.snapshot
+        self._analysis_seconds += message.analysis_s
+        try:
+            if message.kind == "result":
+                self._accept(snapshot, message.result)
+            elif message.kind in ("error", "lost"):
+                self._skip(snapshot.step, snapshot.loss, message.error if message.kind == "error" else f"worker: {message.error}")
+            elif message.kind == "note":
+                self._warn(message.category, message.error)
+            elif message.kind == "fallback":
+                self._warn("worker fallback", f"BifurcationMonitor: {message.error}")
+                self._fall_back_to_sync()
+        except Exception as error:  # publishing must not take the training run down either
+            self._warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
+
+    def _fall_back_to_sync(self) -> None:
+        worker = self._worker
+        leftover = worker.take_queue()
+        self._analyser.load_state_dict(worker.state)
+        self._close_worker()
+        self.active_mode = "sync"
+        for snapshot in leftover:
+            self._analyse_now(snapshot)
+
+    def _finish_analysis(self) -> None:
+        """Fit end: wait (at most ``drain_timeout_s``) for the worker, log its last results, stop it."""
+        if self._worker is None:
+            return
+        if not self._worker.drain(self.drain_timeout_s):
+            left = [snapshot.step for snapshot in self._worker.take_queue()]
+            in_flight = [snapshot.step for snapshot in self._worker.pending() if snapshot.step not in left]
+            self._worker.close()
+            self._collect()
+            unanalysed = sorted(set(left) | {step for step in in_flight if step not in self._submitted_steps()})
+            self._dropped.extend(unanalysed)
+            self._warn(
+                "drain",
+                f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
+                f"{self.drain_timeout_s}; they are counted as dropped",
+            )
+        self._collect()
+        self._close_worker()
+
+    def _close_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+            # What ran where, for the summary (a process worker may have become a thread or fallen back).
+            self._worker_summary = {"kind": worker.kind, "processes": worker.pids, "restarts": worker.restarts,
+                                    "fell_back_to_sync": worker.failed}
+
+    def _submitted_steps(self) -> set[int]:
+        steps = {record["step"] for record in self._records}
+        if self._worker is not None:
+            steps.update(snapshot.step for snapshot in self._worker.pending())
+        return steps
+
+    def _accept(self, snapshot: Snapshot, result: StepResult) -> None:
+        record = result.record
+        now = self._history[-1][0] if self._history else snapshot.step
+        record["lag_ms"] = 1e3 * (time.perf_counter() - snapshot.taken_at)
+        record["lag_steps"] = int(now) - snapshot.step
+        for category, text in result.notes:
+            self._warn(category, text)
         self._records.append(record)
         self._n_events += len(record["events"])
-        self._publish(record, tracked)
+        self._last, self._final_cycles = (snapshot, result), result.cycles
+        self._publish(record, result, snapshot)
 
-    def _analyse_attractor(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The attractor fields of a step's record and its attractor_change event, if any; a failure costs the
-        step its attractor, not its cycles."""
-        try:
-            reference = _reference_states(self._module, self._rnn.state_dim)
-            result = self._attractors.update(self._rnn, step, reference)
-        except Exception as error:
-            self._warn("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}")
-            return {"attractor": None}, []
-        self._attractor_report = result.report
-        fields = {"attractor": attractor_record(result.primary, result.report), "attractor_ms": result.attractor_ms}
-        return fields, [result.event.to_dict()] if result.event is not None else []
-
-    def _publish(self, record: dict[str, Any], tracked: TrackedStep) -> None:
+    def _publish(self, record: dict[str, Any], result: StepResult, snapshot: Snapshot) -> None:
         dashboard = self._dashboard
         if dashboard is None:
             return
         started = time.perf_counter()
-        scalars = step_scalars(record, tracked.cycles, tracked.charted, n_events=self._n_events, n_skipped=self.n_skipped)
-        dashboard.log_scalars(scalars, tracked.step)
+        scalars = step_scalars(
+            record, result.cycles, result.charted, n_events=self._n_events, n_skipped=self.n_skipped,
+            n_dropped=len(self._dropped),
+        )
+        dashboard.log_scalars(scalars, record["step"])
         if fold_events(record["events"], show_all=self.show_all_events)[0]:  # a step of folded crossings only: no text
             events = events_markdown(record["events"], show_all=self.show_all_events)
-            dashboard.log_text("bifurcation/events", events, tracked.step)
+            dashboard.log_text("bifurcation/events", events, record["step"])
         logged = time.perf_counter()
         if self.log_figures_every_n_steps and len(self._records) % self.log_figures_every_n_steps == 0:
-            self._log_figures(tracked.cycles, tracked.step)
+            self._log_figures(record["step"])
         # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
         record["publish_ms"] = 1e3 * (logged - started)
         record["figures_ms"] = 1e3 * (time.perf_counter() - logged)
@@ -504,14 +650,22 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         losses = [loss for _, loss, _ in self._history if loss is not None]
         by_kind = Counter(e["kind"] for r in analysed for e in r["events"])
         n_folded = sum(fold_events(r["events"])[1] for r in analysed)
-        previous = self._tracker.previous
+        previous = self._final_cycles
+        lags = sorted(r["lag_steps"] for r in analysed if "lag_steps" in r)
+        n_monitored = len(self._records) + len(self._dropped)
         return {
             "max_order": self.max_order,
             "every_n_steps": self.every_n_steps,
             "every_n_epochs": self.every_n_epochs,
+            "mode": self.active_mode,
+            "worker": self._worker_summary,
             "n_monitored_steps": len(analysed),
             "n_skipped": self.n_skipped,
             "skip_reasons": dict(self._skip_reasons),
+            "n_dropped_steps": len(self._dropped),
+            "analysed_fraction": len(analysed) / n_monitored if n_monitored else None,
+            "lag_steps_median": float(statistics.median(lags)) if lags else None,
+            "lag_steps_max": lags[-1] if lags else None,
             "final_step": int(self._history[-1][0]) if self._history else None,
             "final_loss": losses[-1] if losses else None,
             "final_cycles": previous.to_dict() if previous is not None else None,
@@ -527,6 +681,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "jump_warmup_steps": self.jump_warmup_steps,
             "jump_min_change": self.jump_min_change,
             "monitor_seconds": self._hook_seconds,
+            "analysis_seconds": self._analysis_seconds,
             "fit_seconds": self._fit_seconds,
             "monitor_overhead": self._hook_seconds / max(self._fit_seconds - self._hook_seconds, 1e-9),
         }
@@ -537,7 +692,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         dashboard.log_scalars(summary_scalars(summary), step)
         dashboard.log_text("bifurcation/summary", summary_markdown(summary, show_all_events=self.show_all_events), step)
         if self._records:
-            self._log_figures(self._tracker.previous, step, summary["loss_jumps"])
+            self._log_figures(step, summary["loss_jumps"])
         dashboard.write_summary(summary)
 
     def _jump_window(self, analysed: list[dict[str, Any]]) -> int:
@@ -548,23 +703,36 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         gaps = [b - a for a, b in zip(steps, steps[1:])]
         return 5 * (int(statistics.median(gaps)) if gaps else (steps[0] + 1 if steps else 1))
 
-    def _log_figures(self, cycles: CycleSet | None, step: int, loss_jumps: list[dict[str, Any]] = ()) -> None:
+    def _log_figures(self, step: int, loss_jumps: list[dict[str, Any]] = ()) -> None:
+        """The state space of the last analysed step (its cycles, the orbits under them, the step's reference
+        states) and the timeline up to now."""
         dashboard = self._dashboard
         if dashboard is None or not dashboard.has_tensorboard:
             return
-        orbits: list[Any] = []
-        reference = None
-        try:  # figure decoration must not cost the step its record
-            if self._attractor_report is not None:  # the attractors the analysis found, at any period
-                orbits = [attractor.orbit for attractor in self._attractor_report if attractor.kind != "divergent"]
-            elif cycles is not None:
-                orbits = sample_orbits(self._rnn, cycles, seed=self.seed)
-            reference = _reference_states(self._module, self._rnn.state_dim)
+        cycles, orbits, reference = self._final_cycles, [], None
+        if self._last is not None:
+            snapshot, result = self._last
+            reference = snapshot.reference
+            orbits = result.orbits
+            if self.max_attractor_period == 0 and cycles is not None:
+                try:  # figure decoration must not cost the step its record
+                    orbits = sample_orbits(self._model_at(snapshot), cycles, seed=self.seed)
+                except Exception as error:
+                    self._warn("figures", f"BifurcationMonitor draws no orbits in its figures: {error}")
+        dashboard.log_figures(cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference)
+
+    def _model_at(self, snapshot: Snapshot) -> Any:
+        """A copy of the RNN with a snapshot's weights (the live RNN has moved on in async mode)."""
+        if self._figure_model is None:
+            self._figure_model = detached_copy(self._rnn).cpu()
+        return load_snapshot(self._figure_model, snapshot)
+
+    def _reference_or_none(self) -> Any:
+        try:
+            return _reference_states(self._module, self._rnn.state_dim)
         except Exception as error:
-            self._warn("figures", f"BifurcationMonitor draws no orbits / training data in its figures: {error}")
-        dashboard.log_figures(
-            cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference
-        )
+            self._warn("reference states", f"BifurcationMonitor ignores the module's reference states: {error}")
+            return None
 
     def _find_rnn(self, pl_module: Any) -> Any:
         if self.model_attr is not None:
@@ -618,6 +786,21 @@ def _reference_states(pl_module: Any, state_dim: int) -> Any:
             f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {array.shape}"
         )
     return array.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_mode(trainer: Any) -> str:
+    """``mode="auto"``: async when a CPU core is left for the worker after one per training process on this
+    machine (``trainer.num_devices``: DDP on CPU runs that many processes, each GPU one), else sync."""
+    processes = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+    return "async" if available_cpus() > processes else "sync"
 
 
 def _lightning_step(trainer: Any) -> int:

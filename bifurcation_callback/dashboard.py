@@ -16,15 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._checks import finite_or_none
-from .attractors import ATTRACTOR_KINDS, attractor_label
+from .attractors import ATTRACTOR_KINDS
 from .bifurcations.events import is_qualitative
 
 __all__ = [
     "LOGGED_METRICS",
     "Dashboard",
     "custom_scalars_layout",
-    "attractor_record",
     "events_markdown",
     "fold_events",
     "read_jsonl",
@@ -57,7 +55,9 @@ LOGGED_METRICS: dict[str, str] = {
     "bifurcation/attractor/lyapunov": "largest Lyapunov exponent of the followed attractor (exact for a cycle: log|λ|max / period)",
     "bifurcation/attractor/n_attractors": "number of distinct attractors reached from the starting states",
     "bifurcation/monitor_ms": "time of the cycle search, the attractor analysis and the comparison at this step",
-    "bifurcation/skipped": "cumulative number of monitored steps skipped (errors, NaN weights, time budget)",
+    "bifurcation/skipped": "cumulative number of monitored steps skipped (errors, NaN weights, a worker that died)",
+    "bifurcation/dropped": "cumulative number of monitored steps the async worker did not analyse (it was busy: latest wins; 0 in sync mode)",
+    "bifurcation/lag_steps": "training steps between this step and the step at which its result was logged (0 in sync mode)",
     "bifurcation/jumps_explained": "at fit end: fraction of loss jumps with an event within jump_window steps (not logged without jumps)",
     "bifurcation/events_with_jump": "at fit end: fraction of events with a loss jump within jump_window steps (not logged without events)",
     "bifurcation/p_value": "at fit end: permutation-test p-value of jumps_explained (not logged without jumps)",
@@ -160,36 +160,9 @@ def events_markdown(events: Iterable[Mapping[str, Any]], *, show_all: bool = Fal
     return "\n".join(rows)
 
 
-def attractor_record(primary: Any, report: Any) -> dict[str, Any] | None:
-    """The followed attractor as a JSON-ready record (no orbit: records stay small).
-
-    Parameters
-    ----------
-    primary : Attractor or None
-    report : AttractorReport
-
-    Examples
-    --------
-    >>> attractor_record(None, None) is None
-    True
-    """
-    if primary is None:
-        return None
-    return {
-        "kind": primary.kind,
-        "period": primary.period,
-        "label": attractor_label(primary.kind, primary.period),
-        "stable": primary.is_stable,
-        "spectral_radius": finite_or_none(primary.spectral_radius),
-        "largest_lyapunov": finite_or_none(primary.largest_lyapunov),
-        "fraction": primary.fraction,
-        "n_attractors": len(report),
-        "others": [attractor_label(a.kind, a.period) for a in report if a is not primary],
-    }
-
-
 def step_scalars(
-    record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int
+    record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int,
+    n_dropped: int = 0,
 ) -> dict[str, float | None]:
     """The scalars of one monitored step (tags from ``LOGGED_METRICS``).
 
@@ -201,8 +174,8 @@ def step_scalars(
         The cycles found at the step.
     charted : dict of int to float
         Track id → largest |multiplier| of the cycles with their own curve.
-    n_events, n_skipped : int
-        Cumulative counts of events and skipped steps.
+    n_events, n_skipped, n_dropped : int
+        Cumulative counts of events, skipped steps and steps the async worker did not analyse.
 
     Returns
     -------
@@ -217,6 +190,8 @@ def step_scalars(
         "bifurcation/event": float(len(record["events"])),
         "bifurcation/events_total": float(n_events),
         "bifurcation/skipped": float(n_skipped),
+        "bifurcation/dropped": float(n_dropped),
+        "bifurcation/lag_steps": record.get("lag_steps"),
         "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"] + record.get("attractor_ms", 0.0),
     }
     attractor = record.get("attractor")

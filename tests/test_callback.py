@@ -49,7 +49,7 @@ def scalars_of(log_dir) -> "dict[str, dict[int, float]]":
 def test_tensorboard_run_logs_counts_equal_to_final_cycles(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="run")
     module = TinyRNNModule()
-    monitor = BifurcationMonitor(max_order=3, log_figures_every_n_steps=5)
+    monitor = BifurcationMonitor(mode="sync", max_order=3, log_figures_every_n_steps=5)
     trainer = fit(tmp_path, module, monitor, logger=logger)
     scalars = scalars_of(logger.log_dir)
     for tag in ("bifurcation/n_cycles/order_1", "bifurcation/n_cycles/order_3", "bifurcation/loss", "bifurcation/n_stable/total"):
@@ -69,7 +69,7 @@ def test_tensorboard_run_logs_counts_equal_to_final_cycles(tmp_path):
 
 def test_every_emitted_scalar_is_documented(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    fit(tmp_path, TinyRNNModule(), BifurcationMonitor(max_order=2), logger=logger)
+    fit(tmp_path, TinyRNNModule(), BifurcationMonitor(mode="sync", max_order=2), logger=logger)
     patterns = [re.compile("^" + re.sub(r"\\\{\w+\\\}", r"\\d+", re.escape(key)) + "$") for key in LOGGED_METRICS]
     emitted = [tag for tag in scalars_of(logger.log_dir) if tag.startswith("bifurcation/")]
     assert emitted
@@ -93,7 +93,7 @@ def flip_at(step_of_change: int):
 def test_planted_flip_is_logged_at_the_right_step(tmp_path):
     rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
     module = TinyRNNModule(rnn, lr=0.0, schedule=flip_at(6))
-    monitor = BifurcationMonitor(max_order=2, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
+    monitor = BifurcationMonitor(mode="sync", max_order=2, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
     fit(tmp_path, module, monitor, logger=False)
     events = monitor.events
     assert len(events) == 2, events
@@ -112,7 +112,7 @@ def test_planted_flip_is_logged_at_the_right_step(tmp_path):
 def test_localize_events_places_the_flip_inside_its_step(tmp_path):
     rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
     module = TinyRNNModule(rnn, lr=0.0, schedule=flip_at(6))
-    monitor = BifurcationMonitor(max_order=2, localize_events=True, max_attractor_period=0)
+    monitor = BifurcationMonitor(mode="sync", max_order=2, localize_events=True, max_attractor_period=0)
     fit(tmp_path, module, monitor, logger=False)
     (event,) = monitor.events
     # Along the straight weight path a₀(t) = −0.8 − 0.4 t the multiplier a₀ reaches −1 at t = 1/2.
@@ -140,7 +140,7 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
             raise RuntimeError("solver exploded")
 
         monkeypatch.setattr(tracking_module, "find_cycles", broken)
-    monitor = BifurcationMonitor(**monitor_kwargs)
+    monitor = BifurcationMonitor(mode="sync", **monitor_kwargs)
     module = TinyRNNModule(lr=0.0, schedule=schedule)
     with pytest.warns(RuntimeWarning, match="BifurcationMonitor skipped step"):
         trainer = fit(tmp_path, module, monitor, max_steps=8, logger=False)
@@ -158,7 +158,7 @@ def test_logger_combinations(tmp_path, loggers):
     csv = CSVLogger(str(tmp_path), name="csv")
     tensorboard = TensorBoardLogger(str(tmp_path), name="tb")
     chosen = {"none": False, "csv": [csv], "both": [tensorboard, csv]}[loggers]
-    monitor = BifurcationMonitor(max_order=2)
+    monitor = BifurcationMonitor(mode="sync", max_order=2)
     trainer = fit(tmp_path, TinyRNNModule(), monitor, max_steps=5, logger=chosen)
     assert monitor.summary is not None and monitor.summary["n_monitored_steps"] == 5
     assert (Path(monitor.log_dir) / "events.jsonl").is_file()
@@ -176,11 +176,11 @@ def test_resume_restores_state_without_duplicated_or_missing_steps(tmp_path):
     checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=5)
     module = TinyRNNModule()
     first = pl.Trainer(
-        max_steps=5, callbacks=[BifurcationMonitor(max_order=2, jsonl_path=str(jsonl)), checkpoints],
+        max_steps=5, callbacks=[BifurcationMonitor(mode="sync", max_order=2, jsonl_path=str(jsonl)), checkpoints],
         **quiet_trainer_kwargs(tmp_path, enable_checkpointing=True, logger=False),
     )
     first.fit(module, random_sequences())
-    resumed_monitor = BifurcationMonitor(max_order=2, jsonl_path=str(jsonl))
+    resumed_monitor = BifurcationMonitor(mode="sync", max_order=2, jsonl_path=str(jsonl))
     second = pl.Trainer(max_steps=10, callbacks=[resumed_monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     second.fit(TinyRNNModule(), random_sequences(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     steps = [record["step"] for record in read_jsonl(jsonl)]
@@ -208,7 +208,7 @@ def test_works_with_classic_pytorch_lightning_trainer(tmp_path):
         lr = 1e-2
         schedule = None
 
-    monitor = BifurcationMonitor(max_order=2)
+    monitor = BifurcationMonitor(mode="sync", max_order=2)
     trainer = pytorch_lightning.Trainer(max_steps=4, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(ClassicModule(), random_sequences())
     assert monitor.summary["n_monitored_steps"] == 4
@@ -260,6 +260,10 @@ ARGUMENT_CASES = {
     "seed": ([-1, 0.5, None, True], [0, 12345]),
     "show_all_events": (["yes", 1, None], [True, False]),
     "verbose": (["no", 0, None], [True, False]),
+    "mode": (["asynchronous", None, 1, "ASYNC"], ["auto", "async", "sync"]),
+    "worker": (["processes", None, "fork"], ["process", "thread"]),
+    "queue_size": ([0, -1, 1.5, True, "1"], [None, 1, 64]),
+    "drain_timeout_s": ([-1, True, float("nan"), "5"], [None, 0, 0.5, 60]),
 }
 
 
@@ -298,7 +302,7 @@ def test_finder_kwargs_are_normalised_and_unknown_keys_list_the_allowed_ones():
 @pytest.mark.slow
 def test_ddp_spawn_only_rank_zero_writes(tmp_path):
     jsonl = tmp_path / "events.jsonl"
-    monitor = BifurcationMonitor(max_order=2, jsonl_path=str(jsonl))
+    monitor = BifurcationMonitor(mode="sync", max_order=2, jsonl_path=str(jsonl))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
@@ -333,12 +337,12 @@ def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
         base = 0.5 * 0.99**step * (3.0 if step >= 30 else 1.0) * float(torch.exp(0.02 * torch.randn(1, generator=noise)))
         return base * 3.0 ** max(0, 3 - step)
 
-    monitor = BifurcationMonitor(max_order=1, jump_warmup_steps=5)
+    monitor = BifurcationMonitor(mode="sync", max_order=1, jump_warmup_steps=5)
     trainer = pl.Trainer(max_steps=45, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(ScriptedLoss(script), random_sequences(n=400))
     # The monitor's step is the one the module saw when it logged (Lightning's logging step).
     assert [(jump["step"], jump["direction"]) for jump in monitor.summary["loss_jumps"]] == [(30, "up")]
-    unguarded = BifurcationMonitor(max_order=1, jump_warmup_steps=0)
+    unguarded = BifurcationMonitor(mode="sync", max_order=1, jump_warmup_steps=0)
     trainer = pl.Trainer(max_steps=45, callbacks=[unguarded], **quiet_trainer_kwargs(tmp_path, logger=False))
     noise.manual_seed(0)
     trainer.fit(ScriptedLoss(script), random_sequences(n=400))
@@ -349,7 +353,7 @@ def test_loss_jumps_skip_the_warmup_and_find_a_planted_jump(tmp_path):
 def test_a_time_budget_never_stalls_the_monitor(tmp_path):
     """A budget too small for any search used to skip every step forever; now every step is recorded, its
     counts marked as lower bounds (status "cut"), with one warning and no event."""
-    monitor = BifurcationMonitor(max_order=2, time_budget_s=1e-9, max_attractor_period=0)
+    monitor = BifurcationMonitor(mode="sync", max_order=2, time_budget_s=1e-9, max_attractor_period=0)
     with pytest.warns(RuntimeWarning, match="lower bounds"):
         fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
     assert monitor.n_skipped == 0 and len(monitor.records) == 6
@@ -362,7 +366,7 @@ def test_a_large_model_with_a_small_budget_catches_up_from_its_warm_start(tmp_pa
 
     torch.manual_seed(0)
     rnn = ShallowPLRNN(latent_dim=2, hidden_dim=60)  # far too many regions to enumerate orders 2-3
-    monitor = BifurcationMonitor(max_order=3, time_budget_s=0.02, max_attractor_period=0)
+    monitor = BifurcationMonitor(mode="sync", max_order=3, time_budget_s=0.02, max_attractor_period=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         fit(tmp_path, TinyRNNModule(rnn, lr=0.0), monitor, max_steps=8, logger=False)
@@ -385,7 +389,7 @@ def test_newly_born_cycles_are_counted_at_the_step_they_are_born(tmp_path):
         if step == 6:
             model.h1.fill_(-0.1)
 
-    monitor = BifurcationMonitor(max_order=2)
+    monitor = BifurcationMonitor(mode="sync", max_order=2)
     trainer = pl.Trainer(max_steps=20, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(dim=1))
     events = [e for e in monitor.events if e.kind != "attractor_change"]
@@ -421,7 +425,7 @@ class LossLoggedPerEpoch(TinyRNNModule):
 @pytest.mark.parametrize("how", ["on_epoch", "on_step and on_epoch", "not logged"])
 def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path, how):
     module = LossLoggedPerEpoch(how)
-    monitor = BifurcationMonitor(max_order=1)
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
     trainer = pl.Trainer(max_epochs=2, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(module, random_sequences())  # 8 batches per epoch
     assert len(module.step_losses) == 16
@@ -431,7 +435,7 @@ def test_loss_logged_on_epoch_only_records_each_steps_own_loss(tmp_path, how):
 @pytest.mark.parametrize("accumulate_grad_batches", [1, 3])
 def test_monitor_scalars_share_lightnings_step_for_the_same_batch(tmp_path, accumulate_grad_batches):
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    monitor = BifurcationMonitor(max_order=1)
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
     fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=logger, accumulate_grad_batches=accumulate_grad_batches)
     # EventAccumulator with size_guidance 0 keeps every point (the default keeps a reservoir sample).
     accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0}).Reload()
@@ -449,7 +453,7 @@ def test_without_logger_and_jsonl_path_runs_never_overwrite_each_other(tmp_path,
     monkeypatch.chdir(workdir)
     monitors = []
     for seed in (0, 1):
-        monitor = BifurcationMonitor(max_order=1)
+        monitor = BifurcationMonitor(mode="sync", max_order=1)
         kwargs = quiet_trainer_kwargs(tmp_path, logger=False)
         del kwargs["default_root_dir"]  # Lightning's default: the current directory
         trainer = pl.Trainer(max_steps=3 + seed, callbacks=[monitor], **kwargs)
@@ -478,7 +482,7 @@ def test_tracked_cycle_tags_are_capped_for_the_whole_run(tmp_path):
             model.h1.fill_(0.1 if step == 4 else -0.1)
 
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    monitor = BifurcationMonitor(max_order=1, max_tracked_cycles=2)
+    monitor = BifurcationMonitor(mode="sync", max_order=1, max_tracked_cycles=2)
     trainer = pl.Trainer(max_steps=16, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=logger))
     trainer.fit(TinyRNNModule(rnn, lr=0.0, schedule=schedule), random_sequences(n=200, dim=1))
     assert len(monitor.cycles) == 2 and len(monitor.events) >= 2  # born again, as new tracks
@@ -487,7 +491,7 @@ def test_tracked_cycle_tags_are_capped_for_the_whole_run(tmp_path):
 
 
 def test_no_loss_jumps_reads_n_a_not_a_fraction(tmp_path):
-    monitor = BifurcationMonitor(max_order=1, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
+    monitor = BifurcationMonitor(mode="sync", max_order=1, jsonl_path=str(tmp_path / "out" / "events.jsonl"))
     trainer = fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
     assert monitor.summary["loss_jumps"] == []
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -502,7 +506,7 @@ def test_a_model_whose_pieces_disagree_with_its_step_fails_at_setup_before_train
     # UnmaskedPLRNN forgets W's zero diagonal in affine_pieces: every step's cycle set would be silently wrong.
     module = TinyRNNModule(UnmaskedPLRNN(2))
     with pytest.raises(ValueError, match="BifurcationMonitor: .*affine_pieces"):
-        fit(tmp_path, module, BifurcationMonitor(max_order=1), max_steps=2)
+        fit(tmp_path, module, BifurcationMonitor(mode="sync", max_order=1), max_steps=2)
     assert module.rnn.W.grad is None  # no training step ran
 
 
@@ -511,7 +515,7 @@ def test_a_model_whose_pieces_disagree_with_its_step_fails_at_setup_before_train
 
 def test_every_n_epochs_analyses_the_last_batch_of_every_nth_epoch(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    monitor = BifurcationMonitor(max_order=2, every_n_epochs=2)
+    monitor = BifurcationMonitor(mode="sync", max_order=2, every_n_epochs=2)
     trainer = pl.Trainer(max_epochs=5, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=logger))
     trainer.fit(TinyRNNModule(), random_sequences())  # 8 batches per epoch: steps 0..39
     # Epochs 2 and 4 (counted from 1) end with the batches Lightning logs at steps 15 and 31; epoch 5 is not due.
@@ -539,7 +543,7 @@ def test_every_n_epochs_analyses_the_last_batch_of_every_nth_epoch(tmp_path):
     ],
 )
 def test_every_n_epochs_records_the_epochs_last_optimizer_step(tmp_path, trainer_kwargs, expected):
-    monitor = BifurcationMonitor(max_order=1, every_n_epochs=3 if "max_steps" in trainer_kwargs else 1)
+    monitor = BifurcationMonitor(mode="sync", max_order=1, every_n_epochs=3 if "max_steps" in trainer_kwargs else 1)
     trainer = pl.Trainer(callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False, **trainer_kwargs))
     trainer.fit(TinyRNNModule(), random_sequences())
     assert [record["step"] for record in monitor.records] == expected
@@ -548,7 +552,7 @@ def test_every_n_epochs_records_the_epochs_last_optimizer_step(tmp_path, trainer
 
 def test_every_n_epochs_resumes_like_an_uninterrupted_run(tmp_path):
     def run(folder, max_epochs, ckpt_path=None, checkpoint=False):
-        callbacks = [BifurcationMonitor(max_order=2, every_n_epochs=2, jsonl_path=str(folder / "events.jsonl"))]
+        callbacks = [BifurcationMonitor(mode="sync", max_order=2, every_n_epochs=2, jsonl_path=str(folder / "events.jsonl"))]
         if checkpoint:
             callbacks.append(ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_epochs=1))
         trainer = pl.Trainer(
@@ -590,13 +594,13 @@ def monitor_lines(caplog) -> list[str]:
 
 
 def test_fit_end_prints_one_summary_line_unless_verbose_is_false(tmp_path, lightning_info):
-    monitor = BifurcationMonitor(max_order=1)
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
     fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
     (line,) = monitor_lines(lightning_info)
     assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead [\d.]+ %, final attractor: fixed point \(stable\)", line)
     assert line == callback_module.summary_line(monitor.summary)
     lightning_info.clear()
-    fit(tmp_path, TinyRNNModule(lr=0.0), BifurcationMonitor(max_order=1, verbose=False), max_steps=6, logger=False)
+    fit(tmp_path, TinyRNNModule(lr=0.0), BifurcationMonitor(mode="sync", max_order=1, verbose=False), max_steps=6, logger=False)
     assert monitor_lines(lightning_info) == []
 
 
@@ -616,7 +620,7 @@ def test_border_crossings_that_keep_stability_are_folded_but_kept_in_the_files(t
     logger = TensorBoardLogger(str(tmp_path), name="run")
     rnn = plrnn_2d(A=(0.5, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.05, 0.2))
     module = TinyRNNModule(rnn, lr=0.0, schedule=cross_the_border_at(4))
-    monitor = BifurcationMonitor(max_order=1, show_all_events=show_all_events)
+    monitor = BifurcationMonitor(mode="sync", max_order=1, show_all_events=show_all_events)
     fit(tmp_path, module, monitor, max_steps=8, logger=logger)
     (event,) = monitor.events
     assert (event.kind, event.step, event.stable_before, event.stable_after) == ("border_collision", 4, True, True)
@@ -649,7 +653,7 @@ def test_state_space_figure_gets_orbits_and_the_modules_reference_states(tmp_pat
     data = torch.randn(4, 6, 2)  # (batch, time, state): flattened to 24 states
     module = TinyRNNWithReferenceStates(data)
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    fit(tmp_path, module, BifurcationMonitor(max_order=2, log_figures_every_n_steps=3), max_steps=6, logger=logger)
+    fit(tmp_path, module, BifurcationMonitor(mode="sync", max_order=2, log_figures_every_n_steps=3), max_steps=6, logger=logger)
     assert len(drawn) == 3  # steps 2 and 5, and fit end
     for kwargs in drawn:
         assert kwargs["reference"].shape == (24, 2)
@@ -660,8 +664,8 @@ def test_state_space_figure_gets_orbits_and_the_modules_reference_states(tmp_pat
 
     drawn.clear()
     wrong = TinyRNNWithReferenceStates(torch.randn(10, 3))  # not in the RNN's 2-D state space
-    with pytest.warns(RuntimeWarning, match=r"no orbits / training data .*shape \(\.\.\., 2\)"):
-        fit(tmp_path, wrong, BifurcationMonitor(max_order=2, log_figures_every_n_steps=3), max_steps=3,
+    with pytest.warns(RuntimeWarning, match=r"ignores the module.s reference states: .*shape \(\.\.\., 2\)"):
+        fit(tmp_path, wrong, BifurcationMonitor(mode="sync", max_order=2, log_figures_every_n_steps=3), max_steps=3,
             logger=TensorBoardLogger(str(tmp_path), name="wrong"))
     assert drawn and all(kwargs["reference"] is None for kwargs in drawn)
 
@@ -672,7 +676,7 @@ def test_final_attractor_is_the_last_steps_never_an_older_one(tmp_path):
         if step >= 4:
             rnn.h[0] = float("nan")
 
-    monitor = BifurcationMonitor(max_order=1)
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
     with pytest.warns(RuntimeWarning, match="skipped step"):
         fit(tmp_path, TinyRNNModule(lr=0.0, schedule=schedule), monitor, max_steps=6, logger=False)
     assert monitor.records[3]["attractor"] is not None and "skipped" in monitor.records[-1]

@@ -38,11 +38,16 @@ def set_on_path(rnn: PLRNN, start: dict, end: dict, step: int) -> None:
 
 # Seeds of path ends chosen (by exhaustive enumeration along the path) so that the path crosses 3-4 changes of the
 # cycle counts, in two orders each: fixed points and 2-cycles (26), 2- and 3-cycles (48).
+# Sync, and async with a queue that never drops a step: the worker process must give the same exact picture.
+MODES = {"sync": {"mode": "sync"}, "async": {"mode": "async", "queue_size": None}}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("seed", [26, 48])
-def test_counts_equal_exhaustive_enumeration_at_every_monitored_step(tmp_path, seed):
+def test_counts_equal_exhaustive_enumeration_at_every_monitored_step(tmp_path, seed, mode):
     start, end = random_weights(seed), random_weights(seed + 1)
     module = TinyRNNModule(PLRNN(3), lr=0.0, schedule=lambda step, rnn: set_on_path(rnn, start, end, step))
-    monitor = BifurcationMonitor(max_order=MAX_ORDER, jsonl_path=str(tmp_path / "events.jsonl"))
+    monitor = BifurcationMonitor(max_order=MAX_ORDER, jsonl_path=str(tmp_path / "events.jsonl"), **MODES[mode])
     trainer = pl.Trainer(max_steps=N_STEPS, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(module, random_sequences(n=8 * N_STEPS, dim=3))
 
@@ -62,7 +67,8 @@ def test_counts_equal_exhaustive_enumeration_at_every_monitored_step(tmp_path, s
     assert not wrong, f"{len(wrong)} of {len(records)} steps differ from exhaustive enumeration: {wrong[:5]}"
 
 
-def test_the_teachers_16_cycle_is_reported_as_the_attractor_at_every_step_once_reached(tmp_path):
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_teachers_16_cycle_is_reported_as_the_attractor_at_every_step_once_reached(tmp_path, mode):
     """The paper's 2-D teacher's attractor is a stable 16-cycle, far beyond max_order 4.  Weights move along a
     straight path from a perturbed teacher to the teacher (reached at step 8); from then on the monitor must
     report a stable 16-cycle attractor at every step."""
@@ -78,7 +84,7 @@ def test_the_teachers_16_cycle_is_reported_as_the_attractor_at_every_step_once_r
         for name in ("A", "W", "h"):
             getattr(rnn, name).copy_((1 - fraction) * start[name] + fraction * end[name])
 
-    monitor = BifurcationMonitor(max_order=4, jsonl_path=str(tmp_path / "events.jsonl"))
+    monitor = BifurcationMonitor(max_order=4, jsonl_path=str(tmp_path / "events.jsonl"), **MODES[mode])
     trainer = pl.Trainer(max_steps=16, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(TinyRNNModule(PLRNN(2), lr=0.0, schedule=schedule), random_sequences(n=8 * 16, dim=2))
 

@@ -71,7 +71,8 @@ def monitored_run(tmp_path_factory) -> tuple[Path, BifurcationMonitor]:
     root = tmp_path_factory.mktemp("logs")
     rnn = plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
     module = TinyRNNModule(rnn, lr=0.05, schedule=flip_at(FLIP_STEP))
-    monitor = BifurcationMonitor(max_order=2, log_figures_every_n_steps=5)
+    # Async with a queue that drops nothing: results reach TensorBoard from the worker process, at their steps.
+    monitor = BifurcationMonitor(max_order=2, log_figures_every_n_steps=5, mode="async", queue_size=None)
     logger = TensorBoardLogger(str(root), name="tiny")
     trainer = pl.Trainer(max_steps=MAX_STEPS, callbacks=[monitor], **quiet_trainer_kwargs(root, logger=logger))
     with warnings.catch_warnings():

@@ -340,7 +340,7 @@ def _train_tiny(tmp_path, *, monitor: bool, steps: int = 40) -> tuple[dict, tupl
     random.seed(0)
     module = DSRModule(PLRNN(3), training="bptt", obs_dim=2, lr=5e-3, seq_len=20)
     data = TimeSeriesDataModule(x.astype(np.float32), seq_len=20, batch_size=4, n_batches_per_epoch=15, seed=0)
-    callbacks = [BifurcationMonitor(max_order=2, every_n_steps=1, model_attr="rnn", seed=0)] if monitor else []
+    callbacks = [BifurcationMonitor(max_order=2, every_n_steps=1, model_attr="rnn", seed=0, mode="sync")] if monitor else []
     trainer = pl.Trainer(max_steps=steps, callbacks=callbacks, **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(module, data)
     if monitor:

@@ -1,0 +1,369 @@
+"""AnalysisWorker: runs a StepAnalyser off the training thread, so training never waits for the analysis.
+
+The training thread only hands over snapshots (:meth:`AnalysisWorker.submit`) and picks up finished results
+(:meth:`AnalysisWorker.collect`).  A dispatcher thread in the training process feeds the analysis one
+snapshot at a time, either to a **worker process** (default: a fresh Python interpreter with one CPU thread,
+so the analysis shares no GIL with training) or to the analyser in a **thread** of the training process.
+
+- *Latest wins*: at most ``queue_size`` snapshots wait; when the analysis falls behind, the oldest waiting
+  one is dropped (``submit`` returns it so the caller can count it).  The next analysed step is compared with
+  the last analysed one, so the brackets of its events reach back over the dropped steps.
+- *Faults*: an exception in the analysis comes back as an ``"error"`` message (the step is skipped); a dead
+  worker process comes back as ``"lost"`` for the step it was analysing and is restarted from the last
+  analysed step's state; after ``max_restarts`` restarts the worker gives up (``"fallback"``) and the caller
+  analyses the remaining snapshots itself (:meth:`take_queue`, :attr:`state`).
+- *Checkpoints*: :meth:`pending` lists every snapshot not yet collected (finished but uncollected, in flight,
+  waiting) and :attr:`state` is the analyser's state after the last collected step: together they are what
+  a resumed run needs to lose and repeat no step.
+
+Why not ``multiprocessing``'s ``spawn``: it imports the user's ``__main__`` script again in the child, so a
+training script without an ``if __name__ == "__main__":`` guard would start training a second time in the
+worker.  The worker is started as ``python -c`` with a socket instead and receives the analyser pickled (a
+model class defined in ``__main__`` cannot be unpickled there: the worker then runs in a thread, with a note).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .analysis import Snapshot, StepAnalyser, StepResult
+
+__all__ = ["WORKER_KINDS", "AnalysisWorker", "WorkerMessage", "WORKER_ENV"]
+
+WORKER_KINDS: tuple[str, ...] = ("process", "thread")
+
+# Set in the worker process's environment (tests use it to crash only the worker, never the training process).
+WORKER_ENV = "BIFURCATION_MONITOR_WORKER"
+
+# How long a worker process may take to import torch and the package and load the analyser.
+STARTUP_TIMEOUT_S = 120.0
+
+
+@dataclasses.dataclass
+class WorkerMessage:
+    """One finished snapshot (or a change of the worker itself), in submission order.
+
+    Attributes
+    ----------
+    kind : str
+        ``"result"`` (``result`` set), ``"error"`` (the analysis raised: ``error``), ``"lost"`` (the worker
+        process died while analysing it: ``error``), ``"note"`` (something to warn about: ``error``) or
+        ``"fallback"`` (the worker gave up; the caller analyses the rest itself).
+    snapshot : Snapshot or None
+    result : StepResult or None
+    error : str or None
+    category : str
+        Warning category of a note.
+    analysis_s : float
+        Wall time of the analysis in the worker.
+    """
+
+    kind: str
+    snapshot: Snapshot | None = None
+    result: StepResult | None = None
+    error: str | None = None
+    category: str = "worker"
+    analysis_s: float = 0.0
+    state: dict[str, Any] | None = None
+
+
+class WorkerLost(RuntimeError):
+    """The worker process died or stopped answering."""
+
+
+class AnalysisWorker:
+    """Analyse snapshots in the background, newest first when behind.
+
+    Parameters
+    ----------
+    analyser : StepAnalyser
+        With the state the analysis starts from.  The thread kind uses it; the process kind sends a pickled
+        copy to the worker process (and to a restarted one, with the last analysed step's state).
+    kind : {"process", "thread"}
+    queue_size : int or None
+        Snapshots that may wait while one is analysed (None: no limit, nothing is ever dropped).
+    max_restarts : int
+        Restarts of a dead worker process before the worker gives up.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.analysis import take_snapshot
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(2)
+    >>> worker = AnalysisWorker(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="thread")
+    >>> worker.submit(take_snapshot(model, 0)) is None  # nothing dropped
+    True
+    >>> worker.drain(timeout_s=60)
+    True
+    >>> [(message.kind, message.result.record["n_cycles"]) for message in worker.collect()]
+    [('result', {'1': 1})]
+    >>> worker.close()
+    """
+
+    def __init__(
+        self, analyser: StepAnalyser, *, kind: str = "process", queue_size: int | None = 1, max_restarts: int = 1
+    ) -> None:
+        if kind not in WORKER_KINDS:
+            raise ValueError(f"AnalysisWorker: kind must be one of {list(WORKER_KINDS)}, got {kind!r}")
+        self.analyser = analyser
+        self.kind = kind
+        self.queue_size = queue_size
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.pids: list[int] = []  # every worker process started
+        self.failed = False
+        self.analysis_seconds = 0.0
+        self._state = analyser.state_dict()  # after the last collected message
+        self._latest_state = self._state  # after the last finished analysis
+        self._queue: collections.deque[Snapshot] = collections.deque()
+        self._in_flight: Snapshot | None = None
+        self._outbox: collections.deque[WorkerMessage] = collections.deque()
+        self._condition = threading.Condition()
+        self._closing = False
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
+        self._socket: socket.socket | None = None
+        self._process_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="bifurcation-monitor-dispatcher", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------ training side
+
+    def submit(self, snapshot: Snapshot, *, force: bool = False) -> Snapshot | None:
+        """Queue a snapshot; returns the waiting snapshot it displaced (latest wins), if any.  ``force`` queues
+        without displacing (snapshots restored from a checkpoint)."""
+        with self._condition:
+            dropped = None
+            if not force and self.queue_size is not None and len(self._queue) >= self.queue_size:
+                dropped = self._queue.popleft()
+            self._queue.append(snapshot)
+            self._condition.notify_all()
+        return dropped
+
+    def collect(self) -> list[WorkerMessage]:
+        """The messages finished since the last call, in submission order."""
+        with self._condition:
+            messages = list(self._outbox)
+            self._outbox.clear()
+            for message in messages:
+                if message.state is not None:
+                    self._state = message.state
+        return messages
+
+    def pending(self) -> list[Snapshot]:
+        """Every submitted snapshot whose message has not been collected, oldest first."""
+        with self._condition:
+            finished = [m.snapshot for m in self._outbox if m.snapshot is not None]
+            in_flight = [self._in_flight] if self._in_flight is not None else []
+            return finished + in_flight + list(self._queue)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The analyser's state after the last collected step."""
+        with self._condition:
+            return self._state
+
+    @property
+    def busy(self) -> bool:
+        with self._condition:
+            return bool(self._queue or self._in_flight is not None)
+
+    def drain(self, timeout_s: float | None) -> bool:
+        """Wait until every submitted snapshot is analysed (or the worker gave up); False after ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._condition:
+            while (self._queue or self._in_flight is not None) and not self.failed and self._thread.is_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._condition.wait(remaining if remaining is None else min(remaining, 1.0))
+            return True
+
+    def take_queue(self) -> list[Snapshot]:
+        """Remove and return the waiting snapshots (after a fallback, or when giving up at a drain timeout)."""
+        with self._condition:
+            queued = list(self._queue)
+            self._queue.clear()
+            return queued
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the dispatcher and the worker process; never waits longer than about ``timeout_s``."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        self._stop_process(timeout_s)
+        self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------------------------------ dispatcher
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._closing:
+                    self._condition.wait()
+                if self._closing:
+                    break
+                snapshot = self._in_flight = self._queue.popleft()
+            messages = self._analyse(snapshot)
+            with self._condition:
+                self._in_flight = None
+                if self._closing:
+                    break
+                for message in messages:
+                    if message.kind in ("result", "error", "lost"):
+                        message.state = message.state or self._latest_state
+                        self._latest_state = message.state
+                    self.failed = self.failed or message.kind == "fallback"
+                self._outbox.extend(messages)
+                self._condition.notify_all()
+                if self.failed:
+                    break
+        self._stop_process(1.0)
+
+    def _analyse(self, snapshot: Snapshot) -> list[WorkerMessage]:
+        started = time.perf_counter()
+        if self.kind == "thread":
+            try:
+                result = self.analyser.analyse(snapshot)
+            except Exception as error:
+                return [WorkerMessage("error", snapshot, error=f"{type(error).__name__}: {error}", state=self.analyser.state_dict())]
+            seconds = time.perf_counter() - started
+            self.analysis_seconds += seconds
+            return [WorkerMessage("result", snapshot, result, analysis_s=seconds, state=self.analyser.state_dict())]
+        try:
+            connection = self._connected()
+            snapshot.wait()
+            connection.send_bytes(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
+            kind, payload, state, seconds = pickle.loads(connection.recv_bytes())
+        except _CannotStart as error:  # the analyser cannot live in another process: analyse in this one
+            self.kind = "thread"
+            self.analyser.load_state_dict(self._latest_state)
+            note = WorkerMessage("note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}")
+            return [note, *self._analyse(snapshot)]
+        except (EOFError, OSError, WorkerLost) as error:
+            return self._lost(snapshot, error)
+        self.analysis_seconds += seconds
+        if kind == "result":
+            return [WorkerMessage("result", snapshot, payload, analysis_s=seconds, state=state)]
+        return [WorkerMessage("error", snapshot, error=payload, analysis_s=seconds, state=state)]
+
+    def _lost(self, snapshot: Snapshot, error: BaseException) -> list[WorkerMessage]:
+        code = self._stop_process(1.0)
+        reason = f"the analysis worker process died (exit code {code}) while analysing step {snapshot.step}"
+        if self._closing:
+            return [WorkerMessage("lost", snapshot, error=reason)]
+        if self.restarts >= self.max_restarts:
+            return [
+                WorkerMessage("lost", snapshot, error=reason),
+                WorkerMessage(
+                    "fallback",
+                    error=f"{reason} after {self.restarts} restart(s): the rest of the run is analysed on the training "
+                    "thread (mode='sync')",
+                ),
+            ]
+        self.restarts += 1
+        return [WorkerMessage("lost", snapshot, error=f"{reason} ({type(error).__name__}); a new worker process takes over")]
+
+    def _connected(self) -> Connection:
+        if self._connection is not None:
+            return self._connection
+        try:
+            self.analyser.load_state_dict(self._latest_state)
+            payload = pickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            raise _CannotStart(f"the RNN cannot be pickled ({type(error).__name__}: {error})") from None
+        if b"__main__" in payload:
+            raise _CannotStart("the RNN's class is defined in __main__, which a worker process cannot import")
+        parent, child = socket.socketpair()
+        environment = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        command = [sys.executable, "-c", f"from bifurcation_callback.worker import serve; serve({child.fileno()})"]
+        self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        child.close()
+        self.pids.append(self._process.pid)
+        self._socket = parent
+        self._connection = Connection(os.dup(parent.fileno()))
+        self._connection.send_bytes(pickle.dumps((list(sys.path), payload), protocol=pickle.HIGHEST_PROTOCOL))
+        if not self._connection.poll(STARTUP_TIMEOUT_S):
+            raise WorkerLost(f"the worker process did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        kind, detail = pickle.loads(self._connection.recv_bytes())
+        if kind != "ready":
+            self._stop_process(1.0)
+            raise _CannotStart(detail)
+        return self._connection
+
+    def _stop_process(self, timeout_s: float) -> int | None:
+        """Stop the worker process (if any) and return its exit code: shutting the socket down ends a blocked
+        receive on either side, so the worker exits and a dispatcher waiting for it wakes up."""
+        with self._process_lock:
+            process, connection, sock = self._process, self._connection, self._socket
+            self._process = self._connection = self._socket = None
+        for closable in (sock, connection):
+            if closable is None:
+                continue
+            try:
+                if closable is sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+                closable.close()
+            except OSError:
+                pass
+        if process is None:
+            return None
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+class _CannotStart(RuntimeError):
+    """The analyser cannot be analysed in a worker process (unpicklable, or its class lives in __main__)."""
+
+
+def serve(fd: int) -> None:
+    """The worker process's main loop: load the analyser, then analyse every snapshot received on ``fd`` until
+    the training process closes the connection."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
+    torch.set_num_threads(1)
+    connection = Connection(fd)
+    try:
+        path, payload = pickle.loads(connection.recv_bytes())
+        sys.path[:] = path
+        analyser = pickle.loads(payload)
+    except EOFError:
+        return
+    except Exception as error:
+        connection.send_bytes(pickle.dumps(("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}")))
+        return
+    connection.send_bytes(pickle.dumps(("ready", os.getpid())))
+    while True:
+        try:
+            snapshot = pickle.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            return
+        started = time.perf_counter()
+        try:
+            reply: tuple[str, Any] = ("result", analyser.analyse(snapshot))
+        except Exception as error:
+            reply = ("error", f"{type(error).__name__}: {error}")
+            if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
+                traceback.print_exc()
+        seconds = time.perf_counter() - started
+        try:
+            connection.send_bytes(pickle.dumps((*reply, analyser.state_dict(), seconds), protocol=pickle.HIGHEST_PROTOCOL))
+        except (EOFError, OSError):
+            return
