@@ -282,6 +282,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._analyser: StepAnalyser | None = None  # built at fit start, from the RNN
         self._worker: AnalysisWorker | None = None
         self._worker_summary: dict[str, Any] | None = None
+        self._closed_worker: AnalysisWorker | None = None
         # What a checkpoint restored for the analyser: its trackers' state and the snapshots not yet analysed.
         self._restored_state: dict[str, Any] | None = None
         self._restored_pending: list[Snapshot] = []
@@ -380,7 +381,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._fit_started = None
         if not trainer.is_global_zero or self._dashboard is None:
             return
+        # Waiting for the worker is part of the fit's wall time that the monitor costs.
+        started = time.perf_counter()
         self._finish_analysis()
+        waited = time.perf_counter() - started
+        self._hook_seconds += waited
+        self._fit_seconds += waited
         try:
             self.summary = self._summarise()
             self._log_summary(self.summary)
@@ -523,11 +529,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._analysis_seconds += time.perf_counter() - started
         self._accept(snapshot, result)
 
-    def _collect(self) -> None:
-        """Log what the worker finished, in step order."""
-        if self._worker is None:
+    def _collect(self, *, closed: bool = False) -> None:
+        """Log what the worker finished, in step order (``closed``: what the last worker finished before it was
+        closed)."""
+        worker = self._closed_worker if closed else self._worker
+        if worker is None:
             return
-        for message in self._worker.collect():
+        for message in worker.collect():
             self._handle(message)
 
     def _handle(self, message: WorkerMessage) -> None:
@@ -560,17 +568,18 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self._worker is None:
             return
         if not self._worker.drain(self.drain_timeout_s):
-            left = [snapshot.step for snapshot in self._worker.take_queue()]
-            in_flight = [snapshot.step for snapshot in self._worker.pending() if snapshot.step not in left]
-            self._worker.close()
-            self._collect()
-            unanalysed = sorted(set(left) | {step for step in in_flight if step not in self._submitted_steps()})
+            waiting = [snapshot.step for snapshot in self._worker.pending()]
+            self._close_worker()  # stops the analysis in flight: its result would come too late for the summary
+            self._collect(closed=True)
+            recorded = {record["step"] for record in self._records}
+            unanalysed = [step for step in waiting if step not in recorded]
             self._dropped.extend(unanalysed)
             self._warn(
                 "drain",
                 f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
                 f"{self.drain_timeout_s}; they are counted as dropped",
             )
+            return
         self._collect()
         self._close_worker()
 
@@ -578,6 +587,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.close()
+            self._closed_worker = worker
             # What ran where, for the summary (a process worker may have become a thread or fallen back).
             self._worker_summary = {"kind": worker.kind, "processes": worker.pids, "restarts": worker.restarts,
                                     "fell_back_to_sync": worker.failed}

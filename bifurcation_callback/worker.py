@@ -253,6 +253,8 @@ class AnalysisWorker:
             return [note, *self._analyse(snapshot)]
         except (EOFError, OSError, WorkerLost) as error:
             return self._lost(snapshot, error)
+        except Exception as error:  # the dispatcher must outlive anything: a broken reply costs one step
+            return [WorkerMessage("error", snapshot, error=f"{type(error).__name__}: {error}")]
         self.analysis_seconds += seconds
         if kind == "result":
             return [WorkerMessage("result", snapshot, payload, analysis_s=seconds, state=state)]
@@ -288,19 +290,22 @@ class AnalysisWorker:
         parent, child = socket.socketpair()
         environment = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         command = [sys.executable, "-c", f"from bifurcation_callback.worker import serve; serve({child.fileno()})"]
-        self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
         child.close()
-        self.pids.append(self._process.pid)
-        self._socket = parent
-        self._connection = Connection(os.dup(parent.fileno()))
-        self._connection.send_bytes(pickle.dumps((list(sys.path), payload), protocol=pickle.HIGHEST_PROTOCOL))
-        if not self._connection.poll(STARTUP_TIMEOUT_S):
+        connection = Connection(os.dup(parent.fileno()))
+        with self._process_lock:
+            self._process, self._connection, self._socket = process, connection, parent
+            self.pids.append(process.pid)
+        if self._closing:
+            raise WorkerLost("closed while starting")
+        connection.send_bytes(pickle.dumps((list(sys.path), payload), protocol=pickle.HIGHEST_PROTOCOL))
+        if not connection.poll(STARTUP_TIMEOUT_S):
             raise WorkerLost(f"the worker process did not start within {STARTUP_TIMEOUT_S:.0f} s")
-        kind, detail = pickle.loads(self._connection.recv_bytes())
+        kind, detail = pickle.loads(connection.recv_bytes())
         if kind != "ready":
             self._stop_process(1.0)
             raise _CannotStart(detail)
-        return self._connection
+        return connection
 
     def _stop_process(self, timeout_s: float) -> int | None:
         """Stop the worker process (if any) and return its exit code: shutting the socket down ends a blocked

@@ -92,3 +92,59 @@ class DestroyProcessGroupAtTeardown(pl.Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def in_worker_process() -> bool:
+    """True inside the monitor's analysis worker process (never in the training process)."""
+    import os
+
+    from bifurcation_callback.worker import WORKER_ENV
+
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+class SlowPLRNN(PLRNN):
+    """A PLRNN whose region pieces take ``delay_s`` longer in the analysis worker process, so the worker falls
+    behind training; in the training process it is as fast as a PLRNN."""
+
+    def __init__(self, dim: int = 2, delay_s: float = 0.01) -> None:
+        super().__init__(dim)
+        self.delay_s = delay_s
+
+    def affine_pieces(self, codes):
+        if in_worker_process():
+            import time
+
+            time.sleep(self.delay_s)
+        return super().affine_pieces(codes)
+
+
+SENTINEL = 777.0  # h[0] planted to this value by a schedule marks the step that fails
+
+
+class FragilePLRNN(PLRNN):
+    """A PLRNN whose analysis fails at a step where ``h[0] == SENTINEL``: it raises a ValueError, or, with
+    ``crash``, kills the worker process it runs in (os._exit; in the training process it raises instead, so a
+    fallback to sync never kills the test)."""
+
+    def __init__(self, dim: int = 2, crash: bool = False) -> None:
+        super().__init__(dim)
+        self.crash = crash
+
+    def affine_pieces(self, codes):
+        if float(self.h[0]) == SENTINEL:
+            if self.crash and in_worker_process():
+                import os
+
+                os._exit(3)
+            raise ValueError("planted failure")
+        return super().affine_pieces(codes)
+
+
+def plant_sentinel_at(steps: set[int]):
+    """A TinyRNNModule schedule: h[0] = SENTINEL during the listed steps, 0.2 otherwise."""
+
+    def schedule(step: int, rnn: torch.nn.Module) -> None:
+        rnn.h[0] = SENTINEL if step in steps else 0.2
+
+    return schedule

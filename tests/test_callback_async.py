@@ -1,0 +1,326 @@
+"""BifurcationMonitor in async mode: real Trainer runs with the analysis in a worker process (or thread),
+TensorBoard read back, equal records to sync mode, dropped steps and their brackets, faults, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from bifurcation_callback import callback as callback_module
+from bifurcation_callback.analysis import StepAnalyser, TIMING_KEYS, take_snapshot, without_timings
+from bifurcation_callback.callback import BifurcationMonitor, default_mode
+from bifurcation_callback.dashboard import read_jsonl
+from bifurcation_callback.models import PLRNN
+
+from .test_callback import flip_at, scalars_of
+from .tiny_modules import (
+    DestroyProcessGroupAtTeardown,
+    FragilePLRNN,
+    SlowPLRNN,
+    TinyRNNModule,
+    plant_sentinel_at,
+    plrnn_2d,
+    quiet_trainer_kwargs,
+    random_sequences,
+)
+
+FLIP_STEP = 6
+TIMING_TAGS = {"bifurcation/monitor_ms", "bifurcation/lag_steps"}
+
+
+def flip_module(rnn: torch.nn.Module | None = None, *, lr: float = 0.01, flip_step: int = FLIP_STEP,
+                step_s: float = 0.0) -> TinyRNNModule:
+    """W = 0, a₀ jumps from −0.8 to −1.2 at ``flip_step``: the fixed point's multiplier crosses −1 there.
+    ``step_s`` makes every training step last that much longer."""
+    rnn = rnn if rnn is not None else plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2))
+    flip = flip_at(flip_step)
+
+    def schedule(step: int, model: torch.nn.Module) -> None:
+        flip(step, model)
+        time.sleep(step_s)
+
+    return TinyRNNModule(rnn, lr=lr, schedule=schedule)
+
+
+def with_weights(rnn: PLRNN, like: PLRNN) -> PLRNN:
+    """``rnn`` (a PLRNN subclass) with the weights of ``like``: runs must not depend on the global RNG."""
+    rnn.load_state_dict(like.state_dict())
+    return rnn
+
+
+def slow_rnn(delay_s: float) -> SlowPLRNN:
+    """flip_module's RNN, analysed ``delay_s`` slower per region-piece evaluation in the worker process."""
+    return with_weights(SlowPLRNN(2, delay_s=delay_s), plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2)))
+
+
+def fit(tmp_path, module, monitor, max_steps=12, **overrides) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(module, random_sequences())
+    return trainer
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- equal records
+
+
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_async_without_dropped_steps_gives_the_same_records_and_scalars_as_sync(tmp_path, worker):
+    runs = {}
+    for mode in ("sync", "async"):
+        logger = TensorBoardLogger(str(tmp_path), name=mode)
+        monitor = BifurcationMonitor(max_order=2, mode=mode, worker=worker, queue_size=None, max_attractor_period=16)
+        fit(tmp_path, flip_module(), monitor, logger=logger)
+        runs[mode] = (monitor, scalars_of(logger.log_dir), read_jsonl(os.path.join(logger.log_dir, "events.jsonl")))
+    (sync, sync_scalars, sync_file), (asynchronous, async_scalars, async_file) = runs["sync"], runs["async"]
+    assert asynchronous.active_mode == "async" and sync.active_mode == "sync"
+    assert asynchronous.summary["worker"]["kind"] == worker
+    assert [r["step"] for r in asynchronous.records] == list(range(12))
+    assert without_timings(asynchronous.records) == without_timings(sync.records)
+    assert without_timings(async_file) == without_timings(sync_file)  # events.jsonl in step order, same content
+    assert any(e.step == FLIP_STEP and e.kind == "stability_change" for e in asynchronous.events)
+    # TensorBoard: the same values at the same steps, the monitor's loss at Lightning's step for the batch.
+    monitor_tags = {tag for tag in sync_scalars if tag.startswith("bifurcation/")} - TIMING_TAGS
+    assert monitor_tags and monitor_tags <= set(async_scalars)
+    for tag in monitor_tags:
+        assert async_scalars[tag] == pytest.approx(sync_scalars[tag]), tag
+    assert async_scalars["bifurcation/loss"] == pytest.approx(
+        {step: value for step, value in async_scalars["train_loss"].items() if step in async_scalars["bifurcation/loss"]}
+    )
+    assert asynchronous.summary["n_dropped_steps"] == 0 and asynchronous.summary["analysed_fraction"] == 1.0
+
+
+def test_timing_keys_are_the_only_fields_that_differ_between_modes():
+    assert set(TIMING_KEYS) >= {"finder_ms", "compare_ms", "attractor_ms", "lag_ms", "lag_steps"}
+
+
+# ---------------------------------------------------------------------------------------------- latest wins
+
+
+def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
+    # Training steps of 30 ms, analyses of about 40 ms plus the worker's start-up: it cannot keep up.  The
+    # assertions hold whichever steps the timing lets it analyse.
+    logger = TensorBoardLogger(str(tmp_path), name="busy")
+    monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=1, max_attractor_period=0)
+    module = flip_module(slow_rnn(0.01), lr=0.0, flip_step=60, step_s=0.03)
+    fit(tmp_path, module, monitor, max_steps=80, logger=logger)
+    n_steps, flip_step = 80, 60
+
+    analysed = [r["step"] for r in monitor.records]
+    dropped = monitor.dropped_steps
+    assert dropped, "the slow worker should have fallen behind"
+    assert sorted(analysed + dropped) == list(range(n_steps))  # every monitored step: analysed or counted as dropped
+    assert analysed == sorted(analysed) and analysed[0] == 0 and analysed[-1] == n_steps - 1
+    for before, after in zip(analysed, analysed[1:]):
+        record = next(r for r in monitor.records if r["step"] == after)
+        # Each event's bracket reaches back to the last analysed step, over the dropped ones in between.
+        assert all(tuple(e["step_interval"]) == (before, after) for e in record["events"])
+    (flip,) = [e for e in monitor.events if e.kind == "stability_change"]
+    low, high = flip.step_interval
+    assert low < flip_step <= high
+    assert all(step in dropped for step in range(low + 1, high))
+    summary = monitor.summary
+    assert summary["n_dropped_steps"] == len(dropped)
+    assert summary["analysed_fraction"] == pytest.approx(len(analysed) / n_steps)
+    scalars = scalars_of(logger.log_dir)
+    assert max(scalars["bifurcation/dropped"].values()) == len(dropped)
+    assert set(scalars["bifurcation/n_cycles/total"]) == set(analysed)  # results at their own steps
+    assert json.loads((tmp_path / "busy" / "version_0" / "summary.json").read_text())["n_dropped_steps"] == len(dropped)
+
+
+# ---------------------------------------------------------------------------------------------- faults
+
+
+def test_an_exception_in_the_worker_skips_that_step_with_a_warning(tmp_path):
+    module = TinyRNNModule(with_weights(FragilePLRNN(2), plrnn_2d()), lr=0.0, schedule=plant_sentinel_at({4}))
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    with pytest.warns(RuntimeWarning, match="skipped step 4: ValueError: planted failure"):
+        fit(tmp_path, module, monitor, max_steps=8, logger=False)
+    assert [(r["step"], "skipped" in r) for r in monitor.records] == [(s, s == 4) for s in range(8)]
+    assert monitor.summary["worker"]["restarts"] == 0 and monitor.summary["mode"] == "async"
+
+
+def test_a_dead_worker_is_restarted_once_then_the_monitor_falls_back_to_sync(tmp_path):
+    # plrnn_2d has one fixed point (h[0] = 0.2 at every step but the sentinel ones).
+    module = TinyRNNModule(with_weights(FragilePLRNN(2, crash=True), plrnn_2d()), lr=0.0, schedule=plant_sentinel_at({3, 7}))
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, module, monitor, max_steps=12, logger=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any("died (exit code 3) while analysing step 3" in m and "a new worker process takes over" in m for m in messages)
+    assert any("analysed on the training thread (mode='sync')" in m for m in messages)
+    skipped = [r["step"] for r in monitor.records if "skipped" in r]
+    assert skipped == [3, 7]
+    assert [r["step"] for r in monitor.records] == list(range(12))  # nothing lost around the crashes
+    summary = monitor.summary
+    assert summary["worker"]["restarts"] == 1 and summary["worker"]["fell_back_to_sync"]
+    assert len(summary["worker"]["processes"]) == 2 and summary["mode"] == "sync"
+    assert not any(is_running(pid) for pid in summary["worker"]["processes"])
+    # The analysed steps after the crashes continue from the last analysed step's cycles.
+    assert all(r["n_cycles"] == {"1": 1} for r in monitor.records if "skipped" not in r)
+
+
+def test_the_drain_at_fit_end_times_out_instead_of_hanging(tmp_path):
+    rnn = slow_rnn(0.5)  # seconds per analysis
+    monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=None, drain_timeout_s=0.5, max_attractor_period=0)
+    started = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match=r"had not analysed steps \[.*\] after drain_timeout_s=0.5"):
+        fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=6, logger=False)
+    assert time.perf_counter() - started < 30
+    analysed = [r["step"] for r in monitor.records]
+    assert monitor.dropped_steps and sorted(analysed + monitor.dropped_steps) == list(range(6))
+    assert not any(is_running(pid) for pid in monitor.summary["worker"]["processes"])
+
+
+def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
+    class Failing(TinyRNNModule):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 3:
+                raise RuntimeError("training failed")
+            return super().training_step(batch, batch_idx)
+
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None)
+    with pytest.raises(RuntimeError, match="training failed"):
+        fit(tmp_path, Failing(), monitor, logger=False)
+    assert monitor._worker is None
+    assert monitor._worker_summary is not None
+    assert not any(is_running(pid) for pid in monitor._worker_summary["processes"])
+
+
+def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
+    rnn = plrnn_2d()
+    rnn.unpicklable = lambda z: z  # a lambda: pickle refuses it
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    with pytest.warns(RuntimeWarning, match="analyses in a thread instead of a worker process: the RNN cannot be pickled"):
+        fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=5, logger=False)
+    assert [r["step"] for r in monitor.records] == list(range(5))
+    assert monitor.summary["worker"]["kind"] == "thread"
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_in_async_loses_and_repeats_no_step(tmp_path):
+    jsonl = tmp_path / "monitor" / "events.jsonl"
+
+    def monitor() -> BifurcationMonitor:
+        return BifurcationMonitor(max_order=2, mode="async", queue_size=None, jsonl_path=str(jsonl), max_attractor_period=0)
+
+    def slow_flip_module() -> TinyRNNModule:
+        return flip_module(slow_rnn(0.02))  # the worker lags behind: snapshots are pending at the checkpoint
+
+    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=5)
+    first = pl.Trainer(
+        max_steps=5, callbacks=[monitor(), checkpoints],
+        **quiet_trainer_kwargs(tmp_path, enable_checkpointing=True, logger=False),
+    )
+    first.fit(slow_flip_module(), random_sequences())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    (state,) = [value for key, value in saved.items() if key.startswith("BifurcationMonitor")]
+    assert state["pending"], "the test needs snapshots the worker had not analysed when the checkpoint was saved"
+    assert sorted([r["step"] for r in state["records"]] + [p["step"] for p in state["pending"]]) == list(range(5))
+
+    resumed = monitor()
+    second = pl.Trainer(max_steps=10, callbacks=[resumed], **quiet_trainer_kwargs(tmp_path, logger=False))
+    second.fit(slow_flip_module(), random_sequences(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [record["step"] for record in read_jsonl(jsonl)] == list(range(10))
+    assert [record["step"] for record in resumed.records] == list(range(10))
+    # The same picture as an uninterrupted sync run: the flip at its step, nothing spurious at the resume.
+    whole = BifurcationMonitor(max_order=2, mode="sync", max_attractor_period=0)
+    fit(tmp_path / "whole", slow_flip_module(), whole, max_steps=10, logger=False)
+    assert [(r["n_cycles"], r["n_stable"]) for r in resumed.records] == [(r["n_cycles"], r["n_stable"]) for r in whole.records]
+    assert [(e.step, e.kind) for e in resumed.events] == [(e.step, e.kind) for e in whole.events]
+
+
+# ---------------------------------------------------------------------------------------------- mode and DDP
+
+
+@pytest.mark.parametrize(("cpus", "devices", "expected"), [(2, 1, "async"), (1, 1, "sync"), (2, 2, "sync"), (8, 2, "async")])
+def test_auto_mode_is_async_when_a_core_is_left_for_the_worker(monkeypatch, cpus, devices, expected):
+    monkeypatch.setattr(callback_module, "available_cpus", lambda: cpus)
+
+    class Trainer:
+        num_devices = devices
+
+    assert default_mode(Trainer()) == expected
+
+
+class ReportWorker(pl.Callback):
+    """Writes, on every rank, whether that rank's monitor ran a worker (after the monitor's own fit end)."""
+
+    def __init__(self, monitor: BifurcationMonitor, folder) -> None:
+        self.monitor, self.folder = monitor, folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        worker = self.monitor._worker_summary
+        report = {"rank": trainer.global_rank, "processes": worker["processes"] if worker else []}
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_ddp_spawn_runs_one_worker_on_rank_zero(tmp_path):
+    jsonl = tmp_path / "events.jsonl"
+    monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=None, jsonl_path=str(jsonl))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_steps=4,
+            callbacks=[monitor, ReportWorker(monitor, tmp_path), DestroyProcessGroupAtTeardown()],
+            **quiet_trainer_kwargs(tmp_path, strategy="ddp_spawn", devices=2, logger=False),
+        )
+        trainer.fit(TinyRNNModule(), random_sequences())
+    assert [record["step"] for record in read_jsonl(jsonl)] == [0, 1, 2, 3]
+    reports = {r["rank"]: r for r in (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))}
+    assert len(reports[0]["processes"]) == 1 and reports[1]["processes"] == []
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "async" and summary["n_monitored_steps"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_snapshots_from_cuda_weights_give_the_same_records_as_cpu():
+    cpu_model = plrnn_2d(A=(-0.8, 0.5), W=((0.0, -0.4), (0.3, 0.0)), h=(0.3, 0.2))
+    cuda_model = plrnn_2d(A=(-0.8, 0.5), W=((0.0, -0.4), (0.3, 0.0)), h=(0.3, 0.2)).cuda()
+    records = {}
+    for name, model in (("cpu", cpu_model), ("cuda", cuda_model)):
+        analyser = StepAnalyser(PLRNN(2), max_order=3, max_attractor_period=16)
+        results = []
+        for step in range(4):
+            with torch.no_grad():
+                model.A[0] = -0.8 - 0.15 * step  # through the flip at a₀ = −1
+            snapshot = take_snapshot(model, step, loss=1.0)
+            assert (snapshot.ready is not None) == (name == "cuda")  # non-blocking copy into pinned memory
+            results.append(analyser.analyse(snapshot).record)
+        records[name] = without_timings(results)
+    assert records["cuda"] == records["cpu"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_async_monitor_on_a_cuda_module_matches_sync(tmp_path):
+    runs = {}
+    for mode in ("sync", "async"):
+        monitor = BifurcationMonitor(max_order=2, mode=mode, queue_size=None, max_attractor_period=16)
+        fit(tmp_path / mode, flip_module(), monitor, logger=False, accelerator="gpu")
+        runs[mode] = without_timings(monitor.records)
+    assert runs["async"] == runs["sync"]
