@@ -72,6 +72,8 @@ class Snapshot:
             self.ready.synchronize()
             self.ready = None
         self.tensors = [t.numpy() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t for t in self.tensors]
+        if isinstance(self.reference, torch.Tensor):
+            self.reference = self.reference.double().numpy()
         return self
 
     def __getstate__(self) -> dict[str, Any]:

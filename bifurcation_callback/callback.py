@@ -299,6 +299,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._warned: set[str] = set()
         self._hook_seconds = 0.0
         self._analysis_seconds = 0.0
+        self._drain_seconds = 0.0
         self._fit_seconds = 0.0
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
@@ -387,6 +388,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         waited = time.perf_counter() - started
         self._hook_seconds += waited
         self._fit_seconds += waited
+        self._drain_seconds += waited
         try:
             self.summary = self._summarise()
             self._log_summary(self.summary)
@@ -692,6 +694,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "jump_min_change": self.jump_min_change,
             "monitor_seconds": self._hook_seconds,
             "analysis_seconds": self._analysis_seconds,
+            "drain_seconds": self._drain_seconds,
             "fit_seconds": self._fit_seconds,
             "monitor_overhead": self._hook_seconds / max(self._fit_seconds - self._hook_seconds, 1e-9),
         }
@@ -783,19 +786,21 @@ MAX_REFERENCE_STATES = 2000
 
 
 def _reference_states(pl_module: Any, state_dim: int) -> Any:
-    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) numpy array (at most
-    ``MAX_REFERENCE_STATES`` rows), or None when it has none."""
+    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) array or CPU tensor (at most
+    ``MAX_REFERENCE_STATES`` rows, a copy the module cannot change), or None when it has none.  A tensor stays
+    a tensor: the float64 numpy conversion happens where the snapshot is read (``Snapshot.wait``), off the
+    training thread in async mode."""
     states = getattr(pl_module, "bifurcation_reference_states", None)
     if states is None:
         return None
-    if hasattr(states, "detach"):
-        states = states.detach().cpu().numpy()
-    array = np.asarray(states, dtype=float)
-    if array.ndim < 1 or array.shape[-1] != state_dim:
+    if not hasattr(states, "detach"):
+        states = np.asarray(states, dtype=float)
+    if states.ndim < 1 or states.shape[-1] != state_dim:
         raise ValueError(
-            f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {array.shape}"
+            f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {tuple(states.shape)}"
         )
-    return array.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
+    states = states.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
+    return states.detach().to("cpu", copy=True) if hasattr(states, "detach") else states.copy()
 
 
 def available_cpus() -> int:

@@ -384,6 +384,7 @@ class Dashboard:
         self.loggers = list(loggers)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.jsonl_path = self.log_dir / jsonl_name if self.log_dir is not None else None
+        self._jsonl: Any = None
         writer_types = _summary_writer_types()
         is_tensorboard = [
             bool(writer_types) and isinstance(getattr(logger, "experiment", None), writer_types)
@@ -440,6 +441,7 @@ class Dashboard:
             writer.add_custom_scalars(layout)
 
     def flush(self) -> None:
+        self.close_files()
         for writer in self.writers:
             writer.flush()
         for logger in self.loggers:
@@ -466,10 +468,20 @@ class Dashboard:
     def _write_lines(self, records: Iterable[Mapping[str, Any]], mode: str) -> None:
         if self.jsonl_path is None:
             return
-        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.jsonl_path, mode) as handle:
-            for record in records:
-                handle.write(json.dumps(record, default=_json_default) + "\n")
+        if mode == "w" or self._jsonl is None:
+            self.close_files()
+            self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+            # Kept open between records (opening the file per record cost a third of a millisecond per step).
+            self._jsonl = open(self.jsonl_path, mode, encoding="utf-8")
+        for record in records:
+            self._jsonl.write(json.dumps(record, default=_json_default) + "\n")
+        self._jsonl.flush()  # readers (tail -f, scripts) see every record as soon as it is written
+
+    def close_files(self) -> None:
+        """Close ``events.jsonl`` (a later record opens it again, appending)."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path | None:
         if self.log_dir is None:

@@ -116,8 +116,11 @@ def gradient_norm(parameters: Any) -> float | None:
     >>> gradient_norm(layer.parameters())
     5.0
     """
-    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else None
+    gradients = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not gradients:
+        return None
+    # One fused kernel for all the norms (as torch.nn.utils.clip_grad_norm_ does), then one host sync.
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -202,7 +202,7 @@ class AnalysisWorker:
         with self._condition:
             self._closing = True
             self._condition.notify_all()
-        self._stop_process(timeout_s)
+        self._stop_process(timeout_s, wait=False)
         self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------------------------------ dispatcher
@@ -229,7 +229,7 @@ class AnalysisWorker:
                 self._condition.notify_all()
                 if self.failed:
                     break
-        self._stop_process(1.0)
+        self._stop_process(1.0, wait=False)
 
     def _analyse(self, snapshot: Snapshot) -> list[WorkerMessage]:
         started = time.perf_counter()
@@ -307,7 +307,7 @@ class AnalysisWorker:
             raise _CannotStart(detail)
         return connection
 
-    def _stop_process(self, timeout_s: float) -> int | None:
+    def _stop_process(self, timeout_s: float, *, wait: bool = True) -> int | None:
         """Stop the worker process (if any) and return its exit code: shutting the socket down ends a blocked
         receive on either side, so the worker exits and a dispatcher waiting for it wakes up."""
         with self._process_lock:
@@ -324,11 +324,18 @@ class AnalysisWorker:
                 pass
         if process is None:
             return None
-        try:
-            return process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+        if not wait:  # fit end: the worker exits on its own; a daemon thread reaps it (killed if it hangs)
+            threading.Thread(target=_reap, args=(process, timeout_s), name="bifurcation-monitor-reaper", daemon=True).start()
+            return None
+        return _reap(process, timeout_s)
+
+
+def _reap(process: subprocess.Popen, timeout_s: float) -> int:
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 class _CannotStart(RuntimeError):
