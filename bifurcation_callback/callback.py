@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from ._checks import finite_or_none, require_bool, require_choice, require_int, require_real
-from .analysis import Snapshot, StepAnalyser, StepResult, load_snapshot, take_snapshot
+from .analysis import Snapshot, StepAnalyser, StepResult, take_snapshot
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import (
@@ -40,10 +40,9 @@ from .dashboard import (
     summary_scalars,
 )
 from .loss_jumps import summarise_run
-from .models import check_protocol, detached_copy, require_piecewise_linear
-from .plots import sample_orbits
+from .models import check_protocol, require_piecewise_linear
 from .tracking import MONITOR_FINDER_DEFAULTS, check_finder_kwargs, gradient_norm
-from .worker import WORKER_KINDS, AnalysisWorker, WorkerMessage
+from .worker import WORKER_KINDS, AnalysisWorker, RenderJob, WorkerMessage
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -288,7 +287,6 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._restored_pending: list[Snapshot] = []
         self._last: tuple[Snapshot, StepResult] | None = None  # the last analysed step, for the figures
         self._final_cycles: CycleSet | None = None
-        self._figure_model: Any = None
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
         # when the cycle search runs only every n steps.
@@ -384,18 +382,27 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             return
         # Waiting for the worker is part of the fit's wall time that the monitor costs.
         started = time.perf_counter()
-        self._finish_analysis()
+        self._drain()
+        summary = None
+        try:
+            summary = self._summarise()
+            if self._records:
+                self._log_figures(summary["final_step"] or 0, summary["loss_jumps"])  # async: drawn by the worker
+        except Exception as error:  # a broken summary must not hide the training result
+            self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
+        self._finish_worker()
         waited = time.perf_counter() - started
         self._hook_seconds += waited
         self._fit_seconds += waited
         self._drain_seconds += waited
-        try:
-            self.summary = self._summarise()
-            self._log_summary(self.summary)
-            if self.verbose:
-                rank_zero_info(summary_line(self.summary, show_all_events=self.show_all_events))
-        except Exception as error:  # a broken summary must not hide the training result
-            self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
+        if summary is not None:
+            try:
+                self.summary = {**summary, **self._timing_fields()}
+                self._log_summary(self.summary)
+                if self.verbose:
+                    rank_zero_info(summary_line(self.summary, show_all_events=self.show_all_events))
+            except Exception as error:
+                self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
         self._dashboard.flush()
 
     @override
@@ -496,7 +503,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.active_mode = self.mode if self.mode != "auto" else default_mode(trainer)
         pending, self._restored_pending = self._restored_pending, []
         if self.active_mode == "async":
-            self._worker = AnalysisWorker(self._analyser, kind=self.worker, queue_size=self.queue_size)
+            figures = self._dashboard is not None and self._dashboard.has_tensorboard
+            self._worker = AnalysisWorker(self._analyser, kind=self.worker, queue_size=self.queue_size, warm_figures=figures)
             for snapshot in pending:  # steps a checkpoint saved before they were analysed: none is lost
                 self._worker.submit(snapshot, force=True)
         else:
@@ -546,8 +554,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         try:
             if message.kind == "result":
                 self._accept(snapshot, message.result)
-            elif message.kind in ("error", "lost"):
+            elif message.kind == "figures":
+                self._dashboard.log_images(message.images, message.step)
+            elif message.kind in ("error", "lost") and snapshot is not None:
                 self._skip(snapshot.step, snapshot.loss, message.error if message.kind == "error" else f"worker: {message.error}")
+            elif message.kind == "lost":  # while drawing figures: no step is lost
+                self._warn("worker", f"BifurcationMonitor: {message.error}")
             elif message.kind == "note":
                 self._warn(message.category, message.error)
             elif message.kind == "fallback":
@@ -562,26 +574,38 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._analyser.load_state_dict(worker.state)
         self._close_worker()
         self.active_mode = "sync"
-        for snapshot in leftover:
-            self._analyse_now(snapshot)
+        for item in leftover:
+            if isinstance(item, RenderJob):
+                self._render_now(item)
+            else:
+                self._analyse_now(item)
 
-    def _finish_analysis(self) -> None:
-        """Fit end: wait (at most ``drain_timeout_s``) for the worker, log its last results, stop it."""
+    def _drain(self) -> None:
+        """Fit end: wait (at most ``drain_timeout_s``) until the worker has analysed every snapshot; what it has
+        not reached by then is counted as dropped."""
+        if self._worker is None:
+            return
+        if self._worker.drain(self.drain_timeout_s):
+            self._collect()
+            return
+        waiting = [snapshot.step for snapshot in self._worker.pending()]
+        self._close_worker()  # stops the analysis in flight: its result would come too late for the summary
+        self._collect(closed=True)
+        recorded = {record["step"] for record in self._records}
+        unanalysed = [step for step in waiting if step not in recorded]
+        self._dropped.extend(unanalysed)
+        self._warn(
+            "drain",
+            f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
+            f"{self.drain_timeout_s}; they are counted as dropped",
+        )
+
+    def _finish_worker(self) -> None:
+        """Fit end, after the summary: wait for the worker's last figures, log them, stop the worker."""
         if self._worker is None:
             return
         if not self._worker.drain(self.drain_timeout_s):
-            waiting = [snapshot.step for snapshot in self._worker.pending()]
-            self._close_worker()  # stops the analysis in flight: its result would come too late for the summary
-            self._collect(closed=True)
-            recorded = {record["step"] for record in self._records}
-            unanalysed = [step for step in waiting if step not in recorded]
-            self._dropped.extend(unanalysed)
-            self._warn(
-                "drain",
-                f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
-                f"{self.drain_timeout_s}; they are counted as dropped",
-            )
-            return
+            self._warn("figures", f"BifurcationMonitor: the fit-end figures took longer than drain_timeout_s={self.drain_timeout_s}")
         self._collect()
         self._close_worker()
 
@@ -669,8 +693,6 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "max_order": self.max_order,
             "every_n_steps": self.every_n_steps,
             "every_n_epochs": self.every_n_epochs,
-            "mode": self.active_mode,
-            "worker": self._worker_summary,
             "n_monitored_steps": len(analysed),
             "n_skipped": self.n_skipped,
             "skip_reasons": dict(self._skip_reasons),
@@ -692,6 +714,16 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             **run.to_dict(),
             "jump_warmup_steps": self.jump_warmup_steps,
             "jump_min_change": self.jump_min_change,
+            **self._timing_fields(),
+        }
+
+    def _timing_fields(self) -> dict[str, Any]:
+        """Where the analysis ran (``mode``, ``worker``) and where the time went: ``monitor_seconds`` on the
+        training thread (hooks, and the fit-end wait for the worker, ``drain_seconds``), ``analysis_seconds``
+        wherever the analysis ran.  Computed again once the worker has stopped."""
+        return {
+            "mode": self.active_mode,
+            "worker": self._worker_summary,
             "monitor_seconds": self._hook_seconds,
             "analysis_seconds": self._analysis_seconds,
             "drain_seconds": self._drain_seconds,
@@ -704,8 +736,6 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         step = summary["final_step"] or 0
         dashboard.log_scalars(summary_scalars(summary), step)
         dashboard.log_text("bifurcation/summary", summary_markdown(summary, show_all_events=self.show_all_events), step)
-        if self._records:
-            self._log_figures(step, summary["loss_jumps"])
         dashboard.write_summary(summary)
 
     def _jump_window(self, analysed: list[dict[str, Any]]) -> int:
@@ -718,27 +748,32 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _log_figures(self, step: int, loss_jumps: list[dict[str, Any]] = ()) -> None:
         """The state space of the last analysed step (its cycles, the orbits under them, the step's reference
-        states) and the timeline up to now."""
+        states) and the timeline up to now, drawn by the worker in async mode (logged when they come back)."""
         dashboard = self._dashboard
         if dashboard is None or not dashboard.has_tensorboard:
             return
-        cycles, orbits, reference = self._final_cycles, [], None
-        if self._last is not None:
-            snapshot, result = self._last
-            reference = snapshot.reference
-            orbits = result.orbits
-            if self.max_attractor_period == 0 and cycles is not None:
-                try:  # figure decoration must not cost the step its record
-                    orbits = sample_orbits(self._model_at(snapshot), cycles, seed=self.seed)
-                except Exception as error:
-                    self._warn("figures", f"BifurcationMonitor draws no orbits in its figures: {error}")
-        dashboard.log_figures(cycles, self._records, self._history, step, loss_jumps, orbits=orbits, reference=reference)
+        snapshot, result = self._last if self._last is not None else (None, None)
+        arguments = {
+            "cycles": self._final_cycles,
+            # The timeline needs steps, cycle counts and events only: a slim copy keeps the job small.
+            "records": [{key: r[key] for key in ("step", "n_cycles", "events") if key in r} for r in self._records],
+            "history": [list(entry) for entry in self._history],
+            "loss_jumps": list(loss_jumps),
+            "orbits": result.orbits if result is not None else [],
+            "reference": snapshot.reference if snapshot is not None else None,
+        }
+        # Without the attractor analysis the orbits under the cycles are sampled from the step's model.
+        job = RenderJob(step, arguments, snapshot if self.max_attractor_period == 0 else None, self.seed)
+        if self._worker is not None:
+            self._worker.submit_job(job)
+        else:
+            self._render_now(job)
 
-    def _model_at(self, snapshot: Snapshot) -> Any:
-        """A copy of the RNN with a snapshot's weights (the live RNN has moved on in async mode)."""
-        if self._figure_model is None:
-            self._figure_model = detached_copy(self._rnn).cpu()
-        return load_snapshot(self._figure_model, snapshot)
+    def _render_now(self, job: RenderJob) -> None:
+        try:  # figures must not cost the run its records
+            self._dashboard.log_images(job.run(self._analyser), job.step)
+        except Exception as error:
+            self._warn("figures", f"BifurcationMonitor draws no figures at step {job.step}: {type(error).__name__}: {error}")
 
     def _reference_or_none(self) -> Any:
         try:

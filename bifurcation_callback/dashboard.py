@@ -411,13 +411,12 @@ class Dashboard:
         for writer in self.writers:
             writer.add_text(tag, text, global_step=step)
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure to every TensorBoard logger; the figure is closed afterwards."""
-        import matplotlib.pyplot as plt
-
+    def log_images(self, images: Mapping[str, Any], step: int) -> None:
+        """RGB images (tag → (H, W, 3) uint8 array, e.g. from ``plots.render_figures``) to every TensorBoard
+        logger."""
         for writer in self.writers:
-            writer.add_figure(tag, figure, global_step=step, close=False)
-        plt.close(figure)
+            for tag, image in images.items():
+                writer.add_image(tag, image, global_step=step, dataformats="HWC")
 
     def log_figures(
         self, cycles: Any, records: Sequence[Mapping[str, Any]], history: Sequence[Sequence[Any]], step: int,
@@ -428,12 +427,9 @@ class Dashboard:
         timeline of events over the loss curve, to TensorBoard loggers only."""
         if not self.has_tensorboard:
             return
-        from .plots import plot_cycles, plot_timeline
+        from .plots import render_figures
 
-        if cycles is not None:
-            figure = plot_cycles(cycles, orbits=orbits, reference=reference).figure
-            self.log_figure("bifurcation/state_space", figure, step)
-        self.log_figure("bifurcation/timeline", plot_timeline(records, loss_jumps, losses=history).figure, step)
+        self.log_images(render_figures(cycles, records, history, loss_jumps, orbits=orbits, reference=reference), step)
 
     def log_layout(self, layout: dict) -> None:
         # Written once per run directory at fit start; a layout written elsewhere shows an empty tab.

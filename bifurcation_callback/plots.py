@@ -20,7 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .cycles import CycleSet
 
-__all__ = ["plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "sample_orbits", "KIND_COLOURS"]
+__all__ = [
+    "plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "sample_orbits", "render_figures",
+    "figure_pixels", "KIND_COLOURS",
+]
 
 
 def new_axes(figsize: tuple[float, float] = (5.0, 4.0)) -> "Axes":
@@ -339,3 +342,45 @@ def plot_timeline(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize="small")
     return ax
+
+
+def figure_pixels(figure: Any) -> np.ndarray:
+    """Render a matplotlib figure (Agg canvas) to an RGB image, shape (H, W, 3), dtype uint8.
+
+    Examples
+    --------
+    >>> figure_pixels(new_axes((2.0, 1.0)).figure).shape
+    (100, 200, 3)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def render_figures(
+    cycles: "CycleSet | None",
+    records: Sequence[Mapping[str, Any]],
+    history: Sequence[Sequence[Any]] | None = None,
+    loss_jumps: Sequence[Mapping[str, Any]] = (),
+    *,
+    orbits: Sequence[np.ndarray] = (),
+    reference: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The monitor's figures as RGB images, keyed by their TensorBoard tag: the state space with ``cycles``
+    (``plot_cycles``; absent when ``cycles`` is None) and the timeline of ``records`` over the loss
+    ``history`` (``plot_timeline``).  Pixels, not figures, so they can be drawn in the monitor's worker
+    process and sent back.
+
+    Examples
+    --------
+    >>> records = [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}]
+    >>> sorted(render_figures(None, records))
+    ['bifurcation/timeline']
+    """
+    images = {}
+    if cycles is not None:
+        images["bifurcation/state_space"] = figure_pixels(plot_cycles(cycles, orbits=orbits, reference=reference).figure)
+    images["bifurcation/timeline"] = figure_pixels(plot_timeline(records, loss_jumps, losses=history).figure)
+    return images

@@ -39,7 +39,7 @@ from typing import Any
 
 from .analysis import Snapshot, StepAnalyser, StepResult
 
-__all__ = ["WORKER_KINDS", "AnalysisWorker", "WorkerMessage", "WORKER_ENV"]
+__all__ = ["WORKER_KINDS", "AnalysisWorker", "RenderJob", "WorkerMessage", "WORKER_ENV"]
 
 WORKER_KINDS: tuple[str, ...] = ("process", "thread")
 
@@ -58,8 +58,9 @@ class WorkerMessage:
     ----------
     kind : str
         ``"result"`` (``result`` set), ``"error"`` (the analysis raised: ``error``), ``"lost"`` (the worker
-        process died while analysing it: ``error``), ``"note"`` (something to warn about: ``error``) or
-        ``"fallback"`` (the worker gave up; the caller analyses the rest itself).
+        process died while analysing it: ``error``), ``"figures"`` (a :class:`RenderJob`'s ``images`` for
+        ``step``), ``"note"`` (something to warn about: ``error``) or ``"fallback"`` (the worker gave up; the
+        caller analyses the rest itself).
     snapshot : Snapshot or None
     result : StepResult or None
     error : str or None
@@ -72,10 +73,35 @@ class WorkerMessage:
     kind: str
     snapshot: Snapshot | None = None
     result: StepResult | None = None
+    images: dict[str, Any] | None = None
+    step: int | None = None
     error: str | None = None
     category: str = "worker"
     analysis_s: float = 0.0
     state: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class RenderJob:
+    """Figures to draw where the analysis runs: ``plots.render_figures`` with ``arguments``, logged at ``step``.
+
+    With ``snapshot`` and no ``orbits`` in the arguments, the orbits under the cycles are sampled from the
+    snapshot's model (``plots.sample_orbits``).
+    """
+
+    step: int
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
+    snapshot: Snapshot | None = None
+    seed: int = 0
+
+    def run(self, analyser: StepAnalyser) -> dict[str, Any]:
+        """The images (tag → RGB array); ``analyser`` provides the model for sampled orbits."""
+        from .plots import render_figures, sample_orbits
+
+        arguments = dict(self.arguments)
+        if self.snapshot is not None and not arguments.get("orbits") and arguments.get("cycles") is not None:
+            arguments["orbits"] = sample_orbits(analyser.load(self.snapshot), arguments["cycles"], seed=self.seed)
+        return render_figures(**arguments)
 
 
 class WorkerLost(RuntimeError):
@@ -95,6 +121,9 @@ class AnalysisWorker:
         Snapshots that may wait while one is analysed (None: no limit, nothing is ever dropped).
     max_restarts : int
         Restarts of a dead worker process before the worker gives up.
+    warm_figures : bool
+        Let a worker process start matplotlib (fonts, caches) in a background thread while it analyses, so
+        the first :class:`RenderJob` (at fit end, while training waits) does not pay for it.
 
     Examples
     --------
@@ -112,7 +141,13 @@ class AnalysisWorker:
     """
 
     def __init__(
-        self, analyser: StepAnalyser, *, kind: str = "process", queue_size: int | None = 1, max_restarts: int = 1
+        self,
+        analyser: StepAnalyser,
+        *,
+        kind: str = "process",
+        queue_size: int | None = 1,
+        max_restarts: int = 1,
+        warm_figures: bool = False,
     ) -> None:
         if kind not in WORKER_KINDS:
             raise ValueError(f"AnalysisWorker: kind must be one of {list(WORKER_KINDS)}, got {kind!r}")
@@ -120,14 +155,15 @@ class AnalysisWorker:
         self.kind = kind
         self.queue_size = queue_size
         self.max_restarts = max_restarts
+        self.warm_figures = warm_figures
         self.restarts = 0
         self.pids: list[int] = []  # every worker process started
         self.failed = False
         self.analysis_seconds = 0.0
         self._state = analyser.state_dict()  # after the last collected message
         self._latest_state = self._state  # after the last finished analysis
-        self._queue: collections.deque[Snapshot] = collections.deque()
-        self._in_flight: Snapshot | None = None
+        self._queue: collections.deque[Snapshot | RenderJob] = collections.deque()
+        self._in_flight: Snapshot | RenderJob | None = None
         self._outbox: collections.deque[WorkerMessage] = collections.deque()
         self._condition = threading.Condition()
         self._closing = False
@@ -145,11 +181,19 @@ class AnalysisWorker:
         without displacing (snapshots restored from a checkpoint)."""
         with self._condition:
             dropped = None
-            if not force and self.queue_size is not None and len(self._queue) >= self.queue_size:
-                dropped = self._queue.popleft()
+            waiting = [index for index, item in enumerate(self._queue) if isinstance(item, Snapshot)]
+            if not force and self.queue_size is not None and len(waiting) >= self.queue_size:
+                dropped = self._queue[waiting[0]]
+                del self._queue[waiting[0]]
             self._queue.append(snapshot)
             self._condition.notify_all()
         return dropped
+
+    def submit_job(self, job: RenderJob) -> None:
+        """Queue figures to draw after the snapshots queued so far (never dropped)."""
+        with self._condition:
+            self._queue.append(job)
+            self._condition.notify_all()
 
     def collect(self) -> list[WorkerMessage]:
         """The messages finished since the last call, in submission order."""
@@ -165,8 +209,8 @@ class AnalysisWorker:
         """Every submitted snapshot whose message has not been collected, oldest first."""
         with self._condition:
             finished = [m.snapshot for m in self._outbox if m.snapshot is not None]
-            in_flight = [self._in_flight] if self._in_flight is not None else []
-            return finished + in_flight + list(self._queue)
+            items = finished + [self._in_flight] + list(self._queue)
+            return [item for item in items if isinstance(item, Snapshot)]
 
     @property
     def state(self) -> dict[str, Any]:
@@ -190,8 +234,8 @@ class AnalysisWorker:
                 self._condition.wait(remaining if remaining is None else min(remaining, 1.0))
             return True
 
-    def take_queue(self) -> list[Snapshot]:
-        """Remove and return the waiting snapshots (after a fallback, or when giving up at a drain timeout)."""
+    def take_queue(self) -> list[Snapshot | RenderJob]:
+        """Remove and return what is waiting (after a fallback, or when giving up at a drain timeout)."""
         with self._condition:
             queued = list(self._queue)
             self._queue.clear()
@@ -221,7 +265,7 @@ class AnalysisWorker:
                 if self._closing:
                     break
                 for message in messages:
-                    if message.kind in ("result", "error", "lost"):
+                    if message.snapshot is not None:
                         message.state = message.state or self._latest_state
                         self._latest_state = message.state
                     self.failed = self.failed or message.kind == "fallback"
@@ -231,38 +275,50 @@ class AnalysisWorker:
                     break
         self._stop_process(1.0, wait=False)
 
-    def _analyse(self, snapshot: Snapshot) -> list[WorkerMessage]:
+    def _analyse(self, item: Snapshot | RenderJob) -> list[WorkerMessage]:
         started = time.perf_counter()
         if self.kind == "thread":
             try:
-                result = self.analyser.analyse(snapshot)
+                payload = item.run(self.analyser) if isinstance(item, RenderJob) else self.analyser.analyse(item)
             except Exception as error:
-                return [WorkerMessage("error", snapshot, error=f"{type(error).__name__}: {error}", state=self.analyser.state_dict())]
+                return [self._message(item, "error", f"{type(error).__name__}: {error}", self.analyser.state_dict(), 0.0)]
             seconds = time.perf_counter() - started
-            self.analysis_seconds += seconds
-            return [WorkerMessage("result", snapshot, result, analysis_s=seconds, state=self.analyser.state_dict())]
+            return [self._message(item, "done", payload, self.analyser.state_dict(), seconds)]
         try:
             connection = self._connected()
-            snapshot.wait()
-            connection.send_bytes(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
+            if isinstance(item, Snapshot):
+                item.wait()
+            connection.send_bytes(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
             kind, payload, state, seconds = pickle.loads(connection.recv_bytes())
         except _CannotStart as error:  # the analyser cannot live in another process: analyse in this one
             self.kind = "thread"
             self.analyser.load_state_dict(self._latest_state)
             note = WorkerMessage("note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}")
-            return [note, *self._analyse(snapshot)]
+            return [note, *self._analyse(item)]
         except (EOFError, OSError, WorkerLost) as error:
-            return self._lost(snapshot, error)
+            return self._lost(item, error)
         except Exception as error:  # the dispatcher must outlive anything: a broken reply costs one step
-            return [WorkerMessage("error", snapshot, error=f"{type(error).__name__}: {error}")]
-        self.analysis_seconds += seconds
-        if kind == "result":
-            return [WorkerMessage("result", snapshot, payload, analysis_s=seconds, state=state)]
-        return [WorkerMessage("error", snapshot, error=payload, analysis_s=seconds, state=state)]
+            return [self._message(item, "error", f"{type(error).__name__}: {error}", None, 0.0)]
+        return [self._message(item, kind, payload, state, seconds)]
 
-    def _lost(self, snapshot: Snapshot, error: BaseException) -> list[WorkerMessage]:
+    def _message(self, item: Snapshot | RenderJob, kind: str, payload: Any, state: Any, seconds: float) -> WorkerMessage:
+        """The message for a finished item: ``kind`` "done" (``payload`` is the result or the images) or
+        "error" (``payload`` is the error text)."""
+        if isinstance(item, RenderJob):
+            if kind == "error":
+                return WorkerMessage("note", error=f"BifurcationMonitor draws no figures at step {item.step}: {payload}",
+                                     category="figures")
+            return WorkerMessage("figures", images=payload, step=item.step)
+        self.analysis_seconds += seconds
+        if kind == "error":
+            return WorkerMessage("error", item, error=payload, analysis_s=seconds, state=state)
+        return WorkerMessage("result", item, payload, analysis_s=seconds, state=state)
+
+    def _lost(self, item: Snapshot | RenderJob, error: BaseException) -> list[WorkerMessage]:
         code = self._stop_process(1.0)
-        reason = f"the analysis worker process died (exit code {code}) while analysing step {snapshot.step}"
+        snapshot = item if isinstance(item, Snapshot) else None
+        what = f"analysing step {item.step}" if snapshot is not None else f"drawing the figures of step {item.step}"
+        reason = f"the analysis worker process died (exit code {code}) while {what}"
         if self._closing:
             return [WorkerMessage("lost", snapshot, error=reason)]
         if self.restarts >= self.max_restarts:
@@ -298,7 +354,7 @@ class AnalysisWorker:
             self.pids.append(process.pid)
         if self._closing:
             raise WorkerLost("closed while starting")
-        connection.send_bytes(pickle.dumps((list(sys.path), payload), protocol=pickle.HIGHEST_PROTOCOL))
+        connection.send_bytes(pickle.dumps((list(sys.path), payload, self.warm_figures), protocol=pickle.HIGHEST_PROTOCOL))
         if not connection.poll(STARTUP_TIMEOUT_S):
             raise WorkerLost(f"the worker process did not start within {STARTUP_TIMEOUT_S:.0f} s")
         kind, detail = pickle.loads(connection.recv_bytes())
@@ -353,7 +409,7 @@ def serve(fd: int) -> None:
     torch.set_num_threads(1)
     connection = Connection(fd)
     try:
-        path, payload = pickle.loads(connection.recv_bytes())
+        path, payload, warm_figures = pickle.loads(connection.recv_bytes())
         sys.path[:] = path
         analyser = pickle.loads(payload)
     except EOFError:
@@ -362,20 +418,37 @@ def serve(fd: int) -> None:
         connection.send_bytes(pickle.dumps(("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}")))
         return
     connection.send_bytes(pickle.dumps(("ready", os.getpid())))
+    # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
+    warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
+    if warming is not None:
+        warming.start()
     while True:
         try:
-            snapshot = pickle.loads(connection.recv_bytes())
+            item = pickle.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
         started = time.perf_counter()
+        if warming is not None and isinstance(item, RenderJob):
+            warming.join()
         try:
-            reply: tuple[str, Any] = ("result", analyser.analyse(snapshot))
+            payload = item.run(analyser) if isinstance(item, RenderJob) else analyser.analyse(item)
+            reply: tuple[str, Any] = ("done", payload)
         except Exception as error:
             reply = ("error", f"{type(error).__name__}: {error}")
             if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
                 traceback.print_exc()
         seconds = time.perf_counter() - started
+        state = analyser.state_dict() if not isinstance(item, RenderJob) else None
         try:
-            connection.send_bytes(pickle.dumps((*reply, analyser.state_dict(), seconds), protocol=pickle.HIGHEST_PROTOCOL))
+            connection.send_bytes(pickle.dumps((*reply, state, seconds), protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+def _warm_figures() -> None:
+    try:
+        from .plots import render_figures
+
+        render_figures(None, [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}], [[0, 1.0, None]])
+    except Exception:  # a real figure job reports any problem
+        pass
