@@ -204,6 +204,8 @@ class StepAnalyser:
     --------
     >>> from bifurcation_callback.models import PLRNN
     >>> model = PLRNN(2)
+    >>> with torch.no_grad():  # z' = 0.5 z + 0.1: one stable fixed point
+    ...     _ = model.A.fill_(0.5), model.W.zero_(), model.h.fill_(0.1)
     >>> analyser = StepAnalyser(model, max_order=2, max_attractor_period=8)
     >>> result = analyser.analyse(take_snapshot(model, 0, loss=1.0))
     >>> result.record["n_cycles"], result.record["attractor"]["label"]

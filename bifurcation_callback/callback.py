@@ -505,6 +505,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self.active_mode == "async":
             figures = self._dashboard is not None and self._dashboard.has_tensorboard
             self._worker = AnalysisWorker(self._analyser, kind=self.worker, queue_size=self.queue_size, warm_figures=figures)
+            self._worker.start()
             for snapshot in pending:  # steps a checkpoint saved before they were analysed: none is lost
                 self._worker.submit(snapshot, force=True)
         else:

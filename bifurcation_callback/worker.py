@@ -1,15 +1,18 @@
 """AnalysisWorker: runs a StepAnalyser off the training thread, so training never waits for the analysis.
 
-The training thread only hands over snapshots (:meth:`AnalysisWorker.submit`) and picks up finished results
-(:meth:`AnalysisWorker.collect`).  A dispatcher thread in the training process feeds the analysis one
-snapshot at a time, either to a **worker process** (default: a fresh Python interpreter with one CPU thread,
-so the analysis shares no GIL with training) or to the analyser in a **thread** of the training process.
+The training thread hands over snapshots (:meth:`AnalysisWorker.submit`) and picks up finished results
+(:meth:`AnalysisWorker.collect`); both calls only do non-blocking socket work.  The analysis itself runs at
+the other end of a socket pair, one item at a time, in a **worker process** (default: a fresh Python
+interpreter with one CPU thread, so it shares no GIL with training) or in a **thread** of the training
+process.  There is no dispatcher thread on the training side: each ``submit`` / ``collect`` call receives a
+finished reply if there is one and sends the next item, so the training process spends a few microseconds
+per step on the worker and never competes with training for the GIL.
 
 - *Latest wins*: at most ``queue_size`` snapshots wait; when the analysis falls behind, the oldest waiting
   one is dropped (``submit`` returns it so the caller can count it).  The next analysed step is compared with
   the last analysed one, so the brackets of its events reach back over the dropped steps.
 - *Faults*: an exception in the analysis comes back as an ``"error"`` message (the step is skipped); a dead
-  worker process comes back as ``"lost"`` for the step it was analysing and is restarted from the last
+  worker process comes back as ``"lost"`` for the item it was working on and is restarted from the last
   analysed step's state; after ``max_restarts`` restarts the worker gives up (``"fallback"``) and the caller
   analyses the remaining snapshots itself (:meth:`take_queue`, :attr:`state`).
 - *Checkpoints*: :meth:`pending` lists every snapshot not yet collected (finished but uncollected, in flight,
@@ -18,8 +21,9 @@ so the analysis shares no GIL with training) or to the analyser in a **thread** 
 
 Why not ``multiprocessing``'s ``spawn``: it imports the user's ``__main__`` script again in the child, so a
 training script without an ``if __name__ == "__main__":`` guard would start training a second time in the
-worker.  The worker is started as ``python -c`` with a socket instead and receives the analyser pickled (a
-model class defined in ``__main__`` cannot be unpickled there: the worker then runs in a thread, with a note).
+worker.  The worker is started as ``python -c`` instead and receives the analyser pickled with cloudpickle,
+which sends a model class defined in ``__main__`` by value.  An analyser that cannot be pickled at all is
+analysed in a thread, with a note.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+import cloudpickle
+
 from .analysis import Snapshot, StepAnalyser, StepResult
 
-__all__ = ["WORKER_KINDS", "AnalysisWorker", "RenderJob", "WorkerMessage", "WORKER_ENV"]
+__all__ = ["WORKER_KINDS", "WORKER_ENV", "AnalysisWorker", "RenderJob", "WorkerMessage"]
 
 WORKER_KINDS: tuple[str, ...] = ("process", "thread")
 
@@ -48,37 +54,6 @@ WORKER_ENV = "BIFURCATION_MONITOR_WORKER"
 
 # How long a worker process may take to import torch and the package and load the analyser.
 STARTUP_TIMEOUT_S = 120.0
-
-
-@dataclasses.dataclass
-class WorkerMessage:
-    """One finished snapshot (or a change of the worker itself), in submission order.
-
-    Attributes
-    ----------
-    kind : str
-        ``"result"`` (``result`` set), ``"error"`` (the analysis raised: ``error``), ``"lost"`` (the worker
-        process died while analysing it: ``error``), ``"figures"`` (a :class:`RenderJob`'s ``images`` for
-        ``step``), ``"note"`` (something to warn about: ``error``) or ``"fallback"`` (the worker gave up; the
-        caller analyses the rest itself).
-    snapshot : Snapshot or None
-    result : StepResult or None
-    error : str or None
-    category : str
-        Warning category of a note.
-    analysis_s : float
-        Wall time of the analysis in the worker.
-    """
-
-    kind: str
-    snapshot: Snapshot | None = None
-    result: StepResult | None = None
-    images: dict[str, Any] | None = None
-    step: int | None = None
-    error: str | None = None
-    category: str = "worker"
-    analysis_s: float = 0.0
-    state: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -104,12 +79,42 @@ class RenderJob:
         return render_figures(**arguments)
 
 
-class WorkerLost(RuntimeError):
-    """The worker process died or stopped answering."""
+@dataclasses.dataclass
+class WorkerMessage:
+    """One finished item (or a change of the worker itself), in submission order.
+
+    Attributes
+    ----------
+    kind : str
+        ``"result"`` (``result`` set), ``"error"`` (the analysis raised: ``error``), ``"lost"`` (the worker
+        process died while working on it: ``error``), ``"figures"`` (a :class:`RenderJob`'s ``images`` for
+        ``step``), ``"note"`` (something to warn about: ``error``, ``category``) or ``"fallback"`` (the worker
+        gave up; the caller analyses the rest itself).
+    snapshot : Snapshot or None
+        The analysed (or lost) snapshot.
+    analysis_s : float
+        Wall time of the analysis in the worker.
+    state : dict or None
+        The analyser's state after this snapshot.
+    """
+
+    kind: str
+    snapshot: Snapshot | None = None
+    result: StepResult | None = None
+    images: dict[str, Any] | None = None
+    step: int | None = None
+    error: str | None = None
+    category: str = "worker"
+    analysis_s: float = 0.0
+    state: dict[str, Any] | None = None
+
+
+class _CannotStart(RuntimeError):
+    """The analyser cannot be analysed in a worker process (it cannot be pickled or unpickled)."""
 
 
 class AnalysisWorker:
-    """Analyse snapshots in the background, newest first when behind.
+    """Analyse snapshots beside training, newest first when behind.
 
     Parameters
     ----------
@@ -127,9 +132,12 @@ class AnalysisWorker:
 
     Examples
     --------
+    >>> import torch
     >>> from bifurcation_callback.analysis import take_snapshot
     >>> from bifurcation_callback.models import PLRNN
     >>> model = PLRNN(2)
+    >>> with torch.no_grad():  # z' = 0.5 z + 0.1: one stable fixed point
+    ...     _ = model.A.fill_(0.5), model.W.zero_(), model.h.fill_(0.1)
     >>> worker = AnalysisWorker(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="thread")
     >>> worker.submit(take_snapshot(model, 0)) is None  # nothing dropped
     True
@@ -159,216 +167,253 @@ class AnalysisWorker:
         self.restarts = 0
         self.pids: list[int] = []  # every worker process started
         self.failed = False
-        self.analysis_seconds = 0.0
         self._state = analyser.state_dict()  # after the last collected message
         self._latest_state = self._state  # after the last finished analysis
         self._queue: collections.deque[Snapshot | RenderJob] = collections.deque()
         self._in_flight: Snapshot | RenderJob | None = None
         self._outbox: collections.deque[WorkerMessage] = collections.deque()
-        self._condition = threading.Condition()
-        self._closing = False
-        self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
         self._socket: socket.socket | None = None
-        self._process_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="bifurcation-monitor-dispatcher", daemon=True)
-        self._thread.start()
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._starting_since: float | None = None  # a worker process that has not said "ready" yet
 
     # ------------------------------------------------------------------------------------------ training side
+
+    def start(self) -> None:
+        """Start the worker now (a process takes about a second to import torch; the first snapshot should
+        not wait for that)."""
+        if self._connection is None and not self.failed:
+            self._connect()
 
     def submit(self, snapshot: Snapshot, *, force: bool = False) -> Snapshot | None:
         """Queue a snapshot; returns the waiting snapshot it displaced (latest wins), if any.  ``force`` queues
         without displacing (snapshots restored from a checkpoint)."""
-        with self._condition:
-            dropped = None
-            waiting = [index for index, item in enumerate(self._queue) if isinstance(item, Snapshot)]
-            if not force and self.queue_size is not None and len(waiting) >= self.queue_size:
-                dropped = self._queue[waiting[0]]
-                del self._queue[waiting[0]]
-            self._queue.append(snapshot)
-            self._condition.notify_all()
+        dropped = None
+        waiting = [index for index, item in enumerate(self._queue) if isinstance(item, Snapshot)]
+        if self._in_flight is None and waiting:
+            # Nothing in flight (the worker is starting, or idle until this call): the oldest snapshot goes next,
+            # so the first monitored step is analysed even when the worker takes a second to start.
+            waiting = waiting[1:]
+        if not force and self.queue_size is not None and len(waiting) >= self.queue_size:
+            dropped = self._queue[waiting[0]]
+            del self._queue[waiting[0]]
+        self._queue.append(snapshot)
+        self._pump()
         return dropped
 
     def submit_job(self, job: RenderJob) -> None:
         """Queue figures to draw after the snapshots queued so far (never dropped)."""
-        with self._condition:
-            self._queue.append(job)
-            self._condition.notify_all()
+        self._queue.append(job)
+        self._pump()
 
     def collect(self) -> list[WorkerMessage]:
         """The messages finished since the last call, in submission order."""
-        with self._condition:
-            messages = list(self._outbox)
-            self._outbox.clear()
-            for message in messages:
-                if message.state is not None:
-                    self._state = message.state
+        self._pump()
+        messages = list(self._outbox)
+        self._outbox.clear()
+        for message in messages:
+            if message.state is not None:
+                self._state = message.state
         return messages
 
     def pending(self) -> list[Snapshot]:
         """Every submitted snapshot whose message has not been collected, oldest first."""
-        with self._condition:
-            finished = [m.snapshot for m in self._outbox if m.snapshot is not None]
-            items = finished + [self._in_flight] + list(self._queue)
-            return [item for item in items if isinstance(item, Snapshot)]
+        items = [m.snapshot for m in self._outbox] + [self._in_flight] + list(self._queue)
+        return [item for item in items if isinstance(item, Snapshot)]
 
     @property
     def state(self) -> dict[str, Any]:
         """The analyser's state after the last collected step."""
-        with self._condition:
-            return self._state
+        return self._state
 
     @property
     def busy(self) -> bool:
-        with self._condition:
-            return bool(self._queue or self._in_flight is not None)
+        return bool(self._queue or self._in_flight is not None)
 
     def drain(self, timeout_s: float | None) -> bool:
-        """Wait until every submitted snapshot is analysed (or the worker gave up); False after ``timeout_s``."""
+        """Wait until every queued item is finished (or the worker gave up); False after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._condition:
-            while (self._queue or self._in_flight is not None) and not self.failed and self._thread.is_alive():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._condition.wait(remaining if remaining is None else min(remaining, 1.0))
-            return True
+        while self.busy and not self.failed:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._connection is not None:
+                self._connection.poll(1.0 if remaining is None else min(remaining, 1.0))
+            self._pump()
+        return True
 
     def take_queue(self) -> list[Snapshot | RenderJob]:
         """Remove and return what is waiting (after a fallback, or when giving up at a drain timeout)."""
-        with self._condition:
-            queued = list(self._queue)
-            self._queue.clear()
-            return queued
+        queued = list(self._queue)
+        self._queue.clear()
+        return queued
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the dispatcher and the worker process; never waits longer than about ``timeout_s``."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify_all()
-        self._stop_process(timeout_s, wait=False)
-        self._thread.join(timeout_s)
+        """Stop the worker without waiting for it: the socket is shut down (the worker sees EOF and exits) and
+        a worker process is reaped by a daemon thread (killed if it has not exited after ``timeout_s``)."""
+        self._queue.clear()
+        self._in_flight = None
+        self._disconnect(timeout_s, wait=False)
 
-    # ------------------------------------------------------------------------------------------ dispatcher
+    # ------------------------------------------------------------------------------------------ the protocol
 
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._queue and not self._closing:
-                    self._condition.wait()
-                if self._closing:
-                    break
-                snapshot = self._in_flight = self._queue.popleft()
-            messages = self._analyse(snapshot)
-            with self._condition:
-                self._in_flight = None
-                if self._closing:
-                    break
-                for message in messages:
-                    if message.snapshot is not None:
-                        message.state = message.state or self._latest_state
-                        self._latest_state = message.state
-                    self.failed = self.failed or message.kind == "fallback"
-                self._outbox.extend(messages)
-                self._condition.notify_all()
-                if self.failed:
-                    break
-        self._stop_process(1.0, wait=False)
+    def _pump(self) -> None:
+        """Make progress without blocking: start the worker if needed, receive a finished reply, send the next
+        item."""
+        while not self.failed:
+            if self._connection is None:
+                if not self.busy:
+                    return
+                self._connect()
+                continue
+            if self._starting_since is not None and not self._ready():
+                return
+            if self._in_flight is not None:
+                if not self._poll():
+                    return
+                self._receive()
+                continue
+            if not self._queue:
+                return
+            self._send(self._queue.popleft())
 
-    def _analyse(self, item: Snapshot | RenderJob) -> list[WorkerMessage]:
-        started = time.perf_counter()
-        if self.kind == "thread":
-            try:
-                payload = item.run(self.analyser) if isinstance(item, RenderJob) else self.analyser.analyse(item)
-            except Exception as error:
-                return [self._message(item, "error", f"{type(error).__name__}: {error}", self.analyser.state_dict(), 0.0)]
-            seconds = time.perf_counter() - started
-            return [self._message(item, "done", payload, self.analyser.state_dict(), seconds)]
+    def _poll(self) -> bool:
         try:
-            connection = self._connected()
+            return self._connection.poll(0)
+        except (OSError, EOFError):
+            return True  # _receive sees the broken connection
+
+    def _send(self, item: Snapshot | RenderJob) -> None:
+        self._in_flight = item
+        try:
             if isinstance(item, Snapshot):
                 item.wait()
-            connection.send_bytes(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
-            kind, payload, state, seconds = pickle.loads(connection.recv_bytes())
-        except _CannotStart as error:  # the analyser cannot live in another process: analyse in this one
-            self.kind = "thread"
-            self.analyser.load_state_dict(self._latest_state)
-            note = WorkerMessage("note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}")
-            return [note, *self._analyse(item)]
-        except (EOFError, OSError, WorkerLost) as error:
-            return self._lost(item, error)
-        except Exception as error:  # the dispatcher must outlive anything: a broken reply costs one step
-            return [self._message(item, "error", f"{type(error).__name__}: {error}", None, 0.0)]
-        return [self._message(item, kind, payload, state, seconds)]
+            self._connection.send_bytes(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, EOFError) as error:
+            self._lost(error)
+
+    def _receive(self) -> None:
+        item = self._in_flight
+        try:
+            kind, payload, state, seconds = pickle.loads(self._connection.recv_bytes())
+        except (OSError, EOFError) as error:
+            self._lost(error)
+            return
+        except Exception as error:  # an unreadable reply costs one item, never the run
+            kind, payload, state, seconds = "error", f"{type(error).__name__}: {error}", None, 0.0
+        self._in_flight = None
+        self._outbox.append(self._message(item, kind, payload, state, seconds))
 
     def _message(self, item: Snapshot | RenderJob, kind: str, payload: Any, state: Any, seconds: float) -> WorkerMessage:
-        """The message for a finished item: ``kind`` "done" (``payload`` is the result or the images) or
-        "error" (``payload`` is the error text)."""
         if isinstance(item, RenderJob):
             if kind == "error":
-                return WorkerMessage("note", error=f"BifurcationMonitor draws no figures at step {item.step}: {payload}",
-                                     category="figures")
+                text = f"BifurcationMonitor draws no figures at step {item.step}: {payload}"
+                return WorkerMessage("note", error=text, category="figures")
             return WorkerMessage("figures", images=payload, step=item.step)
-        self.analysis_seconds += seconds
+        self._latest_state = state if state is not None else self._latest_state
         if kind == "error":
-            return WorkerMessage("error", item, error=payload, analysis_s=seconds, state=state)
-        return WorkerMessage("result", item, payload, analysis_s=seconds, state=state)
+            return WorkerMessage("error", item, error=payload, analysis_s=seconds, state=self._latest_state)
+        return WorkerMessage("result", item, payload, analysis_s=seconds, state=self._latest_state)
 
-    def _lost(self, item: Snapshot | RenderJob, error: BaseException) -> list[WorkerMessage]:
-        code = self._stop_process(1.0)
+    def _lost(self, error: BaseException) -> None:
+        """The worker process died (or its connection broke) while working on the item in flight."""
+        item, self._in_flight = self._in_flight, None
+        code = self._disconnect(1.0, wait=True)
         snapshot = item if isinstance(item, Snapshot) else None
-        what = f"analysing step {item.step}" if snapshot is not None else f"drawing the figures of step {item.step}"
+        if item is None:
+            what = "starting"
+        elif snapshot is not None:
+            what = f"analysing step {item.step}"
+        else:
+            what = f"drawing the figures of step {item.step}"
         reason = f"the analysis worker process died (exit code {code}) while {what}"
-        if self._closing:
-            return [WorkerMessage("lost", snapshot, error=reason)]
         if self.restarts >= self.max_restarts:
-            return [
-                WorkerMessage("lost", snapshot, error=reason),
-                WorkerMessage(
-                    "fallback",
-                    error=f"{reason} after {self.restarts} restart(s): the rest of the run is analysed on the training "
-                    "thread (mode='sync')",
-                ),
-            ]
+            self._outbox.append(WorkerMessage("lost", snapshot, error=reason, state=self._latest_state))
+            self._outbox.append(WorkerMessage(
+                "fallback",
+                error=f"{reason} after {self.restarts} restart(s): the rest of the run is analysed on the training "
+                "thread (mode='sync')",
+            ))
+            self.failed = True
+            return
         self.restarts += 1
-        return [WorkerMessage("lost", snapshot, error=f"{reason} ({type(error).__name__}); a new worker process takes over")]
+        text = f"{reason} ({type(error).__name__}); a new worker process takes over"
+        self._outbox.append(WorkerMessage("lost", snapshot, error=text, state=self._latest_state))
 
-    def _connected(self) -> Connection:
-        if self._connection is not None:
-            return self._connection
+    # ------------------------------------------------------------------------------------------ endpoints
+
+    def _connect(self) -> None:
+        """Start the analysis end of a new socket pair: a worker process, or a thread with the analyser."""
+        parent, child = socket.socketpair()
+        self._socket = parent
+        self._connection = Connection(os.dup(parent.fileno()))
+        if self.kind == "process":
+            try:
+                self._start_process(child)
+                return
+            except _CannotStart as error:  # analyse in this process instead
+                self._disconnect(1.0, wait=True)
+                self.kind = "thread"
+                self._outbox.append(WorkerMessage(
+                    "note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}"
+                ))
+                parent, child = socket.socketpair()
+                self._socket = parent
+                self._connection = Connection(os.dup(parent.fileno()))
+        self.analyser.load_state_dict(self._latest_state)
+        connection = Connection(child.detach())
+        self._thread = threading.Thread(
+            target=_serve_connection, args=(connection, self.analyser, False), name="bifurcation-monitor-worker",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _start_process(self, child: socket.socket) -> None:
         try:
             self.analyser.load_state_dict(self._latest_state)
-            payload = pickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
+            # cloudpickle sends a class defined in the user's __main__ script by value: the worker cannot import
+            # that script (importing it could start the training again) and needs the class all the same.
+            payload = cloudpickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:
+            child.close()
             raise _CannotStart(f"the RNN cannot be pickled ({type(error).__name__}: {error})") from None
-        if b"__main__" in payload:
-            raise _CannotStart("the RNN's class is defined in __main__, which a worker process cannot import")
-        parent, child = socket.socketpair()
         environment = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         command = [sys.executable, "-c", f"from bifurcation_callback.worker import serve; serve({child.fileno()})"]
-        process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
         child.close()
-        connection = Connection(os.dup(parent.fileno()))
-        with self._process_lock:
-            self._process, self._connection, self._socket = process, connection, parent
-            self.pids.append(process.pid)
-        if self._closing:
-            raise WorkerLost("closed while starting")
-        connection.send_bytes(pickle.dumps((list(sys.path), payload, self.warm_figures), protocol=pickle.HIGHEST_PROTOCOL))
-        if not connection.poll(STARTUP_TIMEOUT_S):
-            raise WorkerLost(f"the worker process did not start within {STARTUP_TIMEOUT_S:.0f} s")
-        kind, detail = pickle.loads(connection.recv_bytes())
-        if kind != "ready":
-            self._stop_process(1.0)
-            raise _CannotStart(detail)
-        return connection
+        self.pids.append(self._process.pid)
+        self._starting_since = time.monotonic()
+        try:  # the payload is small; the worker reads it as soon as its interpreter is up
+            self._connection.send_bytes(pickle.dumps((list(sys.path), payload, self.warm_figures), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as error:
+            self._lost(error)
 
-    def _stop_process(self, timeout_s: float, *, wait: bool = True) -> int | None:
-        """Stop the worker process (if any) and return its exit code: shutting the socket down ends a blocked
-        receive on either side, so the worker exits and a dispatcher waiting for it wakes up."""
-        with self._process_lock:
-            process, connection, sock = self._process, self._connection, self._socket
-            self._process = self._connection = self._socket = None
+    def _ready(self) -> bool:
+        """Whether a starting worker process has answered (reading its answer); a process that cannot load
+        the analyser makes the worker fall back to a thread, one that died or hangs counts as lost."""
+        if not self._poll():
+            if time.monotonic() - self._starting_since > STARTUP_TIMEOUT_S:
+                self._lost(TimeoutError(f"no answer within {STARTUP_TIMEOUT_S:.0f} s"))
+            return False
+        self._starting_since = None
+        try:
+            kind, detail = pickle.loads(self._connection.recv_bytes())
+        except (OSError, EOFError) as error:
+            self._lost(error)
+            return False
+        if kind == "ready":
+            return True
+        self._disconnect(1.0, wait=True)
+        self.kind = "thread"
+        self._outbox.append(WorkerMessage("note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {detail}"))
+        return False
+
+    def _disconnect(self, timeout_s: float, *, wait: bool) -> int | None:
+        """Close the socket (the worker sees EOF and exits); returns the process's exit code when waited for."""
+        process, connection, sock = self._process, self._connection, self._socket
+        self._process = self._connection = self._socket = None
+        self._starting_since = None
         for closable in (sock, connection):
             if closable is None:
                 continue
@@ -378,9 +423,13 @@ class AnalysisWorker:
                 closable.close()
             except OSError:
                 pass
+        if self._thread is not None:
+            # A thread shares the analyser with the caller, who may use it next (a fallback, figures): let it end.
+            self._thread.join(timeout_s)
+            self._thread = None
         if process is None:
             return None
-        if not wait:  # fit end: the worker exits on its own; a daemon thread reaps it (killed if it hangs)
+        if not wait:  # a daemon thread reaps it (killed if it hangs); nobody waits for it
             threading.Thread(target=_reap, args=(process, timeout_s), name="bifurcation-monitor-reaper", daemon=True).start()
             return None
         return _reap(process, timeout_s)
@@ -394,13 +443,12 @@ def _reap(process: subprocess.Popen, timeout_s: float) -> int:
         return process.wait()
 
 
-class _CannotStart(RuntimeError):
-    """The analyser cannot be analysed in a worker process (unpicklable, or its class lives in __main__)."""
+# ---------------------------------------------------------------------------------------------- the analysis end
 
 
 def serve(fd: int) -> None:
-    """The worker process's main loop: load the analyser, then analyse every snapshot received on ``fd`` until
-    the training process closes the connection."""
+    """The worker process's main: load the analyser sent on socket ``fd``, then analyse what arrives until the
+    training process closes the connection."""
     import signal
 
     import torch
@@ -412,12 +460,18 @@ def serve(fd: int) -> None:
         path, payload, warm_figures = pickle.loads(connection.recv_bytes())
         sys.path[:] = path
         analyser = pickle.loads(payload)
-    except EOFError:
+    except (EOFError, OSError):
         return
     except Exception as error:
-        connection.send_bytes(pickle.dumps(("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}")))
+        detail = f"the worker process cannot load the analyser: {type(error).__name__}: {error}"
+        connection.send_bytes(pickle.dumps(("failed", detail)))
         return
     connection.send_bytes(pickle.dumps(("ready", os.getpid())))
+    _serve_connection(connection, analyser, warm_figures)
+
+
+def _serve_connection(connection: Connection, analyser: StepAnalyser, warm_figures: bool) -> None:
+    """Answer every item (Snapshot or RenderJob) with (kind, payload, analyser state, seconds)."""
     # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
     warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
     if warming is not None:
@@ -431,16 +485,14 @@ def serve(fd: int) -> None:
         if warming is not None and isinstance(item, RenderJob):
             warming.join()
         try:
-            payload = item.run(analyser) if isinstance(item, RenderJob) else analyser.analyse(item)
-            reply: tuple[str, Any] = ("done", payload)
+            reply: tuple[str, Any] = ("done", item.run(analyser) if isinstance(item, RenderJob) else analyser.analyse(item))
         except Exception as error:
             reply = ("error", f"{type(error).__name__}: {error}")
             if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
                 traceback.print_exc()
-        seconds = time.perf_counter() - started
-        state = analyser.state_dict() if not isinstance(item, RenderJob) else None
+        state = analyser.state_dict() if isinstance(item, Snapshot) else None
         try:
-            connection.send_bytes(pickle.dumps((*reply, state, seconds), protocol=pickle.HIGHEST_PROTOCOL))
+            connection.send_bytes(pickle.dumps((*reply, state, time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
 

@@ -216,14 +216,67 @@ def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
     assert all_exit(monitor._worker_summary["processes"])
 
 
+class NoPickle:
+    """An attribute a model may carry that copies but cannot be pickled (a handle, a lock wrapper, ...)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        raise TypeError("NoPickle cannot be pickled")
+
+
 def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
     rnn = plrnn_2d()
-    rnn.unpicklable = lambda z: z  # a lambda: pickle refuses it
+    rnn.handle = NoPickle()
     monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
     with pytest.warns(RuntimeWarning, match="analyses in a thread instead of a worker process: the RNN cannot be pickled"):
         fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=5, logger=False)
     assert [r["step"] for r in monitor.records] == list(range(5))
     assert monitor.summary["worker"]["kind"] == "thread"
+
+
+UNGUARDED_SCRIPT = """
+import json, sys, warnings
+import lightning.pytorch as pl
+import torch
+sys.path.insert(0, {root!r})
+from bifurcation_callback import BifurcationMonitor
+from bifurcation_callback.models import PLRNN
+from tests.tiny_modules import TinyRNNModule, quiet_trainer_kwargs, random_sequences
+
+class ScriptRNN(PLRNN):  # defined in __main__: the worker process cannot import it
+    pass
+
+print("training starts", flush=True)  # no __main__ guard: a worker that imported this script would train again
+rnn = ScriptRNN(2)
+with torch.no_grad():  # plrnn_2d's weights: one fixed point
+    rnn.A.copy_(torch.tensor([0.5, 0.6])), rnn.W.copy_(torch.tensor([[0.0, -0.4], [0.3, 0.0]])), rnn.h.copy_(torch.tensor([0.2, -0.1]))
+monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0, verbose=False)
+trainer = pl.Trainer(max_steps=6, callbacks=[monitor], **quiet_trainer_kwargs({tmp!r}, logger=False))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    trainer.fit(TinyRNNModule(rnn, lr=0.0), random_sequences())
+print(json.dumps({{"worker": monitor.summary["worker"]["kind"], "steps": [r["step"] for r in monitor.records],
+                  "counts": [r.get("n_cycles") for r in monitor.records],
+                  "warnings": [str(w.message) for w in caught if "thread" in str(w.message)]}}))
+"""
+
+
+def test_a_model_class_from_an_unguarded_main_script_runs_in_the_worker_process_without_rerunning_the_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "train.py"
+    script.write_text(UNGUARDED_SCRIPT.format(root=root, tmp=str(tmp_path)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("training starts") == 1  # the worker never ran the script
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["worker"] == "process" and not report["warnings"]
+    assert report["steps"] == list(range(6)) and report["counts"] == [{"1": 1}] * 6
 
 
 # ---------------------------------------------------------------------------------------------- resume
