@@ -586,7 +586,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         not reached by then is counted as dropped."""
         if self._worker is None:
             return
-        if self._worker.drain(self.drain_timeout_s):
+        if self._drain_with_progress():
             self._collect()
             return
         waiting = [snapshot.step for snapshot in self._worker.pending()]
@@ -600,6 +600,22 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
             f"{self.drain_timeout_s}; they are counted as dropped",
         )
+
+    def _drain_with_progress(self) -> bool:
+        """``worker.drain`` within ``drain_timeout_s``, with a progress bar when it takes more than 2 s (a long
+        backlog with ``queue_size=None``)."""
+        from tqdm import tqdm
+
+        deadline = None if self.drain_timeout_s is None else time.monotonic() + self.drain_timeout_s
+        total = self._worker.n_waiting
+        with tqdm(total=total, desc="BifurcationMonitor: analysing the queued steps", unit="step", delay=2.0,
+                  leave=False, disable=total < 2) as bar:
+            while True:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                done = self._worker.drain(0.5 if remaining is None else min(remaining, 0.5))
+                bar.update(total - self._worker.n_waiting - bar.n)
+                if done or (remaining is not None and remaining <= 0):
+                    return done
 
     def _finish_worker(self) -> None:
         """Fit end, after the summary: wait for the worker's last figures, log them, stop the worker."""

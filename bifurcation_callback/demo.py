@@ -276,6 +276,11 @@ def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np
         max_attractor_period=config.max_attractor_period,
         model_attr="rnn",
         seed=seed,
+        # Analysed beside training, every step (no step dropped, so the numbers do not depend on the machine's
+        # speed and equal mode="sync"'s); the backlog is drained at fit end, however long it takes.
+        mode="async",
+        queue_size=None,
+        drain_timeout_s=None,
     )
     trainer = pl.Trainer(
         max_steps=config.steps,

@@ -228,6 +228,11 @@ class AnalysisWorker:
         return self._state
 
     @property
+    def n_waiting(self) -> int:
+        """Snapshots in flight or waiting (not yet finished)."""
+        return sum(isinstance(item, Snapshot) for item in [self._in_flight, *self._queue])
+
+    @property
     def busy(self) -> bool:
         return bool(self._queue or self._in_flight is not None)
 
