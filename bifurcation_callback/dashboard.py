@@ -261,7 +261,7 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
     >>> summary = {"n_monitored_steps": 3, "n_skipped": 0, "n_events": 0, "events_by_kind": {}, "loss_jumps": [],
     ...            "monitor_overhead": 0.1, "jump_correlation": {"jumps_explained": None, "p_value": None,
     ...            "events_with_jump": None, "mean_lag": None}}
-    >>> print(summary_markdown(summary).splitlines()[7])
+    >>> print(summary_markdown(summary).splitlines()[9])
     | jumps with an event nearby | n/a |
     """
     correlation = summary["jump_correlation"]
@@ -274,6 +274,8 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
     rows = [
         ("monitored steps", summary["n_monitored_steps"]),
         ("skipped steps", summary["n_skipped"]),
+        ("dropped steps (async worker busy)", summary.get("n_dropped_steps", 0)),
+        ("analysis", _where(summary)),
         ("final attractor", _attractor_text(summary)),
         ("bifurcation events", f"{summary['n_events']} ({kinds or 'none'})"),
         ("loss jumps", len(summary["loss_jumps"])),
@@ -315,8 +317,26 @@ def summary_line(summary: Mapping[str, Any], *, show_all_events: bool = False) -
             explained += f" (p = {correlation['p_value']:.2g})"
     jumps = f"{n_jumps} loss jump{'s' if n_jumps != 1 else ''}"
     overhead = f"overhead {100 * summary['monitor_overhead']:.1f} %"
+    dropped = summary.get("n_dropped_steps") or 0
+    if dropped:
+        analysed = summary.get("n_monitored_steps", 0)
+        overhead += f", {analysed} of {analysed + summary.get('n_skipped', 0) + dropped} monitored steps analysed (async)"
     attractor = f", final attractor: {_attractor_text(summary)}" if summary.get("final_attractor") else ""
     return f"BifurcationMonitor: {events}, {jumps}, {explained}, {overhead}{attractor}"
+
+
+def _where(summary: Mapping[str, Any]) -> str:
+    """Where the analysis ran: 'sync', 'async (worker process)', with restarts and a fallback if any."""
+    mode = summary.get("mode") or "sync"
+    worker = summary.get("worker")
+    if worker is None:
+        return mode
+    text = f"{mode} (worker {worker['kind']}"
+    if worker.get("restarts"):
+        text += f", restarted {worker['restarts']}×"
+    if worker.get("fell_back_to_sync"):
+        text += ", then sync after it died"
+    return text + ")"
 
 
 def _attractor_text(summary: Mapping[str, Any]) -> str:

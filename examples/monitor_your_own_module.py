@@ -114,7 +114,11 @@ def main() -> None:
     summary = monitor.summary
     kinds = ", ".join(f"{k}: {n}" for k, n in summary["events_by_kind"].items() if n) or "none"
     correlation = summary["jump_correlation"]
-    print(f"monitored {summary['n_monitored_steps']} steps ({summary['n_skipped']} skipped), "
+    # mode="auto": with a spare CPU core the analysis runs in a worker process beside training and, when it
+    # falls behind, analyses the newest step (the dropped ones lie inside the next step's event brackets).
+    analysed, dropped = summary["n_monitored_steps"], summary["n_dropped_steps"]
+    print(f"analysed {analysed} of {analysed + summary['n_skipped'] + dropped} monitored steps "
+          f"({summary['n_skipped']} skipped, {dropped} dropped while the worker was busy; mode {summary['mode']}), "
           f"final loss {summary['final_loss']:.4g}")
     print(f"bifurcation events: {summary['n_events']} ({kinds})")
     for event in monitor.events[:12]:

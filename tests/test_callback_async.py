@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from bifurcation_callback import callback as callback_module
 from bifurcation_callback.analysis import StepAnalyser, TIMING_KEYS, take_snapshot, without_timings
 from bifurcation_callback.callback import BifurcationMonitor, default_mode
-from bifurcation_callback.dashboard import read_jsonl
+from bifurcation_callback.dashboard import read_jsonl, summary_line, summary_markdown
 from bifurcation_callback.models import PLRNN
 
 from .test_callback import flip_at, scalars_of
@@ -149,6 +149,8 @@ def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
     assert all(step in dropped for step in range(low + 1, high))
     summary = monitor.summary
     assert summary["n_dropped_steps"] == len(dropped)
+    assert f"{len(analysed)} of {n_steps} monitored steps analysed (async)" in summary_line(summary)
+    assert f"| dropped steps (async worker busy) | {len(dropped)} |" in summary_markdown(summary)
     assert summary["analysed_fraction"] == pytest.approx(len(analysed) / n_steps)
     scalars = scalars_of(logger.log_dir)
     assert max(scalars["bifurcation/dropped"].values()) == len(dropped)
