@@ -407,11 +407,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close_worker()  # an interrupted fit must not leave a worker process behind
+        self._stop_worker()  # an interrupted fit must not leave a worker process behind
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._close_worker()
+        self._stop_worker()
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -488,6 +488,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _start_analysis(self, trainer: Any) -> None:
         """Build the analyser (with a restored state), resolve the mode and start the worker."""
+        previous = self._analyser
         self._analyser = StepAnalyser(
             self._rnn,
             max_order=self.max_order,
@@ -500,6 +501,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         )
         if self._restored_state is not None:
             self._analyser.load_state_dict(self._restored_state)
+        elif previous is not None:  # a second fit with the same monitor continues from the first one's last step
+            self._analyser.load_state_dict(previous.state_dict())
         self.active_mode = self.mode if self.mode != "auto" else default_mode(trainer)
         pending, self._restored_pending = self._restored_pending, []
         if self.active_mode == "async":
@@ -590,8 +593,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._collect()
             return
         waiting = [snapshot.step for snapshot in self._worker.pending()]
-        self._close_worker()  # stops the analysis in flight: its result would come too late for the summary
-        self._collect(closed=True)
+        self._stop_worker()  # stops the analysis in flight: its result would come too late for the summary
         recorded = {record["step"] for record in self._records}
         unanalysed = [step for step in waiting if step not in recorded]
         self._dropped.extend(unanalysed)
@@ -623,8 +625,19 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             return
         if not self._worker.drain(self.drain_timeout_s):
             self._warn("figures", f"BifurcationMonitor: the fit-end figures took longer than drain_timeout_s={self.drain_timeout_s}")
-        self._collect()
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        """Stop the worker, log what it finished, and make the analyser in this process hold the state of the
+        last logged step again: a checkpoint saved after fit (``trainer.save_checkpoint``) or a second fit
+        continues from there."""
+        worker = self._worker
+        if worker is None:
+            return
         self._close_worker()
+        self._collect(closed=True)
+        if self._analyser is not None:
+            self._analyser.load_state_dict(worker.state)
 
     def _close_worker(self) -> None:
         worker, self._worker = self._worker, None

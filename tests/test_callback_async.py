@@ -316,6 +316,23 @@ def test_resume_in_async_loses_and_repeats_no_step(tmp_path):
     assert [(e.step, e.kind) for e in resumed.events] == [(e.step, e.kind) for e in whole.events]
 
 
+def test_a_checkpoint_saved_after_an_async_fit_holds_the_last_analysed_step(tmp_path):
+    states = {}
+    for mode in ("sync", "async"):
+        monitor = BifurcationMonitor(max_order=2, mode=mode, queue_size=None, max_attractor_period=16)
+        trainer = fit(tmp_path / mode, flip_module(), monitor, max_steps=9, logger=False)
+        trainer.save_checkpoint(tmp_path / mode / "final.ckpt")  # after fit: the worker is gone
+        (state,) = [v for k, v in torch.load(tmp_path / mode / "final.ckpt", weights_only=False)["callbacks"].items()
+                    if k.startswith("BifurcationMonitor")]
+        states[mode] = state
+    assert states["async"]["tracker"]["previous_step"] == 8 and states["async"]["pending"] == []
+    def without_search_stats(tracker):  # the finder's own statistics hold its wall time
+        return {**tracker, "previous": {k: v for k, v in tracker["previous"].items() if k != "stats"}}
+
+    assert without_search_stats(states["async"]["tracker"]) == without_search_stats(states["sync"]["tracker"])
+    assert states["async"]["attractor"] == states["sync"]["attractor"]
+
+
 # ---------------------------------------------------------------------------------------------- mode and DDP
 
 

@@ -104,15 +104,16 @@ def in_worker_process() -> bool:
 
 
 class SlowPLRNN(PLRNN):
-    """A PLRNN whose region pieces take ``delay_s`` longer in the analysis worker process, so the worker falls
-    behind training; in the training process it is as fast as a PLRNN."""
+    """A PLRNN whose region pieces take ``delay_s`` longer in the analysis worker process (with ``everywhere``,
+    in any process), so the worker falls behind training; in the training process it is as fast as a PLRNN."""
 
-    def __init__(self, dim: int = 2, delay_s: float = 0.01) -> None:
+    def __init__(self, dim: int = 2, delay_s: float = 0.01, everywhere: bool = False) -> None:
         super().__init__(dim)
         self.delay_s = delay_s
+        self.everywhere = everywhere
 
     def affine_pieces(self, codes):
-        if in_worker_process():
+        if self.everywhere or in_worker_process():
             import time
 
             time.sleep(self.delay_s)
