@@ -294,6 +294,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._n_events = 0
         self._skip_reasons: Counter[str] = Counter()
         self._dropped: list[int] = []  # monitored steps the async worker never analysed (latest wins)
+        self._deferred: int | None = None  # the newest monitored step the busy worker has not got (not copied)
         self._warned: set[str] = set()
         self._hook_seconds = 0.0
         self._analysis_seconds = 0.0
@@ -354,9 +355,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         started = time.perf_counter()
         loss = finite_or_none(_step_loss(trainer, outputs, self.loss_key))
         self._history.append([step, loss, finite_or_none(self._pending_grad_norm)])
+        self._collect()  # first: a worker that has finished takes this step's snapshot, the newest
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             self._submit(step, loss)
-        self._collect()
         self._hook_seconds += time.perf_counter() - started
 
     @override
@@ -369,8 +370,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if step in self._submitted_steps():
             return  # analysed already (an epoch of batches that never stepped the optimizer)
         started = time.perf_counter()
-        self._submit(int(step), loss)
         self._collect()
+        self._submit(int(step), loss)
         self._hook_seconds += time.perf_counter() - started
 
     @override
@@ -417,9 +418,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        dropped = list(self._dropped)
         if self._worker is not None:
             self._collect()  # what is finished becomes records; the rest is saved as pending snapshots
             analyser_state, pending = self._worker.state, self._worker.pending()
+            if self._deferred is not None:  # saved right after it: its weights are the current ones
+                deferred = self._deferred_snapshot()
+                pending, dropped = (pending + [deferred], dropped) if deferred else (pending, dropped + [self._deferred])
         elif self._analyser is not None:
             analyser_state, pending = self._analyser.state_dict(), []
         else:  # saved before fit started: what was restored, unchanged
@@ -431,7 +436,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             "records": self._records,
             "history": self._history,
             "skip_reasons": dict(self._skip_reasons),
-            "dropped": list(self._dropped),
+            "dropped": dropped,
             "hook_seconds": self._hook_seconds,
             "analysis_seconds": self._analysis_seconds,
             "fit_seconds": self._fit_seconds,
@@ -515,22 +520,48 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             for snapshot in pending:
                 self._analyse_now(snapshot)
 
-    def _submit(self, step: int, loss: float | None) -> None:
+    def _submit(self, step: int, loss: float | None, *, defer_if_busy: bool = True) -> None:
         """Snapshot the RNN at ``step`` and analyse it now (sync) or hand it to the worker (async)."""
+        if defer_if_busy and self._worker is not None and self.queue_size == 1 and self._worker.busy:
+            # Latest wins without copying: the one snapshot that may wait would be replaced by the next monitored
+            # step's before the worker could take it (it is fed from these hooks), so only the step is noted; it
+            # is snapshotted at fit end if training stops right after it (the weights are still its weights).
+            self._defer(step)
+            return
+        snapshot = self._snapshot(step, loss)
+        if snapshot is None:
+            return
+        if self._worker is None:
+            self._analyse_now(snapshot)
+            return
+        self._defer(None)  # a newer step is on its way: the noted one is dropped
+        dropped = self._worker.submit(snapshot)
+        if dropped is not None:
+            self._dropped.append(dropped.step)
+
+    def _snapshot(self, step: int, loss: float | None) -> Snapshot | None:
+        """The RNN's weights now, as ``step``'s snapshot (None, with a skipped record, when that fails)."""
         try:
-            snapshot = take_snapshot(
+            return take_snapshot(
                 self._rnn, step, loss=loss, grad_norm=self._history[-1][2] if self._history else None,
                 reference=self._reference_or_none(), copy=self._worker is not None,
             )
         except Exception as error:  # the monitor must never take the training run down
             self._skip(step, loss, f"{type(error).__name__}: {error}")
-            return
-        if self._worker is None:
-            self._analyse_now(snapshot)
-            return
-        dropped = self._worker.submit(snapshot)
-        if dropped is not None:
-            self._dropped.append(dropped.step)
+            return None
+
+    def _deferred_snapshot(self) -> Snapshot | None:
+        """The noted step's snapshot when the weights are still that step's (nothing trained since)."""
+        if self._deferred is None or not self._history or self._history[-1][0] != self._deferred:
+            return None
+        return self._snapshot(self._deferred, self._history[-1][1])
+
+    def _defer(self, step: int | None) -> None:
+        """Note ``step`` as the newest monitored step the busy worker has not got (None: forget it); the step
+        it replaces is dropped."""
+        if self._deferred is not None:
+            self._dropped.append(self._deferred)
+        self._deferred = step
 
     def _analyse_now(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
@@ -589,6 +620,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         not reached by then is counted as dropped."""
         if self._worker is None:
             return
+        last = self._deferred_snapshot()  # training stopped right after the noted step: its weights are current
+        if last is not None:
+            self._deferred = None
+            self._worker.submit(last, force=True)
+        else:
+            self._defer(None)  # an older noted step is dropped
         if self._drain_with_progress():
             self._collect()
             return
