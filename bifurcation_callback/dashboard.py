@@ -401,6 +401,7 @@ class Dashboard:
     >>> dashboard = Dashboard([], folder)
     >>> dashboard.rewrite_records([])
     >>> dashboard.write_record({"step": 1, "n_cycles": 2})
+    >>> dashboard.flush()  # records reach the file at most a second later while training, at once on flush
     >>> read_jsonl(Path(folder) / "events.jsonl")
     [{'step': 1, 'n_cycles': 2}]
     """
