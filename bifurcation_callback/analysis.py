@@ -65,6 +65,10 @@ class Snapshot:
     taken_at: float = 0.0
     ready: Any = None
 
+    def is_ready(self) -> bool:
+        """Whether the copies are complete (always for CPU tensors), without blocking."""
+        return self.ready is None or bool(self.ready.query())
+
     def wait(self) -> Snapshot:
         """Block until the copies are complete (a no-op for CPU tensors); turns the copies into numpy arrays,
         which pickle without torch's shared-memory machinery."""

@@ -279,6 +279,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _reset_state(self) -> None:
         self._analyser: StepAnalyser | None = None  # built at fit start, from the RNN
+        self._start_error = ""
         self._worker: AnalysisWorker | None = None
         self._worker_summary: dict[str, Any] | None = None
         self._closed_worker: AnalysisWorker | None = None
@@ -493,21 +494,28 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _start_analysis(self, trainer: Any) -> None:
         """Build the analyser (with a restored state), resolve the mode and start the worker."""
-        previous = self._analyser
-        self._analyser = StepAnalyser(
-            self._rnn,
-            max_order=self.max_order,
-            max_tracked_cycles=self.max_tracked_cycles,
-            seed=self.seed,
-            finder_kwargs=self.finder_kwargs,
-            time_budget_s=self.time_budget_s,
-            localize_events=self.localize_events,
-            max_attractor_period=self.max_attractor_period,
-        )
-        if self._restored_state is not None:
-            self._analyser.load_state_dict(self._restored_state)
-        elif previous is not None:  # a second fit with the same monitor continues from the first one's last step
-            self._analyser.load_state_dict(previous.state_dict())
+        previous, self._analyser = self._analyser, None
+        try:
+            analyser = StepAnalyser(
+                self._rnn,
+                max_order=self.max_order,
+                max_tracked_cycles=self.max_tracked_cycles,
+                seed=self.seed,
+                finder_kwargs=self.finder_kwargs,
+                time_budget_s=self.time_budget_s,
+                localize_events=self.localize_events,
+                max_attractor_period=self.max_attractor_period,
+            )
+            if self._restored_state is not None:
+                analyser.load_state_dict(self._restored_state)
+            elif previous is not None:  # a second fit with the same monitor continues from the first one's last step
+                analyser.load_state_dict(previous.state_dict())
+        except Exception as error:  # e.g. a model that cannot be copied: every step is skipped, training goes on
+            self._start_error = f"{type(error).__name__}: {error}"
+            self._warn("no analysis", f"BifurcationMonitor cannot analyse this model ({self._start_error}); every monitored step is skipped")
+            self.active_mode = "sync"
+            return
+        self._analyser = analyser
         self.active_mode = self.mode if self.mode != "auto" else default_mode(trainer)
         pending, self._restored_pending = self._restored_pending, []
         if self.active_mode == "async":
@@ -520,9 +528,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             for snapshot in pending:
                 self._analyse_now(snapshot)
 
-    def _submit(self, step: int, loss: float | None, *, defer_if_busy: bool = True) -> None:
+    def _submit(self, step: int, loss: float | None) -> None:
         """Snapshot the RNN at ``step`` and analyse it now (sync) or hand it to the worker (async)."""
-        if defer_if_busy and self._worker is not None and self.queue_size == 1 and self._worker.busy:
+        if self._analyser is None:  # it could not be built at fit start (the warning said why)
+            self._skip(step, loss, f"no analysis: {self._start_error}")
+            return
+        if self._worker is not None and self.queue_size == 1 and self._worker.busy:
             # Latest wins without copying: the one snapshot that may wait would be replaced by the next monitored
             # step's before the worker could take it (it is fed from these hooks), so only the step is noted; it
             # is snapshotted at fit end if training stops right after it (the weights are still its weights).
@@ -686,7 +697,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
                                     "fell_back_to_sync": worker.failed}
 
     def _submitted_steps(self) -> set[int]:
-        steps = {record["step"] for record in self._records}
+        steps = {record["step"] for record in self._records} | ({self._deferred} if self._deferred is not None else set())
         if self._worker is not None:
             steps.update(snapshot.step for snapshot in self._worker.pending())
         return steps

@@ -243,8 +243,10 @@ class AnalysisWorker:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if self._connection is not None:
+            if self._connection is not None and (self._in_flight is not None or self._starting_since is not None):
                 self._connection.poll(1.0 if remaining is None else min(remaining, 1.0))
+            elif self._connection is not None:
+                time.sleep(0.002)  # waiting for a copy from CUDA to complete
             self._pump()
         return True
 
@@ -281,6 +283,9 @@ class AnalysisWorker:
                 continue
             if not self._queue:
                 return
+            head = self._queue[0]
+            if isinstance(head, Snapshot) and not head.is_ready():
+                return  # a copy from CUDA still on its way: sent at a later call, the training thread never waits
             self._send(self._queue.popleft())
 
     def _poll(self) -> bool:
@@ -385,7 +390,11 @@ class AnalysisWorker:
             raise _CannotStart(f"the RNN cannot be pickled ({type(error).__name__}: {error})") from None
         environment = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         command = [sys.executable, "-c", f"from bifurcation_callback.worker import serve; serve({child.fileno()})"]
-        self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        try:
+            self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        except OSError as error:  # no process can be started here (limits, sandbox): analyse in a thread
+            child.close()
+            raise _CannotStart(f"no worker process could be started ({type(error).__name__}: {error})") from None
         child.close()
         self.pids.append(self._process.pid)
         self._starting_since = time.monotonic()

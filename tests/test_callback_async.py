@@ -238,6 +238,23 @@ def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
     assert monitor.summary["worker"]["kind"] == "thread"
 
 
+class NoCopy:
+    def __deepcopy__(self, memo):
+        raise TypeError("NoCopy cannot be copied")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_model_that_cannot_be_copied_skips_every_step_and_training_finishes(tmp_path, mode):
+    rnn = plrnn_2d()
+    rnn.handle = NoCopy()
+    monitor = BifurcationMonitor(max_order=1, mode=mode)
+    with pytest.warns(RuntimeWarning, match=r"cannot analyse this model \(TypeError: NoCopy cannot be copied\)"):
+        trainer = fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=4, logger=False)
+    assert trainer.global_step == 4
+    assert [("skipped" in r, r["step"]) for r in monitor.records] == [(True, s) for s in range(4)]
+    assert monitor.summary["n_skipped"] == 4 and monitor.summary["mode"] == "sync"
+
+
 UNGUARDED_SCRIPT = """
 import json, sys, warnings
 import lightning.pytorch as pl
