@@ -195,7 +195,8 @@ def test_two_instances_have_distinct_state_keys():
     assert BifurcationMonitor(model_attr="a").state_key != BifurcationMonitor(model_attr="b").state_key
 
 
-def test_works_with_classic_pytorch_lightning_trainer(tmp_path):
+@pytest.mark.parametrize("mode_kwargs", [{"mode": "sync"}, {"mode": "async", "queue_size": None}], ids=["sync", "async"])
+def test_works_with_classic_pytorch_lightning_trainer(tmp_path, mode_kwargs):
     import pytorch_lightning
 
     class ClassicModule(pytorch_lightning.LightningModule):
@@ -208,10 +209,10 @@ def test_works_with_classic_pytorch_lightning_trainer(tmp_path):
         lr = 1e-2
         schedule = None
 
-    monitor = BifurcationMonitor(mode="sync", max_order=2)
+    monitor = BifurcationMonitor(max_order=2, **mode_kwargs)
     trainer = pytorch_lightning.Trainer(max_steps=4, callbacks=[monitor], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(ClassicModule(), random_sequences())
-    assert monitor.summary["n_monitored_steps"] == 4
+    assert monitor.summary["n_monitored_steps"] == 4 and monitor.summary["mode"] == mode_kwargs["mode"]
 
 
 def test_model_detection_errors():
