@@ -546,9 +546,20 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._analyse_now(snapshot)
             return
         self._defer(None)  # a newer step is on its way: the noted one is dropped
-        dropped = self._worker.submit(snapshot)
+        try:
+            dropped = self._worker.submit(snapshot)
+        except Exception as error:  # the worker's own machinery failed (sockets, processes): go on in sync
+            self._worker_failed(error, snapshot)
+            return
         if dropped is not None:
             self._dropped.append(dropped.step)
+
+    def _worker_failed(self, error: Exception, snapshot: Snapshot | None = None) -> None:
+        self._warn("worker fallback", f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); "
+                   "the rest of the run is analysed on the training thread (mode='sync')")
+        self._fall_back_to_sync()
+        if snapshot is not None:
+            self._analyse_now(snapshot)
 
     def _snapshot(self, step: int, loss: float | None) -> Snapshot | None:
         """The RNN's weights now, as ``step``'s snapshot (None, with a skipped record, when that fails)."""
@@ -591,7 +602,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         worker = self._closed_worker if closed else self._worker
         if worker is None:
             return
-        for message in worker.collect():
+        try:
+            messages = worker.collect()
+        except Exception as error:  # never into training: the rest of the run is analysed in sync
+            if not closed:
+                self._worker_failed(error)
+            return
+        for message in messages:
             self._handle(message)
 
     def _handle(self, message: WorkerMessage) -> None:

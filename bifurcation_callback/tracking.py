@@ -202,6 +202,7 @@ class CycleTracker:
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner="CycleTracker")
         self.time_budget_s = time_budget_s
         self.localize_events = localize_events
+        self.progress = True
         self._shadow: Any = None
         self._shadow_source: Any = None
         self._previous_weights: Any = None
@@ -266,7 +267,9 @@ class CycleTracker:
             warm_start=self._warm_start,
             seed=self.seed + step,
             time_budget_s=self.time_budget_s,
-            progress=self.previous is None,  # the thorough first search can take seconds on a large model
+            # The thorough first search can take seconds on a large model: a progress bar, unless off the training
+            # thread (the monitor's worker turns it off: nobody waits for it there).
+            progress=self.progress and self.previous is None,
             **{**effort, **self.finder_kwargs},
         )
         searched = time.perf_counter()

@@ -486,6 +486,7 @@ def serve(fd: int) -> None:
 
 def _serve_connection(connection: Connection, analyser: StepAnalyser, warm_figures: bool) -> None:
     """Answer every item (Snapshot or RenderJob) with (kind, payload, analyser state, seconds)."""
+    analyser.cycles.progress = False  # nobody waits for the first search here: no progress bar beside training
     # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
     warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
     if warming is not None:

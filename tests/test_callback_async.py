@@ -238,6 +238,25 @@ def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
     assert monitor.summary["worker"]["kind"] == "thread"
 
 
+def test_a_failure_of_the_worker_machinery_falls_back_to_sync_without_losing_steps(tmp_path, monkeypatch):
+    from bifurcation_callback import worker as worker_module
+
+    original, calls = worker_module.AnalysisWorker.submit, []
+
+    def failing_submit(self, snapshot, **kwargs):
+        calls.append(snapshot.step)
+        if len(calls) == 3:
+            raise OSError("Too many open files")
+        return original(self, snapshot, **kwargs)
+
+    monkeypatch.setattr(worker_module.AnalysisWorker, "submit", failing_submit)
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    with pytest.warns(RuntimeWarning, match=r"worker failed \(OSError: Too many open files\); the rest of the run"):
+        fit(tmp_path, TinyRNNModule(plrnn_2d(), lr=0.0), monitor, max_steps=6, logger=False)
+    assert [r["step"] for r in monitor.records] == list(range(6)) and monitor.n_skipped == 0
+    assert monitor.summary["mode"] == "sync"
+
+
 class NoCopy:
     def __deepcopy__(self, memo):
         raise TypeError("NoCopy cannot be copied")
