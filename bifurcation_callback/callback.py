@@ -633,6 +633,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _fall_back_to_sync(self) -> None:
         worker = self._worker
+        for message in worker.collect(progress=False):  # results that arrived before the failure come first
+            if message.kind != "fallback":
+                self._handle(message)
         leftover = worker.take_queue()
         self._analyser.load_state_dict(worker.state)
         self._close_worker()
@@ -654,7 +657,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._worker.submit(last, force=True)
         else:
             self._defer(None)  # an older noted step is dropped
-        if self._drain_with_progress():
+        try:
+            drained = self._drain_with_progress()
+        except Exception as error:  # the worker's machinery failed at the last moment: finish in sync
+            self._worker_failed(error)
+            return
+        if drained:
             self._collect()
             return
         waiting = [snapshot.step for snapshot in self._worker.pending()]
@@ -688,7 +696,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         """Fit end, after the summary: wait for the worker's last figures, log them, stop the worker."""
         if self._worker is None:
             return
-        if not self._worker.drain(self.drain_timeout_s):
+        try:
+            drained = self._worker.drain(self.drain_timeout_s)
+        except Exception as error:
+            self._worker_failed(error)
+            return
+        if not drained:
             self._warn("figures", f"BifurcationMonitor: the fit-end figures took longer than drain_timeout_s={self.drain_timeout_s}")
         self._stop_worker()
 

@@ -207,9 +207,11 @@ class AnalysisWorker:
         self._queue.append(job)
         self._pump()
 
-    def collect(self) -> list[WorkerMessage]:
-        """The messages finished since the last call, in submission order."""
-        self._pump()
+    def collect(self, *, progress: bool = True) -> list[WorkerMessage]:
+        """The messages finished since the last call, in submission order (``progress``: first receive and send
+        what is ready; False only hands over what has already arrived)."""
+        if progress:
+            self._pump()
         messages = list(self._outbox)
         self._outbox.clear()
         for message in messages:
@@ -244,7 +246,10 @@ class AnalysisWorker:
             if remaining is not None and remaining <= 0:
                 return False
             if self._connection is not None and (self._in_flight is not None or self._starting_since is not None):
-                self._connection.poll(1.0 if remaining is None else min(remaining, 1.0))
+                try:
+                    self._connection.poll(1.0 if remaining is None else min(remaining, 1.0))
+                except (OSError, EOFError):
+                    pass  # a broken connection: _pump's receive finds it and counts the worker as lost
             elif self._connection is not None:
                 time.sleep(0.002)  # waiting for a copy from CUDA to complete
             self._pump()
