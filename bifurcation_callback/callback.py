@@ -521,9 +521,14 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self.active_mode == "async":
             figures = self._dashboard is not None and self._dashboard.has_tensorboard
             self._worker = AnalysisWorker(self._analyser, kind=self.worker, queue_size=self.queue_size, warm_figures=figures)
-            self._worker.start()
-            for snapshot in pending:  # steps a checkpoint saved before they were analysed: none is lost
-                self._worker.submit(snapshot, force=True)
+            try:
+                self._worker.start()
+                while pending:  # steps a checkpoint saved before they were analysed: none is lost
+                    self._worker.submit(pending.pop(0), force=True)  # queued before anything can fail
+            except Exception as error:  # never into training: analyse in sync instead
+                self._worker_failed(error)
+                for snapshot in pending:
+                    self._analyse_now(snapshot)
         else:
             for snapshot in pending:
                 self._analyse_now(snapshot)

@@ -397,7 +397,7 @@ class AnalysisWorker:
         command = [sys.executable, "-c", f"from bifurcation_callback.worker import serve; serve({child.fileno()})"]
         try:
             self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
-        except OSError as error:  # no process can be started here (limits, sandbox): analyse in a thread
+        except (OSError, ValueError) as error:  # no process here (limits, a sandbox, no pass_fds on Windows): a thread
             child.close()
             raise _CannotStart(f"no worker process could be started ({type(error).__name__}: {error})") from None
         child.close()
