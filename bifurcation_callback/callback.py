@@ -638,6 +638,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _fall_back_to_sync(self) -> None:
         worker = self._worker
+        if worker is None:  # fell back already
+            return
         for message in worker.collect(progress=False):  # results that arrived before the failure come first
             if message.kind != "fallback":
                 self._handle(message)
