@@ -25,7 +25,17 @@ from .cycles import CycleSet
 from .models import detached_copy
 from .tracking import AttractorTracker, CycleTracker
 
-__all__ = ["Snapshot", "StepAnalyser", "StepResult", "TIMING_KEYS", "attractor_record", "load_snapshot", "model_tensors", "take_snapshot", "without_timings"]
+__all__ = [
+    "Snapshot",
+    "StepAnalyser",
+    "StepResult",
+    "TIMING_KEYS",
+    "attractor_record",
+    "load_snapshot",
+    "model_tensors",
+    "take_snapshot",
+    "without_timings",
+]
 
 # Record fields that measure time (they differ between two runs that found the same things).
 TIMING_KEYS: tuple[str, ...] = ("finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms", "lag_ms", "lag_steps")
