@@ -131,8 +131,9 @@ def take_snapshot(
     """Snapshot the RNN's weights at ``step``.
 
     With ``copy`` the tensors are detached CPU copies the optimizer can no longer change; from CUDA they are
-    copied into pinned memory without blocking the training stream, and :meth:`Snapshot.wait` (called by
-    whoever reads them, never the training thread) waits for that copy only, not for the whole device.
+    copied into pinned memory without blocking the training stream; :meth:`Snapshot.is_ready` tells without
+    blocking when that copy (only that one, not the whole device) is complete, and the worker sends the
+    snapshot only then.
     Without ``copy`` the snapshot holds the live tensors, for an analysis that runs before the next update.
 
     Examples
@@ -308,8 +309,9 @@ class StepAnalyser:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # Checkpoints written before the tracker was split out hold its fields at the top level.
-        self.cycles.load_state_dict(state.get("tracker", state))
+        """Restore :meth:`state_dict` output (a missing tracker or attractor state starts that tracker afresh;
+        older checkpoint layouts are translated by the callback)."""
+        self.cycles.load_state_dict(state.get("tracker") or {})
         if self.attractors is not None:
             if state.get("attractor"):
                 self.attractors.load_state_dict(state["attractor"])

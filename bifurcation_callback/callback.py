@@ -834,8 +834,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _timing_fields(self) -> dict[str, Any]:
         """Where the analysis ran (``mode``, ``worker``) and where the time went: ``monitor_seconds`` on the
-        training thread (hooks, and the fit-end wait for the worker, ``drain_seconds``), ``analysis_seconds``
-        wherever the analysis ran.  Computed again once the worker has stopped."""
+        training thread (hooks, and the fit-end work after the last step, ``drain_seconds``: waiting for the
+        worker, the fit-end figures and summary), ``analysis_seconds`` wherever the analysis ran.  Computed
+        again once the worker has stopped."""
         return {
             "mode": self.active_mode,
             "worker": self._worker_summary,

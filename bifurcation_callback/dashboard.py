@@ -445,19 +445,6 @@ class Dashboard:
             for tag, image in images.items():
                 writer.add_image(tag, image, global_step=step, dataformats="HWC")
 
-    def log_figures(
-        self, cycles: Any, records: Sequence[Mapping[str, Any]], history: Sequence[Sequence[Any]], step: int,
-        loss_jumps: Sequence[Mapping[str, Any]] = (), *, orbits: Sequence[Any] = (), reference: Any = None,
-    ) -> None:
-        """The state space with the cycles (when ``cycles`` is given), the ``orbits`` (list of (T, M) arrays)
-        under them and the ``reference`` states (training data in state space, (T, M) or None), and the
-        timeline of events over the loss curve, to TensorBoard loggers only."""
-        if not self.has_tensorboard:
-            return
-        from .plots import render_figures
-
-        self.log_images(render_figures(cycles, records, history, loss_jumps, orbits=orbits, reference=reference), step)
-
     def log_layout(self, layout: dict) -> None:
         # Written once per run directory at fit start; a layout written elsewhere shows an empty tab.
         for writer in self.writers:
