@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pl.Trainer.__init__ = init_with_stamps
     parts: dict[str, float] = collections.defaultdict(float)
-    timed_methods(callback_module.BifurcationMonitor, ["on_train_end", "_drain", "_finish_worker"], parts)
+    timed_methods(callback_module.BifurcationMonitor, ["on_train_end", "_drain", "_finish_worker", "wait_for_figures"], parts)
     timed_methods(dashboard_module.Dashboard, ["log_images"], parts)
 
     data = lorenz63(5000, seed=0)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.Trainer.__init__ = original_init
 
     print(f"\n{args.steps} steps, ShallowPLRNN(3, 50), BPTT, 1 torch thread; seconds, median of {args.reps}")
-    keys = ["fit", "steps", "fit end", "on_train_end", "_drain", "_finish_worker", "log_images"]
+    keys = ["fit", "steps", "fit end", "on_train_end", "_drain", "_finish_worker", "log_images", "wait_for_figures"]
     print(f"{'configuration':<30} " + " ".join(f"{key:>14}" for key in keys) + "  fit s per repetition")
     base = rows["no monitor"]
     for name, reps in rows.items():

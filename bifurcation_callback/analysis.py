@@ -22,6 +22,7 @@ import torch
 from ._checks import finite_or_none
 from .attractors import attractor_label
 from .cycles import CycleSet
+from .dashboard import analysis_scalars
 from .models import detached_copy
 from .tracking import AttractorTracker, CycleTracker
 
@@ -193,6 +194,9 @@ class StepResult:
     notes : list of (str, str)
         (category, message) of what the user should be warned about (the caller warns: a worker process
         cannot reach the user's warning filters).
+    scalars : dict of str to float or None
+        The step's logger scalars that follow from the analysis alone (``dashboard.analysis_scalars``),
+        computed where the analysis runs: the training process only adds its running counts.
     """
 
     record: dict[str, Any]
@@ -200,6 +204,7 @@ class StepResult:
     charted: dict[int, float]
     orbits: list[np.ndarray]
     notes: list[tuple[str, str]]
+    scalars: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 class StepAnalyser:
@@ -299,7 +304,8 @@ class StepAnalyser:
                 if found.event is not None:
                     record["events"].append(found.event.to_dict())
                 orbits = [attractor.orbit for attractor in found.report if attractor.kind != "divergent"]
-        return StepResult(record, tracked.cycles, tracked.charted, orbits, notes)
+        scalars = analysis_scalars(record, tracked.cycles, tracked.charted)
+        return StepResult(record, tracked.cycles, tracked.charted, orbits, notes, scalars)
 
     def state_dict(self) -> dict[str, Any]:
         """The trackers' state (JSON-friendly): what the next step's comparison needs."""

@@ -34,7 +34,7 @@ from .dashboard import (
     events_markdown,
     fold_events,
     fresh_run_dir,
-    step_scalars,
+    running_scalars,
     summary_line,
     summary_markdown,
     summary_scalars,
@@ -58,6 +58,9 @@ __all__ = ["BifurcationMonitor", "MONITOR_FINDER_DEFAULTS", "LOGGED_METRICS", "s
 _OWNER = "BifurcationMonitor"
 
 MODES: tuple[str, ...] = ("auto", "async", "sync")
+
+# How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
+FIGURES_TIMEOUT_S = 60.0
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):
@@ -99,7 +102,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         output (a Tensor, or a dict with ``"loss"``).
     log_figures_every_n_steps : int
         Log the figures (state space with the cycles, timeline of events over the loss curve) every n
-        monitored steps (0: only at fit end).  Each figure costs tens of milliseconds of matplotlib.
+        monitored steps (0: only at fit end).  Each figure costs tens of milliseconds of matplotlib (in async
+        mode in the worker; a worker process writes the fit-end figures itself after fit returns:
+        ``wait_for_figures``).
     jsonl_path : str or path, optional
         Where to write the per-step records; ``summary.json`` goes to the same folder.  An existing file
         there (not from the run being resumed) is overwritten with a warning.  Default:
@@ -155,7 +160,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         backlog is analysed while training goes on and drained at fit end).
     drain_timeout_s : float or None
         In async mode: how long the end of fit waits for the snapshots still queued before the summary is
-        written; what is left is counted as dropped, with a warning.  None waits for all of them.
+        written; what is left is counted as dropped, with a warning.  None waits for all of them.  It also
+        bounds how long a worker process may take for the fit-end figures after fit (60 s when None).
     verbose : bool
         Print a one-line summary at the end of fit on rank zero (``rank_zero_info``, like Lightning's
         ModelCheckpoint / EarlyStopping): events by kind, loss jumps, how many have an event nearby, the
@@ -303,6 +309,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._fit_seconds = 0.0
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
+        self._parameters: list[Any] | None = None  # the module's parameters, for the gradient norm
         self._resumed = False
 
     @property
@@ -327,6 +334,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._fit_started = time.perf_counter()
+        self._parameters = None
         root = trainer.log_dir if self.jsonl_path is None else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
@@ -344,7 +352,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if trainer.is_global_zero:
-            self._pending_grad_norm = gradient_norm(pl_module.parameters())
+            if self._parameters is None:  # listed once a fit: walking the module tree each step costs more
+                self._parameters = list(pl_module.parameters())
+            self._pending_grad_norm = gradient_norm(self._parameters)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -388,8 +398,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         summary = None
         try:
             summary = self._summarise()
-            if self._records:
-                self._log_figures(summary["final_step"] or 0, summary["loss_jumps"])  # async: drawn by the worker
+            if self._records:  # async: drawn and written by the worker process after fit returns
+                self._log_figures(summary["final_step"] or 0, summary["loss_jumps"], at_fit_end=True)
         except Exception as error:  # a broken summary must not hide the training result
             self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
         self._finish_worker()
@@ -700,8 +710,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
                     return done
 
     def _finish_worker(self) -> None:
-        """Fit end, after the summary: wait for the worker's last figures, log them, stop the worker."""
+        """Fit end, after the summary: stop the worker.  A worker process writes the fit-end figures itself and
+        is left to finish them after fit returns (``wait_for_figures``); a thread's figures are waited for."""
         if self._worker is None:
+            return
+        if self._worker.writing_detached:
+            self._stop_worker(FIGURES_TIMEOUT_S if self.drain_timeout_s is None else max(self.drain_timeout_s, 5.0))
             return
         try:
             drained = self._worker.drain(self.drain_timeout_s)
@@ -712,22 +726,38 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._warn("figures", f"BifurcationMonitor: the fit-end figures took longer than drain_timeout_s={self.drain_timeout_s}")
         self._stop_worker()
 
-    def _stop_worker(self) -> None:
+    def wait_for_figures(self, timeout_s: float | None = FIGURES_TIMEOUT_S) -> bool:
+        """Wait until the worker process has written the fit-end figures.
+
+        In async mode the worker process draws the fit-end figures and writes them to the TensorBoard run
+        directory itself, after ``trainer.fit`` has returned, so training never waits for matplotlib; they
+        appear a fraction of a second later.  Call this before reading them back (or before deleting the log
+        directory).  Returns False after ``timeout_s``; True at once in sync mode or when nothing is pending.
+
+        Examples
+        --------
+        >>> BifurcationMonitor().wait_for_figures()  # nothing pending before a fit
+        True
+        """
+        worker = self._closed_worker
+        return worker is None or worker.wait_closed(timeout_s)
+
+    def _stop_worker(self, timeout_s: float = 5.0) -> None:
         """Stop the worker, log what it finished, and make the analyser in this process hold the state of the
         last logged step again: a checkpoint saved after fit (``trainer.save_checkpoint``) or a second fit
-        continues from there."""
+        continues from there.  A worker process still writing figures may take ``timeout_s`` to exit."""
         worker = self._worker
         if worker is None:
             return
-        self._close_worker()
+        self._close_worker(timeout_s)
         self._collect(closed=True)
         if self._analyser is not None:
             self._analyser.load_state_dict(worker.state)
 
-    def _close_worker(self) -> None:
+    def _close_worker(self, timeout_s: float = 5.0) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.close()
+            worker.close(timeout_s)
             self._closed_worker = worker
             # What ran where, for the summary (a process worker may have become a thread or fallen back).
             self._worker_summary = {"kind": worker.kind, "processes": worker.pids, "restarts": worker.restarts,
@@ -756,10 +786,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if dashboard is None:
             return
         started = time.perf_counter()
-        scalars = step_scalars(
-            record, result.cycles, result.charted, n_events=self._n_events, n_skipped=self.n_skipped,
-            n_dropped=len(self._dropped),
-        )
+        running = running_scalars(record, n_events=self._n_events, n_skipped=self.n_skipped, n_dropped=len(self._dropped))
+        scalars = {**result.scalars, **running}
         dashboard.log_scalars(scalars, record["step"])
         if fold_events(record["events"], show_all=self.show_all_events)[0]:  # a step of folded crossings only: no text
             events = events_markdown(record["events"], show_all=self.show_all_events)
@@ -862,9 +890,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         gaps = [b - a for a, b in zip(steps, steps[1:])]
         return 5 * (int(statistics.median(gaps)) if gaps else (steps[0] + 1 if steps else 1))
 
-    def _log_figures(self, step: int, loss_jumps: list[dict[str, Any]] = ()) -> None:
+    def _log_figures(self, step: int, loss_jumps: list[dict[str, Any]] = (), *, at_fit_end: bool = False) -> None:
         """The state space of the last analysed step (its cycles, the orbits under them, the step's reference
-        states) and the timeline up to now, drawn by the worker in async mode (logged when they come back)."""
+        states) and the timeline up to now, drawn by the worker in async mode (logged when they come back; at
+        fit end a worker process writes them to the run directories itself)."""
         dashboard = self._dashboard
         if dashboard is None or not dashboard.has_tensorboard:
             return
@@ -880,6 +909,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         }
         # Without the attractor analysis the orbits under the cycles are sampled from the step's model.
         job = RenderJob(step, arguments, snapshot if self.max_attractor_period == 0 else None, self.seed)
+        if self._worker is not None and at_fit_end and self._worker.kind == "process":
+            job.log_dirs = dashboard.local_tensorboard_dirs() or ()
         if self._worker is not None:
             self._worker.submit_job(job)
         else:

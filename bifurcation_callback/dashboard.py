@@ -28,6 +28,8 @@ __all__ = [
     "fold_events",
     "read_jsonl",
     "step_scalars",
+    "analysis_scalars",
+    "running_scalars",
     "summary_line",
     "summary_markdown",
     "summary_scalars",
@@ -165,7 +167,8 @@ def step_scalars(
     record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int,
     n_dropped: int = 0,
 ) -> dict[str, float | None]:
-    """The scalars of one monitored step (tags from ``LOGGED_METRICS``).
+    """The scalars of one monitored step (tags from ``LOGGED_METRICS``): ``analysis_scalars`` and
+    ``running_scalars`` together.
 
     Parameters
     ----------
@@ -183,16 +186,21 @@ def step_scalars(
     dict
         Tag → value (None: nothing to log).
     """
+    return {
+        **analysis_scalars(record, cycles, charted),
+        **running_scalars(record, n_events=n_events, n_skipped=n_skipped, n_dropped=n_dropped),
+    }
+
+
+def analysis_scalars(record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float]) -> dict[str, float | None]:
+    """The scalars that follow from one step's analysis alone (``StepResult.scalars``): computed where the
+    analysis runs, so a worker process sends numbers, not cycles, to the training process."""
     scalars: dict[str, float | None] = {
         "bifurcation/loss": record["loss"],
         "bifurcation/grad_norm": record["grad_norm"],
         "bifurcation/n_cycles/total": float(len(cycles)),
         "bifurcation/n_stable/total": float(cycles.n_stable),
         "bifurcation/event": float(len(record["events"])),
-        "bifurcation/events_total": float(n_events),
-        "bifurcation/skipped": float(n_skipped),
-        "bifurcation/dropped": float(n_dropped),
-        "bifurcation/lag_steps": record.get("lag_steps"),
         "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"] + record.get("attractor_ms", 0.0),
     }
     attractor = record.get("attractor")
@@ -217,6 +225,17 @@ def step_scalars(
         )
         scalars["bifurcation/min_border_margin"] = min(c.border_margin for c in cycles)
     return scalars
+
+
+def running_scalars(record: Mapping[str, Any], *, n_events: int, n_skipped: int, n_dropped: int = 0) -> dict[str, float | None]:
+    """The scalars the training process counts over the run: cumulative events, skipped and dropped steps,
+    and the step's lag behind training."""
+    return {
+        "bifurcation/events_total": float(n_events),
+        "bifurcation/skipped": float(n_skipped),
+        "bifurcation/dropped": float(n_dropped),
+        "bifurcation/lag_steps": record.get("lag_steps"),
+    }
 
 
 def summary_scalars(summary: Mapping[str, Any]) -> dict[str, float | None]:
@@ -423,6 +442,19 @@ class Dashboard:
     @property
     def has_tensorboard(self) -> bool:
         return bool(self.writers)
+
+    def local_tensorboard_dirs(self) -> tuple[str, ...] | None:
+        """The run directory of every TensorBoard writer when each is a local directory, where another
+        process can add an event file of its own (the worker's fit-end figures); None otherwise (a remote
+        ``s3://`` or ``gs://`` log dir, a writer that does not say)."""
+        dirs = []
+        for writer in self.writers:
+            get_logdir = getattr(writer, "get_logdir", None)
+            log_dir = get_logdir() if callable(get_logdir) else None
+            if not isinstance(log_dir, str) or "://" in log_dir or not Path(log_dir).is_dir():
+                return None
+            dirs.append(str(Path(log_dir).resolve()))
+        return tuple(dirs) or None
 
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """Scalars to every logger; non-finite values are dropped (TensorBoard and CSV choke on them)."""

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import os
 import pickle
+import select
 import socket
 import subprocess
 import sys
@@ -61,22 +62,38 @@ class RenderJob:
     """Figures to draw where the analysis runs: ``plots.render_figures`` with ``arguments``, logged at ``step``.
 
     With ``snapshot`` and no ``orbits`` in the arguments, the orbits under the cycles are sampled from the
-    snapshot's model (``plots.sample_orbits``).
+    snapshot's model (``plots.sample_orbits``).  With ``log_dirs`` the images are written where they are
+    drawn, to a TensorBoard event file of their own in each of these run directories, and nothing comes
+    back: the fit-end figures of a worker process, which the training process does not wait for.
     """
 
     step: int
     arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
     snapshot: Snapshot | None = None
     seed: int = 0
+    log_dirs: tuple[str, ...] = ()
 
     def run(self, analyser: StepAnalyser) -> dict[str, Any]:
-        """The images (tag → RGB array); ``analyser`` provides the model for sampled orbits."""
+        """The images (tag → RGB array; empty once written to ``log_dirs``); ``analyser`` provides the model for
+        sampled orbits."""
         from .plots import render_figures, sample_orbits
 
         arguments = dict(self.arguments)
         if self.snapshot is not None and not arguments.get("orbits") and arguments.get("cycles") is not None:
             arguments["orbits"] = sample_orbits(analyser.load(self.snapshot), arguments["cycles"], seed=self.seed)
-        return render_figures(**arguments)
+        images = render_figures(**arguments)
+        if not self.log_dirs:
+            return images
+        from torch.utils.tensorboard import SummaryWriter
+
+        for log_dir in self.log_dirs:
+            writer = SummaryWriter(log_dir)
+            try:
+                for tag, image in images.items():
+                    writer.add_image(tag, image, global_step=self.step, dataformats="HWC")
+            finally:
+                writer.close()
+        return {}
 
 
 @dataclasses.dataclass
@@ -177,6 +194,8 @@ class AnalysisWorker:
         self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
         self._starting_since: float | None = None  # a worker process that has not said "ready" yet
+        self._exiting: subprocess.Popen | None = None  # the last process closed without waiting
+        self._poller: Any = None  # select.poll on the connection, where the platform has it
 
     # ------------------------------------------------------------------------------------------ training side
 
@@ -261,12 +280,33 @@ class AnalysisWorker:
         self._queue.clear()
         return queued
 
+    @property
+    def writing_detached(self) -> bool:
+        """Whether the only unfinished item is a :class:`RenderJob` with ``log_dirs`` that a worker process is
+        drawing: it writes its images itself, so :meth:`close` can leave it to finish."""
+        job = self._in_flight
+        return not self._queue and isinstance(job, RenderJob) and bool(job.log_dirs) and self._process is not None
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the worker without waiting for it: the socket is shut down (the worker sees EOF and exits) and
-        a worker process is reaped by a daemon thread (killed if it has not exited after ``timeout_s``)."""
+        a worker process is reaped by a daemon thread (killed if it has not exited after ``timeout_s``).  An
+        item the process is working on is finished first; only a :class:`RenderJob` that writes its own
+        images (:attr:`writing_detached`) has any effect then: :meth:`wait_closed` waits for it."""
         self._queue.clear()
         self._in_flight = None
         self._disconnect(timeout_s, wait=False)
+
+    def wait_closed(self, timeout_s: float | None = None) -> bool:
+        """Wait until a closed worker process has exited (after writing detached figures); False after
+        ``timeout_s``.  True at once for a thread or a worker that never started a process."""
+        process = self._exiting
+        if process is None:
+            return True
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     # ------------------------------------------------------------------------------------------ the protocol
 
@@ -295,8 +335,10 @@ class AnalysisWorker:
 
     def _poll(self) -> bool:
         try:
+            if self._poller is not None:  # a tenth of Connection.poll's cost, paid at every training step
+                return bool(self._poller.poll(0))
             return self._connection.poll(0)
-        except (OSError, EOFError):
+        except (OSError, EOFError, ValueError):
             return True  # _receive sees the broken connection
 
     def _send(self, item: Snapshot | RenderJob) -> None:
@@ -361,8 +403,7 @@ class AnalysisWorker:
     def _connect(self) -> None:
         """Start the analysis end of a new socket pair: a worker process, or a thread with the analyser."""
         parent, child = socket.socketpair()
-        self._socket = parent
-        self._connection = Connection(os.dup(parent.fileno()))
+        self._open(parent)
         if self.kind == "process":
             try:
                 self._start_process(child)
@@ -374,8 +415,7 @@ class AnalysisWorker:
                     "note", error=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}"
                 ))
                 parent, child = socket.socketpair()
-                self._socket = parent
-                self._connection = Connection(os.dup(parent.fileno()))
+                self._open(parent)
         self.analyser.load_state_dict(self._latest_state)
         connection = Connection(child.detach())
         self._thread = threading.Thread(
@@ -383,6 +423,13 @@ class AnalysisWorker:
             daemon=True,
         )
         self._thread.start()
+
+    def _open(self, parent: socket.socket) -> None:
+        self._socket = parent
+        self._connection = Connection(os.dup(parent.fileno()))
+        self._poller = select.poll() if hasattr(select, "poll") else None  # not on Windows
+        if self._poller is not None:
+            self._poller.register(self._connection.fileno(), select.POLLIN)
 
     def _start_process(self, child: socket.socket) -> None:
         try:
@@ -431,7 +478,7 @@ class AnalysisWorker:
     def _disconnect(self, timeout_s: float, *, wait: bool) -> int | None:
         """Close the socket (the worker sees EOF and exits); returns the process's exit code when waited for."""
         process, connection, sock = self._process, self._connection, self._socket
-        self._process = self._connection = self._socket = None
+        self._process = self._connection = self._socket = self._poller = None
         self._starting_since = None
         for closable in (sock, connection):
             if closable is None:
@@ -449,6 +496,7 @@ class AnalysisWorker:
         if process is None:
             return None
         if not wait:  # a daemon thread reaps it (killed if it hangs); nobody waits for it
+            self._exiting = process
             threading.Thread(target=_reap, args=(process, timeout_s), name="bifurcation-monitor-reaper", daemon=True).start()
             return None
         return _reap(process, timeout_s)
@@ -510,6 +558,9 @@ def _serve_connection(connection: Connection, analyser: StepAnalyser, warm_figur
             reply = ("error", f"{type(error).__name__}: {error}")
             if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
                 traceback.print_exc()
+            if isinstance(item, RenderJob) and item.log_dirs:  # nobody waits for this reply: say it here
+                print(f"BifurcationMonitor's worker could not write the figures of step {item.step}: {reply[1]}",
+                      file=sys.stderr, flush=True)
         state = analyser.state_dict() if isinstance(item, Snapshot) else None
         try:
             connection.send_bytes(pickle.dumps((*reply, state, time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
@@ -519,6 +570,8 @@ def _serve_connection(connection: Connection, analyser: StepAnalyser, warm_figur
 
 def _warm_figures() -> None:
     try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the fit-end figures write with it)
+
         from .plots import render_figures
 
         render_figures(None, [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}], [[0, 1.0, None]])

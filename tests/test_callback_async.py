@@ -203,6 +203,28 @@ def test_the_drain_at_fit_end_times_out_instead_of_hanging(tmp_path):
     assert all_exit(monitor.summary["worker"]["processes"])
 
 
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_fit_end_figures_come_from_a_worker_process_after_fit_or_from_this_one_before(tmp_path, worker):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    monitor = BifurcationMonitor(max_order=2, mode="async", worker=worker, queue_size=None, max_attractor_period=16)
+    fit(tmp_path, flip_module(), monitor, logger=logger)
+    assert monitor.wait_for_figures(timeout_s=120)
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()  # every event file
+    for tag in ("bifurcation/state_space", "bifurcation/timeline"):
+        assert [image.step for image in accumulator.Images(tag)] == [11], tag
+    files_with_images = {
+        path.name.split(".")[-2] for path in sorted(tmp_path.glob("run/version_0/events.out.tfevents.*"))
+        if EventAccumulator(str(path), size_guidance={"images": 0}).Reload().Tags()["images"]
+    }
+    # A worker process writes them to an event file of its own (training did not wait for matplotlib); a
+    # thread's figures come back and go through the training process's logger.
+    expected = monitor.summary["worker"]["processes"][-1] if worker == "process" else os.getpid()
+    assert files_with_images == {str(expected)}
+    assert all_exit(monitor.summary["worker"]["processes"])
+
+
 def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
     class Failing(TinyRNNModule):
         def training_step(self, batch, batch_idx):

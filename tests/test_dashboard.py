@@ -171,3 +171,27 @@ def test_summary_table_folds_border_crossings_and_show_all_lists_them():
 )
 def test_summary_line(overrides, show_all, expected):
     assert summary_line(folded_summary(**overrides), show_all_events=show_all) == expected
+
+
+def test_local_tensorboard_dirs_only_for_writers_in_local_folders(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    class Logger:
+        def __init__(self, experiment):
+            self.experiment = experiment
+
+    class RemoteWriter(SummaryWriter):  # a SummaryWriter type, as Dashboard recognises them
+        def __init__(self, log_dir):
+            self.remote = log_dir
+
+        def get_logdir(self):
+            return self.remote
+
+    local = SummaryWriter(str(tmp_path / "run"))
+    try:
+        assert Dashboard([Logger(local)], tmp_path).local_tensorboard_dirs() == (str((tmp_path / "run").resolve()),)
+        remote = Dashboard([Logger(local), Logger(RemoteWriter("s3://bucket/run"))], tmp_path)
+        assert remote.local_tensorboard_dirs() is None  # one writer another process cannot reach: none
+        assert Dashboard([], tmp_path).local_tensorboard_dirs() is None
+    finally:
+        local.close()

@@ -131,3 +131,55 @@ def test_close_never_waits_for_a_busy_worker_process():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match=r"kind must be one of \['process', 'thread'\], got 'fork'"):
         AnalysisWorker(analyser_for(plrnn_2d()), kind="fork")
+
+
+def figure_job(step: int, **kwargs) -> RenderJob:
+    records = [{"step": 0, "n_cycles": {"1": 1}, "events": []}]
+    return RenderJob(step, {"cycles": None, "records": records, "history": [[0, 1.0, None]]}, **kwargs)
+
+
+def test_a_figure_job_with_log_dirs_is_written_by_the_worker_process_after_close(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    worker = AnalysisWorker(analyser_for(model), kind="process", warm_figures=True)
+    worker.submit(take_snapshot(model, 0))
+    assert worker.drain(timeout_s=120)
+    worker.submit_job(figure_job(5, log_dirs=(str(tmp_path),)))
+    assert worker.writing_detached  # sent, drawn over there: nothing to wait for here
+    worker.close(timeout_s=120)
+    assert "figures" not in [message.kind for message in worker.collect(progress=False)]  # written, not sent
+    assert worker.wait_closed(timeout_s=120)
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    assert event_file.name.split(".")[-2] == str(worker.pids[-1])  # written by the worker process
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert [image.step for image in accumulator.Images("bifurcation/timeline")] == [5]
+
+
+def test_a_thread_worker_or_a_job_without_log_dirs_is_not_left_to_finish_alone(tmp_path):
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    thread = AnalysisWorker(analyser_for(model), kind="thread")
+    thread.submit_job(figure_job(1, log_dirs=(str(tmp_path),)))
+    assert not thread.writing_detached  # a thread dies with the training process: its figures are waited for
+    assert thread.drain(timeout_s=60)
+    thread.close()
+    assert thread.wait_closed(timeout_s=0)
+    process = AnalysisWorker(analyser_for(model), kind="process")
+    process.submit(take_snapshot(model, 0))
+    process.submit_job(figure_job(1))
+    assert not process.writing_detached  # a snapshot is in flight, and the job sends pixels back
+    assert process.drain(timeout_s=120)
+    process.close()
+
+
+def test_a_detached_figure_job_that_fails_says_so_on_stderr(tmp_path, capfd):
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    blocker = tmp_path / "a-file-not-a-folder"
+    blocker.write_text("")
+    worker = AnalysisWorker(analyser_for(model), kind="process")
+    worker.submit(take_snapshot(model, 0))
+    assert worker.drain(timeout_s=120)
+    worker.submit_job(figure_job(3, log_dirs=(str(blocker / "run"),)))
+    worker.close(timeout_s=120)
+    assert worker.wait_closed(timeout_s=120)
+    assert "could not write the figures of step 3" in capfd.readouterr().err
