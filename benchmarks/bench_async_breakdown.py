@@ -5,8 +5,10 @@ Three measurements, each over ``--reps`` interleaved repetitions of ``--steps`` 
 
 1. Phases of the fit, without the monitor and with ``mode="async"``: the training steps (timestamps from a
    callback that runs before the monitor) and the fit-end work after the last step (``on_train_end``).
-2. The monitor's fit-end work, split: waiting for the last analyses (``_drain``), for the worker's fit-end
-   figures (``_finish_worker``, of which ``log_images``: PNG encoding on the training thread).
+2. The monitor's fit-end work, split: waiting for the last analyses (``_drain``), stopping the worker
+   (``_finish_worker``; a worker process draws and writes the fit-end figures itself after fit returns,
+   ``wait_for_figures``, timed outside the fit; ``log_images``: PNG encoding on the training thread, which
+   a thread worker's figures still need).
 3. Whether a busy second core slows training: the no-monitor fit while another process analyses random
    models in a loop (what the worker does), started with the fit.
 
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<30} " + " ".join(f"{cell:14.3f}" for cell in cells)
               + "  " + ", ".join(f"{rep['fit']:.2f}" for rep in reps) + f" (overhead {100 * overhead:+.1f} %)")
     print("(steps: first to last training step; fit end: after the last step until teardown; on_train_end and its "
-          "parts: the monitor's methods; _finish_worker waits for the fit-end figures, log_images writes them)")
+          "parts: the monitor's methods; _finish_worker stops the worker; wait_for_figures: after fit, until the worker "
+          "process has written the fit-end figures)")
     return 0
 
 
