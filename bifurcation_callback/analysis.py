@@ -187,8 +187,6 @@ class StepResult:
     record : dict
         The step's ``events.jsonl`` record (JSON-friendly).
     cycles : CycleSet
-    charted : dict of int to float
-        Track id → largest |multiplier| of the cycles with their own curve.
     orbits : list of ndarray
         The bounded attractors' orbits (for the state-space figure); empty without the attractor analysis.
     notes : list of (str, str)
@@ -201,7 +199,6 @@ class StepResult:
 
     record: dict[str, Any]
     cycles: CycleSet
-    charted: dict[int, float]
     orbits: list[np.ndarray]
     notes: list[tuple[str, str]]
     scalars: dict[str, float | None] = dataclasses.field(default_factory=dict)
@@ -305,7 +302,7 @@ class StepAnalyser:
                     record["events"].append(found.event.to_dict())
                 orbits = [attractor.orbit for attractor in found.report if attractor.kind != "divergent"]
         scalars = analysis_scalars(record, tracked.cycles, tracked.charted)
-        return StepResult(record, tracked.cycles, tracked.charted, orbits, notes, scalars)
+        return StepResult(record, tracked.cycles, orbits, notes, scalars)
 
     def state_dict(self) -> dict[str, Any]:
         """The trackers' state (JSON-friendly): what the next step's comparison needs."""

@@ -28,6 +28,7 @@ __all__ = [
     "fold_events",
     "read_jsonl",
     "step_scalars",
+    "add_images",
     "analysis_scalars",
     "running_scalars",
     "summary_line",
@@ -474,8 +475,7 @@ class Dashboard:
         """RGB images (tag → (H, W, 3) uint8 array, e.g. from ``plots.render_figures``) to every TensorBoard
         logger."""
         for writer in self.writers:
-            for tag, image in images.items():
-                writer.add_image(tag, image, global_step=step, dataformats="HWC")
+            add_images(writer, images, step)
 
     def log_layout(self, layout: dict) -> None:
         # Written once per run directory at fit start; a layout written elsewhere shows an empty tab.
@@ -536,6 +536,13 @@ class Dashboard:
         path = self.log_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2, default=_json_default))
         return path
+
+
+def add_images(writer: Any, images: Mapping[str, Any], step: int) -> None:
+    """RGB images (tag → (H, W, 3) uint8 array) to one TensorBoard writer: what ``Dashboard.log_images``
+    does for each logger and a worker process for the run folders it writes to itself."""
+    for tag, image in images.items():
+        writer.add_image(tag, image, global_step=step, dataformats="HWC")
 
 
 def _add_scalars_as_one_event(writer: Any, scalars: Mapping[str, float], step: int) -> None:

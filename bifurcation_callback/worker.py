@@ -86,11 +86,12 @@ class RenderJob:
             return images
         from torch.utils.tensorboard import SummaryWriter
 
+        from .dashboard import add_images
+
         for log_dir in self.log_dirs:
             writer = SummaryWriter(log_dir)
             try:
-                for tag, image in images.items():
-                    writer.add_image(tag, image, global_step=self.step, dataformats="HWC")
+                add_images(writer, images, self.step)
             finally:
                 writer.close()
         return {}
