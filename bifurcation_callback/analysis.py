@@ -12,6 +12,7 @@ and returns a :class:`StepResult`.  The analyser is picklable, so a worker proce
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,8 +61,8 @@ class Snapshot:
     tensors : list of Tensor or ndarray
         :func:`model_tensors` of the RNN: detached copies for a worker, or the live tensors for an analysis
         that runs at once.
-    reference : ndarray, shape (T, M), optional
-        The module's ``bifurcation_reference_states`` at this step.
+    reference : ndarray or Tensor, shape (T, M), optional
+        The module's ``bifurcation_reference_states`` at this step (a copy, like ``tensors``; its own dtype).
     taken_at : float
         ``time.perf_counter()`` in the training process when the snapshot was taken (for the lag).
     ready : torch.cuda.Event, optional
@@ -87,8 +88,8 @@ class Snapshot:
             self.ready.synchronize()
             self.ready = None
         self.tensors = [t.numpy() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t for t in self.tensors]
-        if isinstance(self.reference, torch.Tensor):
-            self.reference = self.reference.double().numpy()
+        if isinstance(self.reference, torch.Tensor):  # on CUDA only uncopied (an analysis on the training thread)
+            self.reference = self.reference.cpu().numpy()
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -126,10 +127,10 @@ def take_snapshot(
     *,
     loss: float | None = None,
     grad_norm: float | None = None,
-    reference: np.ndarray | None = None,
+    reference: np.ndarray | torch.Tensor | None = None,
     copy: bool = True,
 ) -> Snapshot:
-    """Snapshot the RNN's weights at ``step``.
+    """Snapshot the RNN's weights (and ``reference``, states to start the attractor search from) at ``step``.
 
     With ``copy`` the tensors are detached CPU copies the optimizer can no longer change; from CUDA they are
     copied into pinned memory without blocking the training stream; :meth:`Snapshot.is_ready` tells without
@@ -153,6 +154,10 @@ def take_snapshot(
     tensors = [t.detach() for t in model_tensors(model)]
     ready = None
     if copy:
+        if isinstance(reference, np.ndarray):
+            reference = reference.copy()
+        elif reference is not None:
+            tensors.append(reference.detach())  # copied like the weights; split off again below
         if any(t.is_cuda for t in tensors):
             copies = []
             for tensor in tensors:
@@ -163,6 +168,8 @@ def take_snapshot(
             tensors = copies
         else:
             tensors = [t.clone() for t in tensors]
+        if isinstance(reference, torch.Tensor):
+            reference = tensors.pop()
     return Snapshot(step, loss, grad_norm, tensors, reference, started, ready)
 
 
@@ -202,6 +209,30 @@ class StepResult:
     orbits: list[np.ndarray]
     notes: list[tuple[str, str]]
     scalars: dict[str, float | None] = dataclasses.field(default_factory=dict)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # From a worker process the cycles and orbits travel as one pickled blob, unpickled on first access: the
+        # training process reads them for the last analysed step only, and unpickling every step's arrays cost
+        # its thread more than the rest of the result.
+        detail = pickle.dumps((self.cycles, self.orbits), protocol=pickle.HIGHEST_PROTOCOL)
+        return _unpickle_step_result, (self.record, self.notes, self.scalars, detail)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for an attribute that is not set: the cycles and orbits of a result not unpacked yet.
+        detail = self.__dict__.get("_detail")
+        if detail is None or name not in ("cycles", "orbits"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.cycles, self.orbits = pickle.loads(detail)
+        del self.__dict__["_detail"]
+        return self.__dict__[name]
+
+
+def _unpickle_step_result(
+    record: dict[str, Any], notes: list[tuple[str, str]], scalars: dict[str, float | None], detail: bytes
+) -> StepResult:
+    result = StepResult.__new__(StepResult)
+    result.__dict__.update(record=record, notes=notes, scalars=scalars, _detail=detail)
+    return result
 
 
 class StepAnalyser:

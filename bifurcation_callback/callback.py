@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback as _LightningCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -281,6 +282,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._rnn: Any = None
         self._module: Any = None  # the LightningModule, read for bifurcation_reference_states
         self._dashboard: Dashboard | None = None
+        self._state_key_inputs: tuple[Any, ...] | None = None
+        self._state_key = ""
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -293,7 +296,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._restored_state: dict[str, Any] | None = None
         self._restored_pending: list[Snapshot] = []
         self._last: tuple[Snapshot, StepResult] | None = None  # the last analysed step, for the figures
-        self._final_cycles: CycleSet | None = None
+        self._restored_cycles: CycleSet | None = None  # the last analysed step's, from a checkpoint
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
         # when the cycle search runs only every n steps.
@@ -315,7 +318,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(model_attr=self.model_attr, max_order=self.max_order)
+        # Lightning reads it around every hook call (profiler names): built once per value of its inputs.
+        inputs = (self.model_attr, self.max_order)
+        if self._state_key_inputs != inputs:
+            self._state_key = self._generate_state_key(model_attr=self.model_attr, max_order=self.max_order)
+            self._state_key_inputs = inputs
+        return self._state_key
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -463,7 +471,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._restored_state = {"tracker": tracker, "attractor": state_dict.get("attractor")}
         self._restored_pending = [Snapshot.from_dict(entry) for entry in state_dict.get("pending", [])]
         previous = (tracker or {}).get("previous")
-        self._final_cycles = CycleSet.from_dict(previous) if previous is not None else None
+        self._restored_cycles = CycleSet.from_dict(previous) if previous is not None else None
         self._history = [list(entry) for entry in state_dict.get("history", [])]
         self._n_events = sum(len(record.get("events", [])) for record in self._records)
         self._skip_reasons = Counter(state_dict.get("skip_reasons", {}))
@@ -488,7 +496,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @property
     def cycles(self) -> CycleSet | None:
         """The cycle set of the last analysed step."""
-        return self._final_cycles
+        # Read from the result only now: a worker process's results unpickle their cycles when first read.
+        return self._last[1].cycles if self._last is not None else self._restored_cycles
 
     @property
     def n_skipped(self) -> int:
@@ -778,7 +787,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._warn(category, text)
         self._records.append(record)
         self._n_events += len(record["events"])
-        self._last, self._final_cycles = (snapshot, result), result.cycles
+        self._last = (snapshot, result)
         self._publish(record, result, snapshot)
 
     def _publish(self, record: dict[str, Any], result: StepResult, snapshot: Snapshot) -> None:
@@ -829,7 +838,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         losses = [loss for _, loss, _ in self._history if loss is not None]
         by_kind = Counter(e["kind"] for r in analysed for e in r["events"])
         n_folded = sum(fold_events(r["events"])[1] for r in analysed)
-        previous = self._final_cycles
+        previous = self.cycles
         lags = sorted(r["lag_steps"] for r in analysed if "lag_steps" in r)
         n_monitored = len(self._records) + len(self._dropped)
         return {
@@ -899,7 +908,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             return
         snapshot, result = self._last if self._last is not None else (None, None)
         arguments = {
-            "cycles": self._final_cycles,
+            "cycles": self.cycles,
             # The timeline needs steps, cycle counts and events only: a slim copy keeps the job small.
             "records": [{key: r[key] for key in ("step", "n_cycles", "events") if key in r} for r in self._records],
             "history": [list(entry) for entry in self._history],
@@ -968,21 +977,23 @@ MAX_REFERENCE_STATES = 2000
 
 
 def _reference_states(pl_module: Any, state_dim: int) -> Any:
-    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) array or CPU tensor (at most
-    ``MAX_REFERENCE_STATES`` rows, a copy the module cannot change), or None when it has none.  A tensor stays
-    a tensor: the float64 numpy conversion happens where the snapshot is read (``Snapshot.wait``), off the
-    training thread in async mode."""
+    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) array or tensor (at most
+    ``MAX_REFERENCE_STATES`` rows, a view: ``take_snapshot`` copies it with the weights, from CUDA without
+    blocking), or None when it has none.  Its dtype is kept: the float64 conversion happens where the states
+    are read, off the training thread in async mode."""
     states = getattr(pl_module, "bifurcation_reference_states", None)
     if states is None:
         return None
     if not hasattr(states, "detach"):
-        states = np.asarray(states, dtype=float)
+        states = np.asarray(states)
+        if not np.issubdtype(states.dtype, np.floating):
+            states = states.astype(float)
     if states.ndim < 1 or states.shape[-1] != state_dim:
         raise ValueError(
             f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {tuple(states.shape)}"
         )
     states = states.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
-    return states.detach().to("cpu", copy=True) if hasattr(states, "detach") else states.copy()
+    return states.detach() if hasattr(states, "detach") else states
 
 
 def available_cpus() -> int:
@@ -1026,7 +1037,7 @@ def _step_loss(trainer: Any, outputs: Any, loss_key: str) -> float | None:
     results = getattr(trainer, "_results", None)  # Lightning's own per-step view of what was logged
     if results is not None:
         try:
-            value = results.metrics(True)["callback"].get(loss_key)
+            value = _logged_on_step(results, loss_key)
         except Exception:  # a private API: fall back to the step output if it ever changes
             value = None
     if value is None:
@@ -1035,6 +1046,21 @@ def _step_loss(trainer: Any, outputs: Any, loss_key: str) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _logged_on_step(results: Any, name: str) -> Any:
+    """``results.metrics(True)["callback"].get(name)`` for Lightning's ``_ResultCollection`` ``results``, without
+    computing every other logged metric (and converting the progress bar's to numbers) at every step."""
+    value = None
+    if not results.training:
+        return None
+    for metric in results.values():  # in logging order: a later one of the same name wins, as in metrics()
+        meta = metric.meta
+        if metric.has_reset or not meta.on_step or meta.dataloader_idx != results.dataloader_idx:
+            continue
+        if name in results._forked_name(metric, True) and isinstance(metric._forward_cache, torch.Tensor):
+            value = metric._forward_cache
+    return value
 
 
 def _is_piecewise_linear(module: Any) -> bool:

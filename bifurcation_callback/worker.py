@@ -112,8 +112,9 @@ class WorkerMessage:
         The analysed (or lost) snapshot.
     analysis_s : float
         Wall time of the analysis in the worker.
-    state : dict or None
-        The analyser's state after this snapshot.
+    state : dict, bytes or None
+        The analyser's state after this snapshot (from a worker process still pickled: :attr:`AnalysisWorker.state`
+        unpickles it when it is read).
     """
 
     kind: str
@@ -124,7 +125,7 @@ class WorkerMessage:
     error: str | None = None
     category: str = "worker"
     analysis_s: float = 0.0
-    state: dict[str, Any] | None = None
+    state: dict[str, Any] | bytes | None = None
 
 
 class _CannotStart(RuntimeError):
@@ -185,8 +186,10 @@ class AnalysisWorker:
         self.restarts = 0
         self.pids: list[int] = []  # every worker process started
         self.failed = False
-        self._state = analyser.state_dict()  # after the last collected message
-        self._latest_state = self._state  # after the last finished analysis
+        # After the last collected message, and after the last finished analysis; a worker process sends it
+        # pickled with every result and it is unpickled only when read (a checkpoint, a restart, a fallback).
+        self._state: dict[str, Any] | bytes = analyser.state_dict()
+        self._latest_state: dict[str, Any] | bytes = self._state
         self._queue: collections.deque[Snapshot | RenderJob] = collections.deque()
         self._in_flight: Snapshot | RenderJob | None = None
         self._outbox: collections.deque[WorkerMessage] = collections.deque()
@@ -247,6 +250,7 @@ class AnalysisWorker:
     @property
     def state(self) -> dict[str, Any]:
         """The analyser's state after the last collected step."""
+        self._state = _unpickled(self._state)
         return self._state
 
     @property
@@ -417,7 +421,7 @@ class AnalysisWorker:
                 ))
                 parent, child = socket.socketpair()
                 self._open(parent)
-        self.analyser.load_state_dict(self._latest_state)
+        self.analyser.load_state_dict(_unpickled(self._latest_state))
         connection = Connection(child.detach())
         self._thread = threading.Thread(
             target=_serve_connection, args=(connection, self.analyser, False), name="bifurcation-monitor-worker",
@@ -434,7 +438,7 @@ class AnalysisWorker:
 
     def _start_process(self, child: socket.socket) -> None:
         try:
-            self.analyser.load_state_dict(self._latest_state)
+            self.analyser.load_state_dict(_unpickled(self._latest_state))
             # cloudpickle sends a class defined in the user's __main__ script by value: the worker cannot import
             # that script (importing it could start the training again) and needs the class all the same.
             payload = cloudpickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
@@ -562,11 +566,15 @@ def _serve_connection(connection: Connection, analyser: StepAnalyser, warm_figur
             if isinstance(item, RenderJob) and item.log_dirs:  # nobody waits for this reply: say it here
                 print(f"BifurcationMonitor's worker could not write the figures of step {item.step}: {reply[1]}",
                       file=sys.stderr, flush=True)
-        state = analyser.state_dict() if isinstance(item, Snapshot) else None
+        state = pickle.dumps(analyser.state_dict(), protocol=pickle.HIGHEST_PROTOCOL) if isinstance(item, Snapshot) else None
         try:
             connection.send_bytes(pickle.dumps((*reply, state, time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+def _unpickled(state: dict[str, Any] | bytes) -> dict[str, Any]:
+    return pickle.loads(state) if isinstance(state, bytes) else state
 
 
 def _warm_figures() -> None:

@@ -40,7 +40,17 @@ def test_snapshot_round_trips_through_a_checkpoint_dict():
     restored = Snapshot.from_dict(pickle.loads(pickle.dumps(state)))
     assert (restored.step, restored.loss, restored.grad_norm) == (7, 0.25, 1.5)
     assert all(np.array_equal(a, b) for a, b in zip(restored.tensors, snapshot.tensors))
-    assert restored.reference.dtype == np.float64 and restored.reference.shape == (5, 2)
+    # The reference keeps its dtype (float32 here): it is converted to float64 where the analysis reads it.
+    assert restored.reference.dtype == np.float32 and np.array_equal(restored.reference, snapshot.reference)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array"])
+def test_a_copied_snapshot_copies_the_reference_states_too(kind):
+    reference = torch.randn(5, 2) if kind == "tensor" else np.random.default_rng(0).normal(size=(5, 2))
+    before = np.array(reference, dtype=float)
+    copied, live = take_snapshot(plrnn_2d(), 0, reference=reference), take_snapshot(plrnn_2d(), 0, reference=reference, copy=False)
+    reference[:] = 0  # the module refills its buffer in place at the next step
+    assert np.array_equal(copied.wait().reference, before) and not np.any(live.wait().reference)
 
 
 def test_a_snapshot_with_pending_cuda_copies_refuses_to_be_pickled():
@@ -77,6 +87,21 @@ def test_analyser_state_round_trips_and_a_wrong_snapshot_is_named():
     assert fresh.state_dict() == state
     with pytest.raises(ValueError, match="the snapshot of step 4 has 1 tensors, the model 4"):
         fresh.analyse(Snapshot(4, None, None, [np.zeros(2)]))
+
+
+def test_a_pickled_result_unpacks_its_cycles_and_orbits_only_when_read():
+    torch.manual_seed(0)
+    model = ShallowPLRNN(2, 6)
+    result = StepAnalyser(model, max_order=2, max_attractor_period=16).analyse(take_snapshot(model, 0, loss=1.0))
+    assert result.orbits  # something to carry
+    copy = pickle.loads(pickle.dumps(result))
+    assert "cycles" not in copy.__dict__ and "orbits" not in copy.__dict__  # still packed
+    assert (copy.record, copy.notes, copy.scalars) == (result.record, result.notes, result.scalars)
+    assert copy.cycles.counts() == result.cycles.counts()
+    assert all(np.array_equal(a, b) for a, b in zip(copy.orbits, result.orbits))
+    assert "_detail" not in copy.__dict__  # unpacked once, for both
+    with pytest.raises(AttributeError, match="no attribute 'colour'"):
+        copy.colour  # noqa: B018
 
 
 def test_without_timings_drops_exactly_the_timing_keys():

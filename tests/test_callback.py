@@ -682,3 +682,36 @@ def test_final_attractor_is_the_last_steps_never_an_older_one(tmp_path):
         fit(tmp_path, TinyRNNModule(lr=0.0, schedule=schedule), monitor, max_steps=6, logger=False)
     assert monitor.records[3]["attractor"] is not None and "skipped" in monitor.records[-1]
     assert monitor.summary["final_attractor"] is None
+
+
+class LogsSeveralWays(TinyRNNModule):
+    """Logs the loss on step, on epoch, both, and to the progress bar, from training_step and another hook."""
+
+    def training_step(self, batch, batch_idx):
+        (sequence,) = batch
+        loss = torch.mean((self.rnn.step(sequence[:, :-1]) - sequence[:, 1:]) ** 2)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("epoch_only", 2 * loss, on_step=False, on_epoch=True)
+        self.log("step_only", 3 * loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        self.log("step_only", torch.tensor(float(self.global_step)), on_step=True)  # the same name, a later hook
+
+
+def test_the_step_loss_lookup_matches_lightnings_own_step_metrics(tmp_path):
+    from bifurcation_callback.callback import _logged_on_step
+
+    seen = []
+
+    class Compare(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            expected = trainer._results.metrics(True)["callback"]
+            for name in ("train_loss", "train_loss_step", "epoch_only", "step_only", "missing"):
+                ours, theirs = _logged_on_step(trainer._results, name), expected.get(name)
+                assert (ours is None and theirs is None) or torch.equal(ours, theirs), (name, ours, theirs)
+                seen.append(name if ours is not None else None)
+
+    trainer = pl.Trainer(max_epochs=2, callbacks=[Compare()], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(LogsSeveralWays(), random_sequences())
+    assert {"train_loss", "train_loss_step", "step_only"} <= set(seen) and "epoch_only" not in seen
