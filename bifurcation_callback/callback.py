@@ -9,6 +9,7 @@ It does no linear algebra and touches no logger itself.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -312,6 +313,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._fit_seconds = 0.0
         self._fit_started: float | None = None
         self._pending_grad_norm: float | None = None
+        # For not starting an analysis the fit-end wait would have to sit through (see _would_delay_fit_end).
+        self._expected_last_step: int | None = None
+        self._step_seconds: float | None = None  # moving average of the time between training steps
+        self._analysis_estimate_s: float | None = None  # moving average of the worker's analysis time
+        self._last_batch_end: float | None = None
         self._parameters: list[Any] | None = None  # the module's parameters, for the gradient norm
         self._resumed = False
 
@@ -343,6 +349,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._fit_started = time.perf_counter()
         self._parameters = None
+        self._expected_last_step, self._last_batch_end = _expected_last_step(trainer), None
         root = trainer.log_dir if self.jsonl_path is None else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
@@ -372,6 +379,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self._history and self._history[-1][0] == step:
             return  # several optimizers, or manual optimization: one record per logged step
         started = time.perf_counter()
+        if self._last_batch_end is not None:
+            self._step_seconds = _moving_average(self._step_seconds, started - self._last_batch_end)
+        self._last_batch_end = started
         loss = finite_or_none(_step_loss(trainer, outputs, self.loss_key))
         self._history.append([step, loss, finite_or_none(self._pending_grad_norm)])
         self._collect()  # first: a worker that has finished takes this step's snapshot, the newest
@@ -557,7 +567,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self._analyser is None:  # it could not be built at fit start (the warning said why)
             self._skip(step, loss, f"no analysis: {self._start_error}")
             return
-        if self._worker is not None and self.queue_size == 1 and self._worker.busy:
+        if self._worker is not None and self.queue_size == 1 and (self._worker.busy or self._would_delay_fit_end(step)):
             # Latest wins without copying: the one snapshot that may wait would be replaced by the next monitored
             # step's before the worker could take it (it is fed from these hooks), so only the step is noted; it
             # is snapshotted at fit end if training stops right after it (the weights are still its weights).
@@ -577,6 +587,19 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             return
         if dropped is not None:
             self._dropped.append(dropped.step)
+
+    def _would_delay_fit_end(self, step: int) -> bool:
+        """Whether an analysis started at ``step`` would still be running at the fit's last step, which is then
+        analysed while training waits (``_drain``): the wait would be that analysis's rest plus the last step's.
+        Latest wins anyway, so such a step is dropped instead and the last step's brackets reach back over it.
+        Only when the last step is known (``trainer.estimated_stepping_batches``) and monitored; a fit that
+        ends earlier (early stopping) or later than expected loses at most the steps of one analysis."""
+        last, step_s, analysis_s = self._expected_last_step, self._step_seconds, self._analysis_estimate_s
+        if last is None or step_s is None or analysis_s is None or not 0 < last - step:
+            return False
+        if self.every_n_steps is None or last % self.every_n_steps:
+            return False
+        return (last - step) * step_s < analysis_s
 
     def _worker_failed(self, error: Exception, snapshot: Snapshot | None = None) -> None:
         self._warn("worker fallback", f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); "
@@ -638,6 +661,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     def _handle(self, message: WorkerMessage) -> None:
         snapshot = message.snapshot
         self._analysis_seconds += message.analysis_s
+        if message.kind == "result":
+            self._analysis_estimate_s = _moving_average(self._analysis_estimate_s, message.analysis_s)
         try:
             if message.kind == "result":
                 self._accept(snapshot, message.result)
@@ -1020,6 +1045,20 @@ def _lightning_step(trainer: Any) -> int:
     the common single-optimizer loop."""
     stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
     return int(stepped) if stepped is not None else max(int(trainer.global_step) - 1, 0)
+
+
+def _expected_last_step(trainer: Any) -> int | None:
+    """The step (``_lightning_step``'s count) the fit is set to end at, from ``max_steps`` or the epochs'
+    batches; None when Lightning cannot tell (no limit, a dataloader without a length)."""
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # Lightning raises for some dataloaders; the estimate is only an optimisation
+        return None
+    return int(total) - 1 if isinstance(total, (int, float)) and math.isfinite(total) and total >= 1 else None
+
+
+def _moving_average(average: float | None, value: float, weight: float = 0.2) -> float:
+    return value if average is None else average + weight * (value - average)
 
 
 def _accumulating(trainer: Any, pl_module: Any) -> bool:

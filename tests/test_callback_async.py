@@ -143,6 +143,7 @@ def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
         record = next(r for r in monitor.records if r["step"] == after)
         # Each event's bracket reaches back to the last analysed step, over the dropped ones in between.
         assert all(tuple(e["step_interval"]) == (before, after) for e in record["events"])
+    assert monitor._expected_last_step == n_steps - 1  # from max_steps: the end-of-fit rule below is wired
     (flip,) = [e for e in monitor.events if e.kind == "stability_change"]
     low, high = flip.step_interval
     assert low < flip_step <= high
@@ -156,6 +157,39 @@ def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
     assert max(scalars["bifurcation/dropped"].values()) == len(dropped)
     assert set(scalars["bifurcation/n_cycles/total"]) == set(analysed)  # results at their own steps
     assert json.loads((tmp_path / "busy" / "version_0" / "summary.json").read_text())["n_dropped_steps"] == len(dropped)
+
+
+@pytest.mark.parametrize(
+    ("step", "every_n_steps", "expected"),
+    [
+        (97, 1, True),  # 2 steps of 30 ms left, an analysis takes 100 ms: it would still run at step 99
+        (95, 1, False),  # 4 steps left: it ends before the last step comes
+        (99, 1, False),  # the last step itself is always analysed
+        (120, 1, False),  # the fit runs longer than expected: nothing is held back
+        (97, 2, False),  # the last step (99) is not monitored: the step held back would never be replaced
+        (98, 3, True),  # 99 is monitored every 3 steps
+    ],
+)
+def test_an_analysis_that_would_delay_the_last_step_is_not_started(step, every_n_steps, expected):
+    monitor = BifurcationMonitor(every_n_steps=every_n_steps)
+    monitor._expected_last_step, monitor._step_seconds, monitor._analysis_estimate_s = 99, 0.03, 0.1
+    assert monitor._would_delay_fit_end(step) is expected
+    monitor._analysis_estimate_s = None  # nothing analysed yet: no estimate, no rule
+    assert monitor._would_delay_fit_end(step) is False
+
+
+@pytest.mark.parametrize(("limits", "last"), [({"max_steps": 7}, 6), ({"max_epochs": 2}, 15), ({"max_epochs": -1, "max_steps": -1}, None)])
+def test_the_expected_last_step_comes_from_lightnings_limits(tmp_path, limits, last):
+    seen = []
+
+    class Stop(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(callback_module._expected_last_step(trainer))
+            trainer.should_stop = True
+
+    trainer = pl.Trainer(callbacks=[Stop()], **limits, **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(TinyRNNModule(), random_sequences())  # 8 batches per epoch
+    assert seen == [last]
 
 
 # ---------------------------------------------------------------------------------------------- faults
