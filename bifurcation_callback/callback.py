@@ -367,9 +367,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if trainer.is_global_zero:
+            started = time.perf_counter()
             if self._parameters is None:  # listed once a fit: walking the module tree each step costs more
                 self._parameters = list(pl_module.parameters())
             self._pending_grad_norm = gradient_norm(self._parameters)
+            self._hook_seconds += time.perf_counter() - started
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
