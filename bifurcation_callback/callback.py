@@ -158,8 +158,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         In async mode: snapshots that may wait while the worker analyses one.  When the worker falls behind,
         the oldest waiting snapshot is dropped (latest wins): the monitor counts the dropped steps
         (``bifurcation/dropped``) and the next analysed step is compared with the last analysed one, so its
-        events' brackets cover the dropped steps.  None never drops a step (records equal to sync mode's; the
-        backlog is analysed while training goes on and drained at fit end).
+        events' brackets cover the dropped steps.  Near a fit's known last step no analysis is started that
+        would still run when the last step comes (it would make the fit-end wait longer).  None never drops a
+        step (records equal to sync mode's; the backlog is analysed while training goes on and drained at fit
+        end).
     drain_timeout_s : float or None
         In async mode: how long the end of fit waits for the snapshots still queued before the summary is
         written; what is left is counted as dropped, with a warning.  None waits for all of them.  It also
