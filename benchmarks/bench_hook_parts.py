@@ -5,7 +5,7 @@ worker process) and wraps the monitor's own methods, and those of its worker and
 training thread, in timers.  Reports, per part, the milliseconds per fit, the calls per fit and the
 microseconds per call (medians over the repetitions), next to the monitor's own account
 (``summary["monitor_seconds"]``: the hooks, and ``drain_seconds``: the fit-end wait for the last analyses).
-Parts nest (``_collect`` contains ``_receive`` and ``_publish``), so the column does not add up.
+Parts nest (``_collect`` contains ``_receive``), so the column does not add up.
 
 Time spent by other threads of the training process for the monitor (TensorBoard's event-writer thread
 computes a CRC in pure Python for each event the monitor logs) shows up only where it holds the GIL while a
@@ -42,13 +42,14 @@ from bifurcation_callback.data import lorenz63  # noqa: E402
 PARTS = (
     (callback_module.BifurcationMonitor, "on_before_optimizer_step", "on_before_optimizer_step (hook)"),
     (callback_module, "gradient_norm", "  gradient_norm"),
+    (callback_module.BifurcationMonitor, "on_before_backward", "on_before_backward (hook)"),
+    (callback_module.BifurcationMonitor, "_publish", "  _publish (log one result)"),
+    (dashboard_module.Dashboard, "log_scalars", "    Dashboard.log_scalars"),
+    (dashboard_module.Dashboard, "write_record", "    Dashboard.write_record (events.jsonl)"),
     (callback_module.BifurcationMonitor, "on_train_batch_end", "on_train_batch_end (hook)"),
     (callback_module, "_step_loss", "  _step_loss"),
     (callback_module.BifurcationMonitor, "_collect", "  _collect (finished results)"),
     (worker_module.AnalysisWorker, "_receive", "    AnalysisWorker._receive (recv + unpickle)"),
-    (callback_module.BifurcationMonitor, "_publish", "    _publish (log one result)"),
-    (dashboard_module.Dashboard, "log_scalars", "      Dashboard.log_scalars"),
-    (dashboard_module.Dashboard, "write_record", "      Dashboard.write_record (events.jsonl)"),
     (callback_module.BifurcationMonitor, "_submit", "  _submit (this step)"),
     (callback_module.BifurcationMonitor, "_reference_or_none", "    _reference_or_none"),
     (callback_module, "take_snapshot", "    take_snapshot (copy the weights)"),

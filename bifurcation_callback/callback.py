@@ -299,6 +299,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._restored_state: dict[str, Any] | None = None
         self._restored_pending: list[Snapshot] = []
         self._last: tuple[Snapshot, StepResult] | None = None  # the last analysed step, for the figures
+        # Accepted results not yet written to the loggers and events.jsonl (see _publish_pending), with their
+        # running scalars as they were when accepted.
+        self._unpublished: list[tuple[dict[str, Any], StepResult, dict[str, float | None]]] = []
         self._restored_cycles: CycleSet | None = None  # the last analysed step's, from a checkpoint
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
@@ -358,6 +361,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if self.jsonl_path is not None:
             folder, name = Path(self.jsonl_path).parent, Path(self.jsonl_path).name
         else:
+            if root is None:  # a logger without a folder of its own (no save_dir): Lightning's default root
+                root = fresh_run_dir(trainer.default_root_dir)
             folder, name = (Path(root) if trainer.loggers else fresh_run_dir(root)), "events.jsonl"
         self.log_dir = str(folder)
         self._dashboard = Dashboard(trainer.loggers, folder, name)
@@ -373,6 +378,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             if self._parameters is None:  # listed once a fit: walking the module tree each step costs more
                 self._parameters = list(pl_module.parameters())
             self._pending_grad_norm = gradient_norm(self._parameters)
+            self._hook_seconds += time.perf_counter() - started
+
+    @override
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        if self._unpublished:
+            started = time.perf_counter()
+            self._publish_pending()
             self._hook_seconds += time.perf_counter() - started
 
     @override
@@ -425,6 +437,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         except Exception as error:  # a broken summary must not hide the training result
             self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
         self._finish_worker()
+        self._publish_pending()
         waited = time.perf_counter() - started
         self._hook_seconds += waited
         self._fit_seconds += waited
@@ -442,10 +455,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._stop_worker()  # an interrupted fit must not leave a worker process behind
+        self._publish_pending()
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._stop_worker()
+        self._publish_pending()
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -454,6 +469,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         dropped = list(self._dropped)
         if self._worker is not None:
             self._collect()  # what is finished becomes records; the rest is saved as pending snapshots
+        self._publish_pending()  # the run folder holds what the checkpoint holds
+        if self._worker is not None:
             analyser_state, pending = self._worker.state, self._worker.pending()
             if self._deferred is not None:  # saved right after it: its weights are the current ones
                 deferred = self._deferred_snapshot()
@@ -817,28 +834,45 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._records.append(record)
         self._n_events += len(record["events"])
         self._last = (snapshot, result)
-        self._publish(record, result, snapshot)
+        running = running_scalars(record, n_events=self._n_events, n_skipped=self.n_skipped, n_dropped=len(self._dropped))
+        started = time.perf_counter()
+        if self.log_figures_every_n_steps and len(self._records) % self.log_figures_every_n_steps == 0:
+            self._log_figures(record["step"])
+        # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
+        record["figures_ms"] = 1e3 * (time.perf_counter() - started)
+        self._unpublished.append((record, result, running))
+        if len(self._unpublished) >= MAX_UNPUBLISHED:  # no backward comes (manual optimization without one)
+            self._publish_pending()
 
-    def _publish(self, record: dict[str, Any], result: StepResult, snapshot: Snapshot) -> None:
+    def _publish_pending(self) -> None:
+        """Write the accepted results to the loggers and ``events.jsonl``, in step order.
+
+        Called from ``on_before_backward`` rather than where the results arrive: TensorBoard's writer thread
+        then computes its (pure-Python) checksums of these events while the backward pass runs without the
+        GIL, instead of taking the GIL from the training thread.  Also before a skipped step's record, a
+        checkpoint, and the summary at fit end, so nothing is lost or out of order.
+        """
+        pending, self._unpublished = self._unpublished, []
+        for record, result, running in pending:
+            try:
+                self._publish(record, result, running)
+            except Exception as error:  # publishing must not take the training run down
+                self._warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
+
+    def _publish(self, record: dict[str, Any], result: StepResult, running: dict[str, float | None]) -> None:
         dashboard = self._dashboard
         if dashboard is None:
             return
         started = time.perf_counter()
-        running = running_scalars(record, n_events=self._n_events, n_skipped=self.n_skipped, n_dropped=len(self._dropped))
-        scalars = {**result.scalars, **running}
-        dashboard.log_scalars(scalars, record["step"])
+        dashboard.log_scalars({**result.scalars, **running}, record["step"])
         if fold_events(record["events"], show_all=self.show_all_events)[0]:  # a step of folded crossings only: no text
             events = events_markdown(record["events"], show_all=self.show_all_events)
             dashboard.log_text("bifurcation/events", events, record["step"])
-        logged = time.perf_counter()
-        if self.log_figures_every_n_steps and len(self._records) % self.log_figures_every_n_steps == 0:
-            self._log_figures(record["step"])
-        # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
-        record["publish_ms"] = 1e3 * (logged - started)
-        record["figures_ms"] = 1e3 * (time.perf_counter() - logged)
+        record["publish_ms"] = 1e3 * (time.perf_counter() - started)
         dashboard.write_record(record)
 
     def _skip(self, step: int, loss: float | None, reason: str) -> None:
+        self._publish_pending()  # events.jsonl stays in step order
         category = reason.split(":")[0]
         self._skip_reasons[category] += 1
         self._warn(category, f"BifurcationMonitor skipped step {step}: {reason}")
@@ -1000,6 +1034,9 @@ def _require_text(name: str, value: object, *, optional: bool = False) -> str | 
         raise ValueError(f"{_OWNER}: {name} must be {wanted}, got {value!r}")
     return value
 
+
+# Accepted results wait at most this long for a backward pass to be logged in (see _publish_pending).
+MAX_UNPUBLISHED = 4
 
 # At most this many states of ``bifurcation_reference_states`` are drawn.
 MAX_REFERENCE_STATES = 2000

@@ -715,3 +715,74 @@ def test_the_step_loss_lookup_matches_lightnings_own_step_metrics(tmp_path):
     trainer = pl.Trainer(max_epochs=2, callbacks=[Compare()], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(LogsSeveralWays(), random_sequences())
     assert {"train_loss", "train_loss_step", "step_only"} <= set(seen) and "epoch_only" not in seen
+
+
+class CountingLogger(pl.loggers.Logger):
+    """A non-TensorBoard logger that counts the steps the monitor logged its cycle counts at."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    @property
+    def name(self):
+        return "counting"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        if "bifurcation/n_cycles/total" in metrics:
+            self.steps.append(step)
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+
+def test_results_are_logged_before_the_next_backward_pass(tmp_path):
+    # Logged from on_before_backward: TensorBoard's writer thread checksums them while the backward runs.
+    logger, seen = CountingLogger(), []
+
+    class Probe(pl.Callback):  # runs after the monitor
+        def on_before_backward(self, trainer, pl_module, loss):
+            seen.append((trainer.global_step, list(logger.steps), [r["step"] for r in monitor.records]))
+
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
+    trainer = pl.Trainer(max_steps=6, callbacks=[monitor, Probe()], logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(TinyRNNModule(), random_sequences())
+    for global_step, logged, recorded in seen:
+        assert logged == recorded == list(range(global_step))  # every earlier step, in order, before this backward
+    assert logger.steps == [r["step"] for r in monitor.records] == list(range(6))  # the last one at fit end
+    # A logger without a folder of its own (no save_dir): events.jsonl goes to a fresh folder of the default root.
+    assert Path(monitor.log_dir).resolve().is_relative_to(tmp_path.resolve())
+    assert len(read_jsonl(Path(monitor.log_dir) / "events.jsonl")) == 6
+
+
+class NoBackward(TinyRNNModule):
+    """Manual optimization that never calls backward (so on_before_backward never runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.optimizers().step()
+        return loss
+
+
+def test_results_are_logged_without_backward_passes_too(tmp_path):
+    pending = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pending.append(len(monitor._unpublished))
+
+    monitor = BifurcationMonitor(mode="sync", max_order=1)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[monitor, Probe()], **quiet_trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(NoBackward(), random_sequences())  # 8 batches per epoch
+    assert 0 < max(pending) <= callback_module.MAX_UNPUBLISHED
+    lines = read_jsonl(Path(monitor.log_dir) / "events.jsonl")
+    assert [line["step"] for line in lines] == [r["step"] for r in monitor.records] == list(range(16))
