@@ -428,7 +428,16 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             return
         # Waiting for the worker is part of the fit's wall time that the monitor costs.
         started = time.perf_counter()
+        started_late = self._worker is not None and self._worker.starting
         self._drain()
+        if started_late and self._dropped:
+            n_monitored = len(self._records) + len(self._dropped)
+            self._warn(
+                "short fit",
+                f"BifurcationMonitor: training ended before its worker process had started (a new Python process "
+                f"importing torch takes a second or more), so {len(self._dropped)} of the {n_monitored} monitored "
+                "steps were dropped; for a fit this short, mode='sync' analyses every monitored step in the hook",
+            )
         summary = None
         try:
             summary = self._summarise()

@@ -259,6 +259,12 @@ class AnalysisWorker:
         return sum(isinstance(item, Snapshot) for item in [self._in_flight, *self._queue])
 
     @property
+    def starting(self) -> bool:
+        """Whether a worker process has been started but has not said it is ready yet (it imports torch and
+        the package and loads the analyser: a second or more)."""
+        return self._starting_since is not None
+
+    @property
     def busy(self) -> bool:
         return bool(self._queue or self._in_flight is not None)
 

@@ -498,3 +498,22 @@ def test_async_monitor_on_a_cuda_module_matches_sync(tmp_path):
         fit(tmp_path / mode, flip_module(), monitor, logger=False, accelerator="gpu")
         runs[mode] = without_timings(monitor.records)
     assert runs["async"] == runs["sync"]
+
+
+def test_a_fit_shorter_than_the_worker_start_says_so(tmp_path):
+    # A few steps of a tiny model take milliseconds; a worker process needs a second or more to import torch.
+    monitor = BifurcationMonitor(max_order=1, mode="async", max_attractor_period=0)
+    with pytest.warns(RuntimeWarning, match=r"ended before its worker process had started .* mode='sync'"):
+        fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=False)
+    analysed = [r["step"] for r in monitor.records]
+    assert analysed[0] == 0 and analysed[-1] == 5 and monitor.dropped_steps  # the first and the last, at least
+    assert sorted(analysed + monitor.dropped_steps) == list(range(6))
+
+
+def test_a_fit_that_drops_nothing_does_not_warn_about_the_worker_start(tmp_path):
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=False)
+    assert not [w for w in caught if "worker process had started" in str(w.message)]
+    assert [r["step"] for r in monitor.records] == list(range(6))
