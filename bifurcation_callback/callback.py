@@ -1044,7 +1044,7 @@ def _require_text(name: str, value: object, *, optional: bool = False) -> str | 
     return value
 
 
-# Accepted results wait at most this long for a backward pass to be logged in (see _publish_pending).
+# At most this many accepted results wait for a backward pass to be logged in (see _publish_pending).
 MAX_UNPUBLISHED = 4
 
 # At most this many states of ``bifurcation_reference_states`` are drawn.
