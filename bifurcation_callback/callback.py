@@ -9,12 +9,14 @@ It does no linear algebra and touches no logger itself.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -299,9 +301,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._restored_state: dict[str, Any] | None = None
         self._restored_pending: list[Snapshot] = []
         self._last: tuple[Snapshot, StepResult] | None = None  # the last analysed step, for the figures
-        # Accepted results not yet written to the loggers and events.jsonl (see _publish_pending), with their
-        # running scalars as they were when accepted.
-        self._unpublished: list[tuple[dict[str, Any], StepResult, dict[str, float | None]]] = []
+        # What is not yet written to the loggers and events.jsonl (see _publish_pending): accepted results,
+        # with their running scalars as they were when accepted, and figures that came back from the worker.
+        self._unpublished: list[Callable[[], None]] = []
         self._restored_cycles: CycleSet | None = None  # the last analysed step's, from a checkpoint
         self._records: list[dict[str, Any]] = []
         # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even
@@ -696,8 +698,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         try:
             if message.kind == "result":
                 self._accept(snapshot, message.result)
-            elif message.kind == "figures":
-                self._dashboard.log_images(message.images, message.step)
+            elif message.kind == "figures":  # PNG-encoded and checksummed by TensorBoard: logged like results
+                self._publish_later(functools.partial(self._dashboard.log_images, message.images, message.step))
             elif message.kind in ("error", "lost") and snapshot is not None:
                 self._skip(snapshot.step, snapshot.loss, message.error if message.kind == "error" else f"worker: {message.error}")
             elif message.kind == "lost":  # while drawing figures: no step is lost
@@ -849,12 +851,15 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._log_figures(record["step"])
         # Kept apart so the overhead can be broken down (finder, comparison, logging, figures).
         record["figures_ms"] = 1e3 * (time.perf_counter() - started)
-        self._unpublished.append((record, result, running))
+        self._publish_later(functools.partial(self._publish, record, result, running))
+
+    def _publish_later(self, write: Callable[[], None]) -> None:
+        self._unpublished.append(write)
         if len(self._unpublished) >= MAX_UNPUBLISHED:  # no backward comes (manual optimization without one)
             self._publish_pending()
 
     def _publish_pending(self) -> None:
-        """Write the accepted results to the loggers and ``events.jsonl``, in step order.
+        """Write the accepted results (and figures) to the loggers and ``events.jsonl``, in step order.
 
         Called from ``on_before_backward`` rather than where the results arrive: TensorBoard's writer thread
         then computes its (pure-Python) checksums of these events while the backward pass runs without the
@@ -862,9 +867,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         checkpoint, and the summary at fit end, so nothing is lost or out of order.
         """
         pending, self._unpublished = self._unpublished, []
-        for record, result, running in pending:
+        for write in pending:
             try:
-                self._publish(record, result, running)
+                write()
             except Exception as error:  # publishing must not take the training run down
                 self._warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
 

@@ -259,6 +259,20 @@ def test_fit_end_figures_come_from_a_worker_process_after_fit_or_from_this_one_b
     assert all_exit(monitor.summary["worker"]["processes"])
 
 
+def test_periodic_figures_from_a_worker_process_reach_tensorboard_at_their_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=None, max_attractor_period=16, log_figures_every_n_steps=4)
+    fit(tmp_path, flip_module(), monitor, logger=logger)  # 12 steps, all analysed: figures at the 4th, 8th, 12th
+    assert monitor.wait_for_figures(timeout_s=120)
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()
+    # Steps 3 and 7 come back from the worker and are logged with the results; 11 twice (the periodic set, and
+    # the fit-end set the worker process writes itself).
+    assert sorted(image.step for image in accumulator.Images("bifurcation/state_space")) == [3, 7, 11, 11]
+    assert not monitor._unpublished
+
+
 def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
     class Failing(TinyRNNModule):
         def training_step(self, batch, batch_idx):
