@@ -51,6 +51,10 @@ class Evaluation:
     real: Tensor  # (...,) bool: solvable and visiting exactly the assumed regions
 
 
+# Evaluation's fields in order (to slice every one the same way).
+EVALUATION_FIELDS = ("z1", "trajectory", "products", "visited", "solvable", "real")
+
+
 def model_functions(model) -> tuple[AffinePieces, StepWithCodes]:
     """The two protocol calls the kernel needs, from a model (``step_with_codes`` when it has one)."""
     step_with_codes = getattr(model, "step_with_codes", None)

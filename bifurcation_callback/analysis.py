@@ -24,7 +24,7 @@ from ._checks import finite_or_none
 from .attractors import attractor_label
 from .cycles import CycleSet
 from .dashboard import analysis_scalars
-from .models import detached_copy
+from .models import detached_copy, model_tensors
 from .tracking import AttractorTracker, CycleTracker
 
 __all__ = [
@@ -41,11 +41,6 @@ __all__ = [
 
 # Record fields that measure time (they differ between two runs that found the same things).
 TIMING_KEYS: tuple[str, ...] = ("finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms", "lag_ms", "lag_steps")
-
-
-def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The tensors a snapshot copies: the parameters, then the buffers, in module order."""
-    return [*model.parameters(), *model.buffers()]
 
 
 @dataclasses.dataclass

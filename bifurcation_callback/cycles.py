@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ from tqdm import tqdm
 from . import _scyfi
 from ._checks import require_bool, require_dtype, require_int
 from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
+from ._search import CycleCollector, FreshSearch, RegionTables, search_fresh
+from ._stack import ModelStack
 from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
     "STABILITY_KINDS",
     "find_cycles",
     "exhaustive_cycles",
+    "follow_cycle",
+    "cycle_determinant_sign",
     "cycles_from_sequences",
 ]
 
@@ -447,219 +452,6 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Collecting verified cycles; the batched solve and the checks themselves are in _scyfi
-
-
-class _Collector:
-    """Verifies candidate cycles of one order and keeps each once (minimal period, dedup up to rotation)."""
-
-    def __init__(self, order: int, dtype: torch.dtype, geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
-        self.order = order
-        self.dtype = dtype
-        self.tolerance = TOLERANCES[dtype]
-        self.geometry = geometry
-        self.known: dict[bytes, Cycle] = {}
-        self.rotations = _scyfi.rotation_table(order)
-        # Raw code sequences already judged (every rotation of a kept cycle, and rejected ones): for a fixed
-        # model the solution is a function of the sequence, so a verdict never needs repeating.
-        self.judged: set[bytes] = set()
-
-    def cycles(self) -> list[Cycle]:
-        return sorted(self.known.values(), key=lambda c: c.key)
-
-    def add(self, evaluation: _scyfi.Evaluation) -> int:
-        """Verify the real sequences in ``evaluation``; return how many new cycles were stored."""
-        indices = torch.nonzero(evaluation.real).flatten()
-        if indices.numel() == 0:
-            return 0
-        codes = evaluation.visited[indices].cpu().numpy().astype(np.uint8)
-        fresh: dict[bytes, int] = {}
-        for position, code in enumerate(codes):
-            raw = code.tobytes()
-            if raw not in self.judged:
-                fresh.setdefault(raw, position)
-        if not fresh:
-            return 0
-        self.judged.update(fresh)
-        positions = list(fresh.values())
-        chosen = indices[torch.as_tensor(positions, device=indices.device)]
-        valid, residuals = _scyfi.verify(evaluation.trajectory[chosen], evaluation.products[chosen], self.dtype)
-        valid, residuals = valid.cpu().numpy(), residuals.cpu().numpy()
-        trajectories = evaluation.trajectory[chosen].cpu().double().numpy()
-        products = evaluation.products[chosen].cpu().double().numpy()
-        codes = codes[positions]
-        eigenvalues = np.linalg.eigvals(products[valid]).astype(np.complex128) if valid.any() else []
-        margins = _scyfi.border_margins(trajectories[valid, :-1], self.geometry)
-        new = 0
-        for traj, code, multipliers, residual, margin in zip(
-            trajectories[valid], codes[valid], eigenvalues, residuals[valid], margins
-        ):
-            canonical = self.rotations[_scyfi.canonical_rotation(code)]
-            cycle = Cycle(
-                order=self.order,
-                points=traj[canonical],
-                codes=code[canonical].astype(bool),
-                eigenvalues=multipliers,
-                residual=float(residual),
-                border_margin=float(margin),
-            )
-            # Two code sequences can describe one cycle only if a point sits on a switching plane (to rounding).
-            near_border = not margin > self.tolerance["coincide"] * (1.0 + np.abs(traj).max())
-            if cycle.key in self.known or (near_border and self._duplicate(cycle)):
-                continue
-            self.known[cycle.key] = cycle
-            self.judged.update(row.tobytes() for row in code[self.rotations])
-            new += 1
-        return new
-
-    def _duplicate(self, cycle: Cycle) -> bool:
-        # Codes identify a cycle except for points lying within rounding of a switching plane.
-        scale = 1.0 + np.linalg.norm(cycle.points, axis=1).max()
-        for other in self.known.values():
-            distances = np.linalg.norm(other.points[:, None, :] - cycle.points[None, :, :], axis=-1)
-            if np.all(distances.min(axis=1) <= self.tolerance["coincide"] * scale):
-                return True
-        return False
-
-
-class _RandomCodes:
-    """Random region sequences for SCYFI's chains, each from one of three sources (drawn at random).
-
-    * codes of random states in a box sized to the switching geometry, each sequence shrunk by a random
-      factor down to 1/100 so that thin regions near the origin are reached too;
-    * uniformly drawn realizable regions, when the model's regions were enumerated (``regions``);
-    * windows of ``k`` consecutive codes visited by trajectories of the map from random states: the
-      sequences orbits actually follow, where attracting cycles and their neighbours live.
-    """
-
-    # Trajectories simulated (once per search) for the third source, and their length.
-    N_TRAJECTORIES = 64
-    TRAJECTORY_STEPS = 32
-
-    def __init__(
-        self, model, device: torch.device, dtype: torch.dtype, seed: int, regions: Tensor | None = None
-    ) -> None:
-        self.model = model
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.radius = search_radius(model)
-        self.device, self.dtype = device, dtype
-        self.regions = regions
-        self._visited: Tensor | None = None  # (N, T, S) codes along trajectories
-        self._alive: Tensor | None = None  # (N, T) finite and not escaped
-
-    def _states(self, shape: tuple[int, ...]) -> Tensor:
-        """Random states, shape ``shape + (M,)``, in the box; the states of one sequence (the last dimension
-        of ``shape``) share one shrink factor in [1/100, 1]."""
-        options = {"generator": self.generator, "device": self.device, "dtype": self.dtype}
-        states = 2 * torch.rand(shape + (self.model.state_dim,), **options) - 1
-        shrink = 10.0 ** (-2.0 * torch.rand(shape[:-1] + (1, 1), **options))
-        return states * (self.radius * shrink)
-
-    def _trajectory_codes(self) -> tuple[Tensor, Tensor]:
-        if self._visited is None:
-            state = self._states((self.N_TRAJECTORIES, 1))[:, 0]
-            functions = _scyfi.model_functions(self.model)
-            visited, alive = [], []
-            for _ in range(self.TRAJECTORY_STEPS):
-                ok = torch.isfinite(state).all(-1) & (state.abs().amax(-1) < 1e6 * self.radius)
-                state, code = functions[1](torch.where(ok[:, None], state, torch.zeros_like(state)))
-                visited.append(code)
-                alive.append(ok)
-            self._visited, self._alive = torch.stack(visited, 1), torch.stack(alive, 1)
-        return self._visited, self._alive
-
-    def _from_trajectories(self, n_sequences: int, order: int) -> Tensor | None:
-        visited, alive = self._trajectory_codes()
-        if order > visited.shape[1]:
-            return None
-        windows = alive.unfold(1, order, 1).all(-1)  # (N, T - k + 1): all k steps alive
-        if not bool(windows.any()):
-            return None
-        flat = torch.multinomial(windows.flatten().to(self.dtype), n_sequences, replacement=True, generator=self.generator)
-        chain, start = flat // windows.shape[1], flat % windows.shape[1]
-        steps = start[:, None] + torch.arange(order, device=self.device)
-        return visited[chain[:, None], steps]
-
-    def draw(self, n_sequences: int, order: int) -> Tensor:
-        codes = self.model.region_codes(self._states((n_sequences, order)))
-        # The source of each sequence is drawn, not cycled: restarts often come one or two at a time.
-        sources = torch.randint(3, (n_sequences,), generator=self.generator, device=self.device)
-        n_cells = int((sources == 1).sum())
-        if self.regions is not None and n_cells:
-            index = torch.randint(self.regions.shape[0], (n_cells, order), generator=self.generator, device=self.device)
-            codes[sources == 1] = self.regions[index]
-        n_visited = int((sources == 2).sum())
-        if n_visited:
-            windows = self._from_trajectories(n_visited, order)
-            if windows is not None:
-                codes[sources == 2] = windows
-        return codes
-
-
-def _warm_codes(warm_start: "CycleSet | None", order: int, n_switches: int, device: torch.device) -> Tensor:
-    cycles = [] if warm_start is None else warm_start.by_order(order)
-    codes = torch.zeros((len(cycles), order, n_switches), dtype=torch.bool, device=device)
-    for i, cycle in enumerate(cycles):
-        if cycle.codes.shape != (order, n_switches):
-            raise ValueError(
-                f"warm_start cycle of order {order} has codes of shape {cycle.codes.shape}, but the model has "
-                f"{n_switches} switches: was it found on a different model?"
-            )
-        codes[i] = torch.as_tensor(cycle.codes, device=device)
-    return codes
-
-
-def _search_order(
-    model,
-    order: int,
-    warm: Tensor,
-    sampler: _RandomCodes,
-    collector: _Collector,
-    *,
-    n_starts: int,
-    inner: int,
-    outer: int,
-    deadline: float,
-) -> tuple[int, int, int, int, bool]:
-    """SCYFI for one order, batched over chains; returns (iterations, solves, singular, warm hits, finished)."""
-    n_warm = warm.shape[0]
-    codes = torch.cat([warm, sampler.draw(n_starts, order)]) if n_starts else warm
-    is_random = torch.arange(codes.shape[0], device=codes.device) >= n_warm
-    age = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
-    iterations = solves = singular = warm_hits = 0
-    quiet_iterations = 0
-    functions = _scyfi.model_functions(model)
-    while codes.shape[0] and iterations < inner * outer:
-        if time.monotonic() > deadline:
-            return iterations, solves, singular, warm_hits, False
-        evaluation = _scyfi.evaluate(*functions, codes)
-        iterations += 1
-        solves += codes.shape[0]
-        singular += int((~evaluation.solvable).sum())
-        if iterations == 1 and n_warm:
-            warm_hits = int(evaluation.real[:n_warm].sum())
-        found = collector.add(evaluation)
-        # A chain restarts when it found a real cycle, hit a singular system or ran `inner` steps;
-        # otherwise it jumps to the regions its virtual cycle actually visited (the SCYFI heuristic).
-        age += 1
-        restart = evaluation.real | ~evaluation.solvable | (age >= inner)
-        codes = torch.where(restart[:, None, None], codes, evaluation.visited)
-        # Warm-start chains are one-shot: they are dropped rather than restarted at random.
-        keep = is_random | ~restart
-        if not bool(keep.all()):
-            codes, is_random, age, restart = codes[keep], is_random[keep], age[keep], restart[keep]
-        n_restart = int(restart.sum())
-        if n_restart:
-            codes[restart] = sampler.draw(n_restart, order)
-            age[restart] = 0
-        quiet_iterations = 0 if found else quiet_iterations + 1
-        # SCYFI resets its counters after every discovery; batched, a full round without one ends the search.
-        if quiet_iterations >= inner and iterations >= inner:
-            break
-    return iterations, solves, singular, warm_hits, True
-
-
 def find_cycles(
     model: object,
     max_order: int = 4,
@@ -772,54 +564,31 @@ def find_cycles(
     deadline = started + time_budget_s if time_budget_s is not None else math.inf
     analysed, device = _prepare_model(model, dtype, device, copy=False)
     searched = set(randomised) if n_starts else set()
-    regions = _realizable_regions(analysed, device) if searched else None
-    sampler = _RandomCodes(analysed, device, dtype, seed, regions)
-    geometry = _scyfi.switching_geometry(analysed)
-    functions = _scyfi.model_functions(analysed)
-    cycles: list[Cycle] = []
-    iterations: dict[int, int] = {}
-    statuses: dict[int, str] = {}
-    totals = {"solves": 0, "singular": 0, "warm": 0}
+    stack = ModelStack.single(analysed, dtype=dtype, device=device)
+    regions = RegionTables([_realizable_regions(analysed, device) if searched else None], analysed.n_switches, device)
     # tqdm's delay: a search that ends within 2 s prints nothing (the monitor's per-step calls).
-    bar = tqdm(order_list, desc="cycle search", unit="order", delay=2.0, leave=False, disable=not progress)
+    bar = tqdm(total=len(order_list), desc="cycle search", unit="order", delay=2.0, leave=False, disable=not progress)
     with torch.no_grad(), _one_cpu_thread(device), bar:
-        for order in bar:
-            if "cut" in statuses.values():  # the budget ran out in an earlier order
-                statuses[order] = "cut"
-                continue
-            warm = _warm_codes(warm_start, order, analysed.n_switches, device)
-            collector = _Collector(order, dtype, geometry)
-            enumerate_all = order in searched and regions is not None and regions.shape[0] ** order <= exhaustive_limit
-            result = _search_order(
-                analysed,
-                order,
-                warm,
-                sampler,
-                collector,
-                n_starts=n_starts if order in searched and not enumerate_all else 0,
-                inner=inner,
-                outer=outer,
-                deadline=deadline,
-            )
-            iterations[order], n_solves, n_singular, warm_hits, finished = result
-            if finished and enumerate_all:
-                n_enumerated, n_singular_enumerated, finished = _enumerate_order(
-                    functions, regions, order, collector, deadline=deadline
-                )
-                n_solves, n_singular = n_solves + n_enumerated, n_singular + n_singular_enumerated
-                iterations[order] += 1
-            totals["solves"] += n_solves
-            totals["singular"] += n_singular
-            totals["warm"] += warm_hits
-            cycles.extend(collector.cycles())
-            if not finished:
-                statuses[order] = "cut"
-            elif enumerate_all:
-                statuses[order] = "exhaustive"
-            else:
-                statuses[order] = "searched" if order in searched else "warm_only"
-    stats = FinderStats(iterations, totals["solves"], totals["singular"], totals["warm"], time.monotonic() - started)
-    return CycleSet(tuple(cycles), order_list, stats, statuses)
+        fresh = search_fresh(
+            stack,
+            order_list,
+            seeds=[seed],
+            regions=regions,
+            radii=[search_radius(analysed)],
+            geometries=[_scyfi.switching_geometry(analysed)],
+            n_starts=n_starts,
+            inner=inner,
+            outer=outer,
+            exhaustive_limit=exhaustive_limit,
+            random_orders=searched,
+            deadline=deadline,
+            make_cycle=Cycle,
+            on_order=lambda _: bar.update(1),
+        )
+        table = sequence_table([warm_start], order_list, analysed.n_switches)
+        resolved = resolve_sequences(stack, {order: codes for order, (_, codes) in table.items()})
+        found = assemble_step(stack, 0, fresh, {k: (table[k][0], resolved[k]) for k in order_list}, order_list)
+    return dataclasses.replace(found, stats=dataclasses.replace(found.stats, elapsed_s=time.monotonic() - started))
 
 
 def _realizable_regions(model, device: torch.device) -> Tensor | None:
@@ -836,29 +605,155 @@ def _realizable_regions(model, device: torch.device) -> Tensor | None:
         return None
 
 
-def _enumerate_order(
-    functions: tuple[_scyfi.AffinePieces, _scyfi.StepWithCodes],
-    regions: Tensor,
-    order: int,
-    collector: _Collector,
+def resolve_sequences(stack: ModelStack, sequences: dict[int, Tensor]) -> dict[int, _scyfi.Evaluation]:
+    """Solve and simulate the region sequences ``sequences[k] (K, k, S)`` with every step's weights: an
+    ``Evaluation`` with leading axes ``(N, K)`` per order (one batched call per order)."""
+    resolved = {}
+    for order, codes in sequences.items():
+        codes = codes.to(stack.device).expand((stack.n_steps,) + tuple(codes.shape))
+        resolved[order] = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
+    return resolved
+
+
+def sequence_table(cycle_sets: Sequence[CycleSet | None], orders: Sequence[int], n_switches: int) -> dict[int, tuple[list[bytes], Tensor]]:
+    """Per order, the distinct canonical region sequences of the cycles in ``cycle_sets``: their keys (in a
+    fixed order) and their codes ``(K, k, S)``."""
+    table = {}
+    for order in orders:
+        by_key: dict[bytes, np.ndarray] = {}
+        for cycle_set in cycle_sets:
+            for cycle in cycle_set.by_order(order) if cycle_set is not None else ():
+                if cycle.codes.shape != (order, n_switches):
+                    raise ValueError(
+                        f"warm_start cycle of order {order} has codes of shape {cycle.codes.shape}, but the model has "
+                        f"{n_switches} switches: was it found on a different model?"
+                    )
+                by_key.setdefault(cycle.key, cycle.codes)
+        keys = sorted(by_key)
+        codes = np.stack([by_key[key] for key in keys]) if keys else np.zeros((0, order, n_switches), dtype=bool)
+        table[order] = (keys, torch.as_tensor(codes, dtype=torch.bool))
+    return table
+
+
+def assemble_step(
+    stack: ModelStack,
+    step: int,
+    fresh: FreshSearch,
+    carried: dict[int, tuple[list[bytes], _scyfi.Evaluation]],
+    orders: Sequence[int],
     *,
-    batch_size: int = 1 << 16,
-    deadline: float = math.inf,
-) -> tuple[int, int, bool]:
-    """Solve every sequence of ``order`` regions, in batches; returns (solves, singular, finished)."""
-    n_regions = regions.shape[0]
-    total = n_regions**order
-    digits = n_regions ** torch.arange(order - 1, -1, -1, device=regions.device)
-    solves = singular = 0
-    for begin in range(0, total, batch_size):
-        if time.monotonic() > deadline:
-            return solves, singular, False
-        index = torch.arange(begin, min(begin + batch_size, total), device=regions.device)
-        evaluation = _scyfi.evaluate(*functions, regions[(index[:, None] // digits) % n_regions])
-        collector.add(evaluation)
-        solves += index.numel()
-        singular += int((~evaluation.solvable).sum())
-    return solves, singular, True
+    wanted: dict[int, set[bytes]] | None = None,
+    extra: dict[int, list[Cycle]] | None = None,
+) -> CycleSet:
+    """One step's CycleSet: the carried region sequences that are real cycles with this step's weights first
+    (all of them, or only the keys in ``wanted``), then ``extra`` cycles (verified elsewhere), then the fresh
+    search's, each cycle once.
+
+    The order is fixed, so a step's result does not depend on which other steps were analysed with it.
+    """
+    geometry = _scyfi.switching_geometry(stack.model(step))
+    cycles: list[Cycle] = []
+    n_warm = warm_hits = 0
+    iterations = dict(fresh.iterations[step])
+    for order in orders:
+        collector = CycleCollector(order, stack.dtype, [geometry], Cycle)
+        keys, evaluation = carried.get(order, ([], None))
+        rows = [i for i, key in enumerate(keys) if wanted is None or key in wanted.get(order, ())]
+        if rows and evaluation is not None:
+            index = torch.as_tensor(rows, device=stack.device)
+            picked = _scyfi.Evaluation(*(getattr(evaluation, name)[step, index][None] for name in _scyfi.EVALUATION_FIELDS))
+            n_warm += len(rows)
+            warm_hits += int(picked.real.sum())
+            iterations[order] = iterations.get(order, 0) + 1  # one batched pass over the carried sequences
+            collector.add_evaluation(picked)
+        collector.add_cycles(0, (extra or {}).get(order, ()))
+        collector.add_cycles(0, fresh.cycles[step][order])
+        cycles.extend(collector.cycles(0))
+    stats = FinderStats(
+        iterations,
+        fresh.n_solves[step] + n_warm,
+        fresh.n_singular[step],
+        warm_hits,
+        fresh.elapsed_s / stack.n_steps,
+    )
+    return CycleSet(tuple(cycles), tuple(orders), stats, dict(fresh.statuses[step]))
+
+
+def follow_cycle(model: object, cycle: Cycle, *, rounds: int = 3, dtype: torch.dtype = torch.float64) -> list[Cycle]:
+    """The real cycles of ``cycle.order`` that SCYFI reaches from ``cycle`` with another model's weights.
+
+    Tried: the cycle's own region sequence, the regions its points lie in under ``model`` (the sequence the
+    cycle has if it moved across switching planes), and, ``rounds`` times, the regions the solutions of the
+    previous tries visit (SCYFI's heuristic).  This is how the monitor checks that a cycle newly found at a
+    step existed at the step before (it was missed there, not born) and that a cycle not found again still
+    exists (it moved into other regions).  Every returned cycle is verified like ``find_cycles``' cycles.
+
+    Parameters
+    ----------
+    model : PiecewiseLinear
+    cycle : Cycle
+        A cycle of a model with the same structure (state dimension and switches).
+    rounds : int
+        Solves that follow the visited regions.
+    dtype : torch.dtype
+
+    Returns
+    -------
+    list of Cycle
+        Distinct cycles of ``cycle.order`` (empty when none was reached).
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)       # fixed point 2
+    >>> before = find_cycles(model, max_order=1).by_order(1)[0]
+    >>> with torch.no_grad():
+    ...     _ = model.h.fill_(1.5)                               # it moved to 3
+    >>> [c.points.tolist() for c in follow_cycle(model, before)]
+    [[[3.0]]]
+    """
+    rounds = require_int("rounds", rounds, 1)
+    analysed, device = _prepare_model(model, dtype, None, copy=False)
+    affine_pieces, step_with_codes = _scyfi.model_functions(analysed)
+    collector = CycleCollector(cycle.order, dtype, [_scyfi.switching_geometry(analysed)], Cycle)
+    with torch.no_grad():
+        own = torch.as_tensor(cycle.codes, dtype=torch.bool, device=device)
+        moved = analysed.region_codes(torch.as_tensor(cycle.points, dtype=dtype, device=device))
+        candidates = torch.unique(torch.stack([own, moved]), dim=0)
+        for _ in range(rounds):
+            evaluation = _scyfi.evaluate(affine_pieces, step_with_codes, candidates[None])
+            collector.add_evaluation(evaluation)
+            virtual = evaluation.solvable[0] & ~evaluation.real[0]
+            if not bool(virtual.any()):
+                break
+            candidates = torch.unique(evaluation.visited[0][virtual], dim=0)
+    return collector.cycles(0)
+
+
+def cycle_determinant_sign(model: object, codes: np.ndarray, *, dtype: torch.dtype = torch.float64) -> float:
+    """Sign of ``det(I - J_k … J_1)`` for the region sequence ``codes (k, S)`` under ``model`` (0 when singular).
+
+    Along a path of weights the solution of one region sequence passes through infinity exactly when this sign
+    flips (an odd number of real multipliers crossed +1): the evidence for a degenerate transcritical
+    bifurcation, as opposed to a cycle entering or leaving its regions at a switching plane.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(1)
+    >>> with torch.no_grad():
+    ...     _ = model.A.fill_(0.5)
+    >>> cycle_determinant_sign(model, np.array([[False]]))           # switch off: J = a = 0.5, det(1 - 0.5) > 0
+    1.0
+    """
+    analysed, device = _prepare_model(model, dtype, None, copy=False)
+    with torch.no_grad():
+        jacobians, offsets = analysed.affine_pieces(torch.as_tensor(codes, dtype=torch.bool, device=device))
+        product, _ = _scyfi.cycle_products(jacobians, offsets)
+        eye = torch.eye(product.shape[-1], dtype=product.dtype, device=product.device)
+        return float(torch.sign(torch.linalg.det((eye - product).double())))
 
 
 def exhaustive_cycles(
@@ -895,8 +790,6 @@ def exhaustive_cycles(
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device, copy=False)
     regions = _region_table(analysed).to(device)
-    geometry = _scyfi.switching_geometry(analysed)
-    functions = _scyfi.model_functions(analysed)
     n_regions = regions.shape[0]
     largest = n_regions ** max(order_list)
     if largest > max_sequences:
@@ -904,19 +797,28 @@ def exhaustive_cycles(
             f"exhaustive search of order {max(order_list)} needs {n_regions}**{max(order_list)} = {largest} "
             f"sequences, more than max_sequences={max_sequences}; use find_cycles or a smaller model"
         )
-    cycles: list[Cycle] = []
-    totals = {"solves": 0, "singular": 0}
+    stack = ModelStack.single(analysed, dtype=dtype, device=device)
     with torch.no_grad():
-        for order in order_list:
-            collector = _Collector(order, dtype, geometry)
-            solves, singular, _ = _enumerate_order(functions, regions, order, collector, batch_size=batch_size)
-            totals["solves"] += solves
-            totals["singular"] += singular
-            cycles.extend(collector.cycles())
+        fresh = search_fresh(
+            stack,
+            order_list,
+            seeds=[0],
+            regions=RegionTables([regions], analysed.n_switches, device),
+            radii=[search_radius(analysed)],
+            geometries=[_scyfi.switching_geometry(analysed)],
+            n_starts=1,
+            inner=1,
+            outer=1,
+            exhaustive_limit=largest,
+            random_orders=set(order_list),
+            make_cycle=Cycle,
+            enumeration_batch=batch_size,
+        )
+    cycles = tuple(cycle for order in order_list for cycle in fresh.cycles[0][order])
     stats = FinderStats(
-        {k: 1 for k in order_list}, totals["solves"], totals["singular"], 0, time.monotonic() - started
+        {k: 1 for k in order_list}, fresh.n_solves[0], fresh.n_singular[0], 0, time.monotonic() - started
     )
-    return CycleSet(tuple(cycles), order_list, stats, dict.fromkeys(order_list, "exhaustive"))
+    return CycleSet(cycles, order_list, stats, dict.fromkeys(order_list, "exhaustive"))
 
 
 # Region tables of the last few weight settings, keyed by the model class and its switching planes: the
@@ -998,7 +900,7 @@ def cycles_from_sequences(model: object, codes: object, *, dtype: torch.dtype | 
         raise ValueError(
             f"codes must have shape (B, k, {analysed.n_switches}) with k >= 1 for this model, got {tuple(codes.shape)}"
         )
-    collector = _Collector(codes.shape[1], dtype, _scyfi.switching_geometry(analysed))
+    collector = CycleCollector(codes.shape[1], dtype, [_scyfi.switching_geometry(analysed)], Cycle)
     with torch.no_grad():
-        collector.add(_scyfi.evaluate(*_scyfi.model_functions(analysed), codes.bool()))
-    return collector.cycles()
+        collector.add_evaluation(_scyfi.evaluate(*_scyfi.model_functions(analysed), codes.bool()[None]))
+    return collector.cycles(0)

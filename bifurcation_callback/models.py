@@ -39,6 +39,7 @@ __all__ = [
     "build_model",
     "enumerate_region_codes",
     "detached_copy",
+    "model_tensors",
     "check_protocol",
 ]
 
@@ -232,6 +233,12 @@ def check_protocol(model: object, states: Tensor | None = None, *, n_random: int
         )
 
 
+def model_tensors(model: nn.Module) -> list[Tensor]:
+    """The tensors that make up a model's weights: the parameters, then the buffers, in module order (what a
+    snapshot copies and a ``ModelStack`` stacks)."""
+    return [*model.parameters(), *model.buffers()]
+
+
 def detached_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with no autograd graph (the model's own ``snapshot()`` when it has one).
 
@@ -250,6 +257,26 @@ def _frozen_deepcopy(model: nn.Module) -> nn.Module:
     for parameter in clone.parameters():
         parameter.requires_grad_(False)
     return clone
+
+
+# The models' maps are written so that one code serves one model and N stacked weight settings (``_stack.ModelStack``,
+# which batches the analysis of N training steps): a stacked parameter has a leading step axis and the stack
+# passes inputs of shape (N, B, ...).  These helpers broadcast a parameter against such an input.
+
+
+def _row(vector: Tensor) -> Tensor:
+    """A vector parameter (M,) as is; stacked (N, M) as (N, 1, M) against inputs (N, B, M)."""
+    return vector if vector.dim() < 2 else vector.unsqueeze(-2)
+
+
+def _matrix(matrix: Tensor) -> Tensor:
+    """A matrix (M, M) as is; stacked (N, M, M) as (N, 1, M, M) against Jacobians (N, B, M, M)."""
+    return matrix if matrix.dim() < 3 else matrix.unsqueeze(-3)
+
+
+def _diagonal(vector: Tensor) -> Tensor:
+    """``diag(A)`` of a vector parameter, broadcastable like ``_matrix``."""
+    return _matrix(torch.diag_embed(vector))
 
 
 def _check_state(z: Tensor, state_dim: int, what: str = "z") -> None:
@@ -301,7 +328,7 @@ class PiecewiseLinearRNN(nn.Module):
         """Return ``G z + g``, shape ``(..., S)``: the inputs of the switches at ``z``."""
         _check_state(z, self.state_dim)
         planes, offsets = self.switching_planes()
-        return z @ planes.T + offsets
+        return z @ planes.mT + _row(offsets)
 
     def region_codes(self, z: Tensor) -> Tensor:
         """Return the bool region code of ``z``, shape ``(..., S)``.
@@ -410,12 +437,12 @@ class PLRNN(_OffDiagonalMixin, PiecewiseLinearRNN):
 
     def step(self, z: Tensor) -> Tensor:
         _check_state(z, self.state_dim)
-        return self.A * z + torch.relu(z) @ self.off_diagonal_weights().T + self.h
+        return _row(self.A) * z + torch.relu(z) @ self.off_diagonal_weights().mT + _row(self.h)
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
-        J = torch.diag(self.A) + self.off_diagonal_weights() * d.unsqueeze(-2)
-        return J, self.h.expand(d.shape[:-1] + (self.state_dim,))
+        J = _diagonal(self.A) + _matrix(self.off_diagonal_weights()) * d.unsqueeze(-2)
+        return J, _row(self.h).expand(d.shape[:-1] + (self.state_dim,))
 
     def region_codes(self, z: Tensor) -> Tensor:
         _check_state(z, self.state_dim)
@@ -455,7 +482,7 @@ class ALRNN(_OffDiagonalMixin, PiecewiseLinearRNN):
 
     def switching_planes(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.state_dim, dtype=self.A.dtype, device=self.A.device)
-        return eye[self.n_linear :], torch.zeros(self.n_switches, dtype=self.A.dtype, device=self.A.device)
+        return eye[self.n_linear :], self.A.new_zeros(self.A.shape[:-1] + (self.n_switches,))
 
     def _phi_slopes(self, d: Tensor) -> Tensor:
         ones = torch.ones(d.shape[:-1] + (self.n_linear,), dtype=d.dtype, device=d.device)
@@ -464,12 +491,12 @@ class ALRNN(_OffDiagonalMixin, PiecewiseLinearRNN):
     def step(self, z: Tensor) -> Tensor:
         _check_state(z, self.state_dim)
         phi = torch.cat([z[..., : self.n_linear], torch.relu(z[..., self.n_linear :])], dim=-1)
-        return self.A * z + phi @ self.off_diagonal_weights().T + self.h
+        return _row(self.A) * z + phi @ self.off_diagonal_weights().mT + _row(self.h)
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         slopes = self._phi_slopes(self._check_codes(codes))
-        J = torch.diag(self.A) + self.off_diagonal_weights() * slopes.unsqueeze(-2)
-        return J, self.h.expand(slopes.shape[:-1] + (self.state_dim,))
+        J = _diagonal(self.A) + _matrix(self.off_diagonal_weights()) * slopes.unsqueeze(-2)
+        return J, _row(self.h).expand(slopes.shape[:-1] + (self.state_dim,))
 
 
 class ShallowPLRNN(PiecewiseLinearRNN):
@@ -523,8 +550,8 @@ class ShallowPLRNN(PiecewiseLinearRNN):
     def step_with_codes(self, z: Tensor) -> tuple[Tensor, Tensor]:
         # The hidden pre-activations are both the switch inputs and the nonlinearity's argument.
         _check_state(z, self.state_dim)
-        hidden = z @ self.W2.T + self.h2
-        return self.A * z + torch.relu(hidden) @ self.W1.T + self.h1, hidden > 0
+        hidden = z @ self.W2.mT + _row(self.h2)
+        return _row(self.A) * z + torch.relu(hidden) @ self.W1.mT + _row(self.h1), hidden > 0
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
@@ -537,9 +564,9 @@ class ShallowPLRNN(PiecewiseLinearRNN):
         which is several times faster than gating W1 for every sequence in a large batch.
         """
         M = self.state_dim
-        outer = (self.W1.T.unsqueeze(-1) * self.W2.unsqueeze(-2)).reshape(self.hidden_dim, M * M)
-        J = (jacobian_gates @ outer).reshape(jacobian_gates.shape[:-1] + (M, M)) + torch.diag(self.A)
-        return J, offset_gates @ (self.h2.unsqueeze(-1) * self.W1.T) + self.h1
+        outer = (self.W1.mT.unsqueeze(-1) * self.W2.unsqueeze(-2)).reshape(self.W2.shape[:-2] + (self.hidden_dim, M * M))
+        J = (jacobian_gates @ outer).reshape(jacobian_gates.shape[:-1] + (M, M)) + _diagonal(self.A)
+        return J, offset_gates @ (self.h2.unsqueeze(-1) * self.W1.mT) + _row(self.h1)
 
 
 class ClippedShallowPLRNN(ShallowPLRNN):
@@ -559,13 +586,13 @@ class ClippedShallowPLRNN(ShallowPLRNN):
         return 2 * hidden_dim
 
     def switching_planes(self) -> tuple[Tensor, Tensor]:
-        return torch.cat([self.W2, self.W2]), torch.cat([self.h2, torch.zeros_like(self.h2)])
+        return torch.cat([self.W2, self.W2], dim=-2), torch.cat([self.h2, torch.zeros_like(self.h2)], dim=-1)
 
     def step_with_codes(self, z: Tensor) -> tuple[Tensor, Tensor]:
         _check_state(z, self.state_dim)
-        pre = z @ self.W2.T
-        shifted = pre + self.h2
-        after = self.A * z + (torch.relu(shifted) - torch.relu(pre)) @ self.W1.T + self.h1
+        pre = z @ self.W2.mT
+        shifted = pre + _row(self.h2)
+        after = _row(self.A) * z + (torch.relu(shifted) - torch.relu(pre)) @ self.W1.mT + _row(self.h1)
         return after, torch.cat([shifted > 0, pre > 0], dim=-1)
 
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:

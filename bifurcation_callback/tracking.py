@@ -11,8 +11,9 @@ methods and logs what they return; everything here is testable with a bare model
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,24 @@ import torch
 
 from ._checks import require_dtype, require_int
 from .attractors import Attractor, AttractorReport, attractor_label, find_attractors
-from .bifurcations import BifurcationEvent, detect_bifurcations, localize, match
-from .cycles import Cycle, CycleSet, find_cycles
-from .models import detached_copy, search_radius
+from tqdm import tqdm
+
+from . import _scyfi
+from ._search import FreshSearch, RegionTables, search_fresh
+from ._stack import ModelStack
+from .bifurcations import BifurcationEvent, compare_snapshots, localize, match
+from .cycles import (
+    DEFAULT_EXHAUSTIVE_LIMIT,
+    Cycle,
+    CycleSet,
+    _one_cpu_thread,
+    _realizable_regions,
+    assemble_step,
+    follow_cycle,
+    resolve_sequences,
+    sequence_table,
+)
+from .models import model_tensors, search_radius
 
 __all__ = [
     "MONITOR_FINDER_DEFAULTS",
@@ -40,6 +56,8 @@ __all__ = [
 # else by this small random search, so a new cycle is counted at the step it is born.  The first step uses
 # find_cycles' thorough defaults on every order.
 MONITOR_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 32, "inner": 5, "outer": 1}
+# The first monitored step (no previous cycles yet): find_cycles' own defaults.
+THOROUGH_SEARCH: dict[str, int] = {"n_starts": 256, "inner": 20, "outer": 4}
 
 # The single list of find_cycles options a user may override; validation and its error message read it.
 FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "exhaustive_limit", "inner", "n_starts", "outer")
@@ -125,7 +143,7 @@ def gradient_norm(parameters: Any) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class TrackedStep:
-    """What :meth:`CycleTracker.update` found at one step.
+    """What :meth:`CycleTracker.update_many` found at one step.
 
     Attributes
     ----------
@@ -135,12 +153,16 @@ class TrackedStep:
         All cycles found.
     events : tuple of BifurcationEvent
         Changes since the previous snapshot (empty at the first one; none for orders cut by the time
-        budget), brackets widened back to the order's last exhaustive step.
+        budget), each checked against both steps' weights (``bifurcations.compare_snapshots``).
     charted : dict of int to float
         Track id → largest |multiplier| of the current cycles that own a per-cycle curve (at most
         ``max_tracked_cycles`` ids over the whole run).
     finder_ms, compare_ms : float
-        Wall time of the search and of the comparison (including localisation).
+        Wall time of the search (a batch's search shared equally by its steps) and of the comparison
+        (including the checks and localisation).
+    late_discoveries : tuple of dict
+        Cycles first found at this step that existed at the previous analysed step (the heuristic search
+        missed them there): not events (see ``bifurcations.Comparison.missed``).
     """
 
     step: int
@@ -149,10 +171,18 @@ class TrackedStep:
     charted: dict[int, float]
     finder_ms: float
     compare_ms: float
+    late_discoveries: tuple[dict, ...] = ()
 
 
 class CycleTracker:
     """Follow the cycles of one piecewise-linear model across training steps.
+
+    At every step the cycles are those of a fresh search (every order enumerated where its region sequences can
+    be listed, else SCYFI's random search seeded by ``seed + step``) together with the previous step's cycles
+    that still exist (their region sequences re-solved with the new weights, and, for a cycle that is not
+    found again in an order that was only searched, the regions its points moved into).  A step's result
+    depends on its own weights and the previous step's cycles only, so steps analysed together
+    (``update_many``) give exactly what steps analysed one at a time give.
 
     Parameters
     ----------
@@ -165,7 +195,7 @@ class CycleTracker:
     finder_kwargs : dict, optional
         Overrides of ``MONITOR_FINDER_DEFAULTS`` (see :func:`check_finder_kwargs`).
     time_budget_s : float, optional
-        Per-search budget; a search cut short is discarded (``update`` returns None).
+        Per-step budget of the search; orders it cuts keep what was found (status ``cut``).
     localize_events : bool
         Bisect along the straight weight path between two snapshots around every update with events.
 
@@ -203,10 +233,11 @@ class CycleTracker:
         self.time_budget_s = time_budget_s
         self.localize_events = localize_events
         self.progress = True
-        self._shadow: Any = None
-        self._shadow_source: Any = None
-        self._previous_weights: Any = None
         self.reset()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.finder_kwargs.get("dtype", torch.float64)
 
     def reset(self) -> None:
         """Forget every snapshot and track."""
@@ -218,21 +249,24 @@ class CycleTracker:
         self._first_step: int | None = None
         # Per order, the last analysed step whose search was exhaustive (proved complete).
         self._last_exhaustive: dict[int, int] = {}
-        self._previous_weights = None
+        # The previous step's model (for the checks and localisation), or its weights after a resume.
+        self._previous_model: Any = None
+        self._previous_weights: list[list] | None = None
 
     # ------------------------------------------------------------------------------------------ schedule
 
     def plan(self) -> dict[str, int]:
-        """The finder options of the next search: find_cycles' thorough defaults while there is no warm start,
-        then ``MONITOR_FINDER_DEFAULTS`` (with the user's overrides applied by ``update``) on every order.
+        """The finder options of the next search: find_cycles' thorough defaults while there is no previous
+        step, then ``MONITOR_FINDER_DEFAULTS`` on every order; the user's ``finder_kwargs`` override both.
 
         Examples
         --------
-        >>> tracker = CycleTracker(max_order=3)
-        >>> tracker.plan()
-        {}
+        >>> CycleTracker(max_order=3).plan()
+        {'n_starts': 256, 'inner': 20, 'outer': 4}
         """
-        return {} if self.previous is None else dict(MONITOR_FINDER_DEFAULTS)
+        effort = dict(THOROUGH_SEARCH) if self.previous is None else dict(MONITOR_FINDER_DEFAULTS)
+        effort.update({k: v for k, v in self.finder_kwargs.items() if k in ("n_starts", "inner", "outer")})
+        return effort
 
     # ------------------------------------------------------------------------------------------ update
 
@@ -242,60 +276,148 @@ class CycleTracker:
         Parameters
         ----------
         model : PiecewiseLinear
-            The live model; a ``torch.nn.Module`` is copied (detached, in the finder's dtype and device) first.
+            The live model (only read: a ``torch.nn.Module`` is copied in the finder's dtype and device).
         step : int
             The step the snapshot belongs to (increasing from call to call).
 
         Returns
         -------
         TrackedStep
-            A search cut by the time budget keeps what it found: its orders have status ``"cut"`` (their
-            counts are lower bounds), no event is reported for them (a cycle not reached is no disappearance),
-            and the next search starts from the union of what this one found and the earlier cycles of those
-            orders, so a budget too small for one thorough search still lets the monitor catch up.
 
         Raises
         ------
         ValueError
-            From ``find_cycles`` (non-finite weights, ...); the tracker's state is left as it was.
+            Non-finite weights, or a step not after the previous one; the tracker's state is left as it was.
         """
-        effort = self.plan()
+        return self.update_many(self.stack([model_tensors(model)], model) if isinstance(model, torch.nn.Module)
+                                else ModelStack.single(model, dtype=self.dtype, device=torch.device("cpu")), [step])[0]
+
+    def stack(self, weights: Sequence[Sequence[Any]], template: torch.nn.Module) -> ModelStack:
+        """A ``ModelStack`` of ``template`` with the given weights (per step: parameters then buffers), in the
+        finder's dtype and device."""
+        device = self.finder_kwargs.get("device") or next(iter(template.parameters()), torch.empty(0)).device
+        return ModelStack(template, weights, dtype=self.dtype, device=device)
+
+    def update_many(self, stack: ModelStack, steps: Sequence[int]) -> list[TrackedStep]:
+        """Analyse the consecutive snapshots ``stack`` (one per step of ``steps``, increasing) in one batched
+        search; the same results as calling :meth:`update` for each step in turn.
+
+        A search cut by the time budget keeps what it found: its orders have status ``"cut"`` (their counts are
+        lower bounds), no event is reported for them (a cycle not reached is no disappearance), and the next
+        search starts from the union of what this one found and the earlier cycles of those orders, so a budget
+        too small for one thorough search still lets the monitor catch up.  The budget is shared by the batch.
+
+        Raises
+        ------
+        ValueError
+            Non-finite weights (``find_cycles``' message), or steps not after the previous ones; the tracker's
+            state is left as it was.
+        """
+        steps = [int(step) for step in steps]
+        if len(steps) != stack.n_steps:
+            raise ValueError(f"update_many got {len(steps)} steps for a stack of {stack.n_steps} snapshots")
+        last = self.previous_step
+        for step in steps:
+            if last is not None and step <= last:
+                raise ValueError(f"steps must increase from snapshot to snapshot, got {step} after {last}")
+            last = step
+        for index in range(stack.n_steps):
+            _check_finite(stack, index)
+        if self.previous is None and stack.n_steps > 1:  # the thorough first search runs alone
+            return self.update_many(stack.select([0]), steps[:1]) + self.update_many(
+                stack.select(range(1, stack.n_steps)), steps[1:]
+            )
         started = time.perf_counter()
-        cycles = find_cycles(
-            self._analysis_copy(model),
-            self.max_order,
-            warm_start=self._warm_start,
-            seed=self.seed + step,
-            time_budget_s=self.time_budget_s,
-            # The thorough first search can take seconds on a large model: a progress bar, unless off the training
-            # thread (the monitor's worker turns it off: nobody waits for it there).
-            progress=self.progress and self.previous is None,
-            **{**effort, **self.finder_kwargs},
-        )
-        searched = time.perf_counter()
-        weights = detached_copy(model) if self.localize_events and isinstance(model, torch.nn.Module) else None
+        orders = tuple(range(1, self.max_order + 1))
+        models = [stack.model(index) for index in range(stack.n_steps)]
+        effort = self.plan()
+        with torch.no_grad():
+            fresh = self._search(stack, models, steps, orders, effort)
+            carried = _CarriedSequences(stack, orders)
+            carried.add([self._warm_start] + [_fresh_set(fresh, i, orders) for i in range(stack.n_steps)])
+        search_ms = 1e3 * (time.perf_counter() - started) / stack.n_steps
+        results = []
+        for index, step in enumerate(steps):
+            assembled = time.perf_counter()
+            with torch.no_grad():
+                cycles = self._assemble(stack, models[index], index, fresh, carried, orders)
+            compared = time.perf_counter()
+            events, late = self._compare(cycles, models[index], step)
+            results.append(TrackedStep(
+                step=step,
+                cycles=cycles,
+                events=tuple(events),
+                charted={track: cycle.spectral_radius for track, cycle in self.charted(cycles).items()},
+                finder_ms=search_ms + 1e3 * (compared - assembled),
+                compare_ms=1e3 * (time.perf_counter() - compared),
+                late_discoveries=tuple(late),
+            ))
+            self._advance(cycles, models[index], step)
+        return results
+
+    def _search(self, stack: ModelStack, models: list, steps: list[int], orders: tuple[int, ...], effort: dict) -> FreshSearch:
+        deadline = time.monotonic() + self.time_budget_s * stack.n_steps if self.time_budget_s else math.inf
+        # The thorough first search can take seconds on a large model: a progress bar, unless off the training
+        # thread (the monitor's worker turns it off: nobody waits for it there).
+        bar = tqdm(total=len(orders), desc="cycle search", unit="order", delay=2.0, leave=False,
+                   disable=not (self.progress and self.previous is None))
+        with bar, _one_cpu_thread(stack.device):
+            return search_fresh(
+                stack,
+                orders,
+                seeds=[self.seed + step for step in steps],
+                regions=RegionTables([_realizable_regions(m, stack.device) for m in models], stack.n_switches, stack.device),
+                radii=[search_radius(m) for m in models],
+                geometries=[_scyfi.switching_geometry(m) for m in models],
+                n_starts=effort["n_starts"],
+                inner=effort["inner"],
+                outer=effort["outer"],
+                exhaustive_limit=self.finder_kwargs.get("exhaustive_limit", DEFAULT_EXHAUSTIVE_LIMIT),
+                random_orders=set(orders),
+                deadline=deadline,
+                make_cycle=Cycle,
+                on_order=lambda _: bar.update(1),
+            )
+
+    def _assemble(self, stack: ModelStack, model: Any, index: int, fresh: FreshSearch, carried, orders) -> CycleSet:
+        """This step's cycles: the previous step's that still exist, then the fresh search's; a previous cycle
+        of an order that is not exhaustive here and not found again is followed into the regions it moved to."""
+        wanted = {order: {c.key for c in self._warm_start.by_order(order)} for order in orders} if self._warm_start else {}
+        cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted)
+        if self.previous is None:
+            return cycles
+        found = {c.key for c in cycles}
+        extra: dict[int, list[Cycle]] = {}
+        for cycle in self.previous:
+            if cycle.key in found or cycles.is_exhaustive(cycle.order) or cycles.status(cycle.order) == "cut":
+                continue
+            extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
+        if not any(extra.values()):
+            return cycles
+        return assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
+
+    def _compare(self, cycles: CycleSet, model: Any, step: int) -> tuple[list[BifurcationEvent], list[dict]]:
+        """Events and late discoveries against the previous step; also moves the track ids on."""
         if self.previous is None:  # the first snapshot: every cycle starts a track, nothing to compare with
-            events: list[BifurcationEvent] = []
             self._update_tracks(match(CycleSet(orders=cycles.orders), cycles))
-        else:
-            events = detect_bifurcations(self.previous, cycles, step=step, prev_step=self.previous_step)
-            compared = {k for k in cycles.orders if "cut" not in (cycles.status(k), self.previous.status(k))}
-            events = [self._honest_bracket(event) for event in events if event.order in compared]
-            self._update_tracks(match(self.previous, cycles))
-            if events and self._previous_weights is not None and weights is not None:
-                events = self._localize(events, self._previous_weights, weights, step)
+            return [], []
+        before = self._previous_model
+        comparison = compare_snapshots(self.previous, cycles, step=step, prev_step=self.previous_step,
+                                       before=before, after=model if before is not None else None)
+        self._update_tracks(list(comparison.matches))
+        kept = {k for k in cycles.orders if "cut" not in (cycles.status(k), self.previous.status(k))}
+        events = [self._honest_bracket(event) for event in comparison.events if event.order in kept]
+        if events and self.localize_events and before is not None and isinstance(model, torch.nn.Module):
+            events = self._localize(events, before, model, step)
+        late = [entry for entry in comparison.missed if entry["order"] in kept]
+        return events, late
+
+    def _advance(self, cycles: CycleSet, model: Any, step: int) -> None:
         self._warm_start = _carry_over(cycles, self._warm_start)
-        self.previous, self.previous_step, self._previous_weights = cycles, step, weights
+        self.previous, self.previous_step, self._previous_model = cycles, step, model
+        self._previous_weights = None
         self._first_step = step if self._first_step is None else self._first_step
         self._last_exhaustive.update({order: step for order in cycles.orders if cycles.is_exhaustive(order)})
-        return TrackedStep(
-            step=step,
-            cycles=cycles,
-            events=tuple(events),
-            charted={track: cycle.spectral_radius for track, cycle in self.charted(cycles).items()},
-            finder_ms=1e3 * (searched - started),
-            compare_ms=1e3 * (time.perf_counter() - searched),
-        )
 
     def track_id(self, cycle: Cycle) -> int | None:
         """The track id of a cycle of the last snapshot (None for any other cycle)."""
@@ -308,15 +430,14 @@ class CycleTracker:
         return dict(sorted((t, c) for t, c in tracked if t is not None and t < self.max_tracked_cycles))
 
     def _honest_bracket(self, event: BifurcationEvent) -> BifurcationEvent:
-        """A cycle found with no predecessor (an appearance, or a pair born at a border) was born after the last
-        step at which its order was proved complete without it; at steps searched only heuristically it may
-        simply have been missed.  So the bracket of such an event reaches back to the order's last exhaustive
-        step (to the first analysed step when the order never was exhaustive); for orders enumerated at every
-        step it is the usual ``(previous step, step)``."""
+        """An appearance that could not be checked against the previous step's weights (after a resume from a
+        checkpoint without them) may be a cycle the search missed: its bracket reaches back to the last step
+        at which its order was proved complete without it (the first analysed step if never).  Checked events
+        keep ``(previous step, step)``."""
         low, high = event.step_interval
         newly_found = event.eigenvalues_before is None and event.eigenvalues_after is not None
         proved_absent = self._last_exhaustive.get(event.order, self._first_step)
-        if not newly_found or proved_absent is None or proved_absent >= low:
+        if event.verified or not newly_found or proved_absent is None or proved_absent >= low:
             return event
         return dataclasses.replace(event, step_interval=(proved_absent, high))
 
@@ -347,38 +468,28 @@ class CycleTracker:
             for event in events
         ]
 
-    def _analysis_copy(self, model: Any) -> Any:
-        """The model's current weights in the finder's dtype and device, in a copy made once per model and
-        refreshed in place every step (a fresh copy per step was a measurable part of the monitor's cost)."""
-        if not isinstance(model, torch.nn.Module):
-            return model
-        dtype = self.finder_kwargs.get("dtype", torch.float64)
-        device = self.finder_kwargs.get("device") or next(iter(model.parameters()), torch.empty(0)).device
-        if self._shadow is None or self._shadow_source is not model:
-            self._shadow, self._shadow_source = detached_copy(model).to(device=device, dtype=dtype), model
-        with torch.no_grad():
-            for mine, theirs in zip(self._shadow.parameters(), model.parameters()):
-                mine.copy_(theirs)
-            for mine, theirs in zip(self._shadow.buffers(), model.buffers()):
-                mine.copy_(theirs)
-        return self._shadow
-
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs: the last snapshot, the tracks and the last exhaustive steps (JSON-friendly)."""
+        """What a resumed run needs: the last snapshot, its weights, the tracks and the last exhaustive steps
+        (JSON-friendly)."""
+        weights = self._previous_weights
+        if weights is None and isinstance(self._previous_model, torch.nn.Module):
+            weights = [t.detach().cpu().double().tolist() for t in model_tensors(self._previous_model)]
         return {
             "previous": self.previous.to_dict() if self.previous is not None else None,
             "previous_step": self.previous_step,
+            "previous_weights": weights,
             "tracks": dict(self._tracks),
             "next_track_id": self._next_track_id,
             "first_step": self._first_step,
             "last_exhaustive": {str(k): v for k, v in self._last_exhaustive.items()},
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (the weights of the previous snapshot are not kept: the first
-        update after a resume is compared but not localised)."""
+    def load_state_dict(self, state: Mapping[str, Any], template: torch.nn.Module | None = None) -> None:
+        """Restore :meth:`state_dict` output.  With ``template`` (the model being tracked) the previous step's
+        weights are restored too, so the first update after a resume is checked like any other; without them
+        (or from an older checkpoint) its appearances in searched orders are reported unverified."""
         self.reset()
         previous = state.get("previous")
         self.previous = CycleSet.from_dict(previous) if previous is not None else None
@@ -388,6 +499,53 @@ class CycleTracker:
         self._next_track_id = int(state.get("next_track_id", 0))
         self._first_step = state.get("first_step")
         self._last_exhaustive = {int(k): int(v) for k, v in state.get("last_exhaustive", {}).items()}
+        self._previous_weights = state.get("previous_weights")
+        if self._previous_weights is not None and template is not None:
+            self._previous_model = self.stack([self._previous_weights], template).model(0)
+
+
+class _CarriedSequences:
+    """Every region sequence a batch may carry from step to step (the warm start's and every fresh search's),
+    solved with every step's weights in one batched call per order."""
+
+    def __init__(self, stack: ModelStack, orders: tuple[int, ...]) -> None:
+        self.stack, self.orders = stack, orders
+        self._keys: dict[int, list[bytes]] = {order: [] for order in orders}
+        self._evaluations: dict[int, list[Any]] = {order: [] for order in orders}
+
+    def add(self, cycle_sets: Sequence[CycleSet | None]) -> None:
+        table = sequence_table(cycle_sets, self.orders, self.stack.n_switches)
+        new = {}
+        for order, (keys, codes) in table.items():
+            fresh = [i for i, key in enumerate(keys) if key not in set(self._keys[order])]
+            if fresh:
+                self._keys[order].extend(keys[i] for i in fresh)
+                new[order] = codes[fresh]
+        for order, evaluation in resolve_sequences(self.stack, new).items():
+            self._evaluations[order].append(evaluation)
+
+    def table(self) -> dict[int, tuple[list[bytes], Any]]:
+        """Per order, the keys and one ``Evaluation`` with leading axes (N, K)."""
+        joined = {}
+        for order in self.orders:
+            parts = self._evaluations[order]
+            if not parts:
+                continue
+            if len(parts) > 1:
+                parts[:] = [_scyfi.Evaluation(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in _scyfi.EVALUATION_FIELDS))]
+            joined[order] = (self._keys[order], parts[0])
+        return joined
+
+
+def _fresh_set(fresh: FreshSearch, index: int, orders: tuple[int, ...]) -> CycleSet:
+    return CycleSet(tuple(c for order in orders for c in fresh.cycles[index][order]), orders)
+
+
+def _check_finite(stack: ModelStack, index: int) -> None:
+    model = stack.model(index)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if isinstance(model, torch.nn.Module) else ():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"model parameter {name!r} contains NaN or Inf; cycles are undefined")
 
 
 def _carry_over(cycles: CycleSet, warm_start: CycleSet | None) -> CycleSet:

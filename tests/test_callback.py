@@ -139,7 +139,7 @@ def test_problems_warn_count_and_training_finishes(tmp_path, monkeypatch, proble
         def broken(*args, **kwargs):
             raise RuntimeError("solver exploded")
 
-        monkeypatch.setattr(tracking_module, "find_cycles", broken)
+        monkeypatch.setattr(tracking_module, "search_fresh", broken)
     monitor = BifurcationMonitor(mode="sync", **monitor_kwargs)
     module = TinyRNNModule(lr=0.0, schedule=schedule)
     with pytest.warns(RuntimeWarning, match="BifurcationMonitor skipped step"):

@@ -585,16 +585,17 @@ def test_warm_only_orders_say_so():
 
 
 def test_cut_keeps_what_was_found_and_marks_later_orders_cut(monkeypatch):
-    import bifurcation_callback.cycles as cycles_module
+    import bifurcation_callback._search as search_module
 
-    real_enumerate = cycles_module._enumerate_order
+    real_enumerate = search_module._enumerate
     calls = []
 
-    def enumerate_then_run_out(*args, **kwargs):  # order 1 finishes, then the budget is spent
-        calls.append(args[2])
-        return real_enumerate(*args, **{**kwargs, "deadline": math.inf if len(calls) == 1 else -math.inf})
+    def enumerate_then_run_out(stack, order, regions, collector, steps, result, deadline, batch_size):
+        calls.append(order)  # order 1 finishes, then the budget is spent
+        deadline = math.inf if len(calls) == 1 else -math.inf
+        return real_enumerate(stack, order, regions, collector, steps, result, deadline, batch_size)
 
-    monkeypatch.setattr(cycles_module, "_enumerate_order", enumerate_then_run_out)
+    monkeypatch.setattr(search_module, "_enumerate", enumerate_then_run_out)
     found = find_cycles(PLRNN_2D.build(), max_order=3, time_budget_s=60.0)
     assert found.statuses == {1: "exhaustive", 2: "cut", 3: "cut"}
     assert found.cut and not found.complete and found.counts()[1] == 2

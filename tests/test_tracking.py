@@ -10,6 +10,7 @@ import torch
 from bifurcation_callback.tracking import (
     FINDER_KEYS,
     MONITOR_FINDER_DEFAULTS,
+    THOROUGH_SEARCH,
     CycleTracker,
     check_finder_kwargs,
     gradient_norm,
@@ -71,7 +72,7 @@ def test_search_schedule_thorough_first_then_every_order_at_every_update():
     for step in range(4):
         plans.append(tracker.plan())
         tracker.update(model, step)
-    assert plans[0] == {}
+    assert plans[0] == THOROUGH_SEARCH
     assert all(plan == MONITOR_FINDER_DEFAULTS for plan in plans[1:])
 
 
@@ -89,9 +90,9 @@ def test_a_pair_born_at_a_border_is_counted_at_the_step_it_is_born():
     assert [(e.kind, e.order, e.step_interval) for e in events] == [("border_collision", 1, (2, 3))] * 2
 
 
-def test_a_cycle_first_found_by_a_heuristic_search_gets_a_bracket_back_to_the_last_proof():
-    # Above the enumeration limit an order is only searched: a newly found cycle may have been missed before,
-    # so its bracket reaches back to the first analysed step (no exhaustive step of that order exists).
+def test_a_birth_in_a_searched_order_is_checked_against_the_previous_weights():
+    # Above the enumeration limit an order is only searched: a newly found cycle is re-solved with the previous
+    # step's weights; the pair born at step 3 did not exist at step 2, so the events are verified births.
     tracker = CycleTracker(max_order=2, finder_kwargs={"exhaustive_limit": 0})
     model = border_pair(0.1)
     found = []
@@ -101,7 +102,38 @@ def test_a_cycle_first_found_by_a_heuristic_search_gets_a_bracket_back_to_the_la
         found.append(tracker.update(model, step))
     assert not any(result.cycles.is_exhaustive(1) for result in found)
     events = [event for result in found for event in result.events]
-    assert events and all(event.step_interval[0] == 0 and event.step_interval[1] >= 3 for event in events)
+    assert [(e.kind, e.order, e.step_interval, e.verified) for e in events] == [("border_collision", 1, (2, 3), True)] * 2
+    assert not any(result.late_discoveries for result in found)
+
+
+def test_a_cycle_the_search_missed_is_a_late_discovery_not_a_birth(monkeypatch):
+    # Planted miss: the search at step 0 loses the fixed point -2 mu (a far one, as the README model's searches
+    # used to); found at step 1, it is checked with step 0's weights, where it exists: no event.
+    import bifurcation_callback.tracking as tracking
+
+    real_search = tracking.search_fresh
+
+    def miss_the_negative_fixed_point_at_first(stack, orders, **kwargs):
+        result = real_search(stack, orders, **kwargs)
+        if kwargs["seeds"] == [0]:
+            result.cycles[0][1] = [c for c in result.cycles[0][1] if c.points[0, 0] > 0]
+        return result
+
+    monkeypatch.setattr(tracking, "search_fresh", miss_the_negative_fixed_point_at_first)
+    tracker = CycleTracker(max_order=1, finder_kwargs={"exhaustive_limit": 0})
+    model = border_pair(-0.1)
+    first = tracker.update(model, step=0)
+    assert len(first.cycles) == 1
+    second = tracker.update(model, step=1)
+    assert len(second.cycles) == 2 and second.events == ()
+    (late,) = second.late_discoveries
+    assert (late["order"], late["missed_at"], late["found_at"]) == (1, 0, 1) and late["point"][0] < 0
+    # Had the weights not been available (an old checkpoint), the appearance would be reported unverified.
+    unchecked = CycleTracker(max_order=1, finder_kwargs={"exhaustive_limit": 0})
+    unchecked.update(model, step=0)
+    unchecked.load_state_dict(json.loads(json.dumps({**unchecked.state_dict(), "previous_weights": None})))
+    (event,) = unchecked.update(model, step=1).events
+    assert not event.verified and event.step_interval == (0, 1)
 
 
 def test_tracked_curves_are_capped_for_the_whole_run():
@@ -198,7 +230,7 @@ def test_finder_dtype_override_is_used():
     tracker = CycleTracker(max_order=1, finder_kwargs={"dtype": "float32"})
     result = tracker.update(linear_1d(0.5), step=0)
     assert len(result.cycles) == 1
-    assert next(tracker._shadow.parameters()).dtype == torch.float32
+    assert tracker.dtype == torch.float32 and result.cycles.by_order(1)[0].residual < 1e-3
 
 
 def test_gradient_norm():

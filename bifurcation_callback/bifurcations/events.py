@@ -36,6 +36,7 @@ This module imports neither Lightning nor TensorBoard; every function is pure.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from .._scyfi import NEUTRAL_TOLERANCE
-from ..cycles import Cycle, CycleSet
+from ..cycles import Cycle, CycleSet, cycle_determinant_sign, follow_cycle
 
 __all__ = [
     "BIFURCATION_KINDS",
@@ -60,6 +61,8 @@ __all__ = [
     "BifurcationEvent",
     "match",
     "classify",
+    "Comparison",
+    "compare_snapshots",
     "detect_bifurcations",
     "is_qualitative",
 ]
@@ -147,6 +150,11 @@ class BifurcationEvent:
         First point of the cycle (after if it exists, else before).
     description : str
         One human sentence.
+    verified : bool
+        The change is proved by both snapshots: a cycle that persisted, or a cycle that appeared (vanished) in an
+        order enumerated at the other step, or whose absence there was checked with that step's weights
+        (``compare_snapshots``).  False for an appearance or disappearance in an order only searched
+        heuristically, without the weights to check: it may be a cycle the search missed at one step.
 
     Examples
     --------
@@ -170,6 +178,7 @@ class BifurcationEvent:
     n_unstable_after: int | None = None
     point: tuple[float, ...] | None = None
     description: str = ""
+    verified: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in BIFURCATION_KINDS:
@@ -199,6 +208,7 @@ class BifurcationEvent:
             "n_unstable_after": self.n_unstable_after,
             "point": None if self.point is None else list(self.point),
             "description": self.description,
+            "verified": self.verified,
         }
 
     @classmethod
@@ -220,6 +230,7 @@ class BifurcationEvent:
             n_unstable_after=data.get("n_unstable_after"),
             point=None if data.get("point") is None else tuple(float(x) for x in data["point"]),
             description=data.get("description", ""),
+            verified=bool(data.get("verified", True)),
         )
 
 
@@ -388,6 +399,7 @@ def classify(
     partner: Cycle | None = None,
     reference_scale: float | None = None,
     neutral_tolerance: float = NEUTRAL_TOLERANCE,
+    allow_degenerate: bool = True,
 ) -> BifurcationEvent | None:
     """Classify what happened to one cycle between two snapshots; None when nothing qualitative did.
 
@@ -416,6 +428,10 @@ def classify(
         Typical point norm of the other cycles (``1 +`` median); enables the escape-to-infinity test.
     neutral_tolerance : float
         Multipliers count as outside the unit circle when ``|λ| > 1 + neutral_tolerance``.
+    allow_degenerate : bool
+        False when the weights show that the cycle did not pass through infinity (its region sequence's
+        ``det(I - P)`` kept its sign between the snapshots): it is then an appearance / disappearance (or a
+        nonsmooth fold), whatever its multipliers suggest.
 
     Returns
     -------
@@ -496,7 +512,7 @@ def classify(
     appearing = prev is None
     existing = curr if appearing else prev
     escaping = reference_scale is not None and _max_norm(existing) > DEGENERATE_NORM_FACTOR * reference_scale
-    if _near_plus_one(existing) or escaping:
+    if allow_degenerate and (_near_plus_one(existing) or escaping):
         reason = "a real multiplier is near +1" if _near_plus_one(existing) else "its points are far out"
         direction = "came in from infinity" if appearing else "escaped to infinity"
         return BifurcationEvent(
@@ -541,6 +557,144 @@ def _fold_partners(cycles: list[Cycle]) -> dict[int, Cycle]:
     return partners
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """What changed between two snapshots (``compare_snapshots``).
+
+    Attributes
+    ----------
+    matches : tuple of Match
+        Every cycle of both snapshots, paired (``match``).
+    events : tuple of BifurcationEvent
+        The qualitative changes, in ``matches`` order.
+    missed : tuple of dict
+        Cycles found at one step only that the other step's weights show existed there too: the heuristic
+        search missed them (``missed_at``), nothing happened.  Keys ``order``, ``missed_at``, ``found_at``,
+        ``point`` and ``description``; never events.
+    """
+
+    matches: tuple[Match, ...]
+    events: tuple[BifurcationEvent, ...]
+    missed: tuple[dict, ...] = ()
+
+
+def compare_snapshots(
+    prev: CycleSet,
+    curr: CycleSet,
+    *,
+    step: int,
+    prev_step: int,
+    before: Any = None,
+    after: Any = None,
+    rtol: float = 1e-2,
+    neutral_tolerance: float = NEUTRAL_TOLERANCE,
+) -> Comparison:
+    """Match two snapshots' cycles, classify every change, and check the changes the cycle sets alone cannot prove.
+
+    A cycle seen at one step only is an appearance or disappearance when its order was enumerated at the
+    other step (``CycleSet.is_exhaustive``): the cycle was proved absent there.  In an order only searched
+    heuristically it may just have been missed.  With the two steps' models (``before``, ``after``) that is
+    checked: ``cycles.follow_cycle`` solves the cycle's region sequence, and the sequences it would have after
+    crossing switching planes, with the other step's weights; a real cycle there that the other snapshot
+    does not hold means the search missed it: no event, a ``missed`` entry instead.  Otherwise the event is
+    ``verified``.  The weights also decide the degenerate label: a cycle "came in from infinity" (escaped to
+    it) only when its region sequence's ``det(I - P)`` changed sign between the steps
+    (``cycles.cycle_determinant_sign``), i.e. its solution passed through infinity.
+
+    Parameters
+    ----------
+    prev, curr : CycleSet
+        Cycles at ``prev_step`` and at ``step``.
+    step, prev_step : int
+        The steps of the two snapshots (``prev_step <= step``); every event's bracket is ``(prev_step, step)``.
+    before, after : PiecewiseLinear, optional
+        The models at ``prev_step`` and ``step``.  Without them appearances and disappearances in
+        non-exhaustive orders are reported with ``verified=False``.
+    rtol : float
+        Passed to ``match``.
+    neutral_tolerance : float
+        Passed to ``classify``.
+
+    Returns
+    -------
+    Comparison
+    """
+    if prev_step > step:
+        raise ValueError(f"prev_step ({prev_step}) must not exceed step ({step})")
+    matches = match(prev, curr, rtol=rtol)
+    missed: list[dict] = []
+    changed: list[Match] = []
+    for m in matches:
+        if m.status == "persisted":
+            changed.append(m)
+            continue
+        appearing = m.status == "appeared"
+        cycle, other_set, other_model = (m.curr, prev, before) if appearing else (m.prev, curr, after)
+        if other_model is not None and not other_set.is_exhaustive(cycle.order) and _exists(other_model, cycle, other_set):
+            missed_at, found_at = (prev_step, step) if appearing else (step, prev_step)
+            missed.append({
+                "order": cycle.order,
+                "missed_at": missed_at,
+                "found_at": found_at,
+                "point": [float(x) for x in cycle.points[0]],
+                "description": f"{_ordinal(cycle.order)} found at step {found_at} also exists at step {missed_at}, "
+                "where the heuristic search missed it: not a bifurcation",
+            })
+            continue
+        changed.append(m)
+    appeared = [m.curr for m in changed if m.status == "appeared"]
+    vanished = [m.prev for m in changed if m.status == "vanished"]
+    appeared_partners = _fold_partners(appeared)
+    vanished_partners = _fold_partners(vanished)
+    norms = {id(c): _max_norm(c) for c in list(prev) + list(curr)}
+
+    def reference(cycle: Cycle) -> float | None:
+        # The escape test needs other cycles to compare against; alone, a cycle is judged by its multipliers.
+        others = [n for key, n in norms.items() if key != id(cycle)]
+        return 1.0 + float(np.median(others)) if others else None
+
+    events: list[BifurcationEvent] = []
+    for m in changed:
+        partner, verified, allow_degenerate = None, True, True
+        if m.status != "persisted":
+            appearing = m.status == "appeared"
+            cycle = m.curr if appearing else m.prev
+            other_set, other_model = (prev, before) if appearing else (curr, after)
+            verified = other_set.is_exhaustive(cycle.order) or other_model is not None
+            if other_model is not None:
+                allow_degenerate = cycle_determinant_sign(other_model, cycle.codes) != _own_determinant_sign(cycle)
+            partner = (appeared_partners.get(appeared.index(cycle)) if appearing
+                       else vanished_partners.get(vanished.index(cycle)))
+        subject = m.curr if m.curr is not None else m.prev
+        event = classify(
+            m.prev,
+            m.curr,
+            step=step,
+            step_interval=(prev_step, step),
+            partner=partner,
+            reference_scale=reference(subject) if m.status != "persisted" else None,
+            neutral_tolerance=neutral_tolerance,
+            allow_degenerate=allow_degenerate,
+        )
+        if event is not None:
+            events.append(event if verified else dataclasses.replace(event, verified=False))
+    return Comparison(tuple(matches), tuple(events), tuple(missed))
+
+
+def _exists(model: Any, cycle: Cycle, known: CycleSet) -> bool:
+    """Whether ``model`` has ``cycle`` (its own region sequence, or moved across planes) while ``known`` lacks it."""
+    keys = {c.key for c in known.by_order(cycle.order)}
+    for found in follow_cycle(model, cycle):
+        if found.key not in keys and (found.key == cycle.key or _point_distance(found, cycle) <= CROSSING_RTOL):
+            return True
+    return False
+
+
+def _own_determinant_sign(cycle: Cycle) -> float:
+    # det(I - P) = prod(1 - λ) over the cycle's own multipliers.
+    return float(np.sign(np.prod(1.0 - cycle.eigenvalues).real))
+
+
 def detect_bifurcations(
     prev: CycleSet,
     curr: CycleSet,
@@ -550,7 +704,8 @@ def detect_bifurcations(
     rtol: float = 1e-2,
     neutral_tolerance: float = NEUTRAL_TOLERANCE,
 ) -> list[BifurcationEvent]:
-    """All qualitative changes between two snapshots: ``match`` then ``classify`` for each pair.
+    """All qualitative changes between two snapshots: ``match`` then ``classify`` for each pair
+    (``compare_snapshots`` without the models, so nothing is checked against the weights).
 
     Parameters
     ----------
@@ -582,40 +737,8 @@ def detect_bifurcations(
     >>> [e.kind for e in detect_bifurcations(CycleSet(orders=(1, 2)), cycles, step=1, prev_step=0)]
     ['appearance']
     """
-    if prev_step > step:
-        raise ValueError(f"prev_step ({prev_step}) must not exceed step ({step})")
-    matches = match(prev, curr, rtol=rtol)
-    appeared = [m.curr for m in matches if m.status == "appeared"]
-    vanished = [m.prev for m in matches if m.status == "vanished"]
-    appeared_partners = _fold_partners(appeared)
-    vanished_partners = _fold_partners(vanished)
-    norms = {id(c): _max_norm(c) for c in list(prev) + list(curr)}
-
-    def reference(cycle: Cycle) -> float | None:
-        # The escape test needs other cycles to compare against; alone, a cycle is judged by its multipliers.
-        others = [n for key, n in norms.items() if key != id(cycle)]
-        return 1.0 + float(np.median(others)) if others else None
-
-    events: list[BifurcationEvent] = []
-    for m in matches:
-        partner = None
-        if m.status == "appeared":
-            partner = appeared_partners.get(appeared.index(m.curr))
-        elif m.status == "vanished":
-            partner = vanished_partners.get(vanished.index(m.prev))
-        subject = m.curr if m.curr is not None else m.prev
-        event = classify(
-            m.prev,
-            m.curr,
-            step=step,
-            step_interval=(prev_step, step),
-            partner=partner,
-            reference_scale=reference(subject) if m.status != "persisted" else None,
-            neutral_tolerance=neutral_tolerance,
-        )
-        if event is not None:
-            events.append(event)
-    return events
+    comparison = compare_snapshots(prev, curr, step=step, prev_step=prev_step, rtol=rtol, neutral_tolerance=neutral_tolerance)
+    return list(comparison.events)
 
 
 def is_qualitative(event: BifurcationEvent | Mapping[str, Any]) -> bool:
