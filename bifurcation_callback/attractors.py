@@ -17,8 +17,10 @@ This module knows nothing of Lightning or TensorBoard.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from . import _scyfi
 from ._checks import finite_or_none, require_dtype, require_int, require_real
+from ._stack import ModelStack
 from .cycles import Cycle, _one_cpu_thread, _prepare_model, cycles_from_sequences
 from .models import detached_copy, require_piecewise_linear
 
@@ -38,6 +41,7 @@ __all__ = [
     "AttractorReport",
     "attractor_label",
     "find_attractors",
+    "find_attractors_many",
 ]
 
 
@@ -414,15 +418,21 @@ def _distance_to_cycle(segment: np.ndarray, points: np.ndarray) -> float:
     return float(np.linalg.norm(rotated - segment[None], axis=-1).max(axis=1).min())
 
 
+def _canonical_codes(codes: np.ndarray) -> np.ndarray:
+    """A code sequence (k, S) in its lexicographically smallest rotation (the order of ``Cycle.codes``)."""
+    return codes[_scyfi.rotation_table(len(codes))[_scyfi.canonical_rotation(codes)]]
+
+
 def _canonical_key(codes: np.ndarray) -> bytes:
     """``Cycle.key`` of a code sequence (k, S): its lexicographically smallest rotation, as bytes."""
-    return codes[_scyfi.rotation_table(len(codes))[_scyfi.canonical_rotation(codes)]].astype(np.uint8).tobytes()
+    return _canonical_codes(codes).astype(np.uint8).tobytes()
 
 
 def _solve_periodic(model, orbits, codes, periods, dtype) -> dict[int, Cycle]:
     """Cycles that the periodic orbits converge to, by state index.
 
-    The code sequence of the last ``p`` window steps is solved once per distinct period.  Multiples of ``p``
+    The code sequence of the last ``p`` window steps is solved once per distinct sequence, in its canonical
+    rotation (so a cycle's points do not depend on the phase at which an orbit reached it).  Multiples of ``p``
     are never tried: their solution is the same p-cycle, which the minimal-period check rejects (trying them
     made a diverging orbit that stays in one region cost seconds: 255 solves of orders up to 256).  The orbit
     is on its cycle when its last ``p`` points lie within the convergence tolerance of the cycle's points, or
@@ -437,7 +447,8 @@ def _solve_periodic(model, orbits, codes, periods, dtype) -> dict[int, Cycle]:
         by_order.setdefault(int(periods[b]), []).append(int(b))
     for order, rows in by_order.items():
         sequences = codes[rows, window - order :]
-        found = {cycle.key: cycle for cycle in cycles_from_sequences(model, sequences, dtype=dtype)}
+        canonical = np.unique(np.stack([_canonical_codes(sequence) for sequence in sequences]), axis=0)
+        found = {cycle.key: cycle for cycle in cycles_from_sequences(model, canonical, dtype=dtype)}
         for b, sequence in zip(rows, sequences):
             cycle = found.get(_canonical_key(sequence))
             if cycle is None:
@@ -469,23 +480,24 @@ def _orbit_radius(model, codes: np.ndarray, device: torch.device) -> float:
     return float(np.abs(np.linalg.eigvals(product.cpu().double().numpy())).max())
 
 
-def _stretch(model, codes: Tensor, vectors: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Push unit vectors ``(B, M)`` through the exact Jacobians of the region codes ``(B, T, S)`` of their
-    orbits, renormalising every step; returns the summed log-stretches ``(B,)`` and the final vectors.
+def _stretch(stack: ModelStack, codes: Tensor, vectors: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Push unit vectors ``(N, B, M)`` through the exact Jacobians of the region codes ``(N, B, T, S)`` of their
+    orbits, renormalising every step; returns the summed log-stretches ``(N, B)`` and the final vectors.
 
     This is the first column of ``lyapunov_exponents``' QR method (which gives the largest exponent), run on
     the codes of a window already simulated instead of a second simulation, in numpy (small matrices: torch's
     per-call overhead would dominate).  A Jacobian that annihilates the vector (superstable) gives ``-inf``.
     """
-    log_stretch = np.zeros(codes.shape[0])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for begin in range(0, codes.shape[1], chunk):
-            jacobians = model.affine_pieces(codes[:, begin : begin + chunk])[0].cpu().double().numpy()
-            for j in range(jacobians.shape[1]):
-                vectors = np.einsum("bij,bj->bi", jacobians[:, j], vectors)
-                norms = np.sqrt(np.einsum("bi,bi->b", vectors, vectors))
+    log_stretch = np.zeros(codes.shape[:2])
+    vectors = vectors.copy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for begin in range(0, codes.shape[2], chunk):
+            jacobians = stack.affine_pieces(codes[:, :, begin : begin + chunk])[0].cpu().double().numpy()
+            for j in range(jacobians.shape[2]):
+                vectors = np.einsum("nbij,nbj->nbi", jacobians[:, :, j], vectors)
+                norms = np.sqrt(np.einsum("nbi,nbi->nb", vectors, vectors))
                 log_stretch += np.log(norms)
-                vectors /= np.maximum(norms, 1e-300)[:, None]
+                vectors /= np.maximum(norms, 1e-300)[..., None]
     return log_stretch, vectors
 
 
@@ -593,6 +605,46 @@ def find_attractors(
     started = time.monotonic()
     require_piecewise_linear(model)
     dtype = require_dtype("dtype", dtype)
+    analysed, device = _prepare_model(model, dtype, None, copy=False)
+    z, _ = _as_states(analysed, states, dtype, "states")
+    if z.shape[0] == 0:
+        raise ValueError("states must hold at least one state, got an empty batch")
+    stack = ModelStack.single(analysed, dtype=dtype, device=device)
+    (report,) = find_attractors_many(
+        stack,
+        [z],
+        max_period=max_period,
+        n_transient=n_transient,
+        n_window=n_window,
+        n_orbit=n_orbit,
+        lyapunov_tolerance=lyapunov_tolerance,
+        divergence_bound=divergence_bound,
+        n_rounds=n_rounds,
+    )
+    return dataclasses.replace(report, elapsed_s=time.monotonic() - started)
+
+
+def find_attractors_many(
+    stack: ModelStack,
+    states: Sequence[Tensor],
+    *,
+    max_period: int = 256,
+    n_transient: int = 1000,
+    n_window: int | None = None,
+    n_orbit: int = 200,
+    lyapunov_tolerance: float = 5e-3,
+    divergence_bound: float = 1e10,
+    n_rounds: int = 2,
+    width: int = 0,
+) -> list[AttractorReport]:
+    """``find_attractors`` for every weight setting of a ``ModelStack`` at once: ``states[i] (B_i, M)`` are
+    the starting states of step ``i`` (in the stack's dtype and device).  The orbits of all steps are simulated
+    together; each step's report equals what ``find_attractors`` gives for that step alone, because every
+    orbit is computed independently of the others.  Every step's batch is padded with copies of its last state
+    (left out of the report) to ``width`` states or the largest batch: with a fixed ``width`` the tensors of a
+    step have the same shape however many steps are analysed together, so not even the choice of kernels
+    differs."""
+    started = time.monotonic()
     max_period = require_int("max_period", max_period, 1)
     n_transient = require_int("n_transient", n_transient, 0)
     n_window = require_int("n_window", 3 * max_period if n_window is None else n_window, 2 * max_period)
@@ -600,101 +652,138 @@ def find_attractors(
     lyapunov_tolerance = require_real("lyapunov_tolerance", lyapunov_tolerance, minimum=0.0)
     divergence_bound = require_real("divergence_bound", divergence_bound, minimum=0.0, exclusive_minimum=True)
     n_rounds = require_int("n_rounds", n_rounds, 1)
-    analysed, device = _prepare_model(model, dtype, None, copy=False)
-    z, _ = _as_states(analysed, states, dtype, "states")
-    batch, dim = z.shape
-    if batch == 0:
-        raise ValueError("states must hold at least one state, got an empty batch")
-    orbits = np.full((batch, n_window, dim), np.nan)  # the last window simulated for each state
-    codes = np.zeros((batch, n_window, analysed.n_switches), dtype=bool)
-    divergent = np.zeros(batch, dtype=bool)
-    cycles: dict[int, Cycle] = {}
-    neutral: dict[int, tuple[int, float]] = {}
-    generic = np.linspace(1.0, 2.0, dim)  # a fixed start vector, not orthogonal to typical directions
-    vectors = np.tile(generic / np.linalg.norm(generic), (batch, 1))
-    log_stretch = np.zeros(batch)
-    open_rows = np.arange(batch)
-    with torch.no_grad(), _one_cpu_thread(device):
+    if len(states) != stack.n_steps:
+        raise ValueError(f"find_attractors_many got {len(states)} batches of states for {stack.n_steps} steps")
+    sizes = [int(batch.shape[0]) for batch in states]
+    width = max(sizes + [width])
+    z = torch.stack([torch.cat([batch, batch[-1:].expand(width - len(batch), -1)]) for batch in states])
+    books = [
+        _OrbitBook(stack.model(i), size, n_window, stack, max_period, divergence_bound)
+        for i, size in enumerate(sizes)
+    ]
+    active = list(range(stack.n_steps))  # the steps with orbits still to simulate, and their sub-stack
+    current = stack
+    with torch.no_grad(), _one_cpu_thread(stack.device):
         for _ in range(n_transient):
-            z = analysed.step(z)
+            z = current.step(z)
         for _ in range(n_rounds):
-            trajectory, visited = _scyfi.simulate(_scyfi.model_functions(analysed)[1], z, n_window)
-            window = trajectory[:, :n_window].cpu().double().numpy()  # point t has code visited[:, t]
-            orbits[open_rows], codes[open_rows] = window, visited.cpu().numpy()
-            lost = _leaving(window, divergence_bound)
-            divergent[open_rows[lost]] = True
-            periods = np.zeros(batch, dtype=np.int64)
-            periods[open_rows] = _code_periods(codes[open_rows], ~lost, max_period)
-            cycles.update(_solve_periodic(analysed, orbits, codes, periods, dtype))
-            # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
-            for b in np.flatnonzero(periods):
-                if int(b) not in cycles:
-                    order = _point_period(orbits[b], int(periods[b]), CONVERGENCE_TOLERANCE[dtype])
-                    if order:
-                        neutral[int(b)] = (order, _orbit_radius(analysed, codes[b, n_window - order :], device))
-            still = np.array([not lost[i] and b not in cycles and b not in neutral for i, b in enumerate(open_rows)])
-            if not still.any():
-                open_rows = open_rows[still]
+            trajectory, visited = _scyfi.simulate(current.step_with_codes, z, n_window)
+            windows = trajectory[:, :, :n_window].cpu().double().numpy()  # point t has code visited[:, :, t]
+            codes = visited.cpu().numpy()
+            kept = {i: books[i].absorb(windows[j, : books[i].batch], codes[j, : books[i].batch]) for j, i in enumerate(active)}
+            still = [j for j, i in enumerate(active) if len(kept[i])]
+            if not still:
                 break
             # Orbits without a period (yet): their largest exponent over this window, and another window in case
-            # they were still in a transient (long transients near a saddle look aperiodic).
-            keep = torch.as_tensor(still, device=device)
-            kept_rows = open_rows[still]
-            stretch, vectors[kept_rows] = _stretch(analysed, visited[keep], vectors[kept_rows])
-            log_stretch[kept_rows] = stretch  # the last window counts; earlier ones were transient
-            open_rows, z = kept_rows, trajectory[keep, n_window]
-    exponents = log_stretch / n_window
-    # Still without a period after the last window: an orbit that keeps growing is divergent, not chaotic.
-    growing = open_rows[_growing(orbits[open_rows])]
-    divergent[growing] = True
-    open_rows = np.setdiff1d(open_rows, growing)
+            # they were still in a transient (long transients near a saddle look aperiodic).  Only the steps with
+            # such orbits go on.
+            if len(still) < len(active):
+                current, visited, trajectory = current.select(still), visited[still], trajectory[still]
+                active = [active[j] for j in still]
+            vectors = np.stack([np.pad(books[i].vectors, ((0, width - books[i].batch), (0, 0))) for i in active])
+            stretch, vectors = _stretch(current, visited, vectors)
+            for j, i in enumerate(active):
+                rows = kept[i]
+                books[i].vectors[rows] = vectors[j, rows]
+                books[i].log_stretch[rows] = stretch[j, rows]  # the last window counts; earlier ones were transient
+            z = trajectory[:, :, n_window]
+    elapsed = time.monotonic() - started
+    return [book.report(n_orbit, lyapunov_tolerance, elapsed / stack.n_steps) for book in books]
 
-    # Group the states into distinct attractors; each group is described by its first state.
-    groups: dict[tuple, list[int]] = {}
-    for b, cycle in cycles.items():
-        groups.setdefault(("cycle", cycle.key), []).append(b)
-    for b, (order, _) in neutral.items():
-        groups.setdefault(("neutral", order, _canonical_key(codes[b, n_window - order :])), []).append(b)
-    kinds: dict[int, str] = {}
-    for b in open_rows.tolist():
-        exponent = float(exponents[b])
-        if math.isnan(exponent):
-            divergent[b] = True
-        elif exponent > lyapunov_tolerance:
-            kinds[b] = "chaotic"
-        else:
-            kinds[b] = "quasi_periodic" if exponent >= -lyapunov_tolerance else "unresolved"
-    for kind in ("chaotic", "quasi_periodic", "unresolved"):
-        code_sets = {b: {row.tobytes() for row in codes[b]} for b, k in kinds.items() if k == kind}
-        for i, members in enumerate(_group_by_overlap(code_sets)):
-            groups[(kind, i)] = members
-    if divergent.any():
-        groups[("divergent",)] = [int(b) for b in np.flatnonzero(divergent)]
 
-    attractors = []
-    for members in groups.values():
-        members = sorted(members)
-        first = members[0]
-        kept = orbits[first, max(0, n_window - n_orbit) :]
-        cycle, period, radius, exponent = cycles.get(first), None, None, float("nan")
-        if cycle is not None:
-            period, radius = cycle.order, cycle.spectral_radius
-        elif first in neutral:
-            period, radius = neutral[first]
-        if period is not None:
-            kind = "fixed_point" if period == 1 else "cycle"
-            exponent = math.log(radius) / period if radius > 0 else -math.inf
-        elif divergent[first]:
-            kind = "divergent"
-        else:
-            kind, exponent = kinds[first], float(exponents[first])
-        attractors.append(Attractor(kind, period, cycle, radius, exponent, kept, len(members) / batch, tuple(members)))
-    attractors.sort(key=lambda a: (-len(a.states), a.states[0]))
-    labels = [0] * batch
-    for index, attractor in enumerate(attractors):
-        for b in attractor.states:
-            labels[b] = index
-    return AttractorReport(tuple(attractors), tuple(labels), max_period, time.monotonic() - started)
+class _OrbitBook:
+    """One step's orbits through the rounds of ``find_attractors_many``: what each starting state reached."""
+
+    def __init__(self, model, batch: int, n_window: int, stack: ModelStack, max_period: int, divergence_bound: float):
+        self.model, self.batch, self.n_window = model, batch, n_window
+        self.dtype, self.device, n_switches = stack.dtype, stack.device, stack.n_switches
+        self.max_period, self.divergence_bound = max_period, divergence_bound
+        dim = model.state_dim
+        self.orbits = np.full((batch, n_window, dim), np.nan)  # the last window simulated for each state
+        self.codes = np.zeros((batch, n_window, n_switches), dtype=bool)
+        self.divergent = np.zeros(batch, dtype=bool)
+        self.cycles: dict[int, Cycle] = {}
+        self.neutral: dict[int, tuple[int, float]] = {}
+        generic = np.linspace(1.0, 2.0, dim)  # a fixed start vector, not orthogonal to typical directions
+        self.vectors = np.tile(generic / np.linalg.norm(generic), (batch, 1))
+        self.log_stretch = np.zeros(batch)
+        self.open_rows = np.arange(batch)
+
+    def absorb(self, window: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Take one round's window of every state; returns the rows still without a period (continued)."""
+        open_rows = self.open_rows
+        if open_rows.size == 0:
+            return open_rows
+        window, codes = window[open_rows], codes[open_rows]
+        self.orbits[open_rows], self.codes[open_rows] = window, codes
+        lost = _leaving(window, self.divergence_bound)
+        self.divergent[open_rows[lost]] = True
+        periods = np.zeros(self.batch, dtype=np.int64)
+        periods[open_rows] = _code_periods(codes, ~lost, self.max_period)
+        self.cycles.update(_solve_periodic(self.model, self.orbits, self.codes, periods, self.dtype))
+        # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
+        for b in np.flatnonzero(periods):
+            if int(b) not in self.cycles:
+                order = _point_period(self.orbits[b], int(periods[b]), CONVERGENCE_TOLERANCE[self.dtype])
+                if order:
+                    self.neutral[int(b)] = (order, _orbit_radius(self.model, self.codes[b, self.n_window - order :], self.device))
+        still = np.array([not lost[i] and b not in self.cycles and b not in self.neutral for i, b in enumerate(open_rows)], dtype=bool)
+        self.open_rows = open_rows[still]
+        return self.open_rows
+
+    def report(self, n_orbit: int, lyapunov_tolerance: float, elapsed_s: float) -> AttractorReport:
+        """Group the states into distinct attractors; each group is described by its first state."""
+        n_window, codes, divergent = self.n_window, self.codes, self.divergent
+        exponents = self.log_stretch / n_window
+        # Still without a period after the last window: an orbit that keeps growing is divergent, not chaotic.
+        open_rows = self.open_rows
+        growing = open_rows[_growing(self.orbits[open_rows])]
+        divergent[growing] = True
+        open_rows = np.setdiff1d(open_rows, growing)
+        groups: dict[tuple, list[int]] = {}
+        for b, cycle in self.cycles.items():
+            groups.setdefault(("cycle", cycle.key), []).append(b)
+        for b, (order, _) in self.neutral.items():
+            groups.setdefault(("neutral", order, _canonical_key(codes[b, n_window - order :])), []).append(b)
+        kinds: dict[int, str] = {}
+        for b in open_rows.tolist():
+            exponent = float(exponents[b])
+            if math.isnan(exponent):
+                divergent[b] = True
+            elif exponent > lyapunov_tolerance:
+                kinds[b] = "chaotic"
+            else:
+                kinds[b] = "quasi_periodic" if exponent >= -lyapunov_tolerance else "unresolved"
+        for kind in ("chaotic", "quasi_periodic", "unresolved"):
+            code_sets = {b: {row.tobytes() for row in codes[b]} for b, k in kinds.items() if k == kind}
+            for i, members in enumerate(_group_by_overlap(code_sets)):
+                groups[(kind, i)] = members
+        if divergent.any():
+            groups[("divergent",)] = [int(b) for b in np.flatnonzero(divergent)]
+        attractors = []
+        for members in groups.values():
+            members = sorted(members)
+            first = members[0]
+            kept = self.orbits[first, max(0, n_window - n_orbit) :]
+            cycle, period, radius, exponent = self.cycles.get(first), None, None, float("nan")
+            if cycle is not None:
+                period, radius = cycle.order, cycle.spectral_radius
+            elif first in self.neutral:
+                period, radius = self.neutral[first]
+            if period is not None:
+                kind = "fixed_point" if period == 1 else "cycle"
+                exponent = math.log(radius) / period if radius > 0 else -math.inf
+            elif divergent[first]:
+                kind = "divergent"
+            else:
+                kind, exponent = kinds[first], float(exponents[first])
+            attractors.append(Attractor(kind, period, cycle, radius, exponent, kept, len(members) / self.batch, tuple(members)))
+        attractors.sort(key=lambda a: (-len(a.states), a.states[0]))
+        labels = [0] * self.batch
+        for index, attractor in enumerate(attractors):
+            for b in attractor.states:
+                labels[b] = index
+        return AttractorReport(tuple(attractors), tuple(labels), self.max_period, elapsed_s)
 
 
 def attractor_label(kind: str | None, period: int | None = None) -> str:

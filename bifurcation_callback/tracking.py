@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._checks import require_dtype, require_int
-from .attractors import Attractor, AttractorReport, attractor_label, find_attractors
+from .attractors import Attractor, AttractorReport, attractor_label, find_attractors_many
 from tqdm import tqdm
 
 from . import _scyfi
@@ -32,6 +32,7 @@ from .cycles import (
     Cycle,
     CycleSet,
     _one_cpu_thread,
+    cycles_from_sequences,
     _realizable_regions,
     assemble_step,
     follow_cycle,
@@ -591,6 +592,16 @@ class TrackedAttractor:
     attractor_ms: float
 
 
+def _same_points(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-12, atol=0.0))
+
+
+def _cycle_points(cycle: Cycle) -> np.ndarray:
+    """A few of a cycle's points (at most ``ATTRACTOR_PREVIOUS_POINTS``, evenly spaced), as float64."""
+    return np.asarray(cycle.points[:: max(1, len(cycle.points) // ATTRACTOR_PREVIOUS_POINTS)], dtype=np.float64)
+
+
 class AttractorTracker:
     """Follow the attractor of one piecewise-linear model across training steps, at any period up to
     ``max_period`` (the cycle search is bounded by ``max_order``; the attractor is not).
@@ -640,12 +651,14 @@ class AttractorTracker:
         self.previous: dict[str, Any] | None = None  # kind, period, points (list of lists), step
         self.previous_step: int | None = None
 
-    def starting_states(self, model: Any, step: int, reference: Any = None) -> torch.Tensor:
-        """The batch of starting states of the next update (previous primary's points first)."""
+    def starting_states(self, model: Any, step: int, reference: Any = None, previous_points: Any = None) -> torch.Tensor:
+        """The batch of starting states of an update (float64): ``previous_points`` (by default the previous
+        primary attractor's), then ``reference`` states, then random ones."""
         dim = model.state_dim
+        points = self._previous_points() if previous_points is None else previous_points
         parts = []
-        if self.previous is not None and self.previous["points"]:
-            parts.append(torch.as_tensor(self.previous["points"], dtype=torch.float64).reshape(-1, dim))
+        if len(points):
+            parts.append(torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, dim))
         if reference is not None:
             states = torch.as_tensor(reference, dtype=torch.float64).reshape(-1, dim).cpu()
             states = states[torch.isfinite(states).all(-1)]
@@ -670,35 +683,119 @@ class AttractorTracker:
         Raises
         ------
         ValueError
-            From ``find_attractors`` (non-finite weights, ...); the previous attractor is kept.
+            Non-finite weights or states; the previous attractor is kept.
         """
+        if isinstance(model, torch.nn.Module):
+            stack = ModelStack(model, [model_tensors(model)], dtype=torch.float64, device=torch.device("cpu"))
+        else:
+            stack = ModelStack.single(model, dtype=torch.float64, device=torch.device("cpu"))
+        return self.update_many(stack, [step], [reference])[0]
+
+    def update_many(self, stack: ModelStack, steps: Sequence[int], references: Sequence[Any] | None = None) -> list[TrackedAttractor]:
+        """Analyse the attractors of consecutive snapshots (one per step of ``steps``) with their orbits simulated
+        together; the same results as calling :meth:`update` for each step in turn.
+
+        Each step starts from the attractor the step before reached, which a batch does not know in advance: the
+        batch first starts every step from the attractor before the batch, then repeats the steps whose
+        starting points turned out different with the points their predecessor reached, until every step
+        started from exactly the points a one-at-a-time analysis gives it (a step whose predecessor reached the
+        same cycle needs no repeat: the cycle's points are solved exactly).  Usually two rounds; never more
+        rounds than steps.
+        """
+        steps = [int(step) for step in steps]
+        references = list(references) if references is not None else [None] * len(steps)
+        if self.previous is None and stack.n_steps > 1:  # the first analysis runs alone (a longer transient)
+            return self.update_many(stack.select([0]), steps[:1], references[:1]) + self.update_many(
+                stack.select(range(1, stack.n_steps)), steps[1:], references[1:]
+            )
         started = time.perf_counter()
-        states = self.starting_states(model, step, reference)
-        warm = self.previous is not None
-        report = find_attractors(
-            model,
-            states,
-            max_period=self.max_period,
-            n_transient=self.n_transient if warm else 4 * self.n_transient,
-            n_window=2 * self.max_period,
-        )
-        primary = self._primary(report, followed=bool(self.previous and self.previous["points"]))
-        event = self._change(primary, step)
-        if primary is not None:
-            if primary.cycle is not None:
-                points = primary.cycle.points[:: max(1, len(primary.cycle.points) // ATTRACTOR_PREVIOUS_POINTS)]
-            else:
-                points = primary.orbit[-ATTRACTOR_PREVIOUS_POINTS:]
-            # A divergent orbit's points lead nowhere: the next step looks for an attractor afresh.
-            points = points[np.isfinite(points).all(-1)] if primary.kind != "divergent" else points[:0]
-            self.previous = {
-                "kind": primary.kind,
-                "period": primary.period,
-                "stable": primary.is_stable,
-                "points": points.tolist(),
-            }
-            self.previous_step = step
-        return TrackedAttractor(step, report, primary, event, 1e3 * (time.perf_counter() - started))
+        n_steps = stack.n_steps
+        models = [stack.model(i) for i in range(n_steps)]
+        n_transient = self.n_transient if self.previous is not None else 4 * self.n_transient
+        used: list[Any] = [self._previous_points()] + self._expected_points(models[:-1])
+        reached: list[tuple[AttractorReport, Attractor | None, np.ndarray | None]] = [None] * n_steps  # type: ignore[list-item]
+        final = 0
+        while final < n_steps:
+            todo = list(range(final, n_steps))
+            states = [self.starting_states(models[i], steps[i], references[i], used[i]) for i in todo]
+            reports = find_attractors_many(
+                stack if final == 0 else stack.select(todo),
+                [batch.to(device=stack.device, dtype=stack.dtype) for batch in states],
+                max_period=self.max_period,
+                n_transient=n_transient,
+                n_window=2 * self.max_period,
+                width=ATTRACTOR_PREVIOUS_POINTS + ATTRACTOR_REFERENCE_STATES + ATTRACTOR_RANDOM_STATES,
+            )
+            for i, report in zip(todo, reports):
+                primary = self._primary(report, followed=len(used[i]) > 0)
+                reached[i] = (report, primary, self._points_of(primary))
+            # A step is done once it started from the points its (done) predecessors lead to.  To rounding: a
+            # cycle's points solved alone or among other sequences may differ in the last bit, which changes
+            # nothing the step reports (the attractor reached is solved exactly from its region sequence).
+            while final < n_steps and _same_points(used[final], self._points_before(final, reached)):
+                final += 1
+            for i in range(final, n_steps):
+                used[i] = self._points_before(i, reached)
+        elapsed_ms = 1e3 * (time.perf_counter() - started) / n_steps
+        results = []
+        for step, (report, primary, points) in zip(steps, reached):
+            event = self._change(primary, step)
+            if primary is not None:
+                self.previous = {"kind": primary.kind, "period": primary.period, "stable": primary.is_stable,
+                                 "points": points.tolist(),
+                                 "codes": primary.cycle.codes.astype(int).tolist() if primary.cycle is not None else None}
+                self.previous_step = step
+            results.append(TrackedAttractor(step, report, primary, event, elapsed_ms))
+        return results
+
+    def _expected_points(self, models: list) -> list[np.ndarray]:
+        """Per model, the points the step after it would start from if the previous attractor, a cycle, persists
+        there: its region sequence solved with that model's weights (exactly what the analysis of that step
+        yields when it reaches the cycle, so most batches need a single round), followed into new regions when
+        it crossed a switching plane.  The previous points otherwise."""
+        codes = (self.previous or {}).get("codes")
+        fallback = self._previous_points()
+        expected: list[np.ndarray] = []
+        cycle: Cycle | None = None
+        for model in models:
+            if codes is None:
+                expected.append(fallback)
+                continue
+            solved = cycles_from_sequences(model, np.asarray(codes, dtype=bool)[None])
+            if not solved and cycle is not None:
+                moved = [c for c in follow_cycle(model, cycle) if c.is_stable]
+                solved = cycles_from_sequences(model, moved[0].codes[None]) if moved else []
+            if not solved:
+                codes = None
+                expected.append(fallback)
+                continue
+            cycle, codes = solved[0], solved[0].codes
+            expected.append(_cycle_points(cycle))
+        return expected
+
+    def _previous_points(self) -> np.ndarray:
+        points = self.previous["points"] if self.previous is not None else []
+        return np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 0))
+
+    def _points_before(self, index: int, reached: list) -> np.ndarray:
+        """The points step ``index`` starts from: those of the latest earlier step of the batch with a primary
+        attractor, else the previous attractor's."""
+        for earlier in range(index - 1, -1, -1):
+            if reached[earlier] is not None and reached[earlier][1] is not None:
+                return reached[earlier][2]
+        return self._previous_points()
+
+    @staticmethod
+    def _points_of(primary: Attractor | None) -> np.ndarray | None:
+        """The points the next step starts from: a few of the cycle's points, or the orbit's last ones; none
+        after a divergent attractor (they lead nowhere: the next step looks for an attractor afresh)."""
+        if primary is None:
+            return None
+        if primary.cycle is not None:
+            return _cycle_points(primary.cycle)
+        points = primary.orbit[-ATTRACTOR_PREVIOUS_POINTS:]
+        points = points[np.isfinite(points).all(-1)] if primary.kind != "divergent" else points[:0]
+        return np.asarray(points, dtype=np.float64)
 
     @staticmethod
     def _primary(report: AttractorReport, *, followed: bool) -> Attractor | None:
