@@ -23,6 +23,7 @@ import torch
 from ._checks import finite_or_none
 from .attractors import attractor_label
 from .cycles import CycleSet
+from ._stack import ModelStack
 from .dashboard import analysis_scalars
 from .models import detached_copy, model_tensors
 from .tracking import AttractorTracker, CycleTracker
@@ -30,17 +31,22 @@ from .tracking import AttractorTracker, CycleTracker
 __all__ = [
     "Snapshot",
     "StepAnalyser",
+    "StepRecord",
     "StepResult",
     "TIMING_KEYS",
     "attractor_record",
+    "cycle_scalars",
     "load_snapshot",
     "model_tensors",
+    "skipped_result",
     "take_snapshot",
     "without_timings",
 ]
 
 # Record fields that measure time (they differ between two runs that found the same things).
-TIMING_KEYS: tuple[str, ...] = ("finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms", "lag_ms", "lag_steps")
+TIMING_KEYS: tuple[str, ...] = (
+    "finder_ms", "compare_ms", "attractor_ms", "publish_ms", "figures_ms", "lag_ms", "lag_steps", "batch_size",
+)
 
 
 @dataclasses.dataclass
@@ -181,36 +187,132 @@ def load_snapshot(model: torch.nn.Module, snapshot: Snapshot) -> torch.nn.Module
 
 
 @dataclasses.dataclass
-class StepResult:
-    """What :meth:`StepAnalyser.analyse` found at one step.
+class StepRecord:
+    """Everything the monitor reports about one monitored step, built once where the analysis runs.
+
+    The per-step scalars (:meth:`scalars`), the ``events.jsonl`` line (:meth:`to_json`) and the fit-end summary
+    all read this one object.
 
     Attributes
     ----------
-    record : dict
-        The step's ``events.jsonl`` record (JSON-friendly).
-    cycles : CycleSet
+    step : int
+        The step the weights belong to (after that batch's optimizer step).
+    loss, grad_norm : float or None
+        The step's own loss and gradient norm.
+    n_cycles, n_stable : dict of int to int
+        Cycles and stable cycles per order (a lower bound where ``statuses`` is not ``"exhaustive"``).
+    statuses : dict of int to str
+        How each order's cycles were obtained (``cycles.ORDER_STATUSES``).
+    events : list of dict
+        ``BifurcationEvent.to_dict()`` of every change since the previous analysed step (the attractor's too);
+        only those with ``verified`` true count as bifurcations (``verified_events``).
+    late_discoveries : list of dict
+        Cycles first found here that existed at the previous analysed step (missed there): not events.
+    attractor : dict or None
+        ``attractor_record`` of the followed attractor (None when none was found or its analysis failed).
+    has_attractor : bool
+        Whether the attractor was analysed at all (``max_attractor_period > 0``).
+    cycle_scalars : dict of str to float or None
+        The scalars that need the cycles (per-order and per-track multipliers, margins), computed with them.
+    finder_ms, compare_ms, attractor_ms : float
+        Wall time of the cycle search, the comparison and the attractor analysis; in a batch of ``batch_size``
+        steps the batched parts are shared equally.
+    batch_size : int
+        Steps analysed together with this one.
+    skipped : str or None
+        Why the step was not analysed (then only ``step``, ``loss`` and ``grad_norm`` are set).
+    lag_ms, lag_steps, publish_ms, figures_ms : float or int or None
+        Set where the record is logged: delay behind training, and the logging costs.
+    """
+
+    step: int
+    loss: float | None = None
+    grad_norm: float | None = None
+    n_cycles: dict[int, int] = dataclasses.field(default_factory=dict)
+    n_stable: dict[int, int] = dataclasses.field(default_factory=dict)
+    statuses: dict[int, str] = dataclasses.field(default_factory=dict)
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    late_discoveries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    attractor: dict[str, Any] | None = None
+    has_attractor: bool = False
+    cycle_scalars: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    finder_ms: float = 0.0
+    compare_ms: float = 0.0
+    attractor_ms: float | None = None
+    batch_size: int = 1
+    skipped: str | None = None
+    lag_ms: float | None = None
+    lag_steps: int | None = None
+    publish_ms: float | None = None
+    figures_ms: float | None = None
+
+    @property
+    def verified_events(self) -> list[dict[str, Any]]:
+        """The events that count: every one proved by both snapshots."""
+        return [event for event in self.events if event.get("verified", True)]
+
+    def scalars(self) -> dict[str, float | None]:
+        """The step's logger scalars that follow from its analysis (tags from ``dashboard.LOGGED_METRICS``)."""
+        return analysis_scalars(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``events.jsonl`` line: JSON-ready, read back by :meth:`from_json`."""
+        data: dict[str, Any] = {"step": self.step, "loss": self.loss, "grad_norm": self.grad_norm}
+        if self.skipped is not None:
+            return {**data, "skipped": self.skipped}
+        data.update(
+            n_cycles={str(k): n for k, n in self.n_cycles.items()},
+            n_stable={str(k): n for k, n in self.n_stable.items()},
+            statuses={str(k): status for k, status in self.statuses.items()},
+            events=list(self.events),
+            late_discoveries=list(self.late_discoveries),
+        )
+        if self.has_attractor:
+            data["attractor"] = self.attractor
+        data.update(finder_ms=self.finder_ms, compare_ms=self.compare_ms, batch_size=self.batch_size)
+        optional = {"attractor_ms": self.attractor_ms, "lag_ms": self.lag_ms, "lag_steps": self.lag_steps,
+                    "publish_ms": self.publish_ms, "figures_ms": self.figures_ms}
+        data.update({key: value for key, value in optional.items() if value is not None})
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepRecord:
+        """Inverse of :meth:`to_json` (the cycle scalars are not stored: they stay empty)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("n_cycles", "n_stable", "statuses"):
+            values[key] = {int(k): v for k, v in data.get(key, {}).items()}
+        values["has_attractor"] = "attractor" in data
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What :meth:`StepAnalyser.analyse_batch` found at one step.
+
+    Attributes
+    ----------
+    record : StepRecord
+    cycles : CycleSet or None
+        None for a skipped step.
     orbits : list of ndarray
         The bounded attractors' orbits (for the state-space figure); empty without the attractor analysis.
     notes : list of (str, str)
         (category, message) of what the user should be warned about (the caller warns: a worker process
         cannot reach the user's warning filters).
-    scalars : dict of str to float or None
-        The step's logger scalars that follow from the analysis alone (``dashboard.analysis_scalars``),
-        computed where the analysis runs: the training process only adds its running counts.
     """
 
-    record: dict[str, Any]
-    cycles: CycleSet
+    record: StepRecord
+    cycles: CycleSet | None
     orbits: list[np.ndarray]
-    notes: list[tuple[str, str]]
-    scalars: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # From a worker process the cycles and orbits travel as one pickled blob, unpickled on first access: the
         # training process reads them for the last analysed step only, and unpickling every step's arrays cost
         # its thread more than the rest of the result.
         detail = pickle.dumps((self.cycles, self.orbits), protocol=pickle.HIGHEST_PROTOCOL)
-        return _unpickle_step_result, (self.record, self.notes, self.scalars, detail)
+        return _unpickle_step_result, (self.record, self.notes, detail)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for an attribute that is not set: the cycles and orbits of a result not unpacked yet.
@@ -222,22 +324,29 @@ class StepResult:
         return self.__dict__[name]
 
 
-def _unpickle_step_result(
-    record: dict[str, Any], notes: list[tuple[str, str]], scalars: dict[str, float | None], detail: bytes
-) -> StepResult:
+def _unpickle_step_result(record: StepRecord, notes: list[tuple[str, str]], detail: bytes) -> StepResult:
     result = StepResult.__new__(StepResult)
-    result.__dict__.update(record=record, notes=notes, scalars=scalars, _detail=detail)
+    result.__dict__.update(record=record, notes=notes, _detail=detail)
     return result
 
 
+def skipped_result(snapshot: Snapshot, reason: str) -> StepResult:
+    """The result of a step that could not be analysed."""
+    return StepResult(StepRecord(snapshot.step, snapshot.loss, snapshot.grad_norm, skipped=reason), None, [])
+
+
 class StepAnalyser:
-    """Everything the monitor computes at one step, from a :class:`Snapshot`.
+    """Everything the monitor computes at each monitored step, from :class:`Snapshot` objects.
+
+    Snapshots that wait are analysed together (:meth:`analyse_batch`): one batched cycle search and one batched
+    attractor simulation for all of them, then the comparison with the previous step in step order.  The
+    results are exactly those of analysing the snapshots one at a time (:meth:`analyse`).
 
     Parameters
     ----------
     model : torch.nn.Module
-        The RNN (PiecewiseLinear protocol); the analyser keeps a detached CPU copy and loads every snapshot
-        into it, so it never touches the live model.
+        The RNN (PiecewiseLinear protocol); the analyser keeps a detached CPU copy as the template of its
+        weight stacks, so it never touches the live model.
     max_order, max_tracked_cycles, seed, finder_kwargs, time_budget_s, localize_events
         As for :class:`~bifurcation_callback.tracking.CycleTracker`.
     max_attractor_period : int
@@ -251,8 +360,8 @@ class StepAnalyser:
     ...     _ = model.A.fill_(0.5), model.W.zero_(), model.h.fill_(0.1)
     >>> analyser = StepAnalyser(model, max_order=2, max_attractor_period=8)
     >>> result = analyser.analyse(take_snapshot(model, 0, loss=1.0))
-    >>> result.record["n_cycles"], result.record["attractor"]["label"]
-    ({'1': 1, '2': 0}, 'fixed point')
+    >>> result.record.n_cycles, result.record.attractor["label"]
+    ({1: 1, 2: 0}, 'fixed point')
     """
 
     def __init__(
@@ -284,51 +393,137 @@ class StepAnalyser:
         return load_snapshot(self.model, snapshot)
 
     def analyse(self, snapshot: Snapshot) -> StepResult:
-        """Find, compare and classify at ``snapshot.step``.
+        """Find, compare and classify at ``snapshot.step`` (:meth:`analyse_batch` of one snapshot).
 
         Raises
         ------
         ValueError
-            From the cycle search (non-finite weights, ...); the trackers are left as they were.  A failing
-            attractor analysis costs the step only its attractor (a note says why).
+            A snapshot that does not fit the model (its number of tensors).
         """
-        model = self.load(snapshot)
-        step = snapshot.step
-        tracked = self.cycles.update(model, step)
-        notes = []
-        if tracked.cycles.cut:
-            cut = [k for k, status in tracked.cycles.statuses.items() if status == "cut"]
-            notes.append((
-                "time budget",
-                f"BifurcationMonitor: the cycle search at step {step} was cut by time_budget_s={self.time_budget_s}: "
-                f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
-            ))
-        record: dict[str, Any] = {
-            "step": step,
-            "loss": snapshot.loss,
-            "grad_norm": snapshot.grad_norm,
-            "n_cycles": {str(k): n for k, n in tracked.cycles.counts().items()},
-            "n_stable": {str(k): n for k, n in tracked.cycles.stable_counts().items()},
-            "statuses": {str(k): status for k, status in tracked.cycles.statuses.items()},
-            "events": [event.to_dict() for event in tracked.events],
-            "finder_ms": tracked.finder_ms,
-            "compare_ms": tracked.compare_ms,
-        }
-        orbits: list[np.ndarray] = []
-        if self.attractors is not None:
-            try:
-                found = self.attractors.update(model, step, snapshot.reference)
-            except Exception as error:
-                notes.append(("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}"))
-                record["attractor"] = None
+        return self.analyse_batch([snapshot])[0]
+
+    def analyse_batch(self, snapshots: Sequence[Snapshot]) -> list[StepResult]:
+        """Analyse consecutive snapshots (increasing steps) together; one result per snapshot, in order.
+
+        A snapshot whose analysis fails (non-finite weights, a user model's error) gets a skipped result with the
+        reason, and the trackers go on from the last analysed step, as if it had been analysed alone: a failing
+        batch is analysed again one snapshot at a time so that only the failing steps are skipped.  A failing
+        attractor analysis costs a step only its attractor (a note says why).
+
+        Raises
+        ------
+        ValueError
+            A snapshot that does not fit the model (its number of tensors).
+        """
+        expected = len(model_tensors(self.model))
+        for snapshot in snapshots:
+            snapshot.wait()
+            if len(snapshot.tensors) != expected:
+                raise ValueError(f"the snapshot of step {snapshot.step} has {len(snapshot.tensors)} tensors, the model {expected}")
+        results: list[StepResult | None] = [None] * len(snapshots)
+        usable = []
+        for index, snapshot in enumerate(snapshots):
+            reason = _non_finite(self.model, snapshot)
+            if reason:
+                results[index] = skipped_result(snapshot, f"ValueError: {reason}")
             else:
-                record["attractor"] = attractor_record(found.primary, found.report)
-                record["attractor_ms"] = found.attractor_ms
-                if found.event is not None:
-                    record["events"].append(found.event.to_dict())
-                orbits = [attractor.orbit for attractor in found.report if attractor.kind != "divergent"]
-        scalars = analysis_scalars(record, tracked.cycles, tracked.charted)
-        return StepResult(record, tracked.cycles, orbits, notes, scalars)
+                usable.append(index)
+        if usable:
+            saved = self._trackers_checkpoint()
+            try:
+                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable])):
+                    results[index] = result
+            except Exception:
+                if len(usable) == 1:
+                    self._trackers_restore(saved)
+                    raise
+                # One failing step must not cost the others theirs: the batch again, one snapshot at a time.
+                self._trackers_restore(saved)
+                for index in usable:
+                    results[index] = self._analyse_alone(snapshots[index])
+        return results  # type: ignore[return-value]
+
+    def _analyse_alone(self, snapshot: Snapshot) -> StepResult:
+        saved = self._trackers_checkpoint()
+        try:
+            return self._analyse_together([snapshot])[0]
+        except Exception as error:  # the trackers go on from the last analysed step
+            self._trackers_restore(saved)
+            return skipped_result(snapshot, f"{type(error).__name__}: {error}")
+
+    def _analyse_together(self, snapshots: list[Snapshot]) -> list[StepResult]:
+        steps = [snapshot.step for snapshot in snapshots]
+        weights = [snapshot.tensors for snapshot in snapshots]
+        stack = self.cycles.stack(weights, self.model)
+        tracked = self.cycles.update_many(stack, steps)
+        notes: list[list[tuple[str, str]]] = [[] for _ in snapshots]
+        for note, found in zip(notes, tracked):
+            if found.cycles.cut:
+                cut = [k for k, status in found.cycles.statuses.items() if status == "cut"]
+                note.append((
+                    "time budget",
+                    f"BifurcationMonitor: the cycle search at step {found.step} was cut by time_budget_s={self.time_budget_s}: "
+                    f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
+                ))
+        attractors = self._attractors(stack, snapshots, notes)
+        results = []
+        for snapshot, found, attractor, note in zip(snapshots, tracked, attractors, notes):
+            record = StepRecord(
+                step=snapshot.step,
+                loss=snapshot.loss,
+                grad_norm=snapshot.grad_norm,
+                n_cycles=found.cycles.counts(),
+                n_stable=found.cycles.stable_counts(),
+                statuses=dict(found.cycles.statuses),
+                events=[event.to_dict() for event in found.events],
+                late_discoveries=list(found.late_discoveries),
+                has_attractor=self.attractors is not None,
+                cycle_scalars=cycle_scalars(found.cycles, found.charted),
+                finder_ms=found.finder_ms,
+                compare_ms=found.compare_ms,
+                batch_size=len(snapshots),
+            )
+            orbits: list[np.ndarray] = []
+            if attractor is not None:
+                record.attractor = attractor_record(attractor.primary, attractor.report)
+                record.attractor_ms = attractor.attractor_ms
+                if attractor.event is not None:
+                    record.events.append(attractor.event.to_dict())
+                orbits = [found_.orbit for found_ in attractor.report if found_.kind != "divergent"]
+            results.append(StepResult(record, found.cycles, orbits, note))
+        return results
+
+    def _attractors(self, stack: Any, snapshots: list[Snapshot], notes: list[list[tuple[str, str]]]) -> list[Any]:
+        """The attractor of every snapshot (None where its analysis failed, with a note)."""
+        if self.attractors is None:
+            return [None] * len(snapshots)
+        steps = [snapshot.step for snapshot in snapshots]
+        references = [snapshot.reference for snapshot in snapshots]
+        if stack.dtype != torch.float64:
+            stack = ModelStack(self.model, [snapshot.tensors for snapshot in snapshots], dtype=torch.float64, device=stack.device)
+        saved = dict(self.attractors.__dict__)
+        try:
+            return self.attractors.update_many(stack, steps, references)
+        except Exception:
+            self.attractors.__dict__.update(saved)
+        found = []
+        for index, (step, reference) in enumerate(zip(steps, references)):
+            try:
+                found.extend(self.attractors.update_many(stack.select([index]), [step], [reference]))
+            except Exception as error:
+                notes[index].append(("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}"))
+                found.append(None)
+        return found
+
+    def _trackers_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        cycles = dict(self.cycles.__dict__)
+        cycles["_last_exhaustive"] = dict(cycles["_last_exhaustive"])
+        return cycles, dict(self.attractors.__dict__) if self.attractors is not None else None
+
+    def _trackers_restore(self, saved: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
+        self.cycles.__dict__.update(saved[0])
+        if self.attractors is not None and saved[1] is not None:
+            self.attractors.__dict__.update(saved[1])
 
     def state_dict(self) -> dict[str, Any]:
         """The trackers' state (JSON-friendly): what the next step's comparison needs."""
@@ -340,12 +535,52 @@ class StepAnalyser:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (a missing tracker or attractor state starts that tracker afresh;
         older checkpoint layouts are translated by the callback)."""
-        self.cycles.load_state_dict(state.get("tracker") or {})
+        self.cycles.load_state_dict(state.get("tracker") or {}, template=self.model)
         if self.attractors is not None:
             if state.get("attractor"):
                 self.attractors.load_state_dict(state["attractor"])
             else:
                 self.attractors.reset()
+
+
+def _non_finite(model: torch.nn.Module, snapshot: Snapshot) -> str | None:
+    """The message for a snapshot with NaN or Inf weights (the finder's wording), else None."""
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    for name, tensor in zip(names, snapshot.tensors):
+        values = np.asarray(tensor)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"model parameter {name!r} contains NaN or Inf; cycles are undefined"
+    return None
+
+
+def cycle_scalars(cycles: CycleSet, charted: Mapping[int, float]) -> dict[str, float | None]:
+    """The scalars of a step that need its cycles: totals, per-order counts and multipliers, per-track
+    multipliers, the smallest distance of a multiplier to the unit circle and of a point to a switching plane.
+
+    Examples
+    --------
+    >>> cycle_scalars(CycleSet(orders=(1,), statuses={1: "exhaustive"}), {})["bifurcation/exhaustive/order_1"]
+    1.0
+    """
+    scalars: dict[str, float | None] = {
+        "bifurcation/n_cycles/total": float(len(cycles)),
+        "bifurcation/n_stable/total": float(cycles.n_stable),
+    }
+    for order in cycles.orders:
+        of_order = cycles.by_order(order)
+        scalars[f"bifurcation/n_cycles/order_{order}"] = float(len(of_order))
+        scalars[f"bifurcation/n_stable/order_{order}"] = float(sum(c.is_stable for c in of_order))
+        scalars[f"bifurcation/exhaustive/order_{order}"] = float(cycles.is_exhaustive(order))
+        if of_order:
+            scalars[f"bifurcation/max_abs_eig/order_{order}"] = max(c.spectral_radius for c in of_order)
+    for track, radius in charted.items():
+        scalars[f"bifurcation/max_abs_eig/cycle_{track}"] = radius
+    if len(cycles):
+        scalars["bifurcation/min_unit_distance"] = min(
+            float(abs(abs(value) - 1)) for cycle in cycles for value in cycle.eigenvalues
+        )
+        scalars["bifurcation/min_border_margin"] = min(c.border_margin for c in cycles)
+    return scalars
 
 
 def attractor_record(primary: Any, report: Any) -> dict[str, Any] | None:

@@ -27,13 +27,13 @@ __all__ = [
     "events_markdown",
     "fold_events",
     "read_jsonl",
-    "step_scalars",
     "add_images",
     "analysis_scalars",
     "running_scalars",
     "summary_line",
     "summary_markdown",
     "summary_scalars",
+    "step_counts",
     "fresh_run_dir",
 ]
 
@@ -164,67 +164,23 @@ def events_markdown(events: Iterable[Mapping[str, Any]], *, show_all: bool = Fal
     return "\n".join(rows)
 
 
-def step_scalars(
-    record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float], *, n_events: int, n_skipped: int,
-    n_dropped: int = 0,
-) -> dict[str, float | None]:
-    """The scalars of one monitored step (tags from ``LOGGED_METRICS``): ``analysis_scalars`` and
-    ``running_scalars`` together.
-
-    Parameters
-    ----------
-    record : dict
-        The step's ``events.jsonl`` record (``loss``, ``grad_norm``, ``events``, ``finder_ms``, ``compare_ms``).
-    cycles : CycleSet
-        The cycles found at the step.
-    charted : dict of int to float
-        Track id → largest |multiplier| of the cycles with their own curve.
-    n_events, n_skipped, n_dropped : int
-        Cumulative counts of events, skipped steps and steps the async worker did not analyse.
-
-    Returns
-    -------
-    dict
-        Tag → value (None: nothing to log).
-    """
-    return {
-        **analysis_scalars(record, cycles, charted),
-        **running_scalars(record, n_events=n_events, n_skipped=n_skipped, n_dropped=n_dropped),
-    }
-
-
-def analysis_scalars(record: Mapping[str, Any], cycles: Any, charted: Mapping[int, float]) -> dict[str, float | None]:
-    """The scalars that follow from one step's analysis alone (``StepResult.scalars``): computed where the
-    analysis runs, so a worker process sends numbers, not cycles, to the training process."""
+def analysis_scalars(record: Any) -> dict[str, float | None]:
+    """The scalars that follow from one step's analysis alone (``StepRecord.scalars``): the record's own values
+    and its ``cycle_scalars``, computed where the analysis runs, so a worker process sends numbers, not cycles."""
     scalars: dict[str, float | None] = {
-        "bifurcation/loss": record["loss"],
-        "bifurcation/grad_norm": record["grad_norm"],
-        "bifurcation/n_cycles/total": float(len(cycles)),
-        "bifurcation/n_stable/total": float(cycles.n_stable),
-        "bifurcation/event": float(len(record["events"])),
-        "bifurcation/monitor_ms": record["finder_ms"] + record["compare_ms"] + record.get("attractor_ms", 0.0),
+        "bifurcation/loss": record.loss,
+        "bifurcation/grad_norm": record.grad_norm,
+        **record.cycle_scalars,
+        "bifurcation/event": float(len(record.verified_events)),
+        "bifurcation/monitor_ms": record.finder_ms + record.compare_ms + (record.attractor_ms or 0.0),
     }
-    attractor = record.get("attractor")
+    attractor = record.attractor
     if attractor is not None:
         scalars["bifurcation/attractor/kind"] = float(ATTRACTOR_KINDS.index(attractor["kind"]))
         scalars["bifurcation/attractor/period"] = attractor["period"]
         scalars["bifurcation/attractor/max_abs_eig"] = attractor["spectral_radius"]
         scalars["bifurcation/attractor/lyapunov"] = attractor["largest_lyapunov"]
         scalars["bifurcation/attractor/n_attractors"] = float(attractor["n_attractors"])
-    for order in cycles.orders:
-        of_order = cycles.by_order(order)
-        scalars[f"bifurcation/n_cycles/order_{order}"] = float(len(of_order))
-        scalars[f"bifurcation/n_stable/order_{order}"] = float(sum(c.is_stable for c in of_order))
-        scalars[f"bifurcation/exhaustive/order_{order}"] = float(cycles.is_exhaustive(order))
-        if of_order:
-            scalars[f"bifurcation/max_abs_eig/order_{order}"] = max(c.spectral_radius for c in of_order)
-    for track, radius in charted.items():
-        scalars[f"bifurcation/max_abs_eig/cycle_{track}"] = radius
-    if len(cycles):
-        scalars["bifurcation/min_unit_distance"] = min(
-            float(abs(abs(value) - 1)) for cycle in cycles for value in cycle.eigenvalues
-        )
-        scalars["bifurcation/min_border_margin"] = min(c.border_margin for c in cycles)
     return scalars
 
 
@@ -235,7 +191,7 @@ def running_scalars(record: Mapping[str, Any], *, n_events: int, n_skipped: int,
         "bifurcation/events_total": float(n_events),
         "bifurcation/skipped": float(n_skipped),
         "bifurcation/dropped": float(n_dropped),
-        "bifurcation/lag_steps": record.get("lag_steps"),
+        "bifurcation/lag_steps": record.lag_steps,
     }
 
 
@@ -282,20 +238,22 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
     >>> summary = {"n_monitored_steps": 3, "n_skipped": 0, "n_events": 0, "events_by_kind": {}, "loss_jumps": [],
     ...            "monitor_overhead": 0.1, "jump_correlation": {"jumps_explained": None, "p_value": None,
     ...            "events_with_jump": None, "mean_lag": None}}
-    >>> print(summary_markdown(summary).splitlines()[9])
+    >>> print(summary_markdown(summary).splitlines()[10])
     | jumps with an event nearby | n/a |
     """
     correlation = summary["jump_correlation"]
     counts, n_folded = _event_counts(summary, show_all_events)
+    monitored, analysed, skipped, dropped = step_counts(summary)
     kinds = ", ".join([f"{kind}: {n}" for kind, n in counts.items()] + [_folded_note(n_folded)] * bool(n_folded))
     lag = correlation.get("mean_lag")
     explained = _fraction(correlation["jumps_explained"])
     if correlation["jumps_explained"] is not None and correlation["p_value"] is not None:
         explained += f" (p = {correlation['p_value']:.3g})"
     rows = [
-        ("monitored steps", summary["n_monitored_steps"]),
-        ("skipped steps", summary["n_skipped"]),
-        ("dropped steps (async worker busy)", summary.get("n_dropped_steps", 0)),
+        ("monitored steps", monitored),
+        ("analysed steps", analysed),
+        ("skipped steps", skipped),
+        ("dropped steps", dropped),
         ("analysis", _where(summary)),
         ("final attractor", _attractor_text(summary)),
         ("bifurcation events", f"{summary['n_events']} ({kinds or 'none'})"),
@@ -303,8 +261,10 @@ def summary_markdown(summary: Mapping[str, Any], *, show_all_events: bool = Fals
         ("jumps with an event nearby", explained),
         ("events with a jump nearby", _fraction(correlation["events_with_jump"])),
         ("mean lag jump − event (steps)", "—" if lag is None else f"{lag:.1f}"),
-        ("monitor overhead", f"{100 * summary['monitor_overhead']:.1f} %"),
+        ("monitor overhead", _overhead_text(summary)),
     ]
+    if summary.get("n_late_discoveries"):
+        rows.append(("late discoveries (cycles missed at the step before: not events)", summary["n_late_discoveries"]))
     return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
 
 
@@ -317,12 +277,13 @@ def summary_line(summary: Mapping[str, Any], *, show_all_events: bool = False) -
     --------
     >>> summary = {"n_events": 12, "events_by_kind": {"appearance": 3, "stability_change": 2, "border_collision": 7},
     ...            "n_border_crossings": 7, "loss_jumps": [{}] * 4, "monitor_overhead": 0.08,
-    ...            "jump_correlation": {"jumps_explained": 0.75, "p_value": 0.02}}
+    ...            "jump_correlation": {"jumps_explained": 0.75, "p_value": 0.02},
+    ...            "n_monitored_steps": 300, "n_analysed_steps": 299, "n_skipped": 1, "n_dropped_steps": 0}
     >>> print(summary_line(summary))
-    BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), 4 loss jumps, 3/4 with an event nearby (p = 0.02), overhead 8.0 %
+    BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), 4 loss jumps, 3/4 with an event nearby (p = 0.02), 299 of 300 monitored steps analysed, 1 skipped, overhead 8.0 %
     >>> summary.update(loss_jumps=[], jump_correlation={"jumps_explained": None, "p_value": None})
     >>> print(summary_line(summary).split(", ", 3)[-1])
-    0 loss jumps, n/a with an event nearby, overhead 8.0 %
+    0 loss jumps, n/a with an event nearby, 299 of 300 monitored steps analysed, 1 skipped, overhead 8.0 %
     """
     correlation = summary["jump_correlation"]
     n_events = summary["n_events"]
@@ -337,13 +298,36 @@ def summary_line(summary: Mapping[str, Any], *, show_all_events: bool = False) -
         if correlation.get("p_value") is not None:
             explained += f" (p = {correlation['p_value']:.2g})"
     jumps = f"{n_jumps} loss jump{'s' if n_jumps != 1 else ''}"
-    overhead = f"overhead {100 * summary['monitor_overhead']:.1f} %"
-    dropped = summary.get("n_dropped_steps") or 0
-    if dropped:
-        analysed = summary.get("n_monitored_steps", 0)
-        overhead += f", {analysed} of {analysed + summary.get('n_skipped', 0) + dropped} monitored steps analysed (async)"
+    monitored, analysed, skipped, dropped = step_counts(summary)
+    steps = f"{analysed} of {monitored} monitored steps analysed"
+    steps += f", {skipped} skipped" * bool(skipped) + f", {dropped} dropped" * bool(dropped)
     attractor = f", final attractor: {_attractor_text(summary)}" if summary.get("final_attractor") else ""
-    return f"BifurcationMonitor: {events}, {jumps}, {explained}, {overhead}{attractor}"
+    return f"BifurcationMonitor: {events}, {jumps}, {explained}, {steps}, overhead {_overhead_text(summary)}{attractor}"
+
+
+def step_counts(summary: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(monitored, analysed, skipped, dropped) steps of a summary; a summary written before ``n_analysed_steps``
+    existed used ``n_monitored_steps`` for the analysed ones.
+
+    Examples
+    --------
+    >>> step_counts({"n_monitored_steps": 10, "n_analysed_steps": 7, "n_skipped": 1, "n_dropped_steps": 2})
+    (10, 7, 1, 2)
+    >>> step_counts({"n_monitored_steps": 7, "n_skipped": 1, "n_dropped_steps": 2})  # an older summary.json
+    (10, 7, 1, 2)
+    """
+    skipped, dropped = summary.get("n_skipped") or 0, summary.get("n_dropped_steps") or 0
+    if "n_analysed_steps" in summary:
+        return summary["n_monitored_steps"], summary["n_analysed_steps"], skipped, dropped
+    analysed = summary.get("n_monitored_steps") or 0
+    return analysed + skipped + dropped, analysed, skipped, dropped
+
+
+def _overhead_text(summary: Mapping[str, Any]) -> str:
+    """'2.1 %', or '2.1 % (lower bound)' when the slowdown beside a worker could not be measured."""
+    text = f"{100 * summary['monitor_overhead']:.1f} %"
+    return text + " (lower bound: the slowdown of training beside the worker was not measured)" * bool(
+        summary.get("overhead_is_lower_bound"))
 
 
 def _where(summary: Mapping[str, Any]) -> str:

@@ -72,8 +72,8 @@ def test_the_analyser_gives_the_trackers_results_and_leaves_the_model_alone():
         result = analyser.analyse(take_snapshot(model, step, loss=float(step)))
         assert all(torch.equal(a, b) for a, b in zip(model_tensors(model), before))
         expected = tracker.update(model, step)
-        assert result.record["n_cycles"] == {str(k): n for k, n in expected.cycles.counts().items()}
-        assert result.record["loss"] == float(step) and "attractor" not in result.record
+        assert result.record.n_cycles == expected.cycles.counts()
+        assert result.record.loss == float(step) and "attractor" not in result.record.to_json()
     assert analyser.model is not model
 
 
@@ -96,7 +96,7 @@ def test_a_pickled_result_unpacks_its_cycles_and_orbits_only_when_read():
     assert result.orbits  # something to carry
     copy = pickle.loads(pickle.dumps(result))
     assert "cycles" not in copy.__dict__ and "orbits" not in copy.__dict__  # still packed
-    assert (copy.record, copy.notes, copy.scalars) == (result.record, result.notes, result.scalars)
+    assert (copy.record, copy.notes) == (result.record, result.notes)
     assert copy.cycles.counts() == result.cycles.counts()
     assert all(np.array_equal(a, b) for a, b in zip(copy.orbits, result.orbits))
     assert "_detail" not in copy.__dict__  # unpacked once, for both

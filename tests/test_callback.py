@@ -15,11 +15,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bifurcation_callback import callback as callback_module
+from bifurcation_callback import session as session_module
 from bifurcation_callback import tracking as tracking_module
 from bifurcation_callback.callback import LOGGED_METRICS, BifurcationMonitor
 from bifurcation_callback.cycles import find_cycles
-from bifurcation_callback.dashboard import read_jsonl
+from bifurcation_callback.dashboard import read_jsonl, summary_line, summary_markdown
 
 from .problems import UnmaskedPLRNN
 from .tiny_modules import (
@@ -498,7 +498,7 @@ def test_no_loss_jumps_reads_n_a_not_a_fraction(tmp_path):
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["jump_correlation"]["jumps_explained"] is None
     assert saved["jump_correlation"]["p_value"] is None
-    table = callback_module.summary_markdown(monitor.summary)
+    table = summary_markdown(monitor.summary)
     assert "| jumps with an event nearby | n/a |" in table and "p = 1" not in table
     assert trainer.global_step == 6
 
@@ -598,8 +598,9 @@ def test_fit_end_prints_one_summary_line_unless_verbose_is_false(tmp_path, light
     monitor = BifurcationMonitor(mode="sync", max_order=1)
     fit(tmp_path, TinyRNNModule(lr=0.0), monitor, max_steps=6, logger=False)
     (line,) = monitor_lines(lightning_info)
-    assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead [\d.]+ %, final attractor: fixed point \(stable\)", line)
-    assert line == callback_module.summary_line(monitor.summary)
+    assert re.fullmatch(r"BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, 6 of 6 monitored steps "
+                        r"analysed, overhead [\d.]+ %, final attractor: fixed point \(stable\)", line)
+    assert line == summary_line(monitor.summary)
     lightning_info.clear()
     fit(tmp_path, TinyRNNModule(lr=0.0), BifurcationMonitor(mode="sync", max_order=1, verbose=False), max_steps=6, logger=False)
     assert monitor_lines(lightning_info) == []
@@ -700,7 +701,7 @@ class LogsSeveralWays(TinyRNNModule):
 
 
 def test_the_step_loss_lookup_matches_lightnings_own_step_metrics(tmp_path):
-    from bifurcation_callback.callback import _logged_on_step
+    from bifurcation_callback._trainer import _logged_on_step
 
     seen = []
 
@@ -778,11 +779,11 @@ def test_results_are_logged_without_backward_passes_too(tmp_path):
 
     class Probe(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            pending.append(len(monitor._unpublished))
+            pending.append(monitor.session.n_unpublished)
 
     monitor = BifurcationMonitor(mode="sync", max_order=1)
     trainer = pl.Trainer(max_epochs=2, callbacks=[monitor, Probe()], **quiet_trainer_kwargs(tmp_path, logger=False))
     trainer.fit(NoBackward(), random_sequences())  # 8 batches per epoch
-    assert 0 < max(pending) <= callback_module.MAX_UNPUBLISHED
+    assert 0 < max(pending) <= session_module.MAX_UNPUBLISHED
     lines = read_jsonl(Path(monitor.log_dir) / "events.jsonl")
     assert [line["step"] for line in lines] == [r["step"] for r in monitor.records] == list(range(16))

@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bifurcation_callback import callback as callback_module
 from bifurcation_callback.analysis import StepAnalyser, TIMING_KEYS, take_snapshot, without_timings
 from bifurcation_callback.callback import BifurcationMonitor, default_mode
 from bifurcation_callback.dashboard import read_jsonl, summary_line, summary_markdown
@@ -125,9 +124,10 @@ def test_timing_keys_are_the_only_fields_that_differ_between_modes():
 # ---------------------------------------------------------------------------------------------- latest wins
 
 
-def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
-    # Training steps of 30 ms, analyses of about 40 ms plus the worker's start-up: it cannot keep up.  The
-    # assertions hold whichever steps the timing lets it analyse.
+def test_latest_wins_drops_steps_and_the_next_brackets_cover_them(tmp_path):
+    # Opt-in latest wins (queue_size=1): training steps of 30 ms, analyses of about 40 ms plus the worker's
+    # start-up: it cannot keep up and analyses only the newest waiting step.  The assertions hold whichever
+    # steps the timing lets it analyse.
     logger = TensorBoardLogger(str(tmp_path), name="busy")
     monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=1, max_attractor_period=0)
     module = flip_module(slow_rnn(0.01), lr=0.0, flip_step=60, step_s=0.03)
@@ -138,20 +138,20 @@ def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
     dropped = monitor.dropped_steps
     assert dropped, "the slow worker should have fallen behind"
     assert sorted(analysed + dropped) == list(range(n_steps))  # every monitored step: analysed or counted as dropped
-    assert analysed == sorted(analysed) and analysed[0] == 0 and analysed[-1] == n_steps - 1
+    assert analysed == sorted(analysed) and analysed[0] == 0 and analysed[-1] == n_steps - 1  # the first is kept
     for before, after in zip(analysed, analysed[1:]):
         record = next(r for r in monitor.records if r["step"] == after)
         # Each event's bracket reaches back to the last analysed step, over the dropped ones in between.
         assert all(tuple(e["step_interval"]) == (before, after) for e in record["events"])
-    assert monitor._expected_last_step == n_steps - 1  # from max_steps: the end-of-fit rule below is wired
     (flip,) = [e for e in monitor.events if e.kind == "stability_change"]
     low, high = flip.step_interval
     assert low < flip_step <= high
     assert all(step in dropped for step in range(low + 1, high))
     summary = monitor.summary
-    assert summary["n_dropped_steps"] == len(dropped)
-    assert f"{len(analysed)} of {n_steps} monitored steps analysed (async)" in summary_line(summary)
-    assert f"| dropped steps (async worker busy) | {len(dropped)} |" in summary_markdown(summary)
+    assert summary["n_dropped_steps"] == len(dropped) and summary["n_monitored_steps"] == n_steps
+    assert summary["n_analysed_steps"] == len(analysed)
+    assert f"{len(analysed)} of {n_steps} monitored steps analysed, {len(dropped)} dropped" in summary_line(summary)
+    assert f"| dropped steps | {len(dropped)} |" in summary_markdown(summary)
     assert summary["analysed_fraction"] == pytest.approx(len(analysed) / n_steps)
     scalars = scalars_of(logger.log_dir)
     assert max(scalars["bifurcation/dropped"].values()) == len(dropped)
@@ -159,37 +159,19 @@ def test_a_busy_worker_drops_steps_and_the_next_brackets_cover_them(tmp_path):
     assert json.loads((tmp_path / "busy" / "version_0" / "summary.json").read_text())["n_dropped_steps"] == len(dropped)
 
 
-@pytest.mark.parametrize(
-    ("step", "every_n_steps", "expected"),
-    [
-        (97, 1, True),  # 2 steps of 30 ms left, an analysis takes 100 ms: it would still run at step 99
-        (95, 1, False),  # 4 steps left: it ends before the last step comes
-        (99, 1, False),  # the last step itself is always analysed
-        (120, 1, False),  # the fit runs longer than expected: nothing is held back
-        (97, 2, False),  # the last step (99) is not monitored: the step held back would never be replaced
-        (98, 3, True),  # 99 is monitored every 3 steps
-    ],
-)
-def test_an_analysis_that_would_delay_the_last_step_is_not_started(step, every_n_steps, expected):
-    monitor = BifurcationMonitor(every_n_steps=every_n_steps)
-    monitor._expected_last_step, monitor._step_seconds, monitor._analysis_estimate_s = 99, 0.03, 0.1
-    assert monitor._would_delay_fit_end(step) is expected
-    monitor._analysis_estimate_s = None  # nothing analysed yet: no estimate, no rule
-    assert monitor._would_delay_fit_end(step) is False
-
-
-@pytest.mark.parametrize(("limits", "last"), [({"max_steps": 7}, 6), ({"max_epochs": 2}, 15), ({"max_epochs": -1, "max_steps": -1}, None)])
-def test_the_expected_last_step_comes_from_lightnings_limits(tmp_path, limits, last):
-    seen = []
-
-    class Stop(pl.Callback):
-        def on_train_start(self, trainer, pl_module):
-            seen.append(callback_module._expected_last_step(trainer))
-            trainer.should_stop = True
-
-    trainer = pl.Trainer(callbacks=[Stop()], **limits, **quiet_trainer_kwargs(tmp_path, logger=False))
-    trainer.fit(TinyRNNModule(), random_sequences())  # 8 batches per epoch
-    assert seen == [last]
+def test_a_worker_that_falls_behind_catches_up_in_batches_and_drops_nothing(tmp_path):
+    # The default: the same slow worker analyses every step, several at a time, with the records of sync mode.
+    runs = {}
+    for mode in ("sync", "async"):
+        monitor = BifurcationMonitor(max_order=2, mode=mode, max_attractor_period=16)
+        fit(tmp_path / mode, flip_module(slow_rnn(0.004), lr=0.0, flip_step=30, step_s=0.01), monitor, max_steps=40, logger=False)
+        runs[mode] = monitor
+    records = runs["async"].records
+    assert [r["step"] for r in records] == list(range(40)) and runs["async"].dropped_steps == []
+    assert max(r["batch_size"] for r in records) > 1, "the worker should have analysed waiting steps together"
+    assert without_timings(records) == without_timings(runs["sync"].records)
+    summary = runs["async"].summary
+    assert summary["n_analysed_steps"] == summary["n_monitored_steps"] == 40 and summary["batch_size_median"] >= 1
 
 
 # ---------------------------------------------------------------------------------------------- faults
@@ -212,8 +194,10 @@ def test_a_dead_worker_is_restarted_once_then_the_monitor_falls_back_to_sync(tmp
         warnings.simplefilter("always")
         fit(tmp_path, module, monitor, max_steps=12, logger=False)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert any("died (exit code 3) while analysing step 3" in m and "a new worker process takes over" in m for m in messages)
-    assert any("analysed on the training thread (mode='sync')" in m for m in messages)
+    # The batch that killed the first worker is analysed again one step at a time: the second death names step 3.
+    assert any("died (exit code 3) while analysing steps [" in m and "a new worker process takes over" in m for m in messages)
+    assert any("died (exit code 3) while analysing step 3 after 1 restart(s)" in m and "on the training thread (mode='sync')" in m
+               for m in messages)
     skipped = [r["step"] for r in monitor.records if "skipped" in r]
     assert skipped == [3, 7]
     assert [r["step"] for r in monitor.records] == list(range(12))  # nothing lost around the crashes
@@ -270,7 +254,7 @@ def test_periodic_figures_from_a_worker_process_reach_tensorboard_at_their_steps
     # Steps 3 and 7 come back from the worker and are logged with the results; 11 twice (the periodic set, and
     # the fit-end set the worker process writes itself).
     assert sorted(image.step for image in accumulator.Images("bifurcation/state_space")) == [3, 7, 11, 11]
-    assert not monitor._unpublished
+    assert monitor.session.n_unpublished == 0
 
 
 def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
@@ -283,9 +267,8 @@ def test_an_interrupted_fit_leaves_no_worker_process(tmp_path):
     monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None)
     with pytest.raises(RuntimeError, match="training failed"):
         fit(tmp_path, Failing(), monitor, logger=False)
-    assert monitor._worker is None
-    assert monitor._worker_summary is not None
-    assert all_exit(monitor._worker_summary["processes"])
+    assert monitor.worker_processes and monitor.session.runner.kind == "inline"
+    assert all_exit(monitor.worker_processes)
 
 
 class NoPickle:
@@ -309,17 +292,17 @@ def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
 
 
 def test_a_failure_of_the_worker_machinery_falls_back_to_sync_without_losing_steps(tmp_path, monkeypatch):
-    from bifurcation_callback import worker as worker_module
+    from bifurcation_callback import runner as runner_module
 
-    original, calls = worker_module.AnalysisWorker.submit, []
+    original, calls = runner_module.ProcessRunner.submit, []
 
-    def failing_submit(self, snapshot, **kwargs):
+    def failing_submit(self, snapshot):
         calls.append(snapshot.step)
         if len(calls) == 3:
             raise OSError("Too many open files")
-        return original(self, snapshot, **kwargs)
+        return original(self, snapshot)
 
-    monkeypatch.setattr(worker_module.AnalysisWorker, "submit", failing_submit)
+    monkeypatch.setattr(runner_module.ProcessRunner, "submit", failing_submit)
     monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
     with pytest.warns(RuntimeWarning, match=r"worker failed \(OSError: Too many open files\); the rest of the run"):
         fit(tmp_path, TinyRNNModule(plrnn_2d(), lr=0.0), monitor, max_steps=6, logger=False)
@@ -442,9 +425,17 @@ def test_a_checkpoint_saved_after_an_async_fit_holds_the_last_analysed_step(tmp_
 # ---------------------------------------------------------------------------------------------- mode and DDP
 
 
-@pytest.mark.parametrize(("cpus", "devices", "expected"), [(2, 1, "async"), (1, 1, "sync"), (2, 2, "sync"), (8, 2, "async")])
-def test_auto_mode_is_async_when_a_core_is_left_for_the_worker(monkeypatch, cpus, devices, expected):
-    monkeypatch.setattr(callback_module, "available_cpus", lambda: cpus)
+@pytest.mark.parametrize(
+    ("cpus", "devices", "threads", "expected"),
+    [(2, 1, 1, "async"), (1, 1, 1, "sync"), (2, 2, 1, "sync"), (8, 2, 1, "async"), (2, 1, 2, "sync"), (8, 2, 3, "async"),
+     (8, 2, 4, "sync")],
+)
+def test_auto_mode_is_async_when_a_core_is_left_for_the_worker(monkeypatch, cpus, devices, threads, expected):
+    # torch's intra-op threads count: by default torch uses every core, and a worker beside it slows training.
+    from bifurcation_callback import _trainer
+
+    monkeypatch.setattr(_trainer, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
 
     class Trainer:
         num_devices = devices
@@ -459,8 +450,7 @@ class ReportWorker(pl.Callback):
         self.monitor, self.folder = monitor, folder
 
     def on_train_end(self, trainer, pl_module) -> None:
-        worker = self.monitor._worker_summary
-        report = {"rank": trainer.global_rank, "processes": worker["processes"] if worker else []}
+        report = {"rank": trainer.global_rank, "processes": self.monitor.worker_processes}
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
@@ -514,20 +504,13 @@ def test_async_monitor_on_a_cuda_module_matches_sync(tmp_path):
     assert runs["async"] == runs["sync"]
 
 
-def test_a_fit_shorter_than_the_worker_start_says_so(tmp_path):
-    # A few steps of a tiny model take milliseconds; a worker process needs a second or more to import torch.
+def test_a_fit_shorter_than_the_worker_start_still_gets_every_step_analysed(tmp_path):
+    # A few steps of a tiny model take milliseconds; the worker process, started at setup, needs a second or
+    # more to import torch: the end of fit waits for it, and no step is lost.
     monitor = BifurcationMonitor(max_order=1, mode="async", max_attractor_period=0)
-    with pytest.warns(RuntimeWarning, match=r"ended before its worker process had started .* mode='sync'"):
-        fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=False)
-    analysed = [r["step"] for r in monitor.records]
-    assert analysed[0] == 0 and analysed[-1] == 5 and monitor.dropped_steps  # the first and the last, at least
-    assert sorted(analysed + monitor.dropped_steps) == list(range(6))
-
-
-def test_a_fit_that_drops_nothing_does_not_warn_about_the_worker_start(tmp_path):
-    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(tmp_path, TinyRNNModule(), monitor, max_steps=6, logger=False)
-    assert not [w for w in caught if "worker process had started" in str(w.message)]
-    assert [r["step"] for r in monitor.records] == list(range(6))
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert [r["step"] for r in monitor.records] == list(range(6)) and monitor.dropped_steps == []
+    assert monitor.summary["drain_seconds"] > 0

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 
+from bifurcation_callback.analysis import StepRecord, cycle_scalars
 from bifurcation_callback.cycles import find_cycles
 from bifurcation_callback.dashboard import (
     LOGGED_METRICS,
@@ -16,7 +17,7 @@ from bifurcation_callback.dashboard import (
     fold_events,
     fresh_run_dir,
     read_jsonl,
-    step_scalars,
+    running_scalars,
     summary_line,
     summary_markdown,
     summary_scalars,
@@ -37,14 +38,15 @@ class RecordingLogger:
         self.calls.append((dict(metrics), step))
 
 
-def record(**overrides):
-    base = {"loss": 0.5, "grad_norm": None, "events": [{}], "finder_ms": 2.0, "compare_ms": 1.0}
-    return {**base, **overrides}
+def record(**overrides) -> StepRecord:
+    base = {"step": 3, "loss": 0.5, "grad_norm": None, "events": [{}], "finder_ms": 2.0, "compare_ms": 1.0, "lag_steps": 2}
+    return StepRecord(**{**base, **overrides})
 
 
 def summary(jumps_explained=None, p_value=None, events_with_jump=None, n_jumps=0):
     return {
-        "n_monitored_steps": 10,
+        "n_monitored_steps": 11,
+        "n_analysed_steps": 10,
         "n_skipped": 1,
         "n_events": 2,
         "events_by_kind": {"appearance": 2, "disappearance": 0},
@@ -61,11 +63,13 @@ def summary(jumps_explained=None, p_value=None, events_with_jump=None, n_jumps=0
 
 def test_step_scalars_are_documented_and_count_the_cycles():
     cycles = find_cycles(plrnn(A=[0.5, 0.6], W=[[0.0, -0.4], [0.3, 0.0]], h=[0.2, -0.1]), max_order=2)
-    scalars = step_scalars(record(), cycles, {0: 0.5, 3: 1.5}, n_events=4, n_skipped=1)
+    step = record(cycle_scalars=cycle_scalars(cycles, {0: 0.5, 3: 1.5}),
+                  events=[{"kind": "appearance"}, {"kind": "appearance", "verified": False}])
+    scalars = {**step.scalars(), **running_scalars(step, n_events=4, n_skipped=1)}
     assert all(any(p.match(tag) for p in PATTERNS) for tag in scalars), sorted(scalars)
     assert scalars["bifurcation/n_cycles/total"] == len(cycles)
-    assert scalars["bifurcation/event"] == 1.0 and scalars["bifurcation/events_total"] == 4.0
-    assert scalars["bifurcation/monitor_ms"] == 3.0
+    assert scalars["bifurcation/event"] == 1.0 and scalars["bifurcation/events_total"] == 4.0  # verified events only
+    assert scalars["bifurcation/monitor_ms"] == 3.0 and scalars["bifurcation/lag_steps"] == 2
     assert {t: v for t, v in scalars.items() if "/cycle_" in t} == {
         "bifurcation/max_abs_eig/cycle_0": 0.5,
         "bifurcation/max_abs_eig/cycle_3": 1.5,
@@ -157,16 +161,16 @@ def test_summary_table_folds_border_crossings_and_show_all_lists_them():
     "overrides, show_all, expected",
     [
         ({}, False, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), "
-                    "4 loss jumps, 3/4 with an event nearby (p = 0.021), overhead 25.0 %"),
+                    "4 loss jumps, 3/4 with an event nearby (p = 0.021), 10 of 11 monitored steps analysed, 1 skipped, overhead 25.0 %"),
         ({}, True, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border collision), "
-                   "4 loss jumps, 3/4 with an event nearby (p = 0.021), overhead 25.0 %"),
+                   "4 loss jumps, 3/4 with an event nearby (p = 0.021), 10 of 11 monitored steps analysed, 1 skipped, overhead 25.0 %"),
         ({"n_events": 0, "n_border_crossings": 0, "events_by_kind": {"appearance": 0}, "loss_jumps": [],
           "jump_correlation": {"jumps_explained": None, "p_value": None, "events_with_jump": None, "mean_lag": None}},
-         False, "BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, overhead 25.0 %"),
+         False, "BifurcationMonitor: 0 events, 0 loss jumps, n/a with an event nearby, 10 of 11 monitored steps analysed, 1 skipped, overhead 25.0 %"),
         ({"loss_jumps": [{"step": 3}], "jump_correlation": {"jumps_explained": 0.0, "p_value": None,
                                                               "events_with_jump": 0.0, "mean_lag": None}},
          False, "BifurcationMonitor: 12 events (3 appearance, 2 stability change, 7 border crossings folded), "
-                "1 loss jump, 0/1 with an event nearby, overhead 25.0 %"),
+                "1 loss jump, 0/1 with an event nearby, 10 of 11 monitored steps analysed, 1 skipped, overhead 25.0 %"),
     ],
 )
 def test_summary_line(overrides, show_all, expected):

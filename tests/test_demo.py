@@ -286,8 +286,9 @@ def test_demo_options_use_the_shared_validators(argv, message, capsys):
 
 # Fields that are timings (they differ between any two runs); everything else must be identical.
 # Timings, and what depends on them: the worker process's id, how far behind training its results came.
-SUMMARY_TIMINGS = {"monitor_seconds", "fit_seconds", "monitor_overhead", "analysis_seconds", "drain_seconds", "worker",
-                   "lag_steps_median", "lag_steps_max"}
+SUMMARY_TIMINGS = {"monitor_seconds", "fit_seconds", "monitor_overhead", "drain_seconds", "worker", "contention_seconds",
+                   "overhead_is_lower_bound", "steps_with_worker_busy", "steps_with_worker_idle", "lag_steps_median",
+                   "lag_steps_max", "batch_size_median"}
 RECORD_TIMINGS = set(TIMING_KEYS)
 DEMO_TIMINGS = {"wall_seconds"}
 

@@ -168,7 +168,7 @@ def _build(config: dict, **kwargs) -> DSRModule:
 @pytest.mark.parametrize("config", CONFIGS)
 def test_reference_states_are_the_last_batch_in_latent_space(config, mode):
     # BifurcationMonitor reads bifurcation_reference_states (T, M) for its attractor search and the figure.
-    from bifurcation_callback.callback import _reference_states
+    from bifurcation_callback._trainer import reference_states
 
     module = _build(config, training=mode)
     assert module.bifurcation_reference_states is None  # before any batch
@@ -183,7 +183,7 @@ def test_reference_states_are_the_last_batch_in_latent_space(config, mode):
                 assert torch.allclose(states[:, N:], x[0] @ module.L.T)  # the unobserved: inferred as for z_1
         else:  # the forcing signal pinv(B)(x - b): the readout maps it back to the data
             assert torch.allclose(module.observe(states), x[0], atol=1e-4)
-        assert _reference_states(module, M).shape == (12, M)  # what the monitor accepts
+        assert reference_states(module, M).shape == (12, M)  # what the monitor accepts
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -98,7 +98,7 @@ def in_worker_process() -> bool:
     """True inside the monitor's analysis worker process (never in the training process)."""
     import os
 
-    from bifurcation_callback.worker import WORKER_ENV
+    from bifurcation_callback.runner import WORKER_ENV
 
     return os.environ.get(WORKER_ENV) == "1"
 

@@ -1,0 +1,197 @@
+"""What the monitor reads from a Lightning Trainer and LightningModule: the step, the step's own loss, gradient
+accumulation, the expected last step, the RNN inside the module, its reference states, and where the analysis
+should run.  Kept apart from ``callback.py`` (which wires hooks) because several of these read Lightning's
+private state, with fallbacks should a release change it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from operator import attrgetter
+from typing import Any
+
+import numpy as np
+import torch
+
+from .models import require_piecewise_linear
+
+__all__ = [
+    "MAX_REFERENCE_STATES",
+    "accumulating",
+    "available_cpus",
+    "default_mode",
+    "expected_last_step",
+    "find_rnn",
+    "lightning_step",
+    "reference_states",
+    "step_loss",
+    "training_device",
+]
+
+# At most this many states of ``bifurcation_reference_states`` are drawn.
+MAX_REFERENCE_STATES = 2000
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def training_device(trainer: Any) -> torch.device:
+    """The device the module trains on (the strategy's root device; CPU when the trainer does not say)."""
+    device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
+
+
+def default_mode(trainer: Any) -> str:
+    """``mode="auto"``: async when the worker gets a core of its own (or trains on a GPU), else sync.
+
+    A core is the worker's when the process may use more CPUs (``os.sched_getaffinity``) than the training
+    processes on this machine keep busy: one per process (``trainer.num_devices``: DDP on CPU runs that many
+    processes, each GPU one), times torch's intra-op threads for training on the CPU (torch's default uses
+    every core, and a worker beside such a run slowed it by +79 % on 2 cores).  Training on a GPU keeps one
+    core per process busy.
+
+    Examples
+    --------
+    >>> class Trainer:
+    ...     num_devices = 1
+    >>> default_mode(Trainer()) in ("async", "sync")
+    True
+    """
+    processes = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+    threads = 1 if training_device(trainer).type == "cuda" else max(1, torch.get_num_threads())
+    return "async" if available_cpus() > processes * threads else "sync"
+
+
+def lightning_step(trainer: Any) -> int:
+    """The step Lightning's logger connector gives the metrics logged in the current ``training_step``: the
+    number of batches that stepped the optimizers before this one (``trainer.global_step`` counts each
+    optimizer's steps, so it runs ahead with several optimizers and is already incremented here).
+
+    The counter is private; should a Lightning release rename it, ``global_step - 1`` is the same number for
+    the common single-optimizer loop."""
+    stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
+    return int(stepped) if stepped is not None else max(int(trainer.global_step) - 1, 0)
+
+
+def expected_last_step(trainer: Any) -> int | None:
+    """The step (``lightning_step``'s count) the fit is set to end at, from ``max_steps`` or the epochs'
+    batches; None when Lightning cannot tell (no limit, a dataloader without a length)."""
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # Lightning raises for some dataloaders; the estimate only serves progress bars
+        return None
+    return int(total) - 1 if isinstance(total, (int, float)) and math.isfinite(total) and total >= 1 else None
+
+
+def accumulating(trainer: Any, pl_module: Any) -> bool:
+    """True for a batch whose gradients are accumulated without an optimizer step (Lightning logs nothing for
+    it either)."""
+    should_accumulate = getattr(getattr(trainer, "fit_loop", None), "_should_accumulate", None)
+    return bool(pl_module.automatic_optimization and should_accumulate is not None and should_accumulate())
+
+
+def step_loss(trainer: Any, outputs: Any, loss_key: str) -> float | None:
+    """This step's own loss: ``loss_key`` if it was logged with ``on_step=True`` in this ``training_step``,
+    else the step output.  ``trainer.callback_metrics`` is not enough: a metric logged on_epoch only stays
+    there with the previous epoch's mean during the whole next epoch."""
+    value = None
+    results = getattr(trainer, "_results", None)  # Lightning's own per-step view of what was logged
+    if results is not None:
+        try:
+            value = _logged_on_step(results, loss_key)
+        except Exception:  # a private API: fall back to the step output if it ever changes
+            value = None
+    if value is None:
+        value = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _logged_on_step(results: Any, name: str) -> Any:
+    """``results.metrics(True)["callback"].get(name)`` for Lightning's ``_ResultCollection`` ``results``, without
+    computing every other logged metric (and converting the progress bar's to numbers) at every step."""
+    value = None
+    if not results.training:
+        return None
+    for metric in results.values():  # in logging order: a later one of the same name wins, as in metrics()
+        meta = metric.meta
+        if metric.has_reset or not meta.on_step or meta.dataloader_idx != results.dataloader_idx:
+            continue
+        if name in results._forked_name(metric, True) and isinstance(metric._forward_cache, torch.Tensor):
+            value = metric._forward_cache
+    return value
+
+
+def find_rnn(pl_module: Any, model_attr: str | None) -> Any:
+    """The piecewise-linear RNN inside ``pl_module``: ``model_attr`` (a dotted path) or the one submodule that
+    implements the PiecewiseLinear protocol (the outermost, when such models nest).
+
+    Raises
+    ------
+    ValueError
+        ``model_attr`` names nothing, or several candidates exist (the message lists them).
+    TypeError
+        No candidate, or ``model_attr`` names something that is not piecewise linear.
+    """
+    if model_attr is not None:
+        try:
+            rnn = attrgetter(model_attr)(pl_module)
+        except AttributeError:
+            raise ValueError(f"BifurcationMonitor: {type(pl_module).__name__} has no attribute {model_attr!r} (model_attr)") from None
+        require_piecewise_linear(rnn)
+        return rnn
+    candidates = [(name, module) for name, module in pl_module.named_modules() if _is_piecewise_linear(module)]
+    # Keep the outermost ones: a PL model may contain PL parts.
+    outermost = [(n, m) for n, m in candidates if not any(n != o and n.startswith(o + ".") for o, _ in candidates if o)]
+    if len(outermost) == 1:
+        return outermost[0][1]
+    if not outermost:
+        raise TypeError(
+            f"BifurcationMonitor found no piecewise-linear RNN in {type(pl_module).__name__}: it needs a "
+            "submodule implementing the PiecewiseLinear protocol (state_dim, n_switches, region_codes, "
+            "affine_pieces, step), e.g. bifurcation_callback.PLRNN, or model_attr naming one"
+        )
+    names = ", ".join(name or "<the LightningModule itself>" for name, _ in outermost)
+    raise ValueError(f"BifurcationMonitor found several piecewise-linear models ({names}); pass model_attr=")
+
+
+def _is_piecewise_linear(module: Any) -> bool:
+    try:
+        require_piecewise_linear(module)
+    except TypeError:
+        return False
+    return True
+
+
+def reference_states(pl_module: Any, state_dim: int) -> Any:
+    """The LightningModule's ``bifurcation_reference_states`` as a (T, state_dim) array or tensor (at most
+    ``MAX_REFERENCE_STATES`` rows, a view: ``take_snapshot`` copies it with the weights, from CUDA without
+    blocking), or None when it has none.  Its dtype is kept: the float64 conversion happens where the states
+    are read, off the training thread in async mode.
+
+    Raises
+    ------
+    ValueError
+        States of the wrong shape (the message gives the expected one).
+    """
+    states = getattr(pl_module, "bifurcation_reference_states", None)
+    if states is None:
+        return None
+    if not hasattr(states, "detach"):
+        states = np.asarray(states)
+        if not np.issubdtype(states.dtype, np.floating):
+            states = states.astype(float)
+    if states.ndim < 1 or states.shape[-1] != state_dim:
+        raise ValueError(
+            f"bifurcation_reference_states must have shape (..., {state_dim}) (the RNN's state_dim), got {tuple(states.shape)}"
+        )
+    states = states.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
+    return states.detach() if hasattr(states, "detach") else states

@@ -1,0 +1,835 @@
+"""Where the analysis runs: in the training hook, or in a worker process beside training (on the CPU or on the
+training GPU), behind one interface.
+
+A runner takes :class:`~bifurcation_callback.analysis.Snapshot` objects (:meth:`Runner.submit`) and hands back
+:class:`Outcome` objects in step order (:meth:`Runner.poll`): every submitted step comes back exactly once, as a
+result (analysed, or skipped with a reason) or, only with the opt-in latest-wins queue or after a drain timeout,
+as dropped.  That is the one place dropped and skipped steps are decided; the monitor only counts outcomes.
+
+* :class:`InlineRunner` analyses each snapshot at once, in the caller's thread (``mode="sync"``).
+* :class:`ProcessRunner` sends the snapshots to a worker process (or, for a model that cannot be pickled, a
+  thread) and never waits for it: every call only does non-blocking socket work.  The worker takes **all** the
+  snapshots that are waiting when it is free and analyses them as one batch
+  (:meth:`~bifurcation_callback.analysis.StepAnalyser.analyse_batch`), so it catches up instead of dropping
+  steps; the records are those of analysing the steps one at a time.
+
+Why a fresh interpreter (``python -c``) and not ``multiprocessing``'s spawn: spawn imports the user's
+``__main__`` script again in the child, so a training script without an ``if __name__ == "__main__":`` guard
+would start training a second time in the worker.  The worker receives the analyser pickled with cloudpickle,
+which sends a model class defined in ``__main__`` by value.  The worker exits when the connection closes or its
+training process dies, even in the middle of an analysis.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pickle
+import queue
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .analysis import Snapshot, StepAnalyser, StepResult, skipped_result
+
+__all__ = ["RUNNER_KINDS", "WORKER_ENV", "InlineRunner", "Outcome", "ProcessRunner", "RenderJob", "Runner"]
+
+# Where the analysis can run: "inline" (in the hook) or a worker "process" / "thread".
+RUNNER_KINDS: tuple[str, ...] = ("inline", "process", "thread")
+
+# Set in the worker process's environment (tests use it to crash only the worker, never the training process).
+WORKER_ENV = "BIFURCATION_MONITOR_WORKER"
+
+# How long a worker process may take to import torch and the package and load the analyser.
+STARTUP_TIMEOUT_S = 120.0
+
+# The most snapshots a worker analyses in one batch (a long backlog is analysed in batches of this size).
+MAX_BATCH = 64
+
+_HEADER = struct.Struct(">Q")
+
+
+@dataclasses.dataclass
+class RenderJob:
+    """Figures to draw where the analysis runs: ``plots.render_figures`` with ``arguments``, logged at ``step``.
+
+    With ``snapshot`` and no ``orbits`` in the arguments, the orbits under the cycles are sampled from the
+    snapshot's model (``plots.sample_orbits``).  With ``log_dirs`` the images are written where they are
+    drawn, to a TensorBoard event file of their own in each of these run directories, and nothing comes
+    back: the fit-end figures of a worker process, which the training process does not wait for.
+    """
+
+    step: int
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
+    snapshot: Snapshot | None = None
+    seed: int = 0
+    log_dirs: tuple[str, ...] = ()
+
+    def run(self, analyser: StepAnalyser) -> dict[str, Any]:
+        """The images (tag → RGB array; empty once written to ``log_dirs``); ``analyser`` provides the model for
+        sampled orbits."""
+        from .plots import render_figures, sample_orbits
+
+        arguments = dict(self.arguments)
+        if self.snapshot is not None and not arguments.get("orbits") and arguments.get("cycles") is not None:
+            arguments["orbits"] = sample_orbits(analyser.load(self.snapshot), arguments["cycles"], seed=self.seed)
+        images = render_figures(**arguments)
+        if not self.log_dirs:
+            return images
+        from torch.utils.tensorboard import SummaryWriter
+
+        from .dashboard import add_images
+
+        for log_dir in self.log_dirs:
+            writer = SummaryWriter(log_dir)
+            try:
+                add_images(writer, images, self.step)
+            finally:
+                writer.close()
+        return {}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One finished item, in submission order.
+
+    Attributes
+    ----------
+    kind : str
+        ``"result"`` (``result`` set; a skipped step's record says why), ``"dropped"`` (``steps`` never analysed:
+        latest wins, or a drain that timed out), ``"figures"`` (``images`` of ``step``), ``"note"`` (``message``
+        to warn about, ``category``) or ``"fallback"`` (the worker gave up: the caller analyses the rest itself).
+    snapshot : Snapshot or None
+        The analysed snapshot of a result.
+    analysis_s : float
+        Wall time of the analysis of a result's batch, shared equally by its steps.
+    """
+
+    kind: str
+    snapshot: Snapshot | None = None
+    result: StepResult | None = None
+    steps: tuple[int, ...] = ()
+    images: dict[str, Any] | None = None
+    step: int | None = None
+    message: str = ""
+    category: str = "worker"
+    analysis_s: float = 0.0
+
+
+class Runner:
+    """The interface every runner implements (see the module docstring).
+
+    Attributes
+    ----------
+    kind : str
+        One of ``RUNNER_KINDS``.
+    state : dict
+        The analyser's state after the last result handed out by :meth:`poll` (what a checkpoint saves).
+    """
+
+    kind = "inline"
+
+    def __init__(self, analyser: StepAnalyser) -> None:
+        self.analyser = analyser
+        self._state: dict[str, Any] | bytes = analyser.state_dict()
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if isinstance(self._state, bytes):  # from a worker process: unpickled only when read
+            self._state = pickle.loads(self._state)
+        return self._state
+
+    def start(self) -> None:
+        """Get ready before the first snapshot (a worker process takes a second or more to start)."""
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from an analyser state (a resumed run's), before the first snapshot."""
+        self.analyser.load_state_dict(state)
+        self._state = state
+
+    def submit(self, snapshot: Snapshot) -> None:
+        raise NotImplementedError
+
+    def submit_job(self, job: RenderJob) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> list[Outcome]:
+        """The outcomes finished since the last call, in submission order (never blocks)."""
+        raise NotImplementedError
+
+    def drain(self, timeout_s: float | None) -> bool:
+        """Wait until everything submitted is finished; False after ``timeout_s``."""
+        return True
+
+    def pending(self) -> list[Snapshot]:
+        """Every submitted snapshot whose outcome :meth:`poll` has not handed out, oldest first."""
+        return []
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.pending())
+
+    @property
+    def busy(self) -> bool:
+        """Whether the analysis is working (or has work waiting); contention with training happens then."""
+        return False
+
+    @property
+    def starting(self) -> bool:
+        """Whether a worker process has been started but has not said it is ready yet."""
+        return False
+
+    def take_pending(self) -> tuple[list[Snapshot], list[RenderJob]]:
+        """Stop analysing and hand back what is not finished (for a fallback or a drain timeout)."""
+        return [], []
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the runner (a worker process finishes only detached figures, see ``RenderJob.log_dirs``)."""
+
+    def wait_closed(self, timeout_s: float | None = None) -> bool:
+        """Wait until a closed worker process has exited; False after ``timeout_s``."""
+        return True
+
+    def summary(self) -> dict[str, Any] | None:
+        """Where the analysis ran, for the fit-end summary (None for the inline runner)."""
+        return None
+
+
+class InlineRunner(Runner):
+    """Analyses each snapshot when it is submitted, in the caller's thread.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.analysis import take_snapshot
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(2)
+    >>> runner = InlineRunner(StepAnalyser(model, max_order=1, max_attractor_period=0))
+    >>> runner.submit(take_snapshot(model, 0, copy=False))
+    >>> [(outcome.kind, outcome.result.record.step) for outcome in runner.poll()]
+    [('result', 0)]
+    """
+
+    def __init__(self, analyser: StepAnalyser) -> None:
+        super().__init__(analyser)
+        self._outbox: collections.deque[Outcome] = collections.deque()
+
+    def submit(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        try:
+            (result,) = self.analyser.analyse_batch([snapshot])
+        except Exception as error:  # the monitor must never take the training run down
+            result = skipped_result(snapshot, f"{type(error).__name__}: {error}")
+        self._state = self.analyser.state_dict()
+        self._outbox.append(Outcome("result", snapshot, result, analysis_s=time.perf_counter() - started))
+
+    def submit_job(self, job: RenderJob) -> None:
+        try:
+            self._outbox.append(Outcome("figures", images=job.run(self.analyser), step=job.step))
+        except Exception as error:  # figures must not cost the run its records
+            self._outbox.append(Outcome(
+                "note", message=f"BifurcationMonitor draws no figures at step {job.step}: {type(error).__name__}: {error}",
+                category="figures",
+            ))
+
+    def poll(self) -> list[Outcome]:
+        outcomes = list(self._outbox)
+        self._outbox.clear()
+        return outcomes
+
+
+class _CannotStart(RuntimeError):
+    """The analyser cannot be analysed in a worker process (it cannot be pickled or unpickled)."""
+
+
+class ProcessRunner(Runner):
+    """Analyses beside training, in a worker process (default) or a thread, all waiting snapshots in one batch.
+
+    Parameters
+    ----------
+    analyser : StepAnalyser
+        With the state the analysis starts from.  The thread kind uses it; the process kind sends a pickled
+        copy to the worker process (and to a restarted one, with the state after the last result).
+    kind : {"process", "thread"}
+    queue_size : int or None
+        None (default): every snapshot is analysed.  An int: latest wins, at most that many waiting snapshots
+        are analysed when the worker gets to them, older ones are dropped (``Outcome`` ``"dropped"``).
+    max_restarts : int
+        Restarts of a dead worker process before the runner gives up (``"fallback"``).
+    warm_figures : bool
+        Let a worker process start matplotlib in a background thread while it analyses.
+    max_batch : int
+        The most snapshots analysed in one batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.analysis import take_snapshot
+    >>> from bifurcation_callback.models import PLRNN
+    >>> model = PLRNN(2)
+    >>> with torch.no_grad():  # z' = 0.5 z + 0.1: one stable fixed point
+    ...     _ = model.A.fill_(0.5), model.W.zero_(), model.h.fill_(0.1)
+    >>> runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="thread")
+    >>> for step in range(3):
+    ...     runner.submit(take_snapshot(model, step))
+    >>> runner.drain(timeout_s=60)
+    True
+    >>> [(outcome.kind, outcome.result.record.n_cycles) for outcome in runner.poll()]
+    [('result', {1: 1}), ('result', {1: 1}), ('result', {1: 1})]
+    >>> runner.close()
+    """
+
+    def __init__(
+        self,
+        analyser: StepAnalyser,
+        *,
+        kind: str = "process",
+        queue_size: int | None = None,
+        max_restarts: int = 1,
+        warm_figures: bool = False,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        if kind not in ("process", "thread"):
+            raise ValueError(f"ProcessRunner: kind must be 'process' or 'thread', got {kind!r}")
+        super().__init__(analyser)
+        self.kind = kind
+        self.queue_size = queue_size
+        self.max_restarts = max_restarts
+        self.warm_figures = warm_figures
+        self.max_batch = max_batch
+        self.restarts = 0
+        self.pids: list[int] = []  # every worker process started
+        self.failed = False
+        self._submitted: collections.OrderedDict[int, Snapshot] = collections.OrderedDict()  # no outcome yet
+        self._unsent: collections.deque[Snapshot | RenderJob] = collections.deque()
+        self._jobs = 0  # figure jobs sent that still owe a reply
+        self._detached: RenderJob | None = None  # fit-end figures a worker process writes itself
+        self._started: tuple[int, ...] = ()  # the batch the worker is analysing (it said so)
+        self._solo: set[int] = set()  # steps of a batch that killed its worker: analysed one at a time
+        self._outbox: collections.deque[Outcome] = collections.deque()
+        self._write = bytearray()
+        self._read = bytearray()
+        self._socket: socket.socket | None = None
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._starting_since: float | None = None
+        self._exiting: subprocess.Popen | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------------ training side
+
+    def start(self) -> None:
+        if self._socket is None and not self.failed:
+            self._connect()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if self._socket is not None:  # the worker already holds an analyser: it takes the state over first
+            self._frame(("state", state))
+
+    def submit(self, snapshot: Snapshot) -> None:
+        self._submitted[snapshot.step] = snapshot
+        self._unsent.append(snapshot)
+        self._pump()
+
+    def submit_job(self, job: RenderJob) -> None:
+        self._unsent.append(job)
+        self._pump()
+
+    def poll(self) -> list[Outcome]:
+        self._pump()
+        outcomes = list(self._outbox)
+        self._outbox.clear()
+        return outcomes
+
+    def pending(self) -> list[Snapshot]:
+        return list(self._submitted.values())
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._submitted or self._jobs or self._unsent) and not self.failed
+
+    @property
+    def starting(self) -> bool:
+        return self._starting_since is not None
+
+    def drain(self, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.busy and not self._only_detached_left():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._wait(0.5 if remaining is None else min(remaining, 0.5))
+            self._pump()
+        return True
+
+    def take_pending(self) -> tuple[list[Snapshot], list[RenderJob]]:
+        snapshots = list(self._submitted.values())
+        jobs = [item for item in self._unsent if isinstance(item, RenderJob)]
+        self._submitted.clear()
+        self._unsent.clear()
+        self._jobs = 0
+        return snapshots, jobs
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._submitted.clear()
+        self._unsent = collections.deque(item for item in self._unsent if item is self._detached)
+        self._pump()
+        if self._write and self._socket is not None:  # the fit-end figures' job must reach the worker
+            try:
+                self._socket.settimeout(timeout_s)
+                self._socket.sendall(self._write)
+            except OSError:
+                pass
+            self._write.clear()
+        self._disconnect(timeout_s, wait=False)
+        self._closed = True
+
+    def wait_closed(self, timeout_s: float | None = None) -> bool:
+        process = self._exiting
+        if process is None:
+            return True
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.kind, "processes": list(self.pids), "restarts": self.restarts, "fell_back_to_sync": self.failed}
+
+    def _only_detached_left(self) -> bool:
+        """Nothing is owed but fit-end figures a worker process writes itself (nobody waits for those)."""
+        return not self._submitted and self._detached is not None and self._jobs <= 1 and not any(
+            item is not self._detached for item in self._unsent
+        )
+
+    # ------------------------------------------------------------------------------------------ the protocol
+
+    def _pump(self) -> None:
+        """Make progress without blocking: start the worker if needed, send what is ready, read what came."""
+        if self.failed or (self._closed and self._socket is None):
+            return
+        if self._socket is None:
+            if not self.busy:
+                return
+            self._connect()
+            if self._socket is None:
+                return
+        if self._starting_since is not None and time.monotonic() - self._starting_since > STARTUP_TIMEOUT_S:
+            self._lost(TimeoutError(f"no answer within {STARTUP_TIMEOUT_S:.0f} s"))
+            return
+        while self._unsent:
+            head = self._unsent[0]
+            if isinstance(head, Snapshot) and not head.is_ready():
+                break  # a copy from CUDA still on its way: sent at a later call, the training thread never waits
+            item = self._unsent.popleft()
+            if isinstance(item, Snapshot):
+                item.wait()
+            else:
+                self._jobs += 1
+                if item.log_dirs:
+                    self._detached = item
+            if isinstance(item, Snapshot):
+                self._frame(("snapshot", item, item.step in self._solo))
+            else:
+                self._frame(("job", item))
+        self._pump_writes()
+        self._pump_reads()
+
+    def _frame(self, message: Any) -> None:
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._write += _HEADER.pack(len(payload)) + payload
+
+    def _pump_writes(self) -> None:
+        while self._write and self._socket is not None:
+            try:
+                sent = self._socket.send(self._write)
+            except BlockingIOError:
+                return  # the worker reads as fast as it can; the rest goes at a later call
+            except OSError as error:
+                self._lost(error)
+                return
+            del self._write[:sent]
+
+    def _pump_reads(self) -> None:
+        while self._socket is not None:
+            try:
+                chunk = self._socket.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                self._lost(error)
+                return
+            if not chunk:
+                self._lost(EOFError("the connection closed"))
+                return
+            self._read += chunk
+        while len(self._read) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._read)
+            if len(self._read) < _HEADER.size + size:
+                break
+            payload = bytes(self._read[_HEADER.size : _HEADER.size + size])
+            del self._read[: _HEADER.size + size]
+            try:
+                message = pickle.loads(payload)
+            except Exception as error:  # an unreadable reply costs its items, never the run
+                message = ("note", "worker", f"BifurcationMonitor could not read a reply of its worker: {error}")
+            self._handle(message)
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self._starting_since = None
+        elif kind == "failed":  # the worker process cannot load the analyser: a thread instead
+            self._disconnect(1.0, wait=True)
+            self.kind = "thread"
+            self._outbox.append(Outcome("note", message=f"BifurcationMonitor analyses in a thread instead of a worker process: {message[1]}"))
+            self._resend()
+            self._connect()
+        elif kind == "started":
+            self._started = tuple(message[1])
+        elif kind == "results":
+            _, results, state, seconds, dropped = message
+            self._started = ()
+            if dropped:
+                for step in dropped:
+                    self._submitted.pop(step, None)
+                self._outbox.append(Outcome("dropped", steps=tuple(dropped)))
+            for result in results:
+                snapshot = self._submitted.pop(result.record.step, None)
+                self._outbox.append(Outcome("result", snapshot, result, analysis_s=seconds / max(len(results), 1)))
+            self._state = state
+        elif kind == "figures":
+            self._jobs = max(self._jobs - 1, 0)
+            _, step, images, error = message
+            if error is None:
+                self._outbox.append(Outcome("figures", images=images, step=step))
+            else:
+                self._outbox.append(Outcome("note", message=f"BifurcationMonitor draws no figures at step {step}: {error}", category="figures"))
+        elif kind == "note":
+            self._outbox.append(Outcome("note", message=message[2], category=message[1]))
+
+    def _wait(self, timeout_s: float) -> None:
+        """Block until the worker has something to say (or ``timeout_s``)."""
+        if self._socket is None:
+            time.sleep(min(timeout_s, 0.01))
+            return
+        if self._unsent and isinstance(self._unsent[0], Snapshot) and not self._unsent[0].is_ready():
+            time.sleep(0.002)  # waiting for a copy from CUDA to complete
+            return
+        try:
+            select.select([self._socket], [self._socket] if self._write else [], [], timeout_s)
+        except (OSError, ValueError):
+            pass  # a broken socket: the next read finds it
+
+    def _lost(self, error: BaseException) -> None:
+        """The worker died (or its connection broke): its batch is skipped, the rest goes to a new worker."""
+        starting = self._starting_since is not None
+        code = self._disconnect(1.0, wait=True)
+        batch = [step for step in self._started if step in self._submitted]
+        self._started = ()
+        # One step killed it: that step is skipped.  A batch: nobody knows which step, so its steps are analysed
+        # again one at a time (the next death then names the step).
+        lost = [self._submitted.pop(batch[0])] if len(batch) == 1 else []
+        self._solo.update(batch)
+        if starting:
+            what = "starting"
+        elif batch:
+            what = f"analysing step {batch[0]}" if len(batch) == 1 else f"analysing steps {batch}"
+        else:
+            what = "idle"
+        reason = f"the analysis worker process died (exit code {code}) while {what}"
+        for snapshot in lost:
+            self._outbox.append(Outcome("result", snapshot, skipped_result(snapshot, f"worker: {reason}")))
+        if self.restarts >= self.max_restarts:
+            self._outbox.append(Outcome("fallback", message=f"{reason} after {self.restarts} restart(s): the rest of "
+                                        "the run is analysed on the training thread (mode='sync')"))
+            self.failed = True
+            return
+        self.restarts += 1
+        self._outbox.append(Outcome("note", message=f"BifurcationMonitor: {reason} ({type(error).__name__}); a new worker process takes over"))
+        self._resend()
+
+    def _resend(self) -> None:
+        """Queue every snapshot without an outcome (and the jobs not answered) again, for a new worker."""
+        jobs = [item for item in self._unsent if isinstance(item, RenderJob)]
+        self._unsent = collections.deque([*self._submitted.values(), *jobs])
+        self._jobs = 0
+        self._write.clear()
+        self._read.clear()
+
+    # ------------------------------------------------------------------------------------------ endpoints
+
+    def _connect(self) -> None:
+        """Start the analysis end of a new socket pair: a worker process, or a thread with the analyser."""
+        parent, child = socket.socketpair()
+        if self.kind == "process":
+            try:
+                self._start_process(parent, child)
+                return
+            except _CannotStart as error:  # analyse in this process instead
+                parent.close()
+                self.kind = "thread"
+                self._outbox.append(Outcome("note", message=f"BifurcationMonitor analyses in a thread instead of a worker process: {error}"))
+                parent, child = socket.socketpair()
+        self.analyser.load_state_dict(self.state)
+        self._open(parent)
+        self._thread = threading.Thread(
+            target=_serve_socket, args=(child, self.analyser, False, self.queue_size, self.max_batch),
+            name="bifurcation-monitor-worker", daemon=True,
+        )
+        self._thread.start()
+
+    def _open(self, parent: socket.socket) -> None:
+        parent.setblocking(False)
+        self._socket = parent
+
+    def _start_process(self, parent: socket.socket, child: socket.socket) -> None:
+        try:
+            self.analyser.load_state_dict(self.state)
+            # cloudpickle sends a class defined in the user's __main__ script by value: the worker cannot import
+            # that script (importing it could start the training again) and needs the class all the same.
+            payload = cloudpickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            child.close()
+            raise _CannotStart(f"the RNN cannot be pickled ({type(error).__name__}: {error})") from None
+        environment = {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        command = [sys.executable, "-c", f"from bifurcation_callback.runner import serve; serve({child.fileno()})"]
+        try:
+            self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+        except (OSError, ValueError) as error:  # no process here (limits, a sandbox, no pass_fds on Windows): a thread
+            child.close()
+            raise _CannotStart(f"no worker process could be started ({type(error).__name__}: {error})") from None
+        child.close()
+        self.pids.append(self._process.pid)
+        self._starting_since = time.monotonic()
+        self._open(parent)
+        options = {"warm_figures": self.warm_figures, "queue_size": self.queue_size, "max_batch": self.max_batch}
+        self._write.clear()  # the init frame goes first (a restart frames the pending items again after it)
+        self._frame(("init", list(sys.path), payload, options, os.getpid()))
+
+    def _disconnect(self, timeout_s: float, *, wait: bool) -> int | None:
+        """Close the socket (the worker sees EOF and exits); returns the process's exit code when waited for."""
+        process, sock = self._process, self._socket
+        self._process = self._socket = None
+        self._starting_since = None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if self._thread is not None:
+            # A thread shares the analyser with the caller, who may use it next (a fallback, figures): let it end.
+            self._thread.join(timeout_s)
+            self._thread = None
+        if process is None:
+            return None
+        if not wait:  # a daemon thread reaps it (killed if it hangs); nobody waits for it
+            self._exiting = process
+            threading.Thread(target=_reap, args=(process, timeout_s), name="bifurcation-monitor-reaper", daemon=True).start()
+            return None
+        return _reap(process, timeout_s)
+
+
+def _reap(process: subprocess.Popen, timeout_s: float) -> int:
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+# ---------------------------------------------------------------------------------------------- the analysis end
+
+
+def serve(fd: int) -> None:
+    """The worker process's main: load the analyser sent on socket ``fd``, then analyse what arrives until the
+    training process closes the connection or dies."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
+    torch.set_num_threads(1)
+    connection = socket.socket(fileno=fd)
+    connection.setblocking(True)
+    try:
+        _, path, payload, options, parent_pid = _receive(connection)
+        sys.path[:] = path
+        analyser = pickle.loads(payload)
+    except (EOFError, OSError):
+        return
+    except Exception as error:
+        _send(connection, ("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}"))
+        return
+    _send(connection, ("ready", os.getpid()))
+    _serve_socket(connection, analyser, options["warm_figures"], options["queue_size"], options["max_batch"], parent_pid)
+
+
+def _serve_socket(
+    connection: socket.socket,
+    analyser: StepAnalyser,
+    warm_figures: bool,
+    queue_size: int | None,
+    max_batch: int,
+    parent_pid: int | None = None,
+) -> None:
+    """Analyse snapshots in batches (all that wait, at most ``max_batch``), draw figure jobs, until EOF."""
+    analyser.cycles.progress = False  # nobody waits for the first search here: no progress bar beside training
+    inbox: queue.Queue = queue.Queue()
+    current: list[Any] = [None]  # the item being worked on (the reader lets detached figures finish)
+    reader = threading.Thread(target=_read_frames, args=(connection, inbox, current, parent_pid), name="worker-reader", daemon=True)
+    reader.start()
+    # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
+    warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
+    if warming is not None:
+        warming.start()
+    waiting: collections.deque = collections.deque()
+    analysed = 0
+    while True:
+        if not waiting:
+            waiting.append(inbox.get())
+        while True:
+            try:
+                waiting.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        if None in waiting:  # the connection closed: only figures the worker writes itself are still wanted
+            for kind, item in [entry for entry in waiting if entry is not None]:
+                if kind == "job" and item.log_dirs:
+                    current[0] = item
+                    if warming is not None:
+                        warming.join()
+                    _run_job(connection, item, analyser)
+            return
+        if waiting[0][0] == "state":
+            analyser.load_state_dict(waiting.popleft()[1])
+            continue
+        if waiting[0][0] == "job":
+            job = waiting.popleft()[1]
+            current[0] = job
+            if warming is not None:
+                warming.join()
+            _run_job(connection, job, analyser)
+            current[0] = None
+            continue
+        batch = [waiting.popleft()]
+        while not batch[0][2] and waiting and waiting[0] is not None and waiting[0][0] == "snapshot" and not waiting[0][2]:
+            if len(batch) >= max_batch:
+                break
+            batch.append(waiting.popleft())
+        batch = [entry[1] for entry in batch]
+        dropped: list[int] = []
+        if queue_size is not None and len(batch) > queue_size:  # latest wins; the run's first step is kept
+            keep_first = analysed == 0
+            dropped = [s.step for s in batch[keep_first:-queue_size]]
+            batch = batch[:keep_first] + batch[-queue_size:]
+        analysed += len(batch)
+        current[0] = batch
+        _send(connection, ("started", [s.step for s in batch]))
+        started = time.perf_counter()
+        try:
+            results = analyser.analyse_batch(batch)
+        except Exception as error:
+            if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
+                traceback.print_exc()
+            results = [skipped_result(s, f"{type(error).__name__}: {error}") for s in batch]
+        state = pickle.dumps(analyser.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        current[0] = None
+        if not _send(connection, ("results", results, state, time.perf_counter() - started, dropped)):
+            return
+
+
+def _run_job(connection: socket.socket, job: RenderJob, analyser: StepAnalyser) -> None:
+    try:
+        images, error = job.run(analyser), None
+    except Exception as failure:
+        images, error = {}, f"{type(failure).__name__}: {failure}"
+        if job.log_dirs:  # nobody waits for this reply: say it here
+            print(f"BifurcationMonitor's worker could not write the figures of step {job.step}: {error}", file=sys.stderr, flush=True)
+    _send(connection, ("figures", job.step, images, error))
+
+
+def _read_frames(connection: socket.socket, inbox: queue.Queue, current: list[Any], parent_pid: int | None) -> None:
+    """The worker's reader thread: frames into ``inbox``.  A worker process exits at once when its training
+    process is gone, and at EOF unless it still has detached figures to write (the fit-end figures it writes
+    itself): an analysis nobody will read is not finished.  A worker thread just stops."""
+    buffer = bytearray()
+    detached = False
+    while True:
+        try:
+            readable, _, _ = select.select([connection], [], [], 1.0)
+        except (OSError, ValueError):
+            readable = [connection]
+        if parent_pid is not None and os.getppid() != parent_pid:  # the training process died
+            os._exit(0)
+        if not readable:
+            continue
+        try:
+            chunk = connection.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            item = current[0]
+            if parent_pid is not None and not detached and not (isinstance(item, RenderJob) and item.log_dirs):
+                os._exit(0)
+            inbox.put(None)
+            return
+        buffer += chunk
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            if len(buffer) < _HEADER.size + size:
+                break
+            message = pickle.loads(bytes(buffer[_HEADER.size : _HEADER.size + size]))
+            del buffer[: _HEADER.size + size]
+            detached = detached or (message[0] == "job" and bool(message[1].log_dirs))
+            inbox.put(message)
+
+
+def _receive(connection: socket.socket) -> Any:
+    """One frame, blocking (the worker's start)."""
+    header = _read_exactly(connection, _HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    return pickle.loads(_read_exactly(connection, size))
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the connection closed")
+        data += chunk
+    return bytes(data)
+
+
+def _send(connection: socket.socket, message: Any) -> bool:
+    """One frame, blocking; False when the training process has closed the connection."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        connection.sendall(_HEADER.pack(len(payload)) + payload)
+    except OSError:
+        return False
+    return True
+
+
+def _warm_figures() -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the fit-end figures write with it)
+
+        from .plots import render_figures
+
+        render_figures(None, [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}], [[0, 1.0, None]])
+    except Exception:  # a real figure job reports any problem
+        pass

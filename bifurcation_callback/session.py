@@ -1,0 +1,439 @@
+"""MonitorSession: the account of one monitored training run, without Lightning.
+
+The callback hands the session what happens in training (a step with its loss, a snapshot to analyse, the end
+of fit); the session submits snapshots to its :class:`~bifurcation_callback.runner.Runner`, turns the runner's
+outcomes into :class:`~bifurcation_callback.analysis.StepRecord` objects in step order, counts what was analysed,
+skipped and dropped (one vocabulary, one place), writes through the :class:`~bifurcation_callback.dashboard.Dashboard`
+and at the end computes the summary, including the monitor's real cost to training (:class:`OverheadAccount`).
+Everything here is testable with a bare analyser and no Trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .analysis import Snapshot, StepAnalyser, StepRecord, StepResult
+from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
+from .cycles import CycleSet
+from .dashboard import Dashboard, events_markdown, fold_events, running_scalars, summary_scalars, summary_markdown
+from .loss_jumps import summarise_run
+from .runner import InlineRunner, Outcome, RenderJob, Runner
+
+__all__ = ["MonitorSession", "OverheadAccount", "SessionSettings"]
+
+# At most this many accepted results wait for a backward pass to be logged in (see MonitorSession.publish).
+MAX_UNPUBLISHED = 4
+
+# Fewer training steps than this with the worker idle (or working) leave the contention unmeasured.
+MIN_STEPS_FOR_CONTENTION = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    """The monitor's arguments the session needs (validated by ``BifurcationMonitor``)."""
+
+    max_order: int
+    every_n_steps: int | None
+    every_n_epochs: int | None
+    jump_window: int | None
+    jump_warmup_steps: int
+    jump_min_change: float
+    log_figures_every_n_steps: int
+    max_attractor_period: int
+    show_all_events: bool
+    seed: int
+
+
+class OverheadAccount:
+    """What the monitor costs training, measured where training runs.
+
+    Three parts: the monitor's own time on the training thread (``hook_seconds``: hooks, and in sync mode the
+    analysis itself), the fit-end wait for the last analyses and figures (``drain_seconds``), and the
+    slowdown of training while a worker analyses beside it (``contention_seconds``): every training step is
+    timed, and the steps taken while the worker worked are compared with those taken while it idled (medians,
+    the monitor's own hook time taken out).  When training took too few steps of either kind the contention is
+    unknown (None) and the overhead counts the first two parts only (a lower bound, said so in the summary).
+
+    Examples
+    --------
+    >>> account = OverheadAccount()
+    >>> for busy in [False] * 10 + [True] * 10:
+    ...     account.step(0.11 if busy else 0.10, busy=busy, hook_s=0.0)
+    >>> round(account.contention_seconds, 3)
+    0.1
+    """
+
+    def __init__(self) -> None:
+        self.hook_seconds = 0.0
+        self.drain_seconds = 0.0
+        self.fit_seconds = 0.0
+        self.previous_fits = {"hook": 0.0, "drain": 0.0, "fit": 0.0, "contention": 0.0}
+        self._busy: list[float] = []
+        self._idle: list[float] = []
+
+    def step(self, seconds: float, *, busy: bool, hook_s: float) -> None:
+        """One training step took ``seconds`` (between two batch ends), ``hook_s`` of them in the monitor."""
+        (self._busy if busy else self._idle).append(max(seconds - hook_s, 0.0))
+
+    @property
+    def contention_seconds(self) -> float | None:
+        if not self._busy:
+            return 0.0
+        if len(self._idle) < MIN_STEPS_FOR_CONTENTION or len(self._busy) < MIN_STEPS_FOR_CONTENTION:
+            return None
+        slowdown = statistics.median(self._busy) - statistics.median(self._idle)
+        return max(slowdown, 0.0) * len(self._busy)
+
+    def fields(self, fit_seconds: float) -> dict[str, Any]:
+        """The summary's timing fields over every fit of the run (a resumed run's earlier fits included)."""
+        contention = self.contention_seconds
+        hook = self.previous_fits["hook"] + self.hook_seconds
+        drain = self.previous_fits["drain"] + self.drain_seconds
+        fit = self.previous_fits["fit"] + fit_seconds
+        measured = self.previous_fits["contention"] + (contention or 0.0)
+        cost = hook + drain + measured
+        return {
+            "monitor_seconds": hook,
+            "drain_seconds": drain,
+            "contention_seconds": None if contention is None else measured,
+            "fit_seconds": fit,
+            "monitor_overhead": cost / max(fit - cost, 1e-9),
+            "overhead_is_lower_bound": contention is None,
+            "steps_with_worker_busy": len(self._busy),
+            "steps_with_worker_idle": len(self._idle),
+        }
+
+    def state_dict(self, fit_seconds: float) -> dict[str, float]:
+        fields = self.fields(fit_seconds)
+        return {"hook": fields["monitor_seconds"], "drain": fields["drain_seconds"], "fit": fields["fit_seconds"],
+                "contention": fields["contention_seconds"] or 0.0}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.previous_fits = {key: float(state.get(key, 0.0)) for key in ("hook", "drain", "fit", "contention")}
+
+
+class MonitorSession:
+    """One monitored run: submissions, outcomes, records, publishing and the summary.
+
+    Parameters
+    ----------
+    settings : SessionSettings
+    analyser : StepAnalyser
+        The analysis (a worker process gets a copy; after the worker stops this one takes its state over).
+    runner : Runner
+        Where the analysis runs.
+    dashboard : Dashboard or None
+        Where records go (None: nowhere yet, e.g. before fit start).
+    warn : callable
+        ``warn(category, message)``: the monitor warns once per category.
+    """
+
+    def __init__(self, settings: SessionSettings, analyser: StepAnalyser | None, runner: Runner | None,
+                 dashboard: Dashboard | None, warn: Callable[[str, str], None]) -> None:
+        self.settings = settings
+        self.analyser = analyser
+        self.runner = runner
+        self.dashboard = dashboard
+        self.warn = warn
+        self.start_error = ""
+        self.records: list[StepRecord] = []
+        # [step, loss, grad norm] of every training step: loss jumps are found at full resolution even when the
+        # cycle search runs only every n steps.
+        self.history: list[list[float | None]] = []
+        self.skip_reasons: Counter[str] = Counter()
+        self.dropped: list[int] = []
+        self.n_events = 0
+        self.overhead = OverheadAccount()
+        self.last: tuple[Snapshot | None, StepResult] | None = None
+        self.restored_cycles: CycleSet | None = None
+        self.runner_summaries: list[dict[str, Any]] = []
+        self.mode = "sync" if isinstance(runner, InlineRunner) or runner is None else "async"
+        self._unpublished: list[Callable[[], None]] = []
+        self._fit_started: float | None = None
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit_started(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def fit_elapsed(self) -> float:
+        return 0.0 if self._fit_started is None else time.perf_counter() - self._fit_started
+
+    def note_step(self, step: int, loss: float | None, grad_norm: float | None) -> None:
+        self.history.append([step, loss, grad_norm])
+
+    def submit(self, snapshot: Snapshot) -> None:
+        """Hand a step's snapshot to the runner (a failing worker machinery falls back to sync)."""
+        if self.runner is None:  # the analyser could not be built at fit start (the warning said why)
+            self.record_skip(snapshot.step, snapshot.loss, f"no analysis: {self.start_error}")
+            return
+        try:
+            self.runner.submit(snapshot)
+        except Exception as error:  # the worker's own machinery (sockets, processes) failed: go on in sync
+            self.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the rest of the "
+                           "run is analysed on the training thread (mode='sync')", extra=[snapshot])
+
+    def collect(self) -> None:
+        """Take what the runner finished (never blocks)."""
+        if self.runner is None:
+            return
+        try:
+            outcomes = self.runner.poll()
+        except Exception as error:  # never into training: the rest of the run is analysed in sync
+            self.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the rest of the "
+                           "run is analysed on the training thread (mode='sync')")
+            return
+        for outcome in outcomes:
+            self.accept(outcome)
+
+    def accept(self, outcome: Outcome) -> None:
+        """One outcome of the runner: a record, dropped steps, figures, a note or the worker's fallback."""
+        try:
+            if outcome.kind == "result":
+                self._accept_result(outcome)
+            elif outcome.kind == "dropped":
+                self.dropped.extend(outcome.steps)
+            elif outcome.kind == "figures":  # PNG-encoded and checksummed by TensorBoard: logged like results
+                self._publish_later(functools.partial(self.dashboard.log_images, outcome.images, outcome.step))
+            elif outcome.kind == "note":
+                self.warn(outcome.category, outcome.message)
+            elif outcome.kind == "fallback":
+                self.fall_back(f"BifurcationMonitor: {outcome.message}")
+        except Exception as error:  # publishing must not take the training run down either
+            self.warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
+
+    def _accept_result(self, outcome: Outcome) -> None:
+        result = outcome.result
+        record = result.record
+        if record.skipped is not None:
+            self.record_skip(record.step, record.loss, record.skipped, record=record)
+            return
+        now = self.history[-1][0] if self.history else record.step
+        taken_at = outcome.snapshot.taken_at if outcome.snapshot is not None else time.perf_counter()
+        record.lag_ms = 1e3 * (time.perf_counter() - taken_at)
+        record.lag_steps = int(now) - record.step
+        for category, text in result.notes:
+            self.warn(category, text)
+        self.records.append(record)
+        self.n_events += len(record.verified_events)
+        self.last = (outcome.snapshot, result)
+        running = running_scalars(record, n_events=self.n_events, n_skipped=self.n_skipped, n_dropped=len(self.dropped))
+        started = time.perf_counter()
+        every = self.settings.log_figures_every_n_steps
+        if every and len(self.records) % every == 0:
+            self.request_figures(record.step)
+        record.figures_ms = 1e3 * (time.perf_counter() - started)
+        self._publish_later(functools.partial(self._publish, record, running))
+
+    def record_skip(self, step: int, loss: float | None, reason: str, *, record: StepRecord | None = None) -> None:
+        self.publish()  # events.jsonl stays in step order
+        category = reason.split(":")[0]
+        self.skip_reasons[category] += 1
+        self.warn(category, f"BifurcationMonitor skipped step {step}: {reason}")
+        record = record or StepRecord(step, loss, skipped=reason)
+        self.records.append(record)
+        if self.dashboard is not None:
+            self.dashboard.write_record(record.to_json())
+            self.dashboard.log_scalars({"bifurcation/skipped": float(self.n_skipped)}, step)
+
+    def fall_back(self, message: str, extra: list[Snapshot] = ()) -> None:
+        """The worker gave up or its machinery failed: analyse what it did not finish, and the rest of the run,
+        on the training thread."""
+        runner = self.runner
+        if runner is None or isinstance(runner, InlineRunner):
+            return
+        self.warn("worker fallback", message)
+        for outcome in self._poll_quietly(runner):  # results that arrived before the failure come first
+            if outcome.kind != "fallback":
+                self.accept(outcome)
+        snapshots, jobs = runner.take_pending()
+        state = runner.state
+        runner.close()
+        self.runner_summaries.append(runner.summary())
+        self.analyser.load_state_dict(state)
+        self.runner, self.mode = InlineRunner(self.analyser), "sync"
+        for snapshot in [*snapshots, *extra]:
+            self.runner.submit(snapshot)
+        for job in jobs:
+            self.runner.submit_job(job)
+        self.collect()
+
+    @staticmethod
+    def _poll_quietly(runner: Runner) -> list[Outcome]:
+        try:
+            return runner.poll()
+        except Exception:
+            return []
+
+    # ------------------------------------------------------------------------------------------ publishing
+
+    def _publish_later(self, write: Callable[[], None]) -> None:
+        self._unpublished.append(write)
+        if len(self._unpublished) >= MAX_UNPUBLISHED:  # no backward comes (manual optimization without one)
+            self.publish()
+
+    @property
+    def has_unpublished(self) -> bool:
+        return bool(self._unpublished)
+
+    @property
+    def n_unpublished(self) -> int:
+        """Accepted results (and figures) not yet written: they go out at the next backward pass."""
+        return len(self._unpublished)
+
+    def publish(self) -> None:
+        """Write the accepted results (and figures) to the loggers and ``events.jsonl``, in step order.
+
+        The callback calls this from ``on_before_backward`` rather than where the results arrive: TensorBoard's
+        writer thread then computes its (pure-Python) checksums of these events while the backward pass runs
+        without the GIL, instead of taking the GIL from the training thread.  Also before a skipped step's
+        record, a checkpoint, and the summary at fit end, so nothing is lost or out of order.
+        """
+        pending, self._unpublished = self._unpublished, []
+        for write in pending:
+            try:
+                write()
+            except Exception as error:  # publishing must not take the training run down
+                self.warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
+
+    def _publish(self, record: StepRecord, running: dict[str, float | None]) -> None:
+        dashboard = self.dashboard
+        if dashboard is None:
+            return
+        started = time.perf_counter()
+        dashboard.log_scalars({**record.scalars(), **running}, record.step)
+        shown = fold_events(record.verified_events, show_all=self.settings.show_all_events)[0]
+        if shown:  # a step of folded crossings only: no text
+            dashboard.log_text("bifurcation/events", events_markdown(record.verified_events, show_all=self.settings.show_all_events), record.step)
+        record.publish_ms = 1e3 * (time.perf_counter() - started)
+        dashboard.write_record(record.to_json())
+
+    # ------------------------------------------------------------------------------------------ figures
+
+    def request_figures(self, step: int, loss_jumps: list[dict[str, Any]] = (), *, log_dirs: tuple[str, ...] = ()) -> None:
+        """The state space of the last analysed step (its cycles, the orbits under them, the step's reference
+        states) and the timeline up to now, drawn where the analysis runs (with ``log_dirs`` a worker process
+        writes them itself)."""
+        dashboard = self.dashboard
+        if dashboard is None or not dashboard.has_tensorboard or self.runner is None:
+            return
+        snapshot, result = self.last if self.last is not None else (None, None)
+        arguments = {
+            "cycles": self.cycles,
+            # The timeline needs steps, cycle counts and events only: a slim copy keeps the job small.
+            "records": [{"step": r.step, "n_cycles": {str(k): n for k, n in r.n_cycles.items()},
+                         "events": r.verified_events} for r in self.records if r.skipped is None],
+            "history": [list(entry) for entry in self.history],
+            "loss_jumps": list(loss_jumps),
+            "orbits": result.orbits if result is not None else [],
+            "reference": snapshot.reference if snapshot is not None else None,
+        }
+        # Without the attractor analysis the orbits under the cycles are sampled from the step's model.
+        sampled = snapshot if self.settings.max_attractor_period == 0 else None
+        self.runner.submit_job(RenderJob(step, arguments, sampled, self.settings.seed, log_dirs))
+
+    # ------------------------------------------------------------------------------------------ results
+
+    @property
+    def cycles(self) -> CycleSet | None:
+        """The cycle set of the last analysed step."""
+        # Read from the result only now: a worker process's results unpickle their cycles when first read.
+        return self.last[1].cycles if self.last is not None else self.restored_cycles
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skip_reasons.values())
+
+    def summary(self, fit_seconds: float) -> dict[str, Any]:
+        """The fit-end summary (JSON-ready), from the records and the loss history."""
+        analysed = [r for r in self.records if r.skipped is None]
+        events = [e for r in analysed for e in r.verified_events]
+        run = summarise_run(
+            self.history,
+            [e["step"] for e in events],
+            window=self._jump_window(analysed),
+            warmup_steps=self.settings.jump_warmup_steps,
+            min_relative_change=self.settings.jump_min_change,
+        )
+        losses = [loss for _, loss, _ in self.history if loss is not None]
+        by_kind = Counter(e["kind"] for e in events)
+        lags = sorted(r.lag_steps for r in analysed if r.lag_steps is not None)
+        batches = [r.batch_size for r in analysed]
+        n_monitored = len(self.records) + len(self.dropped)
+        cycles = self.cycles
+        return {
+            "max_order": self.settings.max_order,
+            "every_n_steps": self.settings.every_n_steps,
+            "every_n_epochs": self.settings.every_n_epochs,
+            "n_monitored_steps": n_monitored,
+            "n_analysed_steps": len(analysed),
+            "n_skipped": self.n_skipped,
+            "skip_reasons": dict(self.skip_reasons),
+            "n_dropped_steps": len(self.dropped),
+            "analysed_fraction": len(analysed) / n_monitored if n_monitored else None,
+            "lag_steps_median": float(statistics.median(lags)) if lags else None,
+            "lag_steps_max": lags[-1] if lags else None,
+            "batch_size_median": float(statistics.median(batches)) if batches else None,
+            "final_step": int(self.history[-1][0]) if self.history else None,
+            "final_loss": losses[-1] if losses else None,
+            "final_cycles": cycles.to_dict() if cycles is not None else None,
+            # The last monitored step's attractor; None when that step was skipped or its analysis failed, never
+            # an older step's attractor presented as the final one.
+            "final_attractor": self.records[-1].attractor if self.records else None,
+            "max_attractor_period": self.settings.max_attractor_period,
+            "n_attractor_changes": by_kind.get("attractor_change", 0),
+            "n_events": len(events),
+            "n_unverified_events": sum(len(r.events) - len(r.verified_events) for r in analysed),
+            "n_late_discoveries": sum(len(r.late_discoveries) for r in analysed),
+            "events_by_kind": {kind: by_kind.get(kind, 0) for kind in BIFURCATION_KINDS},
+            "n_border_crossings": sum(fold_events(r.verified_events)[1] for r in analysed),
+            **run.to_dict(),
+            "jump_warmup_steps": self.settings.jump_warmup_steps,
+            "jump_min_change": self.settings.jump_min_change,
+            **self.timing_fields(fit_seconds),
+        }
+
+    def timing_fields(self, fit_seconds: float) -> dict[str, Any]:
+        """Where the analysis ran (``mode``, ``worker``) and what it cost training (``OverheadAccount``)."""
+        runner = self.runner.summary() if self.runner is not None else None
+        worker = self.runner_summaries[0] if self.runner_summaries else runner
+        if worker is not None and self.runner_summaries and runner is None:
+            worker = {**worker, "fell_back_to_sync": True}
+        return {"mode": self.mode, "worker": worker, **self.overhead.fields(fit_seconds)}
+
+    def _jump_window(self, analysed: list[StepRecord]) -> int:
+        if self.settings.jump_window is not None:
+            return self.settings.jump_window
+        # every_n_epochs: 5 analyses' worth of steps, as 5 * every_n_steps is for every_n_steps.
+        steps = [record.step for record in analysed]
+        gaps = [b - a for a, b in zip(steps, steps[1:])]
+        return 5 * (int(statistics.median(gaps)) if gaps else (steps[0] + 1 if steps else 1))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        dashboard = self.dashboard
+        step = summary["final_step"] or 0
+        dashboard.log_scalars(summary_scalars(summary), step)
+        dashboard.log_text("bifurcation/summary", summary_markdown(summary, show_all_events=self.settings.show_all_events), step)
+        dashboard.write_summary(summary)
+
+    @property
+    def events(self) -> list[BifurcationEvent]:
+        return [BifurcationEvent.from_dict(e) for record in self.records for e in record.verified_events]
+
+
+def warn_once(warned: set[str]) -> Callable[[str, str], None]:
+    """A ``warn(category, message)`` that warns once per category (a NaN model would warn at every step)."""
+
+    def warn(category: str, message: str) -> None:
+        if category not in warned:
+            warned.add(category)
+            warnings.warn(message + " (further warnings of this kind are suppressed)", RuntimeWarning, stacklevel=3)
+
+    return warn

@@ -1,0 +1,222 @@
+"""Runners without a Trainer: every snapshot analysed (in batches), latest wins as an opt-in, pending snapshots,
+faults, figures, a worker that never outlives its training process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bifurcation_callback.analysis import StepAnalyser, take_snapshot, without_timings
+from bifurcation_callback.runner import InlineRunner, ProcessRunner, RenderJob
+
+from .test_callback_async import all_exit, is_running
+from .tiny_modules import SENTINEL, FragilePLRNN, SlowPLRNN, plrnn_2d
+
+
+def analyser_for(model, **kwargs) -> StepAnalyser:
+    return StepAnalyser(model, max_order=1, max_attractor_period=0, **kwargs)
+
+
+def with_plrnn_2d_weights(model):
+    model.load_state_dict(plrnn_2d().state_dict())
+    return model
+
+
+def snapshots_of(model, h0_values):
+    snapshots = []
+    for step, h0 in enumerate(h0_values):
+        with torch.no_grad():
+            model.h[0] = h0
+        snapshots.append(take_snapshot(model, step, loss=1.0))
+    return snapshots
+
+
+def records(outcomes):
+    return without_timings([outcome.result.record.to_json() for outcome in outcomes if outcome.kind == "result"])
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_slow_worker_catches_up_in_batches_with_the_records_of_one_at_a_time(kind):
+    model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=0.02, everywhere=True))
+    snapshots = snapshots_of(model, [0.2 + 0.01 * step for step in range(10)])
+    runner = ProcessRunner(analyser_for(model), kind=kind)
+    for snapshot in snapshots:
+        runner.submit(snapshot)
+    assert runner.drain(timeout_s=120)
+    outcomes = runner.poll()
+    assert [o.result.record.step for o in outcomes] == list(range(10)) and runner.pending() == []
+    assert max(o.result.record.batch_size for o in outcomes) > 1
+    inline = InlineRunner(analyser_for(model))
+    for snapshot in snapshots:
+        inline.submit(snapshot)
+    assert records(outcomes) == records(inline.poll())
+    runner.close()
+
+
+def test_latest_wins_keeps_the_first_step_and_the_newest():
+    # A thread worker that takes at least 0.2 s per batch: while it analyses step 0, steps 1..4 arrive.
+    model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=0.05, everywhere=True))
+    runner = ProcessRunner(analyser_for(model), kind="thread", queue_size=1)
+    runner.submit(take_snapshot(model, 0))
+    time.sleep(0.05)  # the worker takes step 0 alone
+    for step in range(1, 5):
+        runner.submit(take_snapshot(model, step))
+    assert runner.drain(timeout_s=60)
+    outcomes = runner.poll()
+    analysed = [o.result.record.step for o in outcomes if o.kind == "result"]
+    dropped = [step for o in outcomes if o.kind == "dropped" for step in o.steps]
+    assert analysed == [0, 4] and dropped == [1, 2, 3]
+    assert outcomes[-1].result.record.events == []  # step 4 compared with step 0: same fixed point
+    runner.close()
+
+
+def test_state_follows_the_last_polled_result_and_pending_lists_the_rest():
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind="thread")
+    for snapshot in snapshots_of(model, [0.2] * 3):
+        runner.submit(snapshot)
+    assert runner.state["tracker"]["previous_step"] is None and [s.step for s in runner.pending()] == [0, 1, 2]
+    assert runner.drain(timeout_s=60)
+    runner.poll()
+    assert runner.pending() == [] and runner.state["tracker"]["previous_step"] == 2
+    runner.close()
+
+
+def test_an_error_skips_that_step_with_its_reason_and_the_next_compares_with_the_last_analysed():
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind="process")
+    for snapshot in snapshots_of(model, [0.2, SENTINEL, 0.2]):
+        runner.submit(snapshot)
+    assert runner.drain(timeout_s=120)
+    outcomes = runner.poll()
+    assert [(o.kind, o.result.record.skipped is None) for o in outcomes] == [("result", True), ("result", False), ("result", True)]
+    assert "ValueError: planted failure" in outcomes[1].result.record.skipped
+    assert outcomes[2].result.record.events == [] and len(runner.pids) == 1  # compared with step 0
+    runner.close()
+
+
+def test_a_worker_that_dies_is_restarted_the_batch_analysed_one_step_at_a_time_then_it_gives_up():
+    model = with_plrnn_2d_weights(FragilePLRNN(2, crash=True))
+    runner = ProcessRunner(analyser_for(model), kind="process", max_restarts=1)
+    for snapshot in snapshots_of(model, [0.2, SENTINEL, 0.2, 0.2]):
+        runner.submit(snapshot)
+    deadline = time.monotonic() + 120
+    outcomes = []
+    while not any(o.kind == "fallback" for o in outcomes) and time.monotonic() < deadline:
+        runner.drain(timeout_s=1)
+        outcomes += runner.poll()
+    kinds = [(o.kind, o.result.record.step if o.result else None) for o in outcomes]
+    # The first death (a batch, or step 1 alone) costs a restart; the step that kills the worker alone is skipped.
+    assert ("fallback", None) in kinds and runner.failed and runner.restarts == 1 and len(runner.pids) == 2
+    lost = [o.result.record for o in outcomes if o.kind == "result" and o.result.record.skipped]
+    assert [r.step for r in lost] == [1] and "died (exit code 3) while analysing step 1" in lost[0].skipped
+    snapshots, _ = runner.take_pending()
+    analysed = [o.result.record.step for o in outcomes if o.kind == "result" and not o.result.record.skipped]
+    assert sorted(analysed + [1] + [s.step for s in snapshots]) == [0, 1, 2, 3]  # nothing lost, nothing twice
+    runner.close()
+    assert all_exit(runner.pids)
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_figures_are_drawn_by_the_worker_in_order(kind):
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind=kind, warm_figures=kind == "process")
+    runner.submit(take_snapshot(model, 0))
+    runner.submit_job(figure_job(0))
+    runner.submit_job(RenderJob(1, {"cycles": None, "records": "not records"}))  # a broken job: a note
+    assert runner.drain(timeout_s=120)
+    result, figures, note = runner.poll()
+    assert (result.kind, figures.kind, figures.step, note.kind) == ("result", "figures", 0, "note")
+    (image,) = figures.images.values()
+    assert image.dtype.name == "uint8" and image.ndim == 3 and image.shape[2] == 3
+    assert "draws no figures at step 1" in note.message
+    runner.close()
+
+
+def test_close_never_waits_for_a_busy_worker_process_which_then_exits():
+    model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=2.0))
+    runner = ProcessRunner(analyser_for(model), kind="process")
+    runner.submit(take_snapshot(model, 0))
+    assert not runner.drain(timeout_s=3.0)  # started, and in the middle of the analysis
+    started = time.perf_counter()
+    runner.close()
+    assert time.perf_counter() - started < 1.0 and runner.pending() == []
+    assert all_exit(runner.pids, timeout_s=5.0)  # it does not finish an analysis nobody will read
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match=r"kind must be 'process' or 'thread', got 'fork'"):
+        ProcessRunner(analyser_for(plrnn_2d()), kind="fork")
+
+
+def figure_job(step: int, **kwargs) -> RenderJob:
+    records = [{"step": 0, "n_cycles": {"1": 1}, "events": []}]
+    return RenderJob(step, {"cycles": None, "records": records, "history": [[0, 1.0, None]]}, **kwargs)
+
+
+def test_a_figure_job_with_log_dirs_is_written_by_the_worker_process_after_close(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind="process", warm_figures=True)
+    runner.submit(take_snapshot(model, 0))
+    assert runner.drain(timeout_s=120)
+    runner.submit_job(figure_job(5, log_dirs=(str(tmp_path),)))
+    assert runner.drain(timeout_s=0)  # drawn over there: nothing to wait for here
+    runner.close(timeout_s=120)
+    assert "figures" not in [outcome.kind for outcome in runner.poll()]  # written, not sent
+    assert runner.wait_closed(timeout_s=120)
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    assert event_file.name.split(".")[-2] == str(runner.pids[-1])  # written by the worker process
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert [image.step for image in accumulator.Images("bifurcation/timeline")] == [5]
+
+
+def test_a_detached_figure_job_that_fails_says_so_on_stderr(tmp_path, capfd):
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    blocker = tmp_path / "a-file-not-a-folder"
+    blocker.write_text("")
+    runner = ProcessRunner(analyser_for(model), kind="process")
+    runner.submit(take_snapshot(model, 0))
+    assert runner.drain(timeout_s=120)
+    runner.submit_job(figure_job(3, log_dirs=(str(blocker / "run"),)))
+    runner.close(timeout_s=120)
+    assert runner.wait_closed(timeout_s=120)
+    assert "could not write the figures of step 3" in capfd.readouterr().err
+
+
+KILLED_TRAINING = """
+import sys, time
+sys.path.insert(0, {root!r})
+import torch
+from bifurcation_callback.analysis import StepAnalyser, take_snapshot
+from bifurcation_callback.runner import ProcessRunner
+from tests.tiny_modules import SlowPLRNN
+model = SlowPLRNN(2, delay_s=30.0)  # an analysis that would run for minutes
+runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="process")
+runner.submit(take_snapshot(model, 0))
+while not runner.pids or runner.starting:
+    runner.poll(); time.sleep(0.05)
+print(runner.pids[0], flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "train.py"
+    script.write_text(KILLED_TRAINING.format(root=root))
+    training = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker_pid = int(training.stdout.readline())
+        time.sleep(1.0)  # in the middle of its analysis
+        assert is_running(worker_pid)
+    finally:
+        training.kill()  # SIGKILL: no cleanup in the training process
+        training.wait()
+    assert all_exit([worker_pid], timeout_s=10.0)
