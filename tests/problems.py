@@ -436,3 +436,49 @@ PAPER_LONG_CYCLES = (
     (80, {"a1": 0.9777689, "w1": -0.14375, "h2": -0.77931}),
     (83, {"a1": 0.9777689, "w1": -0.14375, "w2": 0.67505}),
 )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training-loss curves for loss-jump detection (tests/test_loss_jumps.py, benchmarks/bench_loss_jumps.py)
+
+# Per-batch losses under teacher forcing: independent noise of 0.21 in log(loss), so the loss moves by ±30 % from
+# one step to the next (one sigma) and by ±50 % or more at one step in six.  The demo's GTF runs, once the forced
+# loss is small, move by a robust sigma of 0.19-0.30 in log per step, i.e. level noise of 0.14-0.21.
+BATCH_NOISE = 0.21
+
+
+def fall_within_25_steps(seed: int, *, n_steps: int = 300, noise: float = BATCH_NOISE) -> tuple[np.ndarray, int]:
+    """The issue's run: the loss falls from 2.42 to 0.90 within 25 steps, on a slow decay with per-batch noise.
+
+    Returns the losses after the monitor's 20-step warm-up and the step (index) where the fall starts.
+    """
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n_steps)
+    start = int(rng.integers(100, 200))
+    fall = np.clip((steps - start) / 25, 0.0, 1.0) * math.log(0.90 / 2.42)
+    log_loss = math.log(2.6) - 0.07 * steps / start * (steps < start) - 0.07 * (steps >= start) + fall
+    return np.exp(log_loss + rng.normal(0.0, noise, n_steps))[20:], start - 20
+
+
+def smooth_decay(seed: int, *, n_steps: int, noise: float, heteroscedastic: bool = False) -> np.ndarray:
+    """No jump: a loss decaying towards a floor (exponentially or as a power law, time constant 30-600 steps,
+    1.5-10-fold in all) with multiplicative noise, after a 20-step warm-up.  ``heteroscedastic``: the noise grows
+    as the loss falls (up to ~3x), as the forced loss of GTF does."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n_steps + 20)
+    floor, fold = rng.uniform(0.05, 1.0), rng.uniform(1.5, 10.0)
+    tau = math.exp(rng.uniform(math.log(30), math.log(600)))
+    shape = np.exp(-steps / tau) if seed % 2 else (1 + steps / tau) ** -rng.uniform(0.5, 2.0)
+    loss = floor * (1 + (fold - 1) * shape)
+    sigma = noise * (1 + np.log(floor * fold / loss)) if heteroscedastic else noise
+    return (loss * np.exp(rng.normal(0.0, 1.0, steps.size) * sigma))[20:]
+
+
+def quiet_fall_then_noisy(seed: int, *, n_steps: int = 1500, fall_at: int = 700) -> np.ndarray:
+    """The demo's GTF runs: a quiet slow descent (0.3 % per-batch noise), the loss falling tenfold within 60 steps
+    from ``fall_at`` on, then 20 % per-batch noise (the forced loss, once small, is relatively noisy)."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n_steps)
+    fall = np.clip((steps - fall_at) / 60, 0.0, 1.0) * math.log(0.1)
+    noise = np.where(steps < fall_at, 0.003, 0.2) * rng.normal(0.0, 1.0, n_steps)
+    return np.exp(math.log(2.5) - 0.0003 * steps + fall + noise)
