@@ -268,6 +268,22 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two parameter entries and their ranges: shared by scan and landscape."""
+    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
+    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
+    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
+    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+
+
+def _output_paths(prefix: str) -> tuple[Path, Path]:
+    """``(PREFIX.json, PREFIX.png)``, with PREFIX's folder created."""
+    out = Path(prefix)
+    if out.parent != Path("."):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+
+
 def _load_model_from_args(args: argparse.Namespace):
     return load_model(args.model, model_class=args.model_class, config=_parse_config(args.config), prefix=args.prefix)
 
@@ -327,10 +343,7 @@ def _add_scan(subparsers) -> None:
         "writes OUT.png and OUT.json.",
     )
     _add_model_arguments(parser)
-    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
-    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
-    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
-    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+    _add_grid_arguments(parser)
     parser.add_argument("--n", type=int, default=50, help="grid points per axis (default 50)")
     parser.add_argument("--max-order", type=int, default=4, help="count orders 1..K (default 4)")
     parser.add_argument("--method", choices=SCAN_METHODS, default="auto", help="default auto: exact when small enough")
@@ -354,11 +367,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    out = Path(args.out)
-    if out.parent != Path("."):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = diagram.save(out.with_name(out.name + ".json"))
-    png_path = out.with_name(out.name + ".png")
+    json_path, png_path = _output_paths(args.out)
+    diagram.save(json_path)
     from .plots import plot_bifurcation_diagram
 
     plot_bifurcation_diagram(diagram).figure.savefig(png_path, dpi=120)
@@ -390,10 +400,7 @@ def _add_landscape(subparsers) -> None:
     )
     _add_model_arguments(parser)
     parser.add_argument("--data", required=True, metavar="DATA.npy", help="observed sequences, shape (T, N) or (B, T, N)")
-    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
-    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
-    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
-    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+    _add_grid_arguments(parser)
     parser.add_argument("--n", type=int, default=100, help="grid points per axis (default 100)")
     parser.add_argument("--alpha", type=float, default=0.0, help="GTF forcing weight of the loss in [0, 1] (default 0: free running)")
     parser.add_argument("--seq-len", type=int, help="use the first SEQ_LEN + 1 points of each sequence (default all)")
@@ -449,9 +456,7 @@ def _run_landscape(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     cliff, cliff_bounded = landscape.cliff(), landscape.cliff(bounded_only=True)
-    out = Path(args.out)
-    if out.parent != Path("."):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = _output_paths(args.out)
     result = {
         **landscape.to_dict(),
         "cliff": cliff.to_dict(),
@@ -467,9 +472,7 @@ def _run_landscape(args: argparse.Namespace) -> int:
             for folder, run, stats in zip(args.runs, runs, statistics)
         ],
     }
-    json_path = out.with_name(out.name + ".json")
     json_path.write_text(json.dumps(result))
-    png_path = out.with_name(out.name + ".png")
     from .plots import plot_loss_landscape
 
     plot_loss_landscape(landscape, runs, statistics=statistics).savefig(png_path, dpi=120)

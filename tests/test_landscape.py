@@ -313,6 +313,16 @@ def test_path_crossings_report_a_jump_away_from_crossings_as_unexplained():
     assert stats.to_dict()["jumps_at_crossing"] == 0.0 and stats.to_dict()["crossings_with_jump"] is None
 
 
+def test_loss_floor_silences_the_jitter_of_a_converged_run():
+    landscape = _linear_landscape()
+    steps = np.arange(300)
+    loss = np.maximum(np.exp(-0.2 * steps), 1e-11)  # smooth descent to 1e-11 by step 127, then
+    loss[150::15] *= 30.0  # one-step excursions of 30x, as Adam's jitter around an exact optimum
+    run = _run(np.full(300, 0.8), loss)
+    assert [jump.step for jump in path_crossings(landscape, run).loss_jumps][:2] == [150, 151]
+    assert path_crossings(landscape, run, loss_floor=1e-6).loss_jumps == ()
+
+
 def test_points_off_the_grid_count_no_crossing():
     landscape = _linear_landscape()
     a = np.array([0.8, 0.9, 3.0, 1.2, 1.3])  # leaves the grid (0.5 .. 1.5) at step 2
@@ -365,7 +375,6 @@ def test_run_folders_round_trip_and_bad_folders_are_named(tmp_path):
 # ------------------------------------------------------------------------------------------------ training in the plane
 
 
-@pytest.mark.slow
 def test_training_in_the_plane_follows_the_landscape(tmp_path, teacher_data):
     from bifurcation_callback.landscape_runs import train_in_plane
 
