@@ -14,7 +14,8 @@ and GTF and BPTT training paths across them, with the numbers quoted in docs/how
 4. Per run: curve crossings and loss jumps (``path_crossings`` on the landscape of the run's own loss: BPTT
    on α = 0, GTF on α); pooled over a method's runs: the fraction of crossings with a loss jump and of loss
    jumps with a crossing, with a permutation p-value (``loss_jumps.correlate`` on the runs laid end to end);
-   GTF against BPTT: crossings per start, paired sign-flip test (exact, two-sided).
+   GTF against BPTT: crossings per start, paired sign-flip test (exact, two-sided); for each run with a loss
+   jump, the lag from the last crossing before its first jump to that jump, and the monitor's events there.
 5. Check of the curves' order: boundary cells at ``--max-order`` against ``--check-max-order`` on a 60 × 60 grid.
 
 Writes the figure (``--figure``) and ``<runs-dir>/results.json``; prints everything the docs page quotes.
@@ -85,6 +86,37 @@ def pooled(statistics, n_steps: int, window: int) -> dict:
     }
 
 
+def crossing_before_first_jump(stats, run) -> tuple[int, int, str] | None:
+    """(last crossing step before the run's first loss jump, the lag to that jump, the monitor's cycle events
+    within 3 steps of the crossing), or None without such a pair."""
+    if not stats.loss_jumps:
+        return None
+    first = min(j.step for j in stats.loss_jumps)
+    before = [c for c in stats.crossing_steps if c <= first]
+    if not before:
+        return None
+    crossing = before[-1]
+    near = sorted({
+        f"{e['kind']}" + (f"({e['crossing']}, stable {e['stable_before']}->{e['stable_after']})" if e["kind"] == "stability_change" else "")
+        for e in run.events
+        if abs(e["step"] - crossing) <= 3 and e["kind"] not in ("border_collision", "attractor_change")
+    })
+    return crossing, first - crossing, "; ".join(near) or "-"
+
+
+def ends_on_curve(landscape, run) -> bool:
+    """Whether the run's last point lies in a boundary cell (nearest cell; False off the grid)."""
+    a, b = landscape.a_values, landscape.b_values
+    if not (a[0] <= run.a[-1] <= a[-1] and b[0] <= run.b[-1] <= b[-1]):
+        return False
+    return bool(landscape.boundary[int(np.abs(a - run.a[-1]).argmin()), int(np.abs(b - run.b[-1]).argmin())])
+
+
+def runs_loss_at(runs, stats, step: int) -> float:
+    run = next(run for run in runs if run.name == stats.name)
+    return float(run.loss[int(np.flatnonzero(run.steps == step)[0])])
+
+
 def sign_flip_p(differences: np.ndarray) -> float:
     """Exact two-sided paired test of mean(differences) = 0 by flipping signs."""
     observed = abs(differences.mean())
@@ -145,30 +177,50 @@ def main() -> None:
         ]
         for method in runs
     }
-    print(f"\n{'run':<14} {'start':>15} {'end':>15} {'final loss':>11} {'crossings':>9} {'jumps':>5} {'jumps@cross':>11} {'events':>6}")
+    print(
+        f"\n{'run':<14} {'start':>15} {'end':>15} {'final loss':>11} {'crossings':>9} {'jumps':>5} {'jumps@cross':>11} "
+        f"{'cross+lag':>12} {'events':>6} {'monitor p':>9}"
+    )
     for method in runs:
         for run, stats in zip(runs[method], statistics[method]):
             row = stats.to_dict()
             explained = "-" if row["jumps_at_crossing"] is None else f"{row['jumps_at_crossing']:.2f}"
             qualitative = sum(1 for e in run.events if e["kind"] != "border_collision")
+            monitor_p = (run.monitor_summary or {}).get("jump_correlation", {}).get("p_value")
+            pair = crossing_before_first_jump(stats, run)
+            lags = "-" if pair is None else f"{pair[0]}+{pair[1]}"
             print(
                 f"{run.name:<14} ({run.a[0]:5.2f}, {run.b[0]:5.2f}) ({run.a[-1]:5.2f}, {run.b[-1]:5.2f}) {run.loss[-1]:11.3g} "
-                f"{stats.n_crossings:>9} {len(stats.loss_jumps):>5} {explained:>11} {qualitative:>6}"
+                f"{stats.n_crossings:>9} {len(stats.loss_jumps):>5} {explained:>11} {lags:>12} {qualitative:>6} "
+                f"{'-' if monitor_p is None else f'{monitor_p:.3g}':>9}"
             )
     summary = {}
     print()
     for method in runs:
         counts = np.array([st.n_crossings for st in statistics[method]])
         final = np.array([run.loss[-1] for run in runs[method]])
+        pairs = [crossing_before_first_jump(st, run) for st, run in zip(statistics[method], runs[method])]
+        lags = [pair[1] for pair in pairs if pair is not None]
+        events_at_crossing = [pair[2] for pair in pairs if pair is not None]
+        landscape = landscapes[0.0 if method == "bptt" else args.alpha]
+        on_curve = sum(ends_on_curve(landscape, run) for run in runs[method])
         summary[method] = {**pooled(statistics[method], args.steps, args.window), "crossings_per_run": counts.tolist(),
-                           "final_loss": final.tolist()}
+                           "final_loss": final.tolist(), "lags_to_first_jump": lags, "events_at_crossing": events_at_crossing,
+                           "runs_ending_on_a_curve": on_curve}
         s = summary[method]
         print(
             f"{method}: crossings per run median {np.median(counts):g} (total {s['n_crossings']}), loss jumps {s['n_jumps']}; "
             f"crossings with a jump within {args.window} steps: {s['crossings_with_jump']}, jumps with a crossing: "
-            f"{s['jumps_at_crossing']}, p = {s['p_value']}; final loss median {np.median(final):.3g}, "
-            f"{int((final < 1e-3).sum())} of {len(final)} runs below 1e-3"
+            f"{s['jumps_at_crossing']}, p = {s['p_value']}; steps from the last crossing before a run's first jump to that "
+            f"jump: {sorted(lags)}, the monitor's events at those crossings: {events_at_crossing}; "
+            f"final loss median {np.median(final):.3g}, {int((final < 1e-3).sum())} of {len(final)} runs below 1e-3, "
+            f"{on_curve} end in a boundary cell"
         )
+    for method in runs:
+        unfloored = [path_crossings(landscapes[0.0 if method == "bptt" else args.alpha], run, window=args.window) for run in runs[method]]
+        below = sum(1 for st in unfloored for j in st.loss_jumps if runs_loss_at(runs[method], st, j.step) < args.loss_floor)
+        print(f"{method} without --loss-floor: {sum(len(st.loss_jumps) for st in unfloored)} loss jumps, {below} of them at losses "
+              f"below {args.loss_floor:g}")
     differences = np.array(summary["gtf"]["crossings_per_run"]) - np.array(summary["bptt"]["crossings_per_run"])
     p_paired = sign_flip_p(differences.astype(float))
     print(f"GTF - BPTT crossings per start: mean {differences.mean():+.2f}, paired sign-flip p = {p_paired:.3g}")

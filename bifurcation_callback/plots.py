@@ -491,14 +491,14 @@ def plot_loss_landscape(
             ax.plot(run.a[:1], run.b[:1], marker="o", color=colour, markersize=5, linestyle="none")
             ax.plot(run.a[-1:], run.b[-1:], marker="s", color=colour, markersize=5, linestyle="none")
             index = {int(step): k for k, step in enumerate(run.steps)}
-            jumps = [index[j.step] for j in stats.loss_jumps if j.step in index]
-            ax.plot(run.a[jumps], run.b[jumps], marker="v", color="red", markersize=6, linestyle="none",
-                    markeredgecolor="white", markeredgewidth=0.5)
             # The monitor records step s after its update: the point of step s + 1 on the path.
             for event in run.events:
                 k = index.get(int(event["step"]) + 1)
                 if k is not None and is_qualitative(event):
                     ax.plot(run.a[k], run.b[k], marker=".", color=KIND_COLOURS.get(event["kind"], "grey"), markersize=4)
+            jumps = [index[j.step] for j in stats.loss_jumps if j.step in index]
+            ax.plot(run.a[jumps], run.b[jumps], marker="v", color="red", markersize=7, linestyle="none",
+                    markeredgecolor="white", markeredgewidth=0.6, zorder=4)
         ax.set_xlim(extent[:2])
         ax.set_ylim(extent[2:])
         ax.set_xlabel(landscape.param_a)
