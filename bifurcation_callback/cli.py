@@ -402,7 +402,9 @@ def _add_landscape(subparsers) -> None:
     parser.add_argument("--data", required=True, metavar="DATA.npy", help="observed sequences, shape (T, N) or (B, T, N)")
     _add_grid_arguments(parser)
     parser.add_argument("--n", type=int, default=100, help="grid points per axis (default 100)")
-    parser.add_argument("--alpha", type=float, default=0.0, help="GTF forcing weight of the loss in [0, 1] (default 0: free running)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.0, help="GTF forcing weight of the loss in [0, 1] (default 0: free running)"
+    )
     parser.add_argument("--seq-len", type=int, help="use the first SEQ_LEN + 1 points of each sequence (default all)")
     parser.add_argument("--max-order", type=int, default=4, help="bifurcation curves of orders 1..K (default 4)")
     parser.add_argument(
@@ -411,7 +413,9 @@ def _add_landscape(subparsers) -> None:
     )
     parser.add_argument("--method", choices=SCAN_METHODS, default="auto", help="scan method for the curves (default auto)")
     parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR", help="run folders whose paths to draw (see below)")
-    parser.add_argument("--window", type=int, default=5, help="steps within which a crossing and a loss jump count as together (default 5)")
+    parser.add_argument(
+        "--window", type=int, default=5, help="steps within which a crossing and a loss jump count as together (default 5)"
+    )
     parser.add_argument(
         "--loss-floor", type=float, default=0.0,
         help="raise a run's losses below this to it before looking for loss jumps (a converged run jitters by "
@@ -465,7 +469,7 @@ def _run_landscape(args: argparse.Namespace) -> int:
             {
                 "dir": str(folder),
                 "method": run.method,
-                "path": {"steps": run.steps.tolist(), "a": run.a.tolist(), "b": run.b.tolist(), "loss": run.to_dict()["loss"]},
+                "path": {key: run.to_dict()[key] for key in ("steps", "a", "b", "loss")},
                 "crossings": stats.to_dict(),
                 "monitor_jump_correlation": (run.monitor_summary or {}).get("jump_correlation"),
             }
@@ -489,11 +493,12 @@ def _run_landscape(args: argparse.Namespace) -> int:
     )
     for stats in statistics:
         row = stats.to_dict()
-        together = "n/a" if row["crossings_with_jump"] is None else f"{row['crossings_with_jump']:.2f}"
-        explained = "n/a" if row["jumps_at_crossing"] is None else f"{row['jumps_at_crossing']:.2f}"
+        together, explained, p_value = (
+            "n/a" if row[key] is None else f"{row[key]:.3g}" for key in ("crossings_with_jump", "jumps_at_crossing", "p_value")
+        )
         print(
             f"  {stats.name} ({stats.method}): {stats.n_crossings} crossings, {len(stats.loss_jumps)} loss jumps; "
-            f"crossings with a jump {together}, jumps at a crossing {explained}, p = {row['p_value'] if row['p_value'] is not None else 'n/a'}"
+            f"crossings with a jump {together}, jumps at a crossing {explained}, p = {p_value}"
         )
     print(f"wrote {png_path} and {json_path}")
     return 0

@@ -167,9 +167,13 @@ def train_in_plane(
         raise ValueError(f"param_a and param_b name the same entry ({param_a!r} and {param_b!r})")
     start_array = np.asarray(starts, dtype=np.float64)
     if start_array.ndim != 2 or start_array.shape[1] != 2 or start_array.shape[0] == 0 or not np.isfinite(start_array).all():
-        raise ValueError(f"starts must be finite (param_a, param_b) pairs, shape (S, 2) with S >= 1, got shape {start_array.shape}")
+        raise ValueError(
+            f"starts must be finite (param_a, param_b) pairs, shape (S, 2) with S >= 1, got shape {start_array.shape}"
+        )
     if isinstance(methods, str) or not methods:
-        raise ValueError(f"methods must be a non-empty sequence of training modes ({', '.join(TRAINING_MODES)}), got {methods!r}")
+        raise ValueError(
+            f"methods must be a non-empty sequence of training modes ({', '.join(TRAINING_MODES)}), got {methods!r}"
+        )
     for method in methods:
         require_choice("method", method, TRAINING_MODES)
     alpha = require_real("alpha", alpha, minimum=0.0, maximum=1.0)

@@ -214,7 +214,9 @@ def _sequences(data: Any, seq_len: int | None) -> np.ndarray:
     try:
         array = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"data must be an array of numbers of shape (T, N) or (B, T, N), got {type(data).__name__}") from None
+        raise ValueError(
+            f"data must be an array of numbers of shape (T, N) or (B, T, N), got {type(data).__name__}"
+        ) from None
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[1] < 2 or array.shape[2] < 1:
@@ -224,7 +226,10 @@ def _sequences(data: Any, seq_len: int | None) -> np.ndarray:
     seq_len = require_int("seq_len", seq_len, 1, optional=True)
     if seq_len is not None:
         if seq_len + 1 > array.shape[1]:
-            raise ValueError(f"seq_len={seq_len} needs sequences of at least {seq_len + 1} points (seq_len + 1), the data have T = {array.shape[1]}")
+            raise ValueError(
+                f"seq_len={seq_len} needs sequences of at least {seq_len + 1} points (seq_len + 1), "
+                f"the data have T = {array.shape[1]}"
+            )
         array = array[:, : seq_len + 1]
     return array
 
@@ -741,7 +746,9 @@ class RunPath:
     def __post_init__(self) -> None:
         lengths = {len(np.asarray(getattr(self, key))) for key in ("steps", "a", "b", "loss", "grad_norm")}
         if len(lengths) != 1:
-            raise ValueError(f"a run path needs steps, a, b, loss and grad_norm of one length, got lengths {sorted(lengths)}")
+            raise ValueError(
+                f"a run path needs steps, a, b, loss and grad_norm of one length, got lengths {sorted(lengths)}"
+            )
         steps = np.asarray(self.steps)
         if steps.size and (not np.issubdtype(steps.dtype, np.integer) or np.any(np.diff(steps) <= 0)):
             raise ValueError("a run path's steps must be strictly increasing integers")
@@ -914,7 +921,9 @@ def _check_run_fits(landscape: LossLandscape, run: RunPath) -> None:
     if run.start_model is None or landscape.base_model is None:
         return
     if run.start_model.get("model") != landscape.base_model.get("model"):
-        raise ValueError(f"{label} trained a {run.start_model.get('model')}, the landscape is of a {landscape.base_model.get('model')}")
+        raise ValueError(
+            f"{label} trained a {run.start_model.get('model')}, the landscape is of a {landscape.base_model.get('model')}"
+        )
     from ..models import model_from_state
 
     start, base = model_from_state(run.start_model), model_from_state(landscape.base_model)
