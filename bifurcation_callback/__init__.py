@@ -2,9 +2,9 @@
 
 The handful of names most users need; everything else lives in the submodules
 (``models``, ``cycles``, ``attractors``, ``bifurcations``, ``tracking``, ``loss_jumps``, ``callback``,
-``dashboard``, ``plots``, ``training``, ``data``, ``metrics``, ``cli``).  ``import bifurcation_callback`` does not import Lightning: the
-Lightning-bound names (``BifurcationMonitor``, ``DSRModule``, ``TimeSeriesDataModule`` and the data
-helpers) are imported on first use.
+``dashboard``, ``plots``, ``forcing``, ``training``, ``landscape_runs``, ``data``, ``metrics``, ``cli``).
+``import bifurcation_callback`` does not import Lightning: the Lightning-bound names (``BifurcationMonitor``,
+``DSRModule``, ``TimeSeriesDataModule``, the data helpers and ``train_in_plane``) are imported on first use.
 
 Examples
 --------
@@ -21,11 +21,19 @@ from .bifurcations import (
     BIFURCATION_KINDS,
     BifurcationDiagram,
     BifurcationEvent,
+    CliffStatistic,
     Localization,
+    LossLandscape,
+    PathCrossings,
+    RunPath,
+    boundary_cells,
     classify,
+    cliff_statistic,
     detect_bifurcations,
     localize,
+    loss_landscape,
     match,
+    path_crossings,
     scan,
 )
 from .cycles import Cycle, CycleSet, FinderStats, exhaustive_cycles, find_cycles
@@ -52,6 +60,7 @@ _LAZY: dict[str, str] = {
     "load_array": "data",
     "lorenz63": "data",
     "plrnn_teacher": "data",
+    "train_in_plane": "landscape_runs",
 }
 
 
@@ -101,6 +110,15 @@ __all__ = [
     "localize",
     "match",
     "scan",
+    # loss landscapes
+    "LossLandscape",
+    "CliffStatistic",
+    "RunPath",
+    "PathCrossings",
+    "loss_landscape",
+    "boundary_cells",
+    "cliff_statistic",
+    "path_crossings",
     # loss jumps
     "Correlation",
     "LossJump",
@@ -113,4 +131,5 @@ __all__ = [
     "load_array",
     "lorenz63",
     "plrnn_teacher",
+    "train_in_plane",
 ]

@@ -2,8 +2,8 @@
 
 Each subcommand is one function ``_run_<name>(args) -> int`` registered in ``COMMANDS``;
 errors the user can fix (bad files, bad arguments) print one line to stderr and exit with status 2.
-Heavy modules are imported inside the subcommands that need them: ``find`` and ``scan`` never import
-Lightning or TensorBoard.  A reader that closes the pipe early (``... | head``) ends the command quietly.
+Heavy modules are imported inside the subcommands that need them: ``find``, ``scan`` and ``landscape``
+never import Lightning or TensorBoard.  A reader that closes the pipe early (``... | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def _model_class(value: str) -> str:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model file and how to read it: shared by find and scan."""
+    """The model file and how to read it: shared by find, scan and landscape."""
     from .models import MODEL_SPECS
 
     parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
@@ -266,6 +266,22 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefix",
         help="state_dict prefix of the model's entries, e.g. 'latent_model.' (default: the one that fits)",
     )
+
+
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two parameter entries and their ranges: shared by scan and landscape."""
+    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
+    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
+    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
+    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+
+
+def _output_paths(prefix: str) -> tuple[Path, Path]:
+    """``(PREFIX.json, PREFIX.png)``, with PREFIX's folder created."""
+    out = Path(prefix)
+    if out.parent != Path("."):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
 
 
 def _load_model_from_args(args: argparse.Namespace):
@@ -327,10 +343,7 @@ def _add_scan(subparsers) -> None:
         "writes OUT.png and OUT.json.",
     )
     _add_model_arguments(parser)
-    parser.add_argument("--param-a", required=True, help="first parameter entry, e.g. A[0] or W[0,1]")
-    parser.add_argument("--range-a", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-a")
-    parser.add_argument("--param-b", required=True, help="second parameter entry, e.g. A[1] or h[1]")
-    parser.add_argument("--range-b", required=True, type=float, nargs=2, metavar=("LO", "HI"), help="values of param-b")
+    _add_grid_arguments(parser)
     parser.add_argument("--n", type=int, default=50, help="grid points per axis (default 50)")
     parser.add_argument("--max-order", type=int, default=4, help="count orders 1..K (default 4)")
     parser.add_argument("--method", choices=SCAN_METHODS, default="auto", help="default auto: exact when small enough")
@@ -354,11 +367,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    out = Path(args.out)
-    if out.parent != Path("."):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = diagram.save(out.with_name(out.name + ".json"))
-    png_path = out.with_name(out.name + ".png")
+    json_path, png_path = _output_paths(args.out)
+    diagram.save(json_path)
     from .plots import plot_bifurcation_diagram
 
     plot_bifurcation_diagram(diagram).figure.savefig(png_path, dpi=120)
@@ -366,6 +376,131 @@ def _run_scan(args: argparse.Namespace) -> int:
         f"{diagram.model}: {args.n}x{args.n} grid of {args.param_a} x {args.param_b}, orders 1..{args.max_order} "
         f"({diagram.method}, {diagram.elapsed_s:.2f} s); wrote {png_path} and {json_path}"
     )
+    return 0
+
+
+def _add_landscape(subparsers) -> None:
+    from .bifurcations import LANDSCAPE_GRADIENTS, RUN_EVENTS_FILE, RUN_PATH_FILE, RUN_SUMMARY_FILE, SCAN_METHODS
+
+    parser = subparsers.add_parser(
+        "landscape",
+        help="loss landscape over two parameters with its bifurcation curves and training paths (paper's Fig. 3)",
+        description=(
+            "Evaluate the loss on DATA (free running from the first data point, or GTF with --alpha) and log10 of "
+            "its gradient norm on a grid of two parameters, with the bifurcation curves of the exact scan (cells "
+            "whose cycle counts or stable counts of some order 1..K differ from a neighbour's) and the cliff "
+            "statistic (gradient on those cells against the rest); draw training paths from run folders; write "
+            "OUT.png and OUT.json."
+        ),
+        epilog=(
+            f"A RUN_DIR holds {RUN_PATH_FILE} (the two parameters, loss and gradient norm at every training step, "
+            f"written by bifurcation_callback.landscape_runs.train_in_plane or RunPath.save) and, when a "
+            f"BifurcationMonitor watched the run with jsonl_path there, its {RUN_EVENTS_FILE} and {RUN_SUMMARY_FILE}."
+        ),
+    )
+    _add_model_arguments(parser)
+    parser.add_argument("--data", required=True, metavar="DATA.npy", help="observed sequences, shape (T, N) or (B, T, N)")
+    _add_grid_arguments(parser)
+    parser.add_argument("--n", type=int, default=100, help="grid points per axis (default 100)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.0, help="GTF forcing weight of the loss in [0, 1] (default 0: free running)"
+    )
+    parser.add_argument("--seq-len", type=int, help="use the first SEQ_LEN + 1 points of each sequence (default all)")
+    parser.add_argument("--max-order", type=int, default=4, help="bifurcation curves of orders 1..K (default 4)")
+    parser.add_argument(
+        "--gradient", choices=list(LANDSCAPE_GRADIENTS), default="model",
+        help="; ".join(f"{name}: {what}" for name, what in LANDSCAPE_GRADIENTS.items()) + " (default model)",
+    )
+    parser.add_argument("--method", choices=SCAN_METHODS, default="auto", help="scan method for the curves (default auto)")
+    parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR", help="run folders whose paths to draw (see below)")
+    parser.add_argument(
+        "--window", type=int, default=5, help="steps within which a crossing and a loss jump count as together (default 5)"
+    )
+    parser.add_argument(
+        "--loss-floor", type=float, default=0.0,
+        help="raise a run's losses below this to it before looking for loss jumps (a converged run jitters by "
+        "orders of magnitude at losses of 1e-10; default 0: keep all)",
+    )
+    parser.add_argument("--out", default="landscape", help="output prefix: writes OUT.png and OUT.json (default landscape)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _load_sequences(path: str):
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--data {path}: no such file")
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--data {path}: not a .npy array ({error})") from None
+
+
+def _run_landscape(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .bifurcations import RunPath, loss_landscape, path_crossings
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    data = _load_sequences(args.data)
+    try:
+        runs = [RunPath.load(folder) for folder in args.runs]
+    except ValueError as error:
+        raise UsageError(f"--runs: {error}") from None
+    model = _load_model_from_args(args)
+    grid = (np.linspace(*args.range_a, args.n), np.linspace(*args.range_b, args.n))
+    try:
+        landscape = loss_landscape(
+            model, data, args.param_a, args.param_b, grid, alpha=args.alpha, seq_len=args.seq_len,
+            max_order=args.max_order, gradient=args.gradient, scan_method=args.method, progress=not args.no_progress,
+        )
+        statistics = [path_crossings(landscape, run, window=args.window, loss_floor=args.loss_floor) for run in runs]
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    cliff, cliff_bounded = landscape.cliff(), landscape.cliff(bounded_only=True)
+    json_path, png_path = _output_paths(args.out)
+    result = {
+        **landscape.to_dict(),
+        "cliff": cliff.to_dict(),
+        "cliff_bounded": cliff_bounded.to_dict(),
+        "runs": [
+            {
+                "dir": str(folder),
+                "method": run.method,
+                "path": {key: run.to_dict()[key] for key in ("steps", "a", "b", "loss")},
+                "crossings": stats.to_dict(),
+                "monitor_jump_correlation": (run.monitor_summary or {}).get("jump_correlation"),
+            }
+            for folder, run, stats in zip(args.runs, runs, statistics)
+        ],
+    }
+    json_path.write_text(json.dumps(result))
+    from .plots import plot_loss_landscape
+
+    plot_loss_landscape(landscape, runs, statistics=statistics).savefig(png_path, dpi=120)
+    print(
+        f"{landscape.diagram.model}: {args.n}x{args.n} grid of {args.param_a} x {args.param_b}, T = {landscape.seq_len}, "
+        f"alpha = {landscape.alpha:g}; loss and gradient {landscape.elapsed_s:.2f} s, curves of orders 1..{args.max_order} "
+        f"({landscape.diagram.method}) {landscape.diagram.elapsed_s:.2f} s"
+    )
+    print(
+        f"boundary cells: {int(landscape.boundary.sum())} of {landscape.boundary.size}; gradient on them / elsewhere "
+        f"(ratio of medians): {cliff.ratio:.3g}, p = {cliff.p_value:.3g} (labels shuffled), {cliff.p_value_shift:.3g} "
+        f"(curves shifted); over the {int(landscape.bounded.sum())} cells with bounded orbits: {cliff_bounded.ratio:.3g}, "
+        f"p = {cliff_bounded.p_value:.3g}, {cliff_bounded.p_value_shift:.3g}"
+    )
+    for stats in statistics:
+        row = stats.to_dict()
+        together, explained, p_value = (
+            "n/a" if row[key] is None else f"{row[key]:.3g}" for key in ("crossings_with_jump", "jumps_at_crossing", "p_value")
+        )
+        print(
+            f"  {stats.name} ({stats.method}): {stats.n_crossings} crossings, {len(stats.loss_jumps)} loss jumps; "
+            f"crossings with a jump {together}, jumps at a crossing {explained}, p = {p_value}"
+        )
+    print(f"wrote {png_path} and {json_path}")
     return 0
 
 
@@ -463,6 +598,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "demo": (_add_demo, _run_demo),
     "find": (_add_find, _run_find),
     "scan": (_add_scan, _run_scan),
+    "landscape": (_add_landscape, _run_landscape),
     "compare": (_add_compare, _run_compare),
 }
 

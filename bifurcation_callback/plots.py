@@ -17,12 +17,14 @@ from .bifurcations.events import is_qualitative
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
+    from .bifurcations.landscape import LossLandscape, PathCrossings, RunPath
     from .cycles import CycleSet
 
 __all__ = [
     "plot_cycles", "plot_bifurcation_diagram", "plot_timeline", "new_axes", "sample_orbits", "render_figures",
-    "figure_pixels", "KIND_COLOURS",
+    "figure_pixels", "KIND_COLOURS", "plot_loss_landscape",
 ]
 
 
@@ -384,3 +386,134 @@ def render_figures(
         images["bifurcation/state_space"] = figure_pixels(plot_cycles(cycles, orbits=orbits, reference=reference).figure)
     images["bifurcation/timeline"] = figure_pixels(plot_timeline(records, loss_jumps, losses=history).figure)
     return images
+
+
+def _cell_edges(values: np.ndarray) -> np.ndarray:
+    """Edges of the cells centred on ``values`` (midpoints inside, half a spacing beyond the ends)."""
+    low, high = _extent(values, values)[:2]
+    return np.concatenate([[low], 0.5 * (values[1:] + values[:-1]), [high]])
+
+
+def _curve_segments(landscape: "LossLandscape") -> list[list[tuple[float, float]]]:
+    """The shared cell edges where (count, stable count) changes: the bifurcation curves at grid resolution."""
+    from .bifurcations.landscape import signature_changes
+
+    along_a, along_b = signature_changes(landscape.diagram)
+    edges_a, edges_b = _cell_edges(landscape.a_values), _cell_edges(landscape.b_values)
+    segments = [[(edges_a[i + 1], edges_b[j]), (edges_a[i + 1], edges_b[j + 1])] for i, j in zip(*np.nonzero(along_a))]
+    segments += [[(edges_a[i], edges_b[j + 1]), (edges_a[i + 1], edges_b[j + 1])] for i, j in zip(*np.nonzero(along_b))]
+    return segments
+
+
+def _colour_limits(values: np.ndarray, focus: np.ndarray) -> tuple[float, float]:
+    """Colour range of a log-scale panel: the finite values on the ``focus`` cells (all cells when none is
+    finite there), from their minimum to their 99th percentile; larger values show in the top colour."""
+    finite = values[np.isfinite(values) & focus]
+    if finite.size == 0:
+        finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(finite, [0, 99]))
+    return low, max(high, low + 1e-9)
+
+
+def plot_loss_landscape(
+    landscape: "LossLandscape",
+    runs: Sequence["RunPath"] = (),
+    *,
+    statistics: Sequence["PathCrossings"] | None = None,
+    axes: Sequence["Axes"] | None = None,
+) -> "Figure":
+    """The paper's Fig. 3: log10 loss and log10 gradient norm over the grid, the bifurcation curves on both,
+    and training paths with their loss jumps and bifurcation events.
+
+    Curves are drawn on the cell edges where the (count, stable count) signature changes
+    (``bifurcations.landscape.signature_changes``).  Each run's path is a line coloured by its ``method``
+    (start: circle, end: square), its loss jumps red triangles, the monitor's qualitative events (from its
+    ``events.jsonl``) small dots in the kind's colour (``KIND_COLOURS``).  Colours of a panel span the values
+    on the cells with bounded rollouts (``LossLandscape.bounded``) up to their 99th percentile: diverging
+    orbits reach losses of 1e200 and more and would leave one colour for everything else; they, and ``inf``,
+    show in the top colour.
+
+    Parameters
+    ----------
+    landscape : LossLandscape
+    runs : sequence of RunPath
+    statistics : sequence of PathCrossings, optional
+        One per run (their loss jumps are marked); computed with ``path_crossings``' defaults when None.
+    axes : pair of Axes, optional
+        Where to draw the loss and the gradient panel; a new 1 × 2 Agg figure when None.
+
+    Returns
+    -------
+    Figure
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bifurcation_callback.models import PLRNN
+    >>> from bifurcation_callback.bifurcations import loss_landscape
+    >>> landscape = loss_landscape(PLRNN(2), np.ones((10, 2)), "A[0]", "A[1]", ([0.0, 0.5, 1.2], [0.2, 0.9]))
+    >>> [ax.get_xlabel() for ax in plot_loss_landscape(landscape).axes[:2]]
+    ['A[0]', 'A[0]']
+    """
+    from matplotlib.collections import LineCollection
+
+    from .bifurcations.landscape import LossLandscape, path_crossings
+
+    if not isinstance(landscape, LossLandscape):
+        raise TypeError(f"plot_loss_landscape needs a LossLandscape, got {type(landscape).__name__}")
+    if statistics is None:
+        statistics = [path_crossings(landscape, run) for run in runs]
+    if len(statistics) != len(runs):
+        raise ValueError(f"statistics must hold one PathCrossings per run: {len(statistics)} for {len(runs)} runs")
+    if axes is None:
+        axes = _two_axes()
+    extent = _extent(landscape.a_values, landscape.b_values)
+    with np.errstate(divide="ignore"):
+        panels = (
+            (np.log10(landscape.loss), "log10 loss", "viridis"),
+            (landscape.log_grad_norm, "log10 ‖∇L‖" + (" (plane)" if landscape.gradient == "plane" else ""), "magma"),
+        )
+    forcing = "free running" if landscape.alpha == 0 else f"GTF α = {landscape.alpha:g}"
+    methods = list(dict.fromkeys(run.method for run in runs))
+    method_colours = {method: f"C{k}" for k, method in enumerate(methods)}
+    for ax, (values, label, cmap) in zip(axes, panels):
+        low, high = _colour_limits(values, landscape.bounded)
+        shown = np.where(np.isnan(values), np.nan, np.clip(values, low, high))
+        image = ax.imshow(shown.T, origin="lower", extent=extent, aspect="auto", interpolation="nearest", cmap=cmap,
+                          vmin=low, vmax=high)
+        ax.figure.colorbar(image, ax=ax, label=label)
+        ax.add_collection(LineCollection(_curve_segments(landscape), colors="white", linewidths=0.8, alpha=0.9))
+        for run, stats in zip(runs, statistics):
+            colour = method_colours[run.method]
+            ax.plot(run.a, run.b, color=colour, lw=1.2, label=run.method if run is _first_of(runs, run.method) else None)
+            ax.plot(run.a[:1], run.b[:1], marker="o", color=colour, markersize=5, linestyle="none")
+            ax.plot(run.a[-1:], run.b[-1:], marker="s", color=colour, markersize=5, linestyle="none")
+            index = {int(step): k for k, step in enumerate(run.steps)}
+            # The monitor records step s after its update: the point of step s + 1 on the path.
+            for event in run.events:
+                k = index.get(int(event["step"]) + 1)
+                if k is not None and is_qualitative(event):
+                    ax.plot(run.a[k], run.b[k], marker=".", color=KIND_COLOURS.get(event["kind"], "grey"), markersize=4)
+            jumps = [index[j.step] for j in stats.loss_jumps if j.step in index]
+            ax.plot(run.a[jumps], run.b[jumps], marker="v", color="red", markersize=7, linestyle="none",
+                    markeredgecolor="white", markeredgewidth=0.6, zorder=4)
+        ax.set_xlim(extent[:2])
+        ax.set_ylim(extent[2:])
+        ax.set_xlabel(landscape.param_a)
+        ax.set_ylabel(landscape.param_b)
+        ax.set_title(f"{label}, {forcing}, T = {landscape.seq_len}", fontsize="medium")
+    if methods:
+        axes[0].legend(loc="upper right", fontsize="small", title="paths (▼ loss jump)", title_fontsize="small")
+    return axes[0].figure
+
+
+def _two_axes() -> list["Axes"]:
+    figure = new_axes((11.0, 4.6)).figure
+    figure.clear()
+    return list(figure.subplots(1, 2))
+
+
+def _first_of(runs: Sequence["RunPath"], method: str) -> "RunPath":
+    return next(run for run in runs if run.method == method)

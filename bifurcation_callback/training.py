@@ -27,6 +27,14 @@ from typing_extensions import override
 
 from bifurcation_callback._checks import require_choice, require_int, require_real
 from bifurcation_callback._lightning import for_namespace
+from bifurcation_callback.forcing import (
+    OBSERVATION_MODELS,
+    TRAINING_MODES,
+    IdentityObservation,
+    LinearObservation,
+    ObservationModel,
+    forced_rollout,
+)
 from bifurcation_callback.models import CHECKPOINT_MODEL_KEY, model_to_state
 
 __all__ = [
@@ -41,109 +49,10 @@ __all__ = [
     "estimate_alpha",
 ]
 
-# Single registries: validation errors, docs and the CLI's choices= read these.
-TRAINING_MODES = ("bptt", "stf", "gtf")
+# Single registries: validation errors, docs and the CLI's choices= read these (TRAINING_MODES and
+# OBSERVATION_MODELS live in forcing.py, Lightning-free, with the rollout the loss landscape shares).
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ALPHA_ESTIMATORS = ("product_upper_bound", "batch_maximum")
-
-
-# ---------------------------------------------------------------------------------------- observation models
-
-
-class ObservationModel(nn.Module):
-    """How latent states ``z`` (M units) and observations ``x`` (N dims) relate; what ``DSRModule`` forces with.
-
-    Subclasses implement ``observe`` and ``forcing_signal`` and, where they differ from full forcing,
-    ``force``, ``initial_state`` and ``forced_latent``.
-
-    Parameters
-    ----------
-    state_dim : int
-        ``M``.
-    obs_dim : int
-        ``N``.
-    dtype : torch.dtype
-        Of the learned parameters.
-    """
-
-    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.state_dim, self.obs_dim = state_dim, obs_dim
-
-    def observe(self, z: Tensor) -> Tensor:
-        """``x̂ = O(z)``, shape ``(..., M) -> (..., N)``."""
-        raise NotImplementedError
-
-    def forcing_signal(self, x: Tensor) -> Tensor:
-        """``ẑ = O⁻¹(x)`` as used for forcing (no gradient flows through an inversion)."""
-        raise NotImplementedError
-
-    def force(self, z: Tensor, target: Tensor, weight: float | Tensor) -> Tensor:
-        """``(1 − weight) z + weight ẑ`` on the units the forcing signal covers (here: all)."""
-        return (1 - weight) * z + weight * target
-
-    def initial_state(self, x1: Tensor) -> Tensor:
-        """``z_1`` from ``x_1``, shape ``(..., N) -> (..., M)``."""
-        return self.forcing_signal(x1)
-
-    def forced_latent(self, x: Tensor) -> Tensor:
-        """The full latent state ``ẑ`` (..., M) at which adaptive α takes Jacobian norms."""
-        return self.forcing_signal(x)
-
-
-class IdentityObservation(ObservationModel):
-    """``x̂ = z[:N]``; ``ẑ = x`` forces the first ``N`` units only (GTF's partial forcing), so unobserved
-    units are never overwritten by zero padding; ``z_1 = [x_1, L x_1]`` with a learned ``L`` (zero at
-    start), shape ``(M − N, N)``, or ``None`` when ``N = M``."""
-
-    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(state_dim, obs_dim, dtype=dtype)
-        M, N = state_dim, obs_dim
-        self.L = nn.Parameter(torch.zeros(M - N, N, dtype=dtype)) if M > N else None
-
-    def observe(self, z: Tensor) -> Tensor:
-        return z[..., : self.obs_dim]
-
-    def forcing_signal(self, x: Tensor) -> Tensor:
-        return x
-
-    def force(self, z: Tensor, target: Tensor, weight: float | Tensor) -> Tensor:
-        n = self.obs_dim
-        return torch.cat([(1 - weight) * z[..., :n] + weight * target, z[..., n:]], dim=-1)
-
-    def initial_state(self, x1: Tensor) -> Tensor:
-        return x1 if self.L is None else torch.cat([x1, x1 @ self.L.T], dim=-1)
-
-    def forced_latent(self, x: Tensor) -> Tensor:
-        # Unobserved units padded with zeros.
-        if self.state_dim == self.obs_dim:
-            return x
-        return torch.cat([x, x.new_zeros(x.shape[:-1] + (self.state_dim - self.obs_dim,))], -1)
-
-
-class LinearObservation(ObservationModel):
-    """``x̂ = B z + b`` with ``B`` (N, M) starting as ``[I_N 0]`` (so "linear" generalises "identity" at
-    step 0) and ``b`` (N,) at zero; ``ẑ = pinv(B)(x − b)``, the least-squares state, forces all units;
-    ``z_1 = ẑ_1``.  ``B`` and ``b`` learn through the readout only."""
-
-    def __init__(self, state_dim: int, obs_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(state_dim, obs_dim, dtype=dtype)
-        self.B = nn.Parameter(torch.eye(obs_dim, state_dim, dtype=dtype))
-        self.b = nn.Parameter(torch.zeros(obs_dim, dtype=dtype))
-
-    def observe(self, z: Tensor) -> Tensor:
-        return z @ self.B.T + self.b
-
-    def forcing_signal(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return (x - self.b) @ torch.linalg.pinv(self.B).T
-
-
-# name -> class: the single list of observation models (DSRModule's obs=, its validation and the docs).
-OBSERVATION_MODELS: dict[str, type[ObservationModel]] = {
-    "identity": IdentityObservation,
-    "linear": LinearObservation,
-}
 
 
 def estimate_alpha(jacobian_norms: Tensor, *, estimator: str = "product_upper_bound") -> float:
@@ -324,17 +233,7 @@ class _DSRModuleMixin:
         require_choice("training", mode, TRAINING_MODES)
         weight = self.alpha_value if alpha is None else alpha
         x = x.to(self.alpha_value.dtype)
-        targets = self.forcing_signal(x)
-        z = self.initial_state(x[:, 0])
-        predictions = []
-        for t in range(1, x.shape[1]):
-            if mode == "gtf":
-                z = self.observation.force(z, targets[:, t - 1], weight)
-            elif mode == "stf" and (t - 1) % self.tf_interval == 0:
-                z = self.observation.force(z, targets[:, t - 1], 1.0)
-            z = self.rnn.step(z)
-            predictions.append(self.observe(z))
-        return torch.stack(predictions, dim=1)
+        return forced_rollout(self.rnn.step, self.observation, x, mode=mode, alpha=weight, tf_interval=self.tf_interval)
 
     def forward(self, x: Tensor) -> Tensor:
         """Same as ``rollout`` with the module's own mode and α."""

@@ -72,6 +72,23 @@ def test_gtf_vs_bptt(tmp_path):
     assert "free-run MSE" in stdout
 
 
+def test_loss_landscape(tmp_path, capsys):
+    out = tmp_path / "landscape"
+    stdout = run_example("loss_landscape.py", out)
+    assert (out / "landscape.png").stat().st_size > 0
+    for method in ("bptt", "gtf"):
+        assert (out / "runs" / f"{method}_start00" / "path.json").is_file()
+        assert f"{method}_start00: (0.30, 0.50) -> " in stdout
+    assert "cells on the curves" in stdout and "curve crossings" in stdout
+    # The printed command line is real: it reproduces the script's landscape.
+    command = next(line.strip() for line in stdout.splitlines() if line.strip().startswith("bifurcation-callback landscape"))
+    assert cli_main(shlex.split(command)[1:] + ["--no-progress"]) == 0
+    ours = json.loads((out / "landscape.json").read_text())
+    theirs = json.loads((out / "cli_landscape.json").read_text())
+    assert theirs["loss"] == ours["loss"] and theirs["boundary"] == ours["boundary"] and len(theirs["runs"]) == 2
+    assert "wrote" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_listed_in_the_readme(script):
     assert f"examples/{script}" in (EXAMPLES / "README.md").read_text()

@@ -1,12 +1,15 @@
 """Bifurcations of piecewise-linear RNNs: match cycle sets, classify changes, localise them, scan 2-D grids.
 
-Three modules, one job each:
+Four modules, one job each:
 
 * ``events`` — the closed vocabulary (``BIFURCATION_KINDS``, ``CROSSINGS``, ...), ``Match``,
   ``BifurcationEvent``, ``match``, ``classify`` and ``detect_bifurcations``;
 * ``localize`` — ``Localization`` and ``localize``: bisection between two weight snapshots;
 * ``scan`` — ``BifurcationDiagram`` and ``scan``: batched 2-D parameter sweeps (plot them with
-  ``bifurcation_callback.plots.plot_bifurcation_diagram``).
+  ``bifurcation_callback.plots.plot_bifurcation_diagram``);
+* ``landscape`` — ``LossLandscape`` and ``loss_landscape``: loss and gradient norm on such a grid with its
+  bifurcation curves, ``cliff_statistic``, and training paths across the curves (``RunPath``,
+  ``path_crossings``; plot with ``bifurcation_callback.plots.plot_loss_landscape``).
 
 Every public name is re-exported here, so ``from bifurcation_callback.bifurcations import scan`` works.
 None of these modules imports Lightning or TensorBoard; every function is pure.
@@ -37,6 +40,22 @@ from .events import (
     detect_bifurcations,
     match,
 )
+from .landscape import (
+    BOUNDED_FACTOR,
+    LANDSCAPE_GRADIENTS,
+    RUN_EVENTS_FILE,
+    RUN_PATH_FILE,
+    RUN_SUMMARY_FILE,
+    CliffStatistic,
+    LossLandscape,
+    PathCrossings,
+    RunPath,
+    boundary_cells,
+    cliff_statistic,
+    loss_landscape,
+    path_crossings,
+    signature_changes,
+)
 from .localize import EXHAUSTIVE_LIMIT, Localization, localize
 from .scan import SCAN_EXHAUSTIVE_LIMIT, SCAN_METHODS, BifurcationDiagram, parse_param_spec, scan
 
@@ -64,4 +83,18 @@ __all__ = [
     "localize",
     "scan",
     "parse_param_spec",
+    "BOUNDED_FACTOR",
+    "LANDSCAPE_GRADIENTS",
+    "RUN_PATH_FILE",
+    "RUN_EVENTS_FILE",
+    "RUN_SUMMARY_FILE",
+    "LossLandscape",
+    "CliffStatistic",
+    "RunPath",
+    "PathCrossings",
+    "loss_landscape",
+    "signature_changes",
+    "boundary_cells",
+    "cliff_statistic",
+    "path_crossings",
 ]

@@ -206,6 +206,38 @@ def _cell_functions(model: torch.nn.Module) -> dict[str, Callable]:
     return functions
 
 
+def _grid_axes(grid: tuple[Sequence[float], Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The grid's two axes as float64 arrays; ValueError for anything but two non-empty finite sequences."""
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
+        raise ValueError("grid must be a pair (values_a, values_b) of sequences of numbers")
+    axes = []
+    for name, values in zip(("values_a", "values_b"), grid):
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+        if array.size == 0:
+            raise ValueError(f"grid {name} is empty; give at least one value")
+        if not np.isfinite(array).all():
+            raise ValueError(f"grid {name} contains NaN or Inf")
+        axes.append(array)
+    return axes[0], axes[1]
+
+
+def _grid_cell_parameters(
+    parameters: dict[str, Tensor],
+    entry_a: tuple[str, tuple[int, ...]],
+    entry_b: tuple[str, tuple[int, ...]],
+    values_a: np.ndarray,
+    values_b: np.ndarray,
+) -> dict[str, Tensor]:
+    """Stacked per-cell copies of ``parameters``, cell ``i * n_b + j`` with ``entry_a = values_a[i]`` and
+    ``entry_b = values_b[j]``: the leading axis ``torch.func.vmap`` runs over (scan, loss landscape)."""
+    n_a, n_b = values_a.size, values_b.size
+    cells = {name: p.detach().unsqueeze(0).repeat(n_a * n_b, *([1] * p.dim())) for name, p in parameters.items()}
+    for (name, index), values in ((entry_a, np.repeat(values_a, n_b)), (entry_b, np.tile(values_b, n_a))):
+        column = cells[name]
+        column[(slice(None),) + index] = torch.as_tensor(values, dtype=column.dtype, device=column.device)
+    return cells
+
+
 def _sequence_tables(n_regions: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aperiodic region-index sequences of one order, their rotations and which are canonical.
 
@@ -407,17 +439,7 @@ def scan(
     if not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1:
         raise ValueError(f"max_order must be an int >= 1, got {max_order!r}")
     finder_kwargs = _free_finder_kwargs(finder_kwargs, "scan")
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
-        raise ValueError("grid must be a pair (values_a, values_b) of sequences of numbers")
-    axes = []
-    for name, values in zip(("values_a", "values_b"), grid):
-        array = np.asarray(values, dtype=np.float64).reshape(-1)
-        if array.size == 0:
-            raise ValueError(f"grid {name} is empty; give at least one value")
-        if not np.isfinite(array).all():
-            raise ValueError(f"grid {name} contains NaN or Inf")
-        axes.append(array)
-    values_a, values_b = axes
+    values_a, values_b = _grid_axes(grid)
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device)
     name_a, index_a = parse_param_spec(analysed, param_a)
@@ -426,16 +448,11 @@ def scan(
         raise ValueError(f"param_a and param_b name the same entry ({param_a!r} and {param_b!r})")
     orders = tuple(range(1, max_order + 1))
 
-    # Per-cell copies of the (one or two) parameter tensors involved, cell index = i * n_b + j.
+    # Per-cell copies of the (one or two) parameter tensors involved.
     parameters = dict(analysed.named_parameters())
     n_a, n_b = values_a.size, values_b.size
-    cell_params: dict[str, Tensor] = {}
-    for name in dict.fromkeys((name_a, name_b)):
-        cell_params[name] = parameters[name].detach().unsqueeze(0).repeat(n_a * n_b, *([1] * parameters[name].dim()))
-    grid_a = torch.as_tensor(np.repeat(values_a, n_b), dtype=dtype, device=device)
-    grid_b = torch.as_tensor(np.tile(values_b, n_a), dtype=dtype, device=device)
-    cell_params[name_a][(slice(None),) + index_a] = grid_a
-    cell_params[name_b][(slice(None),) + index_b] = grid_b
+    involved = {name: parameters[name] for name in (name_a, name_b)}
+    cell_params = _grid_cell_parameters(involved, (name_a, index_a), (name_b, index_b), values_a, values_b)
 
     chosen = method
     regions = None
