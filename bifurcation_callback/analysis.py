@@ -223,6 +223,8 @@ class StepRecord:
         Why the step was not analysed (then only ``step``, ``loss`` and ``grad_norm`` are set).
     lag_ms, lag_steps, publish_ms, figures_ms : float or int or None
         Set where the record is logged: delay behind training, and the logging costs.
+    checkpoint : str or None
+        The checkpoint file the weights came from (``offline.analyse_checkpoints``); None in a monitored run.
     """
 
     step: int
@@ -245,6 +247,7 @@ class StepRecord:
     lag_steps: int | None = None
     publish_ms: float | None = None
     figures_ms: float | None = None
+    checkpoint: str | None = None
 
     @property
     def verified_events(self) -> list[dict[str, Any]]:
@@ -258,6 +261,8 @@ class StepRecord:
     def to_json(self) -> dict[str, Any]:
         """The ``events.jsonl`` line: JSON-ready, read back by :meth:`from_json`."""
         data: dict[str, Any] = {"step": self.step, "loss": self.loss, "grad_norm": self.grad_norm}
+        if self.checkpoint is not None:
+            data["checkpoint"] = self.checkpoint
         if self.skipped is not None:
             return {**data, "skipped": self.skipped}
         data.update(
@@ -347,7 +352,7 @@ class StepAnalyser:
     model : torch.nn.Module
         The RNN (PiecewiseLinear protocol); the analyser keeps a detached CPU copy as the template of its
         weight stacks, so it never touches the live model.
-    max_order, max_tracked_cycles, seed, finder_kwargs, time_budget_s, localize_events
+    max_order, orders, max_tracked_cycles, seed, finder_kwargs, time_budget_s, localize_events
         As for :class:`~bifurcation_callback.tracking.CycleTracker`.
     max_attractor_period : int
         As for :class:`~bifurcation_callback.tracking.AttractorTracker`; 0 turns the attractor analysis off.
@@ -369,6 +374,7 @@ class StepAnalyser:
         model: torch.nn.Module,
         *,
         max_order: int,
+        orders: Sequence[int] | None = None,
         max_tracked_cycles: int = 8,
         seed: int = 0,
         finder_kwargs: Mapping[str, Any] | None = None,
@@ -380,6 +386,7 @@ class StepAnalyser:
         self.time_budget_s = time_budget_s
         self.cycles = CycleTracker(
             max_order,
+            orders=orders,
             max_tracked_cycles=max_tracked_cycles,
             seed=seed,
             finder_kwargs=finder_kwargs,
@@ -402,8 +409,11 @@ class StepAnalyser:
         """
         return self.analyse_batch([snapshot])[0]
 
-    def analyse_batch(self, snapshots: Sequence[Snapshot]) -> list[StepResult]:
+    def analyse_batch(self, snapshots: Sequence[Snapshot], *, searched: Sequence[CycleSet] | None = None) -> list[StepResult]:
         """Analyse consecutive snapshots (increasing steps) together; one result per snapshot, in order.
+
+        ``searched``, one ``CycleSet`` per snapshot, replaces the cycle search with searches that ran elsewhere
+        (see ``CycleTracker.update_many``).
 
         A snapshot whose analysis fails (non-finite weights, a user model's error) gets a skipped result with the
         reason, and the trackers go on from the last analysed step, as if it had been analysed alone: a failing
@@ -415,6 +425,8 @@ class StepAnalyser:
         ValueError
             A snapshot that does not fit the model (its number of tensors).
         """
+        if searched is not None and len(searched) != len(snapshots):
+            raise ValueError(f"analyse_batch got {len(searched)} searched cycle sets for {len(snapshots)} snapshots")
         expected = len(model_tensors(self.model))
         for snapshot in snapshots:
             snapshot.wait()
@@ -428,10 +440,13 @@ class StepAnalyser:
                 results[index] = skipped_result(snapshot, f"ValueError: {reason}")
             else:
                 usable.append(index)
+        def searched_for(indices: list[int]) -> list[CycleSet] | None:
+            return None if searched is None else [searched[i] for i in indices]
+
         if usable:
             saved = self._trackers_checkpoint()
             try:
-                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable])):
+                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable], searched_for(usable))):
                     results[index] = result
             except Exception:
                 if len(usable) == 1:
@@ -440,22 +455,22 @@ class StepAnalyser:
                 # One failing step must not cost the others theirs: the batch again, one snapshot at a time.
                 self._trackers_restore(saved)
                 for index in usable:
-                    results[index] = self._analyse_alone(snapshots[index])
+                    results[index] = self._analyse_alone(snapshots[index], searched_for([index]))
         return results  # type: ignore[return-value]
 
-    def _analyse_alone(self, snapshot: Snapshot) -> StepResult:
+    def _analyse_alone(self, snapshot: Snapshot, searched: list[CycleSet] | None) -> StepResult:
         saved = self._trackers_checkpoint()
         try:
-            return self._analyse_together([snapshot])[0]
+            return self._analyse_together([snapshot], searched)[0]
         except Exception as error:  # the trackers go on from the last analysed step
             self._trackers_restore(saved)
             return skipped_result(snapshot, f"{type(error).__name__}: {error}")
 
-    def _analyse_together(self, snapshots: list[Snapshot]) -> list[StepResult]:
+    def _analyse_together(self, snapshots: list[Snapshot], searched: list[CycleSet] | None = None) -> list[StepResult]:
         steps = [snapshot.step for snapshot in snapshots]
         weights = [snapshot.tensors for snapshot in snapshots]
         stack = self.cycles.stack(weights, self.model)
-        tracked = self.cycles.update_many(stack, steps)
+        tracked = self.cycles.update_many(stack, steps, searched=searched)
         notes: list[list[tuple[str, str]]] = [[] for _ in snapshots]
         for note, found in zip(notes, tracked):
             if found.cycles.cut:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ._checks import require_choice, require_int, require_real
+from .dashboard import clear_run_files
 
 __all__ = [
     "DEMO_DATASETS",
@@ -53,9 +54,8 @@ DEMO_DATASETS: dict[str, str] = {
 }
 # method label -> DSRModule training mode; the table lists methods in this order.
 DEMO_METHODS: dict[str, str] = {"BPTT": "bptt", "GTF": "gtf"}
-# Files a run folder may hold that a re-run of the demo replaces (nothing else is ever deleted).
-_RUN_FILES = ("summary.json", "demo.json", "events.jsonl", "hparams.yaml")
-_EVENT_FILE_PREFIX = "events.out.tfevents."
+# Files of a demo run folder that a re-run of the demo replaces besides the monitor's (nothing else is deleted).
+_DEMO_FILES = ("demo.json", "hparams.yaml")
 # What a summary.json written by BifurcationMonitor holds (at least): key -> accepted JSON types.
 _SUMMARY_SCHEMA: dict[str, tuple[type, ...]] = {
     "n_monitored_steps": (int,),
@@ -235,15 +235,6 @@ def _progress_callback(label: str, total: int):
     return _Progress()
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove what an earlier demo run wrote here, so TensorBoard does not show two curves per tag."""
-    if not run_dir.is_dir():
-        return
-    for path in run_dir.iterdir():
-        if path.is_file() and (path.name in _RUN_FILES or path.name.startswith(_EVENT_FILE_PREFIX)):
-            path.unlink()
-
-
 def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np.ndarray, test: np.ndarray) -> dict:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -255,7 +246,7 @@ def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np
 
     name = f"{DEMO_METHODS[method]}_seed{seed}"
     run_dir = root / name
-    _clear_run_dir(run_dir)
+    clear_run_files(run_dir, _DEMO_FILES)  # TensorBoard would show two curves per tag
     data_dim = train.shape[1]
     torch.manual_seed(seed)  # the same seed gives both methods the same initial model and batches
     rnn = PLRNN(config.model_dim(data_dim))

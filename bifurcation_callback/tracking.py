@@ -32,6 +32,7 @@ from .cycles import (
     Cycle,
     CycleSet,
     _one_cpu_thread,
+    _resolve_orders,
     cycles_from_sequences,
     _realizable_regions,
     assemble_step,
@@ -197,6 +198,8 @@ class CycleTracker:
     ----------
     max_order : int
         Largest cycle order searched.
+    orders : sequence of int, optional
+        Search exactly these orders instead of ``1 .. max_order`` (e.g. ``[1, 2, 16]``).
     max_tracked_cycles : int
         How many tracks (the first ones created) get a per-cycle curve over the whole run.
     seed : int
@@ -229,6 +232,7 @@ class CycleTracker:
         self,
         max_order: int,
         *,
+        orders: Sequence[int] | None = None,
         max_tracked_cycles: int = 8,
         seed: int = 0,
         finder_kwargs: Mapping[str, Any] | None = None,
@@ -236,6 +240,7 @@ class CycleTracker:
         localize_events: bool = False,
     ) -> None:
         self.max_order = require_int("max_order", max_order, 1, owner="CycleTracker")
+        self.orders = _resolve_orders(self.max_order, orders)
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner="CycleTracker")
         self.seed = require_int("seed", seed, 0, owner="CycleTracker")
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner="CycleTracker")
@@ -318,9 +323,16 @@ class CycleTracker:
         device = self.finder_kwargs.get("device") or next(iter(template.parameters()), torch.empty(0)).device
         return ModelStack(template, weights, dtype=self.dtype, device=device)
 
-    def update_many(self, stack: ModelStack, steps: Sequence[int]) -> list[TrackedStep]:
+    def update_many(
+        self, stack: ModelStack, steps: Sequence[int], *, searched: Sequence[CycleSet] | None = None
+    ) -> list[TrackedStep]:
         """Analyse the consecutive snapshots ``stack`` (one per step of ``steps``, increasing) in one batched
         search; the same results as calling :meth:`update` for each step in turn.
+
+        With ``searched`` (one ``CycleSet`` of this tracker's orders per step, e.g. ``find_cycles`` run on each
+        step's weights elsewhere, as ``offline.analyse_checkpoints`` does) no search runs here: those sets take
+        the fresh search's place, and the rest (the previous step's cycles carried over, followed and checked
+        against both steps' weights, track ids) is as without them.
 
         A search cut by the time budget keeps what it found: its orders have status ``"cut"`` (their counts are
         lower bounds), no event is reported for them (a cycle not reached is no disappearance), and the next
@@ -330,12 +342,17 @@ class CycleTracker:
         Raises
         ------
         ValueError
-            Non-finite weights (``find_cycles``' message), or steps not after the previous ones; the tracker's
-            state is left as it was.
+            Non-finite weights (``find_cycles``' message), steps not after the previous ones, or ``searched`` not
+            one set of this tracker's orders per step; the tracker's state is left as it was.
         """
         steps = [int(step) for step in steps]
         if len(steps) != stack.n_steps:
             raise ValueError(f"update_many got {len(steps)} steps for a stack of {stack.n_steps} snapshots")
+        if searched is not None:
+            searched = list(searched)
+            if len(searched) != stack.n_steps or any(found.orders != self.orders for found in searched):
+                raise ValueError(f"searched must hold one CycleSet of orders {list(self.orders)} per step, got "
+                                 f"{[list(found.orders) for found in searched]} for {stack.n_steps} steps")
         last = self.previous_step
         for step in steps:
             if last is not None and step <= last:
@@ -344,18 +361,21 @@ class CycleTracker:
         for index in range(stack.n_steps):
             _check_finite(stack, index)
         if self.previous is None and stack.n_steps > 1:  # the thorough first search runs alone
-            return self.update_many(stack.select([0]), steps[:1]) + self.update_many(
-                stack.select(range(1, stack.n_steps)), steps[1:]
+            first, rest = (None, None) if searched is None else (searched[:1], searched[1:])
+            return self.update_many(stack.select([0]), steps[:1], searched=first) + self.update_many(
+                stack.select(range(1, stack.n_steps)), steps[1:], searched=rest
             )
         started = time.perf_counter()
-        orders = tuple(range(1, self.max_order + 1))
+        orders = self.orders
         models = [stack.model(index) for index in range(stack.n_steps)]
-        effort = self.plan()
         with torch.no_grad():
-            fresh = self._search(stack, models, steps, orders, effort)
+            fresh = self._search(stack, models, steps, orders, self.plan()) if searched is None else _fresh_search_of(searched)
             carried = _CarriedSequences(stack, orders)
             carried.add([self._warm_start] + [_fresh_set(fresh, i, orders) for i in range(stack.n_steps)])
-        search_ms = 1e3 * (time.perf_counter() - started) / stack.n_steps
+        # A search that ran elsewhere counts its own time; the batch's shared work here is split equally.
+        shared_ms = 1e3 * (time.perf_counter() - started) / stack.n_steps
+        own_ms = [0.0] * stack.n_steps if searched is None else [1e3 * found.stats.elapsed_s for found in searched]
+        search_ms = [shared_ms + ms for ms in own_ms]
         results = []
         for index, step in enumerate(steps):
             assembled = time.perf_counter()
@@ -368,7 +388,7 @@ class CycleTracker:
                 cycles=cycles,
                 events=tuple(events),
                 charted={track: cycle.spectral_radius for track, cycle in self.charted(cycles).items()},
-                finder_ms=search_ms + 1e3 * (compared - assembled),
+                finder_ms=search_ms[index] + 1e3 * (compared - assembled),
                 compare_ms=1e3 * (time.perf_counter() - compared),
                 late_discoveries=tuple(late),
             ))
@@ -555,6 +575,18 @@ class _CarriedSequences:
                 parts[:] = [_scyfi.Evaluation(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in _scyfi.EVALUATION_FIELDS))]
             joined[order] = (self._keys[order], parts[0])
         return joined
+
+
+def _fresh_search_of(searched: Sequence[CycleSet]) -> FreshSearch:
+    """Searches that ran elsewhere (one ``CycleSet`` per step) in the shape of a batched fresh search."""
+    return FreshSearch(
+        cycles=[{order: found.by_order(order) for order in found.orders} for found in searched],
+        statuses=[dict(found.statuses) for found in searched],
+        iterations=[dict(found.stats.iterations) for found in searched],
+        n_solves=[found.stats.n_solves for found in searched],
+        n_singular=[found.stats.n_singular for found in searched],
+        elapsed_s=sum(found.stats.elapsed_s for found in searched),
+    )
 
 
 def _fresh_set(fresh: FreshSearch, index: int, orders: tuple[int, ...]) -> CycleSet:
