@@ -60,9 +60,14 @@ def _model_class(value: str) -> str:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model file and how to read it: shared by find, scan and landscape."""
+    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
+    _add_model_reading_arguments(parser)
+
+
+def _add_model_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read a model from a checkpoint: shared by the model file's commands and analyse."""
     from .models import MODEL_SPECS
 
-    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
     parser.add_argument(
         "--model-class", type=_model_class, metavar="NAME", help=MODEL_CLASS_HELP.format(names=", ".join(MODEL_SPECS))
     )
@@ -105,12 +110,17 @@ def _add_find(subparsers) -> None:
         description="Find every fixed point and k-cycle of a saved piecewise-linear model (SCYFI).",
     )
     _add_model_arguments(parser)
+    _add_search_arguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="also write the CycleSet as JSON ('-' for stdout)")
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """find_cycles' options: shared by find and analyse."""
     parser.add_argument("--max-order", type=int, default=4, help="search orders 1..K (default 4)")
     parser.add_argument("--orders", type=int, nargs="+", help="search exactly these orders instead")
     parser.add_argument("--n-starts", type=int, default=256, help="parallel random starts per order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float32", action="store_true", help="search in float32 (default float64)")
-    parser.add_argument("--json", metavar="PATH", help="also write the CycleSet as JSON ('-' for stdout)")
 
 
 def _run_find(args: argparse.Namespace) -> int:
@@ -403,6 +413,80 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyse(subparsers) -> None:
+    from .offline import CACHE_FOLDER, EXECUTORS
+
+    parser = subparsers.add_parser(
+        "analyse",
+        help="a finished run's checkpoints, analysed as the monitor would have, in parallel",
+        description=(
+            "Find the cycles of every checkpoint of a finished run independently (in parallel: local processes, "
+            "or Dask on a cluster), then track them in step order as BifurcationMonitor does (the previous "
+            "checkpoint's cycles carried over, appearances and disappearances checked against both checkpoints' "
+            "weights), follow the attractor, detect the events and, with --logs, the loss jumps.  Writes the "
+            "monitor's files to OUT: events.jsonl (one record per checkpoint, at step global_step - 1, with the "
+            "checkpoint's path), summary.json and TensorBoard event files; `tensorboard --logdir OUT` and "
+            "`bifurcation-callback compare` read them like a monitored run's."
+        ),
+        epilog=(
+            f"A re-run with the same OUT analyses only new or changed checkpoints (the cache in OUT/{CACHE_FOLDER} "
+            "is keyed by each file's content and the settings).  An unreadable checkpoint is reported and left out."
+        ),
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                        help="checkpoint files, or folders searched recursively for *.ckpt")
+    _add_model_reading_arguments(parser)
+    _add_search_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (its earlier results are replaced)")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="the run's TensorBoard event files or CSV metrics.csv (a file or the run's folder): "
+                        "the loss per step, for the records and the loss jumps")
+    parser.add_argument("--loss-key", default="train_loss", help="the loss metric in --logs (default train_loss)")
+    parser.add_argument("--executor", choices=list(EXECUTORS), default="process",
+                        help="; ".join(f"{name}: {what}" for name, what in EXECUTORS.items()) + " (default process)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes analysing checkpoints (default 1: this process)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (with --executor dask; default: a "
+                        "local cluster of --workers processes)")
+    parser.add_argument("--chunk-size", type=int, default=1, help="checkpoints per task (default 1)")
+    parser.add_argument("--max-attractor-period", type=int, default=256,
+                        help="longest attractor period detected (0: no attractor analysis; default 256)")
+    parser.add_argument("--no-cache", action="store_true", help="analyse every checkpoint again, keep no cache")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _run_analyse(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .dashboard import summary_line
+    from .offline import analyse_checkpoints
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            run = analyse_checkpoints(
+                args.checkpoints, out=args.out, max_order=args.max_order, orders=args.orders, logs=args.logs,
+                loss_key=args.loss_key, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                chunk_size=args.chunk_size, model_class=args.model_class, config=_parse_config(args.config),
+                prefix=args.prefix, seed=args.seed, max_attractor_period=args.max_attractor_period,
+                finder_kwargs={"n_starts": args.n_starts, "dtype": torch.float32 if args.float32 else torch.float64},
+                cache=not args.no_cache, progress=not args.no_progress,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    for warning in caught:  # one line each, without the source line Python's warning format adds
+        print(f"bifurcation-callback analyse: warning: {warning.message}", file=sys.stderr)
+    steps = [record.step for record in run.records]
+    offline = run.summary["offline"]
+    print(f"{len(run.records)} checkpoints (steps {steps[0]}..{steps[-1]}): {run.n_analysed} analysed now, "
+          f"{run.n_cached} from the cache, {len(run.left_out)} left out; orders {offline['orders']}, "
+          f"{offline['wall_seconds']:.1f} s")
+    print(summary_line(run.summary).replace("BifurcationMonitor:", "offline analysis:", 1))
+    print(f"wrote {run.out / 'events.jsonl'}, summary.json and TensorBoard event files; tensorboard --logdir {run.out}")
+    return 0
+
+
 # name -> (add the subparser, run it): the single list of subcommands.
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "demo": (_add_demo, _run_demo),
@@ -410,6 +494,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "scan": (_add_scan, _run_scan),
     "landscape": (_add_landscape, _run_landscape),
     "compare": (_add_compare, _run_compare),
+    "analyse": (_add_analyse, _run_analyse),
 }
 
 

@@ -24,7 +24,7 @@ TESTS = ROOT / "tests"
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
     "models", "_scyfi", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps", "tracking", "analysis", "worker",
-    "_checks", "forcing",
+    "_checks", "forcing", "checkpoints", "offline",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 
