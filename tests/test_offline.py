@@ -42,12 +42,13 @@ def records_of(run) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """60 GTF steps of a ShallowPLRNN(2, 8) on the paper's teacher data, a checkpoint every 10 steps."""
+    """60 GTF steps of a ShallowPLRNN(2, 8) on the paper's teacher data, a checkpoint every 10 steps, watched by
+    BifurcationMonitor at every step."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from bifurcation_callback import DSRModule, ShallowPLRNN, TimeSeriesDataModule, plrnn_teacher
+    from bifurcation_callback import BifurcationMonitor, DSRModule, ShallowPLRNN, TimeSeriesDataModule, plrnn_teacher
 
     root = tmp_path_factory.mktemp("trained")
     x, _ = plrnn_teacher(600)
@@ -55,8 +56,10 @@ def trained_run(tmp_path_factory):
     module = DSRModule(ShallowPLRNN(2, 8), training="gtf", alpha=0.1, lr=1e-2)
     data = TimeSeriesDataModule(x, seq_len=32, batch_size=8, n_batches_per_epoch=25, seed=0)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=10, save_top_k=-1)
+    # Watched online too, every step: its files (in tb/) are compared with the offline analysis of the checkpoints.
+    monitor = BifurcationMonitor(max_order=2, max_attractor_period=16, mode="sync", verbose=False)
     trainer = pl.Trainer(
-        max_steps=60, accelerator="cpu", devices=1, callbacks=[checkpoints], log_every_n_steps=1,
+        max_steps=60, accelerator="cpu", devices=1, callbacks=[checkpoints, monitor], log_every_n_steps=1,
         logger=[TensorBoardLogger(root, name="tb", version=""), CSVLogger(root, name="csv", version="")],
         enable_progress_bar=False, enable_model_summary=False,
     )
@@ -295,6 +298,49 @@ def test_outputs_are_the_monitors_layout(trained_run, tmp_path):
     assert [e.step for e in events.Scalars("bifurcation/n_cycles/order_1")] == [r.step for r in run.records]
     assert [e.value for e in events.Scalars("bifurcation/loss")] == pytest.approx([r.loss for r in run.records])
     assert {"bifurcation/state_space", "bifurcation/timeline"} <= set(events.Tags()["images"])
+
+
+def test_compare_lists_the_online_and_offline_analyses_of_a_run_with_what_each_analysed(trained_run, tmp_path, capsys):
+    from .test_demo import table_columns, table_rows
+
+    analyse_checkpoints(trained_run / "checkpoints", out=tmp_path / "offline", max_order=2, logs=trained_run / "tb", **QUICK)
+    assert main(["compare", str(trained_run / "tb"), str(tmp_path / "offline")]) == 0
+    out = capsys.readouterr().out
+    rows, column = table_rows(out), table_columns(out)
+    # One group (the same training method and settings: DSRModule's hyperparameters, from hparams.yaml online and
+    # from the checkpoints offline), each row saying how many of the 60 training steps it analysed.
+    assert sorted((row[0], row[1], row[column["analysed"]]) for row in rows) == [
+        ("GTF", "-", "6/60 (10 %)"), ("GTF", "-", "60/60 (100 %)"), ("GTF", "mean", "66/120 (55 %)")
+    ]
+    online, offline = sorted(rows[:2], key=lambda row: row[column["analysed"]] == "6/60 (10 %)")
+    assert online[column["final loss"]] == offline[column["final loss"]]  # the same run's last logged loss
+    assert offline[column["overhead"]] == "n/a" and online[column["overhead"]].endswith(" %")
+    assert "Note: these runs were analysed at 10 % to 100 % of their training steps" in out
+
+
+def test_compare_groups_own_runs_by_method_and_settings_and_tests_gtf_against_bptt(tmp_path, capsys):
+    from .test_demo import table_rows
+
+    runs = [("bptt", 0.1, 2.0), ("bptt", 0.1, 3.0), ("gtf", 0.1, 0.5), ("gtf", 0.1, 0.6), ("gtf", 0.3, 0.9), ("gtf", 0.3, 0.8)]
+    for k, (training, alpha, loss) in enumerate(runs):
+        folder = tmp_path / f"version_{k}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps(_monitor_summary(loss)))
+        (folder / "hparams.yaml").write_text(f"training: {training}\nalpha: {alpha}\nlr: 0.01\n")
+    assert main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [row[0] for row in table_rows(out) if row[1] == "mean"] == ["BPTT (alpha=0.1)", "GTF (alpha=0.1)", "GTF (alpha=0.3)"]
+    blocks = out.split("\n\n")
+    tests = [block.splitlines()[0] for block in blocks if "Mann–Whitney" in block]
+    assert tests == [f"BPTT (alpha=0.1) vs GTF (alpha={alpha}) over seeds (n = 2 / 2): medians, two-sided Mann–Whitney U p"
+                     for alpha in (0.1, 0.3)]
+    assert "  final loss: 2.5 vs 0.55, p = 0.333" in out
+
+
+def _monitor_summary(final_loss: float) -> dict:
+    return {"n_monitored_steps": 10, "n_analysed_steps": 10, "final_step": 9, "n_skipped": 0, "n_events": 0,
+            "final_loss": final_loss, "events_by_kind": {}, "loss_jumps": [], "monitor_overhead": 0.1,
+            "jump_correlation": {"jumps_explained": None, "p_value": None, "events_with_jump": None}}
 
 
 def test_loss_history_from_tensorboard_and_csv_logs_agree(trained_run):
