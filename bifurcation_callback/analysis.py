@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ._checks import finite_or_none
-from .attractors import attractor_label
+from .attractors import AttractorReport, attractor_label
 from .cycles import CycleSet
 from ._stack import ModelStack
 from .dashboard import analysis_scalars
@@ -409,11 +409,19 @@ class StepAnalyser:
         """
         return self.analyse_batch([snapshot])[0]
 
-    def analyse_batch(self, snapshots: Sequence[Snapshot], *, searched: Sequence[CycleSet] | None = None) -> list[StepResult]:
+    def analyse_batch(
+        self,
+        snapshots: Sequence[Snapshot],
+        *,
+        searched: Sequence[CycleSet] | None = None,
+        attractor_reports: Sequence[AttractorReport | None] | None = None,
+    ) -> list[StepResult]:
         """Analyse consecutive snapshots (increasing steps) together; one result per snapshot, in order.
 
-        ``searched``, one ``CycleSet`` per snapshot, replaces the cycle search with searches that ran elsewhere
-        (see ``CycleTracker.update_many``).
+        ``searched`` (one ``CycleSet`` per snapshot) and ``attractor_reports`` (one ``AttractorReport`` per snapshot,
+        None where that analysis failed) replace the cycle search and the attractor simulation with work done
+        elsewhere, e.g. per checkpoint in parallel (``CycleTracker.update_many(searched=...)``,
+        ``AttractorTracker.follow``).
 
         A snapshot whose analysis fails (non-finite weights, a user model's error) gets a skipped result with the
         reason, and the trackers go on from the last analysed step, as if it had been analysed alone: a failing
@@ -425,8 +433,9 @@ class StepAnalyser:
         ValueError
             A snapshot that does not fit the model (its number of tensors).
         """
-        if searched is not None and len(searched) != len(snapshots):
-            raise ValueError(f"analyse_batch got {len(searched)} searched cycle sets for {len(snapshots)} snapshots")
+        for name, given in (("searched cycle sets", searched), ("attractor reports", attractor_reports)):
+            if given is not None and len(given) != len(snapshots):
+                raise ValueError(f"analyse_batch got {len(given)} {name} for {len(snapshots)} snapshots")
         expected = len(model_tensors(self.model))
         for snapshot in snapshots:
             snapshot.wait()
@@ -440,13 +449,15 @@ class StepAnalyser:
                 results[index] = skipped_result(snapshot, f"ValueError: {reason}")
             else:
                 usable.append(index)
-        def searched_for(indices: list[int]) -> list[CycleSet] | None:
-            return None if searched is None else [searched[i] for i in indices]
+        def elsewhere(indices: list[int]) -> dict[str, Any]:
+            """The work done elsewhere for these snapshots."""
+            return {"searched": None if searched is None else [searched[i] for i in indices],
+                    "reports": None if attractor_reports is None else [attractor_reports[i] for i in indices]}
 
         if usable:
             saved = self._trackers_checkpoint()
             try:
-                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable], searched_for(usable))):
+                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable], **elsewhere(usable))):
                     results[index] = result
             except Exception:
                 if len(usable) == 1:
@@ -455,18 +466,19 @@ class StepAnalyser:
                 # One failing step must not cost the others theirs: the batch again, one snapshot at a time.
                 self._trackers_restore(saved)
                 for index in usable:
-                    results[index] = self._analyse_alone(snapshots[index], searched_for([index]))
+                    results[index] = self._analyse_alone(snapshots[index], **elsewhere([index]))
         return results  # type: ignore[return-value]
 
-    def _analyse_alone(self, snapshot: Snapshot, searched: list[CycleSet] | None) -> StepResult:
+    def _analyse_alone(self, snapshot: Snapshot, **elsewhere: Any) -> StepResult:
         saved = self._trackers_checkpoint()
         try:
-            return self._analyse_together([snapshot], searched)[0]
+            return self._analyse_together([snapshot], **elsewhere)[0]
         except Exception as error:  # the trackers go on from the last analysed step
             self._trackers_restore(saved)
             return skipped_result(snapshot, f"{type(error).__name__}: {error}")
 
-    def _analyse_together(self, snapshots: list[Snapshot], searched: list[CycleSet] | None = None) -> list[StepResult]:
+    def _analyse_together(self, snapshots: list[Snapshot], searched: list[CycleSet] | None = None,
+                          reports: list[AttractorReport | None] | None = None) -> list[StepResult]:
         steps = [snapshot.step for snapshot in snapshots]
         weights = [snapshot.tensors for snapshot in snapshots]
         stack = self.cycles.stack(weights, self.model)
@@ -480,7 +492,7 @@ class StepAnalyser:
                     f"BifurcationMonitor: the cycle search at step {found.step} was cut by time_budget_s={self.time_budget_s}: "
                     f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
                 ))
-        attractors = self._attractors(stack, snapshots, notes)
+        attractors = self._attractors(stack, snapshots, notes) if reports is None else self._follow(snapshots, reports, notes)
         results = []
         for snapshot, found, attractor, note in zip(snapshots, tracked, attractors, notes):
             record = StepRecord(
@@ -528,6 +540,19 @@ class StepAnalyser:
             except Exception as error:
                 notes[index].append(("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}"))
                 found.append(None)
+        return found
+
+    def _follow(self, snapshots: list[Snapshot], reports: list[AttractorReport | None], notes: list[list[tuple[str, str]]]) -> list[Any]:
+        """The attractor of every snapshot from reports found elsewhere (None where there is none, with a note)."""
+        if self.attractors is None:
+            return [None] * len(snapshots)
+        found = []
+        for snapshot, report, note in zip(snapshots, reports, notes):
+            if report is None:
+                note.append(("attractor", f"BifurcationMonitor has no attractor for step {snapshot.step}"))
+                found.append(None)
+            else:
+                found.append(self.attractors.follow(report, snapshot.step, attractor_ms=1e3 * report.elapsed_s))
         return found
 
     def _trackers_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -2,15 +2,16 @@
 
 The work splits in two.  **Independent, per checkpoint** (:func:`analyse_checkpoint`, a pure function of the file
 and :class:`CheckpointSettings`, so any ``concurrent.futures``-like executor can run it: a local process pool,
-Dask, Ray, submitit): read the model and the training step, and search its cycles with ``find_cycles``
-(statuses per order).  **Sequential, in checkpoint order** (this process): the monitor's own
-:class:`~bifurcation_callback.analysis.StepAnalyser` with those searches in place of its per-step search
-(``analyse_batch(..., searched=...)``), i.e. the previous checkpoint's cycles re-solved with the next weights and
-followed across switching planes, every appearance and disappearance checked against the other checkpoint's
-weights (``bifurcations.compare_snapshots``), track ids, the followed attractor (``AttractorTracker``, which
-starts from the previous checkpoint's attractor, so it is sequential by definition).  A cycle one checkpoint's
-search missed is therefore carried in from the previous checkpoint or reported as a late discovery, never as a
-bifurcation.  The records then go through the monitor's :class:`~bifurcation_callback.session.MonitorSession`
+Dask, Ray, submitit): read the model and the training step, search its cycles with ``find_cycles`` (statuses per
+order), and find the attractors its orbits reach from random states and from its stable cycles
+(``find_attractors``).  **Sequential, in checkpoint order** (this process): the monitor's own
+:class:`~bifurcation_callback.analysis.StepAnalyser` with that work in place of its per-step search and
+simulation (``analyse_batch(..., searched=..., attractor_reports=...)``), i.e. the previous checkpoint's cycles
+re-solved with the next weights and followed across switching planes, every appearance and disappearance
+checked against the other checkpoint's weights (``bifurcations.compare_snapshots``), track ids, and the
+attractor followed from checkpoint to checkpoint by identity (``AttractorTracker.follow``).  A cycle one
+checkpoint's search missed is therefore carried in from the previous checkpoint or reported as a late
+discovery, never as a bifurcation.  The records then go through the monitor's :class:`~bifurcation_callback.session.MonitorSession`
 and :class:`~bifurcation_callback.dashboard.Dashboard`: ``events.jsonl``, ``summary.json`` and TensorBoard
 event files in the monitor's layout.
 
@@ -45,13 +46,14 @@ from tqdm import tqdm
 
 from ._checks import finite_or_none, require_bool, require_int, require_real
 from .analysis import Snapshot, StepAnalyser, StepRecord, skipped_result
+from .attractors import AttractorReport, find_attractors
 from .checkpoints import CheckpointError, checkpoint_step, model_from_checkpoint, read_checkpoint
 from .cycles import CycleSet, _one_cpu_thread, _resolve_orders, find_cycles
 from .dashboard import Dashboard, clear_run_files, custom_scalars_layout
 from .models import model_tensors
 from .runner import InlineRunner
 from .session import MonitorSession, SessionSettings, warn_once
-from .tracking import check_finder_kwargs
+from .tracking import AttractorTracker, check_finder_kwargs
 
 __all__ = [
     "EXECUTORS",
@@ -94,6 +96,8 @@ class CheckpointSettings:
         ``find_cycles`` options (``tracking.FINDER_KEYS``), already checked.
     model_class, config, prefix
         How the model is read (``checkpoints.load_model``).
+    max_attractor_period : int
+        Longest attractor period detected (0: no attractor analysis).
     """
 
     orders: tuple[int, ...]
@@ -102,6 +106,7 @@ class CheckpointSettings:
     model_class: str | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     prefix: str | None = None
+    max_attractor_period: int = 256
 
     def cache_key(self, content_digest: str) -> str:
         """The cache key of a file with this content under these settings and this version of the package.
@@ -132,6 +137,9 @@ class CheckpointAnalysis:
         The model read from the checkpoint (None when no model could be read from it).
     cycles : CycleSet or None
         ``find_cycles`` of the model (None when unreadable or skipped).
+    attractors : AttractorReport or None
+        The attractors reached from random states (seeded by the step) and from the stable cycles' points; None
+        without the attractor analysis or when it failed (``attractor_error`` says why).
     hyperparameters : dict or None
         The checkpoint's ``hyper_parameters`` (Lightning's ``save_hyperparameters``), JSON-ready.
     unreadable : str or None
@@ -140,7 +148,7 @@ class CheckpointAnalysis:
         Why its model could not be read or analysed (no model found, NaN weights, ...): a ``skipped`` record at
         its step, as the monitor records a step it could not analyse.
     seconds : float
-        Wall time of the search.
+        Wall time of the cycle search and the attractor analysis.
     """
 
     path: str
@@ -150,6 +158,8 @@ class CheckpointAnalysis:
     hyperparameters: dict[str, Any] | None = None
     unreadable: str | None = None
     skipped: str | None = None
+    attractors: AttractorReport | None = None
+    attractor_error: str | None = None
     seconds: float = 0.0
 
 
@@ -192,8 +202,23 @@ def analyse_checkpoint(path: str | Path, settings: CheckpointSettings) -> Checkp
                                       seed=settings.seed + step, **settings.finder_kwargs)
     except Exception as error:  # no model, NaN weights, a user model's error: a skipped record says why, as in the monitor
         analysis.skipped = f"{type(error).__name__}: {_without_path(str(error), path)}"
+    if analysis.cycles is not None and settings.max_attractor_period:
+        try:
+            analysis.attractors = _attractors(analysis.model, analysis.cycles, step, settings)
+        except Exception as error:  # costs the checkpoint its attractor only, as in the monitor
+            analysis.attractor_error = f"{type(error).__name__}: {error}"
     analysis.seconds = time.perf_counter() - started
     return analysis
+
+
+def _attractors(model: Any, cycles: CycleSet, step: int, settings: CheckpointSettings) -> AttractorReport:
+    """What the model's orbits reach from the monitor's random starting states for this step and from every stable
+    cycle (so each attractor the search found is in the report), with the long transient of a first step."""
+    tracker = AttractorTracker(settings.max_attractor_period, seed=settings.seed)
+    stable = [cycle.points[0] for cycle in cycles if cycle.is_stable]
+    states = tracker.starting_states(model, step, reference=np.asarray(stable) if stable else None)
+    return find_attractors(model, states, max_period=tracker.max_period, n_transient=4 * tracker.n_transient,
+                           n_window=2 * tracker.max_period)
 
 
 def _without_path(message: str, path: str) -> str:
@@ -350,6 +375,7 @@ def analyse_checkpoints(
         model_class=_optional_text("model_class", model_class),
         config=dict(config or {}),
         prefix=_optional_text("prefix", prefix),
+        max_attractor_period=require_int("max_attractor_period", max_attractor_period, 0, owner=_OWNER),
     )
     workers = require_int("workers", workers, 1, owner=_OWNER)
     chunk_size = require_int("chunk_size", chunk_size, 1, owner=_OWNER)
@@ -362,7 +388,7 @@ def analyse_checkpoints(
         jump_warmup_steps=require_int("jump_warmup_steps", jump_warmup_steps, 0, owner=_OWNER),
         jump_min_change=require_real("jump_min_change", jump_min_change, minimum=0.0, owner=_OWNER),
         log_figures_every_n_steps=0,
-        max_attractor_period=require_int("max_attractor_period", max_attractor_period, 0, owner=_OWNER),
+        max_attractor_period=settings.max_attractor_period,
         show_all_events=require_bool("show_all_events", show_all_events, owner=_OWNER),
         seed=settings.seed,
     )
@@ -378,6 +404,7 @@ def analyse_checkpoints(
     analyses, n_analysed, n_cached = _independent_part(
         files, settings, executor, workers, scheduler, chunk_size, cache_folder, progress, left_out
     )
+    independent_s = time.perf_counter() - started
     analyses = _in_step_order(analyses, left_out)
     for path, why in left_out.items():
         warnings.warn(f"{_OWNER} leaves out {path}: {why}", RuntimeWarning, stacklevel=2)
@@ -401,7 +428,9 @@ def analyse_checkpoints(
         session = MonitorSession(session_settings, analyser, InlineRunner(analyser), dashboard, warn)
         session.mode = "offline"
         losses = {int(step): (loss, grad_norm) for step, loss, grad_norm in history or ()}
+        tracking_started = time.perf_counter()
         _sequential_part(analyses, analyser, session, losses, progress)
+        sequential_s = time.perf_counter() - tracking_started
         # Without logs the run's steps are known only at the checkpoints (their losses are not).
         session.history = [list(row) for row in history] if history else [[a.step, None, None] for a in analyses]
         summary = session.summary(time.perf_counter() - started)
@@ -420,6 +449,9 @@ def analyse_checkpoints(
                 "finder_kwargs": {key: str(value) for key, value in settings.finder_kwargs.items()},
                 "logs": str(logs) if logs is not None else None,
                 "loss_key": loss_key if logs is not None else None,
+                # Where the time went: reading and searching (parallel), tracking in step order (this process).
+                "independent_seconds": independent_s,
+                "sequential_seconds": sequential_s,
                 "wall_seconds": time.perf_counter() - started,
             },
         )
@@ -461,18 +493,20 @@ def checkpoint_files(checkpoints: str | Path | Sequence[str | Path]) -> list[Pat
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths:
         raise ValueError(f"{_OWNER}: no checkpoint files or folders given")
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # resolved -> as named: a file named twice is analysed once
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.update((file, None) for file in sorted(path.rglob("*.ckpt")) if file.is_file())
+            for file in sorted(path.rglob("*.ckpt")):
+                if file.is_file():
+                    found.setdefault(file.resolve(), file)
         elif path.is_file():
-            found[path] = None
+            found.setdefault(path.resolve(), path)
         else:
             raise ValueError(f"{path}: no such file or folder")
     if not found:
         raise ValueError(f"no *.ckpt file under {', '.join(map(str, paths))} (pass checkpoint files or their folders)")
-    return list(found)
+    return sorted(found.values())
 
 
 def read_loss_history(
@@ -666,13 +700,17 @@ def _independent_part(
         if cached is not None:
             analyses.append(dataclasses.replace(cached, path=str(path)))  # the same content may have moved
     n_cached = len(analyses)
-    todo = [path for path in keys if path not in {a.path for a in analyses}]
+    # Workers get absolute paths (a cluster's workers need not share this process's working directory); the
+    # analyses come back under the names the caller gave.
+    given = {str(Path(path).resolve()): path for path in keys if path not in {a.path for a in analyses}}
+    todo = list(given)
     chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
     bar = tqdm(total=len(files), initial=n_cached + len(files) - len(keys), desc="checkpoints", unit="ckpt",
-               disable=not progress, file=None)
+               disable=not progress)
 
     def finished(results: list[CheckpointAnalysis]) -> None:
         for analysis in results:
+            analysis.path = given[analysis.path]
             if analysis.unreadable is not None:
                 left_out[analysis.path] = analysis.unreadable
             else:
@@ -774,7 +812,8 @@ def _sequential_part(analyses: list[CheckpointAnalysis], analyser: StepAnalyser,
 
     def flush() -> None:
         snapshots = [snapshot for snapshot, _ in batch]
-        results = analyser.analyse_batch(snapshots, searched=[analysis.cycles for _, analysis in batch])
+        results = analyser.analyse_batch(snapshots, searched=[analysis.cycles for _, analysis in batch],
+                                         attractor_reports=[analysis.attractors for _, analysis in batch])
         for (snapshot, analysis), result in zip(batch, results):
             result.record.checkpoint = analysis.path
             session.add_result(result, snapshot)

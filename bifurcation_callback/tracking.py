@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._checks import require_dtype, require_int
-from .attractors import Attractor, AttractorReport, attractor_label, find_attractors_many
+from .attractors import Attractor, AttractorReport, _canonical_key, attractor_label, find_attractors_many
 from tqdm import tqdm
 
 from . import _scyfi
@@ -788,16 +788,64 @@ class AttractorTracker:
             for i in range(final, n_steps):
                 used[i] = self._points_before(i, reached)
         elapsed_ms = 1e3 * (time.perf_counter() - started) / n_steps
-        results = []
-        for step, (report, primary, points) in zip(steps, reached):
-            event = self._change(primary, step)
-            if primary is not None:
-                self.previous = {"kind": primary.kind, "period": primary.period, "stable": primary.is_stable,
-                                 "points": points.tolist(),
-                                 "codes": primary.cycle.codes.astype(int).tolist() if primary.cycle is not None else None}
-                self.previous_step = step
-            results.append(TrackedAttractor(step, report, primary, event, elapsed_ms))
-        return results
+        return [self._advance(step, report, primary, points, elapsed_ms) for step, (report, primary, points) in zip(steps, reached)]
+
+    def follow(self, report: AttractorReport, step: int, *, attractor_ms: float = 0.0) -> TrackedAttractor:
+        """Move on to ``step`` with attractors found elsewhere, without simulating (``offline.analyse_checkpoints``
+        finds each checkpoint's attractors on its own, in parallel, from random states and its stable cycles).
+
+        The primary is the attractor of ``report`` that continues the previous one by identity rather than by
+        where the previous points go: the cycle with the previous cycle's region sequence, else the bounded
+        attractor nearest to the previous points (a period doubling, a cycle that crossed a switching plane),
+        else, without previous points, the most-reached bounded one, as at a first step.  A change of kind or
+        period is an ``attractor_change`` event, as in :meth:`update_many`.
+
+        Examples
+        --------
+        >>> from bifurcation_callback.attractors import find_attractors
+        >>> from bifurcation_callback.models import PLRNN
+        >>> model = PLRNN(1)
+        >>> with torch.no_grad():  # z' = 0.5 z + 1: the stable fixed point 2
+        ...     _ = model.A.fill_(0.5), model.h.fill_(1.0)
+        >>> tracker = AttractorTracker(max_period=4)
+        >>> tracker.follow(find_attractors(model, [[0.0], [5.0]], max_period=4), step=0).primary.period
+        1
+        >>> with torch.no_grad():  # z' = -1.5 z + 1 around 0.4: unstable, orbits escape
+        ...     _ = model.A.fill_(-1.5)
+        >>> tracker.follow(find_attractors(model, [[0.0], [5.0]], max_period=4), step=1).event.description
+        'attractor changed from fixed point to divergent'
+        """
+        primary = self._continuation(report)
+        return self._advance(step, report, primary, self._points_of(primary), attractor_ms)
+
+    def _continuation(self, report: AttractorReport) -> Attractor | None:
+        codes = (self.previous or {}).get("codes")
+        if codes is not None:
+            key = _canonical_key(np.asarray(codes, dtype=bool))
+            same = [attractor for attractor in report.attractors if attractor.cycle is not None and attractor.cycle.key == key]
+            if same:
+                return same[0]
+        points = self._previous_points()
+        bounded = [attractor for attractor in report.attractors if attractor.kind != "divergent" and len(attractor.orbit)]
+        if not len(points) or not bounded:
+            return self._primary(report, followed=False)
+
+        def distance(attractor: Attractor) -> float:  # mean distance of the previous points to the orbit
+            gaps = np.linalg.norm(points[:, None, :] - np.asarray(attractor.orbit, dtype=np.float64)[None], axis=-1)
+            return float(np.nanmean(gaps.min(axis=1)))
+
+        return min(bounded, key=distance)
+
+    def _advance(self, step: int, report: AttractorReport, primary: Attractor | None, points: np.ndarray | None,
+                 attractor_ms: float) -> TrackedAttractor:
+        """The step's result: its event against the previous primary, which ``primary`` then becomes."""
+        event = self._change(primary, step)
+        if primary is not None:
+            self.previous = {"kind": primary.kind, "period": primary.period, "stable": primary.is_stable,
+                             "points": points.tolist(),
+                             "codes": primary.cycle.codes.astype(int).tolist() if primary.cycle is not None else None}
+            self.previous_step = step
+        return TrackedAttractor(step, report, primary, event, attractor_ms)
 
     def _expected_points(self, models: list) -> list[np.ndarray]:
         """Per model, the points the step after it would start from if the previous attractor, a cycle, persists

@@ -29,7 +29,7 @@ from bifurcation_callback.offline import (
     read_loss_history,
 )
 
-from .problems import busy_plrnn
+from .problems import BISTABLE_2D, busy_plrnn
 from .test_callback_ground_truth import random_weights
 
 MAX_ORDER = 3
@@ -151,6 +151,34 @@ def test_a_cycle_one_search_missed_is_carried_over_not_a_bifurcation(tmp_path):
         assert all(record.n_cycles[k] >= counts[k] for k in counts)
     assert sum(len(r.late_discoveries) for r in run.records) == totals[-1] - totals[0] > 0
     assert run.summary["n_events"] == 0 and run.summary["n_late_discoveries"] == totals[-1] - totals[0]
+
+
+def test_the_attractor_is_followed_by_identity_not_by_which_one_most_random_states_reach(tmp_path):
+    # Two stable fixed points, the same weights at every checkpoint: the random starting states (seeded by the
+    # step) reach one or the other more often, but the followed attractor stays the one of the first checkpoint.
+    model = BISTABLE_2D.build()
+    for step in range(10, 90, 10):
+        save_checkpoint(tmp_path / f"step={step}.ckpt", model, step)
+    settings = CheckpointSettings(orders=(1, 2), max_attractor_period=16)
+    reports = [analyse_checkpoint(path, settings).attractors for path in checkpoint_files(tmp_path)]
+    most_reached = [tuple(report.primary.orbit[-1].round(6)) for report in reports]
+    assert len(set(most_reached)) == 2  # the independent analyses alone would switch attractors
+    run = analyse_checkpoints(tmp_path, max_order=2, max_attractor_period=16, progress=False)
+    first = most_reached[0]
+    followed = [next(a.fraction for a in report if tuple(a.orbit[-1].round(6)) == first) for report in reports]
+    assert [record.attractor["fraction"] for record in run.records] == followed
+    assert not any(record.events for record in run.records)
+
+
+def test_attractor_changes_are_events_exactly_where_the_followed_attractor_changes(tmp_path):
+    planted_checkpoints(tmp_path)
+    run = analyse_checkpoints(tmp_path, max_order=MAX_ORDER, **QUICK)
+    labels = [record.attractor["label"] for record in run.records]
+    changes = [[e for e in record.events if e["kind"] == "attractor_change"] for record in run.records]
+    assert [bool(found) for found in changes[1:]] == [a != b for a, b in zip(labels, labels[1:])]
+    assert sum(map(bool, changes)) >= 2  # the path crosses several
+    for before, found in zip(labels, changes[1:]):
+        assert all(event["description"].startswith(f"attractor changed from {before} to ") for event in found)
 
 
 # ---------------------------------------------------------------------------------------------- executors
