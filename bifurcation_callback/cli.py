@@ -420,10 +420,10 @@ def _add_analyse(subparsers) -> None:
         "analyse",
         help="a finished run's checkpoints, analysed as the monitor would have, in parallel",
         description=(
-            "Find the cycles of every checkpoint of a finished run independently (in parallel: local processes, "
-            "or Dask on a cluster), then track them in step order as BifurcationMonitor does (the previous "
-            "checkpoint's cycles carried over, appearances and disappearances checked against both checkpoints' "
-            "weights), follow the attractor, detect the events and, with --logs, the loss jumps.  Writes the "
+            "Find the cycles and attractors of every checkpoint of a finished run independently (in parallel: local "
+            "processes, or Dask on a cluster), then track them in step order as BifurcationMonitor does (the "
+            "previous checkpoint's cycles carried over, appearances and disappearances checked against both "
+            "checkpoints' weights, the attractor followed), detect the events and, with --logs, the loss jumps.  Writes the "
             "monitor's files to OUT: events.jsonl (one record per checkpoint, at step global_step - 1, with the "
             "checkpoint's path), summary.json and TensorBoard event files; `tensorboard --logdir OUT` and "
             "`bifurcation-callback compare` read them like a monitored run's."
@@ -438,7 +438,7 @@ def _add_analyse(subparsers) -> None:
     _add_model_reading_arguments(parser)
     _add_search_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (its earlier results are replaced)")
-    parser.add_argument("--logs", metavar="DIR",
+    parser.add_argument("--logs", metavar="PATH",
                         help="the run's TensorBoard event files or CSV metrics.csv (a file or the run's folder): "
                         "the loss per step, for the records and the loss jumps")
     parser.add_argument("--loss-key", default="train_loss", help="the loss metric in --logs (default train_loss)")

@@ -372,14 +372,11 @@ def analyse_checkpoints(
         orders=_resolve_orders(max_order, orders),
         seed=require_int("seed", seed, 0, owner=_OWNER),
         finder_kwargs=check_finder_kwargs(finder_kwargs, owner=_OWNER),
-        model_class=_optional_text("model_class", model_class),
+        model_class=_text("model_class", model_class, optional=True),
         config=dict(config or {}),
-        prefix=_optional_text("prefix", prefix),
+        prefix=_text("prefix", prefix, optional=True),
         max_attractor_period=require_int("max_attractor_period", max_attractor_period, 0, owner=_OWNER),
     )
-    workers = require_int("workers", workers, 1, owner=_OWNER)
-    chunk_size = require_int("chunk_size", chunk_size, 1, owner=_OWNER)
-    _check_executor(executor, scheduler)
     session_settings = SessionSettings(
         max_order=max(settings.orders),
         every_n_steps=None,
@@ -392,14 +389,17 @@ def analyse_checkpoints(
         show_all_events=require_bool("show_all_events", show_all_events, owner=_OWNER),
         seed=settings.seed,
     )
+    workers = require_int("workers", workers, 1, owner=_OWNER)
+    chunk_size = require_int("chunk_size", chunk_size, 1, owner=_OWNER)
     require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER)
+    loss_key = _text("loss_key", loss_key)
     cache, progress = require_bool("cache", cache, owner=_OWNER), require_bool("progress", progress, owner=_OWNER)
+    _check_executor(executor, scheduler)
     files = checkpoint_files(checkpoints)
     out = Path(out) if out is not None else None
     history = read_loss_history(logs, loss_key, exclude=out) if logs is not None else None
-    warn = warn_once(set())
-    left_out: dict[str, str] = {}
 
+    left_out: dict[str, str] = {}
     cache_folder = out / CACHE_FOLDER if out is not None and cache else None
     analyses, n_analysed, n_cached = _independent_part(
         files, settings, executor, workers, scheduler, chunk_size, cache_folder, progress, left_out
@@ -413,47 +413,55 @@ def analyse_checkpoints(
         reasons = {analysis.skipped for analysis in analyses} | set(left_out.values())
         raise ValueError(f"none of the {len(files)} checkpoints could be analysed: {'; '.join(sorted(reasons))}")
 
+    analyser = StepAnalyser(
+        analysed[0].model, max_order=max(settings.orders), orders=settings.orders, max_tracked_cycles=max_tracked_cycles,
+        seed=settings.seed, finder_kwargs=settings.finder_kwargs, max_attractor_period=settings.max_attractor_period,
+    )
+    offline = {
+        "n_checkpoints": len(files),
+        "n_analysed": n_analysed,
+        "n_cached": n_cached,
+        "left_out": dict(left_out),
+        "executor": executor if isinstance(executor, str) else type(executor).__name__,
+        "workers": workers if isinstance(executor, str) and scheduler is None else None,
+        "orders": list(settings.orders),
+        "seed": settings.seed,
+        "finder_kwargs": {key: str(value) for key, value in settings.finder_kwargs.items()},
+        "logs": str(logs) if logs is not None else None,
+        "loss_key": loss_key if logs is not None else None,
+        "independent_seconds": independent_s,  # reading and searching, in parallel
+    }
+    records, summary = _write_run(out, analyses, analyser, session_settings, history, offline, started, progress)
+    return OfflineRun(records, summary, out, left_out, n_analysed, n_cached)
+
+
+def _write_run(
+    out: Path | None, analyses: list[CheckpointAnalysis], analyser: StepAnalyser, settings: SessionSettings,
+    history: list[tuple[int, float | None, float | None]] | None, offline: dict[str, Any], started: float,
+    progress: bool,
+) -> tuple[list[StepRecord], dict[str, Any]]:
+    """The sequential pass through the monitor's session, which writes the records, the summary (with the
+    ``offline`` fields and the hyperparameters) and the figures to ``out``, as the monitor writes its run folder."""
     if out is not None:
         clear_run_files(out)  # a re-run replaces the earlier files: TensorBoard would show every curve twice
     tensorboard = _TensorBoardFolder(out) if out is not None else None
     dashboard = Dashboard([tensorboard] if tensorboard is not None else [], out)
     try:
-        dashboard.log_layout(custom_scalars_layout("bifurcation/loss", settings.orders))
+        dashboard.log_layout(custom_scalars_layout("bifurcation/loss", analyser.cycles.orders))
         dashboard.rewrite_records([], resumed=True)
-        analyser = StepAnalyser(
-            analysed[0].model, max_order=max(settings.orders), orders=settings.orders,
-            max_tracked_cycles=max_tracked_cycles, seed=settings.seed, finder_kwargs=settings.finder_kwargs,
-            max_attractor_period=session_settings.max_attractor_period,
-        )
-        session = MonitorSession(session_settings, analyser, InlineRunner(analyser), dashboard, warn)
+        session = MonitorSession(settings, analyser, InlineRunner(analyser), dashboard, warn_once(set()))
         session.mode = "offline"
-        losses = {int(step): (loss, grad_norm) for step, loss, grad_norm in history or ()}
         tracking_started = time.perf_counter()
+        losses = {int(step): (loss, grad_norm) for step, loss, grad_norm in history or ()}
         _sequential_part(analyses, analyser, session, losses, progress)
-        sequential_s = time.perf_counter() - tracking_started
+        offline["sequential_seconds"] = time.perf_counter() - tracking_started  # tracking, in step order
         # Without logs the run's steps are known only at the checkpoints (their losses are not).
         session.history = [list(row) for row in history] if history else [[a.step, None, None] for a in analyses]
         summary = session.summary(time.perf_counter() - started)
         summary.update(
             monitor_overhead=None,  # nothing ran beside training
             hyperparameters=next((a.hyperparameters for a in reversed(analyses) if a.hyperparameters), None),
-            offline={
-                "n_checkpoints": len(files),
-                "n_analysed": n_analysed,
-                "n_cached": n_cached,
-                "left_out": dict(left_out),
-                "executor": executor if isinstance(executor, str) else type(executor).__name__,
-                "workers": workers if isinstance(executor, str) and scheduler is None else None,
-                "orders": list(settings.orders),
-                "seed": settings.seed,
-                "finder_kwargs": {key: str(value) for key, value in settings.finder_kwargs.items()},
-                "logs": str(logs) if logs is not None else None,
-                "loss_key": loss_key if logs is not None else None,
-                # Where the time went: reading and searching (parallel), tracking in step order (this process).
-                "independent_seconds": independent_s,
-                "sequential_seconds": sequential_s,
-                "wall_seconds": time.perf_counter() - started,
-            },
+            offline={**offline, "wall_seconds": time.perf_counter() - started},
         )
         if session.records:
             session.request_figures(summary["final_step"] or 0, summary["loss_jumps"])
@@ -465,7 +473,7 @@ def analyse_checkpoints(
         dashboard.close_files()
         if tensorboard is not None:
             tensorboard.experiment.close()
-    return OfflineRun(list(session.records), summary, out, left_out, n_analysed, n_cached)
+    return list(session.records), summary
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -853,10 +861,10 @@ class _TensorBoardFolder:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _optional_text(name: str, value: object) -> str | None:
-    if value is None or (isinstance(value, str) and value):
+def _text(name: str, value: object, *, optional: bool = False) -> Any:
+    if (optional and value is None) or (isinstance(value, str) and value):
         return value
-    raise ValueError(f"{_OWNER}: {name} must be a non-empty string or None, got {value!r}")
+    raise ValueError(f"{_OWNER}: {name} must be a non-empty string{' or None' if optional else ''}, got {value!r}")
 
 
 def _json_ready(value: Any) -> Any:

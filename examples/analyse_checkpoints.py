@@ -6,7 +6,7 @@ the cycles of every checkpoint in worker processes, tracks them in step order, t
 and writes the monitor's files (``events.jsonl``, ``summary.json``, TensorBoard event files).  A second call
 finds everything in its cache.  Prints the records and the equivalent command line.
 
-    python examples/analyse_checkpoints.py            # ~40 s on a 2-core CPU
+    python examples/analyse_checkpoints.py            # ~20 s on a 2-core CPU
     python examples/analyse_checkpoints.py --quick    # fewer steps, for the smoke test
 """
 
@@ -76,8 +76,9 @@ def main() -> None:
         attractor = (record.attractor or {}).get("label", "none")
         print(f"{record.step:<5d} {record.loss:<9.4g} {counts:<33s} {attractor:<12s} {events}")
     summary = analysis.summary
-    print(f"{summary['n_events']} events, {len(summary['loss_jumps'])} loss jumps; "
-          f"jumps with an event nearby: {summary['jump_correlation']['jumps_explained']}")
+    explained = summary["jump_correlation"]["jumps_explained"]
+    print(f"{summary['n_events']} events, {len(summary['loss_jumps'])} loss jumps; jumps with an event nearby: "
+          f"{'n/a' if explained is None else f'{explained:.2f}'}")
 
     # 2. Run again: nothing is searched twice (the cache is keyed by each file's content and the settings).
     again = analyse_checkpoints(run / "checkpoints", out=out / "analysis", logs=run, max_order=args.max_order,

@@ -466,6 +466,7 @@ def test_cli_without_checkpoints_exits_2(tmp_path, capsys):
         ({"max_attractor_period": -1}, "max_attractor_period must be an int >= 0"),
         ({"cache": "yes"}, "cache must be"),
         ({"model_class": ""}, "model_class must be a non-empty string or None"),
+        ({"loss_key": ""}, "loss_key must be a non-empty string, got ''"),
         ({"executor": "process", "scheduler": "tcp://x:1"}, "scheduler is the address of a Dask scheduler"),
     ],
 )
