@@ -4,8 +4,10 @@ Trains a ShallowPLRNN(10, 200) with GTF on the paper's 2-D teacher data (DSRModu
 ``--every`` steps, ``--checkpoints`` of them), then analyses the checkpoints, orders 1..``--max-order``, with
 1 process worker (this process), 2 process workers and a 2-worker Dask ``LocalCluster``, each without the cache
 and in the same order every repetition, and checks that every setting gives the same records (timings left
-out).  One torch thread everywhere (``torch.set_num_threads(1)`` here; the search sets one thread itself in
-every worker).  The start of the process pool and of the Dask cluster is inside the measured time.
+out).  One torch thread everywhere (``torch.set_num_threads(1)`` here; each worker's task sets one thread).
+The start of the process pool and of the Dask cluster is inside the measured time.  A control at the end times
+the same 6 checkpoints in one process alone and in two processes side by side: on a machine shared with other
+jobs it shows how much a second worker can give at all.
 
     PYTHONPATH=. python benchmarks/bench_offline.py [--checkpoints 50] [--every 10] [--max-order 6]
                                                     [--repeats 1] [--folder bench_offline_run] [--json out.json]
@@ -61,6 +63,31 @@ def train(folder: Path, n_checkpoints: int, every: int) -> float:
     return time.perf_counter() - started
 
 
+def _timed_searches(paths: list[str], max_order: int) -> float:
+    """Seconds this process takes for the independent part of ``paths`` (one thread)."""
+    from bifurcation_callback.offline import CheckpointSettings, analyse_checkpoint
+
+    torch.set_num_threads(1)
+    settings = CheckpointSettings(orders=tuple(range(1, max_order + 1)))
+    started = time.perf_counter()
+    for path in paths:
+        analyse_checkpoint(path, settings)
+    return time.perf_counter() - started
+
+
+def free_cores_control(paths: list[str], max_order: int) -> tuple[float, list[float]]:
+    """The same checkpoints analysed in one process alone, then in two processes side by side (each timing
+    itself, so process start-up is left out): how much a second worker can give on this machine now."""
+    import concurrent.futures
+    import multiprocessing
+
+    alone = _timed_searches(paths, max_order)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(len, [[], []]))  # both workers started before the clock matters
+        side_by_side = list(pool.map(_timed_searches, [paths, paths], [max_order, max_order]))
+    return alone, side_by_side
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, default=50)
@@ -77,6 +104,8 @@ def main() -> None:
           f"orders 1..{args.max_order}; {os.cpu_count()} CPUs, torch threads 1")
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     phases: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
+    work: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    load: dict[str, list[float]] = {name: [] for name in SETTINGS}
     records: dict[str, list[dict]] = {}
     for _ in range(args.repeats):
         for name, setting in SETTINGS.items():
@@ -86,10 +115,19 @@ def main() -> None:
             times[name].append(time.perf_counter() - started)
             records[name] = without_timings([record.to_json() for record in run.records])
             counts = [sum(record.n_cycles.values()) for record in run.records]
+            # The checkpoints' own search and attractor times, as measured where they ran: their sum is the work,
+            # which grows when the workers share cores with each other or with other processes on the machine.
+            work[name].append(sum(r.finder_ms + (r.attractor_ms or 0.0) for r in run.records) / 1e3)
+            load[name].append(os.getloadavg()[0])
             phases[name].append((run.summary["offline"]["independent_seconds"], run.summary["offline"]["sequential_seconds"]))
             print(f"  {name}: {times[name][-1]:.1f} s (per checkpoint in parallel {phases[name][-1][0]:.1f} s, in step "
-                  f"order {phases[name][-1][1]:.1f} s; {len(run.records)} records, cycles per checkpoint "
-                  f"{min(counts)}..{max(counts)}, {run.summary['n_events']} events)")
+                  f"order {phases[name][-1][1]:.1f} s; checkpoints' own time {work[name][-1]:.1f} s; load average "
+                  f"{load[name][-1]:.1f}; {len(run.records)} records, cycles per checkpoint {min(counts)}..{max(counts)}, "
+                  f"{run.summary['n_events']} events)")
+    files = sorted(str(path) for path in (folder / "checkpoints").glob("*.ckpt"))[:6]
+    alone, side_by_side = free_cores_control(files, args.max_order)
+    print(f"control, 6 checkpoints: {alone:.1f} s in one process alone, {side_by_side[0]:.1f} s and "
+          f"{side_by_side[1]:.1f} s in two processes side by side (load average {os.getloadavg()[0]:.1f})")
     reference = next(iter(records.values()))
     same = all(found == reference for found in records.values())
     print(f"same records in every setting: {same}")
@@ -98,7 +136,8 @@ def main() -> None:
         print(f"  {name}: median {statistics.median(measured):.1f} s, speed-up {base / statistics.median(measured):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "checkpoints": args.checkpoints, "max_order": args.max_order, "times_s": times, "phases_s": phases,
+            "checkpoints": args.checkpoints, "max_order": args.max_order, "times_s": times, "phases_s": phases, "work_s": work,
+            "load_average": load, "control_s": {"alone": alone, "side_by_side": side_by_side},
             "same_records": same,
             "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
         }, indent=2))

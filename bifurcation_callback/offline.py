@@ -18,8 +18,8 @@ event files in the monitor's layout.
 A checkpoint saved after ``N`` optimizer steps (Lightning's ``global_step``) holds the weights the monitor
 records at step ``N - 1``, so online and offline records of one run line up.  Results do not depend on the
 executor or the number of workers: each checkpoint's search is seeded by ``seed + step``.  Finished analyses
-are cached (keyed by the file's content, the settings and the package version), so a re-run analyses only new
-or changed checkpoints, and a run stopped halfway resumes where it stopped.
+are cached (keyed by the file's content, the settings and the package's version and sources), so a re-run
+analyses only new or changed checkpoints, and a run stopped halfway resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -109,7 +110,8 @@ class CheckpointSettings:
     max_attractor_period: int = 256
 
     def cache_key(self, content_digest: str) -> str:
-        """The cache key of a file with this content under these settings and this version of the package.
+        """The cache key of a file with this content under these settings and this code of the package (its
+        version and its source files: a development checkout's edits are a new version too).
 
         Examples
         --------
@@ -120,8 +122,19 @@ class CheckpointSettings:
         from . import __version__
 
         fields = {**dataclasses.asdict(self), "finder_kwargs": {k: str(v) for k, v in sorted(self.finder_kwargs.items())}}
-        text = json.dumps({"content": content_digest, "settings": fields, "version": __version__}, sort_keys=True, default=str)
+        code = {"version": __version__, "source": _source_digest()}
+        text = json.dumps({"content": content_digest, "settings": fields, "code": code}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """SHA-256 of the package's Python sources (a few hundred kB: milliseconds, once per process)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -227,8 +240,10 @@ def _without_path(message: str, path: str) -> str:
 
 
 def _analyse_chunk(paths: Sequence[str], settings: CheckpointSettings) -> list[CheckpointAnalysis]:
-    """The task an executor runs: a few checkpoints, one after the other."""
-    return [analyse_checkpoint(path, settings) for path in paths]
+    """The task an executor runs: a few checkpoints, one after the other, on one CPU thread (a worker per core:
+    a second intra-op thread per worker would only compete with the other workers)."""
+    with _one_cpu_thread(torch.device("cpu")):
+        return [analyse_checkpoint(path, settings) for path in paths]
 
 
 @dataclasses.dataclass
@@ -331,7 +346,7 @@ def analyse_checkpoints(
         checkpoints).
     cache : bool
         Keep each finished checkpoint analysis in ``out/checkpoint_cache`` and reuse it when the file's content,
-        the settings and the package version are the same.
+        the settings and the package (version and sources) are the same.
     progress : bool
         Progress bars (stderr) over the checkpoints.
 
