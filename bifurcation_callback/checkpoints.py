@@ -135,6 +135,13 @@ def model_from_checkpoint(
     ------
     CheckpointError
         As :func:`load_model`.
+
+    Examples
+    --------
+    >>> from bifurcation_callback.models import CHECKPOINT_MODEL_KEY, PLRNN, model_to_state
+    >>> checkpoint = {"global_step": 5, CHECKPOINT_MODEL_KEY: model_to_state(PLRNN(2))}  # as DSRModule saves it
+    >>> type(model_from_checkpoint(checkpoint, "run.ckpt")).__name__, checkpoint_step(checkpoint, "run.ckpt")
+    ('PLRNN', 5)
     """
     from .models import CHECKPOINT_MODEL_KEY, model_from_state
 
