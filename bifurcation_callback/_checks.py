@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "FLOAT_DTYPES",
     "require_int",
+    "require_int_sequence",
     "require_real",
     "require_bool",
     "require_choice",
@@ -65,6 +66,26 @@ def require_int(
         wanted = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if optional else "")
         raise ValueError(f"{_prefix(owner)}{name} must be {wanted}, got {value!r}")
     return int(value)  # type: ignore[arg-type]
+
+
+def require_int_sequence(name: str, value: object, minimum: int = 1, *, owner: str | None = None) -> tuple[int, ...]:
+    """Return ``value`` as a sorted tuple of distinct ints ``>= minimum``, or raise ``ValueError`` (an empty
+    sequence, a string, a repeated or out-of-range value).
+
+    Examples
+    --------
+    >>> require_int_sequence("jump_scales", [10, 1, 3])
+    (1, 3, 10)
+    >>> require_int_sequence("jump_scales", [1, 1], owner="BifurcationMonitor")
+    Traceback (most recent call last):
+    ...
+    ValueError: BifurcationMonitor: jump_scales must be a non-empty sequence of distinct ints >= 1, got [1, 1]
+    """
+    values = () if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else tuple(value)
+    valid = [isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= minimum for v in values]
+    if not values or not all(valid) or len(set(values)) < len(values):
+        raise ValueError(f"{_prefix(owner)}{name} must be a non-empty sequence of distinct ints >= {minimum}, got {value!r}")
+    return tuple(sorted(int(v) for v in values))
 
 
 def require_real(

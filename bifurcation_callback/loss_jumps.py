@@ -36,6 +36,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy.ndimage import median_filter
 
+from ._checks import require_int_sequence
+
 __all__ = [
     "DEFAULT_JUMP_SCALES",
     "JUMP_DIRECTIONS",
@@ -375,10 +377,7 @@ def _as_step_array(steps: Any, n_values: int, values_name: str) -> np.ndarray:
 
 
 def _check_scales(scales: Any) -> tuple[int, ...]:
-    values = () if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable) else tuple(scales)
-    if not values or not all(_is_integer(value) and value >= 1 for value in values) or len(set(values)) < len(values):
-        raise ValueError(f"scales must be a non-empty sequence of distinct ints >= 1, got {scales!r}")
-    return tuple(sorted(int(value) for value in values))
+    return require_int_sequence("scales", scales, 1)
 
 
 def _check_iterable(items: Any, name: str, wanted: str) -> None:

@@ -255,6 +255,7 @@ ARGUMENT_CASES = {
     "jump_window": ([-2, 1.5, True], [None, 0, 10]),
     "jump_warmup_steps": ([-1, 0.5, None, True], [0, 100]),
     "jump_min_change": ([-0.5, True, None, float("nan"), "1"], [0, 0.0, 2.5]),
+    "jump_scales": ([[], [0], [1, 1], "13", [1.5], None, 3], [(1,), [1, 3, 10, 30], (30, 10)]),
     "max_tracked_cycles": ([None, -1, 2.0, True], [0, 8]),
     "max_attractor_period": ([None, -1, 2.5, True, "256"], [0, 1, 256]),
     "localize_events": (["yes", 1, None], [True, False]),
