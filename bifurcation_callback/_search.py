@@ -18,9 +18,11 @@ Private: ``cycles.find_cycles`` and ``tracking.CycleTracker`` are the public ent
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,32 @@ from torch import Tensor
 from . import _scyfi
 from ._stack import ModelStack
 
-__all__ = ["CycleCollector", "FreshSearch", "RegionTables", "search_fresh"]
+__all__ = ["AnalysisInterrupted", "CycleCollector", "FreshSearch", "RegionTables", "check_interrupt", "interruptible", "search_fresh"]
+
+# Asked between batched calls: whether the analysis running in this thread should stop (training is stopping).
+_STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("bifurcation_stop", default=None)
+
+
+class AnalysisInterrupted(RuntimeError):
+    """The analysis was stopped from outside (e.g. training received SIGTERM while the analysis ran in its hook)."""
+
+
+@contextmanager
+def interruptible(stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Within this block the searches of this thread ask ``stop()`` between batched calls and raise
+    ``AnalysisInterrupted`` when it is true (a long first search must not hold up a training that is stopping)."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def check_interrupt() -> None:
+    """Raise ``AnalysisInterrupted`` when the enclosing ``interruptible`` block's ``stop()`` is true."""
+    stop = _STOP.get()
+    if stop is not None and stop():
+        raise AnalysisInterrupted("the analysis was interrupted: training is stopping")
 
 
 class RegionTables:
@@ -390,6 +417,7 @@ def _random_search(
     for _ in range(max_iterations):
         if not bool(active.any()):
             break
+        check_interrupt()
         if time.monotonic() > deadline:
             return False
         evaluation = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
@@ -438,6 +466,7 @@ def _enumerate(
     powers = base ** torch.arange(order - 1, -1, -1, device=device)  # (N, 1, k)
     chunk = max(1, batch_size // max(1, len(chosen)))
     for begin in range(0, max(totals), chunk):
+        check_interrupt()
         if time.monotonic() > deadline:
             return False
         index = torch.arange(begin, min(begin + chunk, max(totals)), device=device)

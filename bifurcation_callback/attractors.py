@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import _scyfi
 from ._checks import finite_or_none, require_dtype, require_int, require_real
+from ._search import check_interrupt
 from ._stack import ModelStack
 from .cycles import Cycle, _one_cpu_thread, _prepare_model, cycles_from_sequences
 from .models import detached_copy, require_piecewise_linear
@@ -664,9 +665,12 @@ def find_attractors_many(
     active = list(range(stack.n_steps))  # the steps with orbits still to simulate, and their sub-stack
     current = stack
     with torch.no_grad(), _one_cpu_thread(stack.device):
-        for _ in range(n_transient):
+        for done in range(n_transient):
+            if done % 64 == 0:
+                check_interrupt()
             z = current.step(z)
         for _ in range(n_rounds):
+            check_interrupt()
             trajectory, visited = _scyfi.simulate(current.step_with_codes, z, n_window)
             windows = trajectory[:, :, :n_window].cpu().double().numpy()  # point t has code visited[:, :, t]
             codes = visited.cpu().numpy()

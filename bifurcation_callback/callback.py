@@ -330,7 +330,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         mode = self.mode if self.mode != "auto" else default_mode(trainer)
         # The worker process starts now: it has a second or more to import torch before the first snapshot.
         self._session = MonitorSession.open(self._settings(), self._rnn, device=_trainer.training_device(trainer),
-                                            mode=mode, warn=self._warn, previous=self._session)
+                                            mode=mode, warn=self._warn, previous=self._session,
+                                            stop=lambda: bool(getattr(trainer, "received_sigterm", False)))
         if self._restored is not None:  # restored before setup (Lightning restores after it)
             self._session.load_state_dict(self._restored)
             self._restored = None
@@ -411,13 +412,14 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if self._session is not None:
-            self._session.close_runner()  # an interrupted fit must not leave a worker process behind
+        self.teardown(trainer, pl_module, "fit")  # an interrupted fit must not leave a worker process behind
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self._session is not None:
             self._session.close_runner()
+            if self._session.dashboard is not None:
+                self._session.dashboard.close_files()
 
     @override
     def state_dict(self) -> dict[str, Any]:

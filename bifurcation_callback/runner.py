@@ -362,6 +362,11 @@ class ProcessRunner(Runner):
     def starting(self) -> bool:
         return self._starting_since is not None
 
+    @property
+    def analysing(self) -> tuple[int, ...]:
+        """The steps of the batch the worker said it is analysing now (as of the last :meth:`poll`)."""
+        return self._started
+
     def drain(self, timeout_s: float | None) -> bool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.busy and not self._only_detached_left():

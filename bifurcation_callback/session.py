@@ -174,10 +174,11 @@ class MonitorSession:
 
     @classmethod
     def open(cls, settings: SessionSettings, rnn: Any, *, device: Any, mode: str, warn: Callable[[str, str], None],
-             previous: MonitorSession | None = None) -> MonitorSession:
+             previous: MonitorSession | None = None, stop: Callable[[], bool] | None = None) -> MonitorSession:
         """A session for a fit: the analyser of ``rnn`` (continuing from ``previous``, a finished fit of the same
         monitor), analysed in ``mode`` (``"sync"`` or ``"async"``; on the GPU when ``device`` is CUDA).  The worker
-        process starts at once; a model that cannot be analysed gets every step skipped."""
+        process starts at once; a model that cannot be analysed gets every step skipped.  ``stop()`` is asked
+        during an analysis in this process (sync mode): True interrupts it (the step is skipped)."""
         session = cls(settings, None, None, None, warn)
         if previous is not None:  # a second fit with the same monitor continues from the first one's last step
             session.records, session.history, session.dropped = previous.records, previous.history, previous.dropped
@@ -194,6 +195,7 @@ class MonitorSession:
             )
             if previous is not None and previous.analyser is not None:
                 session.analyser.load_state_dict(previous.analyser.state_dict())
+            session.analyser.stop = stop
         except Exception as error:  # e.g. a model that cannot be copied: every step is skipped, training goes on
             session.start_error = f"{type(error).__name__}: {error}"
             warn("no analysis", f"BifurcationMonitor cannot analyse this model ({session.start_error}); every monitored step is skipped")
