@@ -269,6 +269,9 @@ class ProcessRunner(Runner):
         Let a worker process start matplotlib in a background thread while it analyses.
     max_batch : int
         The most snapshots analysed in one batch.
+    niceness : int
+        Added to a worker process's scheduling niceness (``os.nice``): 19 makes it run only on CPU time training
+        leaves free, for training whose threads may use every core.
 
     Examples
     --------
@@ -297,6 +300,7 @@ class ProcessRunner(Runner):
         max_restarts: int = 1,
         warm_figures: bool = False,
         max_batch: int = MAX_BATCH,
+        niceness: int = 0,
     ) -> None:
         if kind not in ("process", "thread"):
             raise ValueError(f"ProcessRunner: kind must be 'process' or 'thread', got {kind!r}")
@@ -306,6 +310,7 @@ class ProcessRunner(Runner):
         self.max_restarts = max_restarts
         self.warm_figures = warm_figures
         self.max_batch = max_batch
+        self.niceness = niceness
         self.restarts = 0
         self.pids: list[int] = []  # every worker process started
         self.failed = False
@@ -619,7 +624,8 @@ class ProcessRunner(Runner):
         self.pids.append(self._process.pid)
         self._starting_since = time.monotonic()
         self._open(parent)
-        options = {"warm_figures": self.warm_figures, "queue_size": self.queue_size, "max_batch": self.max_batch}
+        options = {"warm_figures": self.warm_figures, "queue_size": self.queue_size, "max_batch": self.max_batch,
+                   "niceness": self.niceness}
         self._write.clear()  # the init frame goes first (a restart frames the pending items again after it)
         self._frame(("init", list(sys.path), payload, options, os.getpid()))
 
@@ -678,6 +684,11 @@ def serve(fd: int) -> None:
     except Exception as error:
         _send(connection, ("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}"))
         return
+    if options.get("niceness"):
+        try:
+            os.nice(options["niceness"])
+        except OSError:  # a platform without priorities: run as is
+            pass
     _send(connection, ("ready", os.getpid()))
     _serve_socket(connection, analyser, options["warm_figures"], options["queue_size"], options["max_batch"], parent_pid)
 
