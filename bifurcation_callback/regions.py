@@ -345,85 +345,75 @@ def _vertex_subsets(direction: np.ndarray, rank: int, device: torch.device) -> T
     return order_t[members]
 
 
+def _solve_vertices(normals: Tensor, offsets: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every subset's vertex in floating point: ``(vertex (V, r), error (V,), bad (V,))``.
+
+    ``error`` bounds ``|v - v_exact|_inf``: ``_SAFETY`` times the worst-case rounding bound of an LU solve,
+    ``eps (r 2^r kappa + r + 2) |A^-1| |b|`` (``2^r``: pivot growth, ``kappa``: the subset's condition number),
+    which also covers the rounding of the planes' normalisation.  ``kappa`` and ``|A^-1| |b|`` are bounded
+    through Frobenius norms (one reduction over ``r^2`` entries; small reductions are slow in torch).  ``bad``:
+    singular, non-finite, or a condition number above ``_CONDITION_LIMIT`` (decided in exact arithmetic).
+    """
+    rank = normals.shape[1]
+    rhs = offsets[subsets]
+    inverse, info = torch.linalg.inv_ex(normals[subsets])
+    vertex = -(inverse @ rhs.unsqueeze(-1)).squeeze(-1)
+    inverse_norm = inverse.flatten(-2).square().sum(-1).sqrt()  # >= |A^-1|_inf / sqrt(r)
+    condition = normals.abs().sum(1)[subsets].amax(-1) * inverse_norm * math.sqrt(rank)
+    size = inverse_norm * rhs.square().sum(-1).sqrt()  # >= | |A^-1| |b| |_inf >= |v|_inf
+    error = _SAFETY * torch.finfo(torch.float64).eps * (rank * 2.0**rank * condition + rank + 2) * size
+    bad = (info != 0) | ~(condition <= _CONDITION_LIMIT) | ~torch.isfinite(vertex).all(-1) | ~torch.isfinite(error)
+    return vertex, error, bad
+
+
 @dataclass
 class _VertexSigns:
-    """The sign of every plane at every vertex, packed (what fixes the cells when nothing is flagged), and what
-    certifies, for nearby planes, that none of those signs changed (``_uncertified``)."""
+    """The sign of every plane at every vertex, packed: what fixes the cells when nothing is flagged."""
 
-    subsets: Tensor  # (V, r) the planes meeting at each vertex
     words: Tensor  # (V, W) packed signs (bit: plane > 0 at the vertex), the subset's own bits cleared
     flagged: Tensor  # (V,) bool: floating point cannot decide this vertex (exact arithmetic needed)
     ill: Tensor  # (V,) bool: ... because of the subset itself (condition, singular), not only some planes
     ambiguous: Tensor  # (F, P) bool for the flagged vertices: planes whose sign floating point cannot decide
-    scale: Tensor  # (P,) the row norms the planes were divided by
-    normals: Tensor  # (P, r) unit normals
-    offsets: Tensor  # (P,) offsets over the same norms
-    inverse_norm: Tensor  # (V,) |N_B^-1|_inf
-    size: Tensor  # (V,) bound on |v|_inf
-    margin: Tensor  # (V,) smallest |n_l v + b_l| over the other planes, less its rounding bound (certain margin)
+    vertex: Tensor  # (V, r)
+    error: Tensor  # (V,) bound on the vertex's rounding error
+    margin: Tensor  # (V,) smallest |n_l v + b_l| over the other planes less its rounding bound: a certain margin
 
 
-def _vertex_signs(normals: Tensor, offsets: Tensor, subsets: Tensor) -> _VertexSigns:
-    """Solve every subset's vertex in floating point and classify every plane's sign there, in chunks.
+def _vertex_signs(
+    normals: Tensor, offsets: Tensor, subsets: Tensor, solved: Optional[tuple[Tensor, Tensor, Tensor]] = None
+) -> _VertexSigns:
+    """Solve every subset's vertex in floating point (unless ``solved`` by ``_solve_vertices`` already) and
+    classify every plane's sign there, in chunks.
 
-    A sign is trusted when ``|n_l v + b_l|`` (unit normals) exceeds ``_SAFETY`` times the worst-case rounding
-    bound of the solve and of the product, taken over all planes: ``eps ((r 2^r kappa + r + 2) |A^-1| |b|
-    max|n_l|_1 + (r + 2) max|b_l|)`` with ``kappa`` the subset's condition number (``2^r``: LU's pivot growth).
+    ``normals`` should have rows of norm about 1.  A sign is trusted when ``|n_l v + b_l|`` exceeds its rounding
+    bound, taken over all planes: the vertex's ``error`` times ``max |n_l|_1`` plus ``_SAFETY eps (r + 2)
+    max |b_l|`` for the product itself.
     """
     n_planes, rank = normals.shape
-    scale = normals.norm(dim=1)
-    normals, offsets = normals / scale[:, None], offsets / scale  # unit normals: comparable residuals
     largest_row, largest_offset = float(normals.abs().sum(1).max()), float(offsets.abs().max())
-    eps = torch.finfo(torch.float64).eps
-    growth = rank * 2.0**rank
+    product_error = _SAFETY * torch.finfo(torch.float64).eps * (rank + 2) * largest_offset
     chunk = max(256, _CHUNK_ELEMENTS // max(n_planes, 1))
-    parts: dict[str, list[Tensor]] = {name: [] for name in ("words", "flagged", "ill", "ambiguous", "inverse_norm", "size", "margin")}
+    parts: dict[str, list[Tensor]] = {name: [] for name in ("words", "flagged", "ill", "ambiguous", "vertex", "error", "margin")}
     for begin in range(0, subsets.shape[0], chunk):
         basis = subsets[begin : begin + chunk]
-        matrix, rhs = normals[basis], offsets[basis]
-        inverse, info = torch.linalg.inv_ex(matrix)
-        vertex = -(inverse @ rhs.unsqueeze(-1)).squeeze(-1)
-        inverse_norm = inverse.abs().sum(-1).amax(-1)
-        condition = matrix.abs().sum(-1).amax(-1) * inverse_norm
-        size = (inverse.abs() @ rhs.abs().unsqueeze(-1)).squeeze(-1).amax(-1)  # >= |v|, and v's rounding scale
-        tolerance = _SAFETY * eps * ((growth * condition + rank + 2) * size * largest_row + (rank + 2) * largest_offset)
-        bad = (info != 0) | ~(condition <= _CONDITION_LIMIT) | ~torch.isfinite(vertex).all(-1) | ~torch.isfinite(tolerance)
+        if solved is None:
+            vertex, error, bad = _solve_vertices(normals, offsets, basis)
+        else:
+            vertex, error, bad = (t[begin : begin + chunk] for t in solved)
+        tolerance = error * largest_row + product_error
         residual = vertex @ normals.T + offsets
         residual.scatter_(1, basis, -math.inf)  # the subset's own planes: bit cleared, never "unsure"
         distance = residual.abs()
-        margin = distance.amin(-1) - tolerance
-        rows_flagged = bad | ~(margin > 0)
+        margin = torch.where(bad, -math.inf, distance.amin(-1) - tolerance)
+        rows_flagged = ~(margin > 0)
         parts["words"].append(_pack(residual > 0))
         parts["flagged"].append(rows_flagged)
         parts["ill"].append(bad)
         parts["ambiguous"].append(distance[rows_flagged] <= tolerance[rows_flagged].unsqueeze(1))
-        parts["inverse_norm"].append(inverse_norm)
-        parts["size"].append(size)
-        parts["margin"].append(torch.where(bad, -math.inf, margin))
-    joined = {name: torch.cat(values) for name, values in parts.items()}
-    return _VertexSigns(subsets=subsets, scale=scale, normals=normals, offsets=offsets, **joined)
-
-
-def _uncertified(reference: _VertexSigns, normals: Tensor, offsets: Tensor) -> Tensor:
-    """The vertices at which some plane's sign may differ between ``reference`` and ``(normals, offsets)``.
-
-    With both plane sets divided by the reference's norms, ``E = N - N0`` and ``e = b - b0``, the vertex moves
-    by at most ``dv = a (|E| |v0| + |e|) / (1 - a |E|)`` (``a = |N0_B^-1|``, infinity norms) and the value of
-    plane ``l`` there by at most ``|E| (|v0| + dv) + |n0_l|_1 dv + |e|``.  A vertex whose certain margin exceeds
-    twice that (twice: the rounding of these few products) keeps every sign.  ``O(V)`` work, no solve.
-    """
-    eps = torch.finfo(torch.float64).eps
-    normals, offsets = normals / reference.scale[:, None], offsets / reference.scale
-    largest_row = float(reference.normals.abs().sum(1).max())
-    shift_normals = float((normals - reference.normals).abs().sum(1).max()) + 4 * eps * 2 * largest_row
-    shift_offsets = float((offsets - reference.offsets).abs().max()) + 4 * eps * float(
-        offsets.abs().max() + reference.offsets.abs().max()
-    )
-    inverse_norm = reference.inverse_norm * (1 + 1e-4)  # the computed inverse's own error (condition <= 1e8)
-    room = 1 - inverse_norm * shift_normals
-    moved = inverse_norm * (shift_normals * reference.size + shift_offsets) / room
-    change = shift_normals * (reference.size + moved) + largest_row * moved + shift_offsets
-    return ~(room > 0) | ~(reference.margin > 2 * change)
+        parts["vertex"].append(vertex)
+        parts["error"].append(error)
+        parts["margin"].append(margin)
+    return _VertexSigns(**{name: torch.cat(values) for name, values in parts.items()})
 
 
 def _pattern_table(rank: int, device: torch.device) -> Tensor:
@@ -444,8 +434,9 @@ def _around(basis: Tensor, base: Tensor) -> Tensor:
     return around.reshape(-1, n_words)
 
 
-def _tally(words: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """The distinct rows of ``words`` (sorted) and the sum of the ``weights`` of each."""
+def _tally(words: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct rows of ``words`` (sorted), the sum of the ``weights`` of each and the index of its first
+    occurrence in ``words``."""
     order = torch.arange(words.shape[0], device=words.device)
     for column in range(words.shape[1] - 1, -1, -1):  # stable sorts, last word first: lexicographic order
         order = order[torch.sort(words[order, column], stable=True).indices]
@@ -454,12 +445,24 @@ def _tally(words: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     distinct[1:] = (ordered[1:] != ordered[:-1]).any(-1)
     group = torch.cumsum(distinct, 0) - 1
     sums = torch.zeros(int(distinct.sum()), dtype=weights.dtype, device=words.device).index_add_(0, group, weights[order])
-    return ordered[distinct], sums
+    return ordered[distinct], sums, order[distinct]
 
 
 def _distinct(words: Tensor) -> Tensor:
     """The distinct rows of ``words``, sorted lexicographically."""
     return _tally(words, torch.ones(words.shape[0], dtype=torch.int64, device=words.device))[0]
+
+
+def _merge(known: tuple[Tensor, Tensor, Tensor], extra: Tensor, extra_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(words, weights, codes)`` of ``known`` and the packed rows ``extra`` tallied together, sorted; the bool
+    codes of rows already known are copied, only the new ones unpacked."""
+    words, weights, codes = known
+    merged, sums, first = _tally(torch.cat([words, extra]), torch.cat([weights, extra_weights]))
+    seen = first < words.shape[0]
+    merged_codes = torch.empty((merged.shape[0], codes.shape[1]), dtype=torch.bool, device=codes.device)
+    merged_codes[seen] = codes[first[seen]]
+    merged_codes[~seen] = _unpack(merged[~seen], codes.shape[1])
+    return merged, sums, merged_codes
 
 
 def _counted_codes(subsets: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:
@@ -469,12 +472,12 @@ def _counted_codes(subsets: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:
     tables, counts = [], []
     for begin in range(0, subsets.shape[0], chunk):
         codes = _around(subsets[begin : begin + chunk], words[begin : begin + chunk])
-        table, count = _tally(codes, torch.ones(codes.shape[0], dtype=torch.int64, device=codes.device))
+        table, count, _ = _tally(codes, torch.ones(codes.shape[0], dtype=torch.int64, device=codes.device))
         tables.append(table)
         counts.append(count)
     if not tables:
         return words[:0], torch.zeros(0, dtype=torch.int64, device=words.device)
-    return _tally(torch.cat(tables), torch.cat(counts))
+    return _tally(torch.cat(tables), torch.cat(counts))[:2]
 
 
 class _ExactVertices:
@@ -499,7 +502,7 @@ class _ExactVertices:
         return self.local_cells[planes]
 
 
-def _degenerate_vertex_codes(signs: _VertexSigns, exact: _ExactVertices, n_planes: int) -> Tensor:
+def _degenerate_vertex_codes(subsets: Tensor, signs: _VertexSigns, exact: _ExactVertices, n_planes: int) -> Tensor:
     """Packed codes of the cells around the flagged vertices, decided exactly.
 
     One flagged subset at a time: its vertex and the undecided signs there in exact arithmetic, the planes
@@ -509,7 +512,7 @@ def _degenerate_vertex_codes(signs: _VertexSigns, exact: _ExactVertices, n_plane
     """
     device = signs.words.device
     index = torch.nonzero(signs.flagged).flatten()
-    subsets, words, ill = signs.subsets[index], signs.words[index], signs.ill[index].tolist()
+    subsets, words, ill = subsets[index], signs.words[index], signs.ill[index].tolist()
     ambiguous = signs.ambiguous.cpu().numpy()
     pending = torch.ones(index.shape[0], dtype=torch.bool, device=device)
     found = []
@@ -548,26 +551,67 @@ def _degenerate_vertex_codes(signs: _VertexSigns, exact: _ExactVertices, n_plane
 # The listing
 
 
+# A CellListing keeps at most this many plane sets that vertices were last certified against (below).
+_MAX_EPOCHS = 8
+
+
 @dataclass
 class _VertexCells:
     """The cells of an arrangement as its vertices give them, kept for incremental updates.
 
-    ``reference`` holds the signs at every vertex for the latest planes (``words``, ``flagged``) and the
-    certificate data of the last full sign computation (rows recomputed since, and changed, have margin -inf).
-    ``table``/``counts``: every code around a simple vertex with the number of (vertex, pattern) pairs giving
-    it, so a vertex whose signs change can be taken out exactly.  ``degenerate``: the codes around the
+    Per vertex (row ``subsets[i]``): its current packed signs ``words`` and ``flagged``, and the vertex, its
+    rounding ``error`` and its certain ``margin`` at the planes ``epochs[row_epoch[i]]`` at which its signs
+    were last computed (planes divided by ``scale``, fixed at the full listing).  ``table``/``counts``: every
+    code around a simple vertex with the number of (vertex, pattern) pairs giving it, so a vertex whose signs
+    change can be taken out exactly; ``table_codes``: the table unpacked.  ``degenerate``: the codes around the
     flagged vertices (decided exactly), recomputed whenever there are any.
     """
 
-    reference: _VertexSigns
+    subsets: Tensor
+    scale: Tensor
+    epochs: list[tuple[Tensor, Tensor]]
+    row_epoch: Tensor
+    words: Tensor
+    flagged: Tensor
+    vertex: Tensor
+    error: Tensor
+    margin: Tensor
     table: Tensor
     counts: Tensor
+    table_codes: Tensor
     degenerate: Tensor
 
-    def words(self) -> Tensor:
+    def all_codes(self) -> Tensor:
+        """Every cell's code over the distinct planes, bool ``(R, P)``, sorted."""
         if self.degenerate.shape[0] == 0:
-            return self.table
-        return _distinct(torch.cat([self.table, self.degenerate]))
+            return self.table_codes
+        extra = torch.ones(self.degenerate.shape[0], dtype=torch.int64, device=self.degenerate.device)
+        return _merge((self.table, self.counts, self.table_codes), self.degenerate, extra)[2]
+
+    def uncertified(self, normals: Tensor, offsets: Tensor, solved: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The vertices at which some plane's sign may differ from ``words`` for planes ``(normals, offsets)``
+        (divided by ``scale``), whose vertices ``_solve_vertices`` gave as ``solved``.
+
+        Against the planes ``(N_e, b_e)`` a vertex was computed at, with ``v`` and ``v_e`` the two vertices, the
+        value of plane ``l`` moved by ``(N_l - N_e,l) v + N_e,l (v - v_e) + (b_l - b_e,l)``, at most
+        ``dN |v| + |N_e|_1 |v - v_e| + db`` (infinity norms, max over planes, rounding errors added).  A vertex
+        whose certain margin exceeds twice that keeps every sign.  Costs ``O(V r)`` beyond the solves: no
+        product with the other planes.
+        """
+        eps = torch.finfo(torch.float64).eps
+        vertex, error, bad = solved
+        shifts = []
+        for epoch_normals, epoch_offsets in self.epochs:
+            size = float(epoch_normals.abs().sum(1).max())
+            shift_normals = float((normals - epoch_normals).abs().sum(1).max()) + 8 * eps * size
+            shift_offsets = float((offsets - epoch_offsets).abs().max()) + 8 * eps * float(epoch_offsets.abs().max() + offsets.abs().max())
+            shifts.append((shift_normals, size, shift_offsets))
+        shift_normals, size, shift_offsets = (
+            torch.tensor(column, dtype=torch.float64, device=normals.device)[self.row_epoch] for column in zip(*shifts)
+        )
+        moved = (vertex - self.vertex).abs().amax(-1) + error + self.error
+        change = shift_normals * (vertex.abs().amax(-1) + error) + size * moved + shift_offsets
+        return bad | ~(self.margin > 2 * change)
 
 
 @dataclass
@@ -613,54 +657,80 @@ def _representative_cells(
         halves = torch.cat([_cells(normals[:, 1:], side * normals[:, 0], device) for side in (1.0, -1.0)])
         return _unpack(_distinct(_pack(halves)), n_planes), None
     subsets = _vertex_subsets(reduction.direction, rank, device)
-    signs = _vertex_signs(torch.as_tensor(normals, device=device), torch.as_tensor(offsets, device=device), subsets)
+    normals_t, offsets_t = torch.as_tensor(normals, device=device), torch.as_tensor(offsets, device=device)
+    scale = normals_t.norm(dim=1)
+    normals_t, offsets_t = normals_t / scale[:, None], offsets_t / scale  # unit normals: comparable residuals
+    signs = _vertex_signs(normals_t, offsets_t, subsets)
     simple = ~signs.flagged
     table, counts = _counted_codes(subsets[simple], signs.words[simple])
-    degenerate = _degenerate_vertex_codes(signs, _ExactVertices(normals, offsets), n_planes)
-    cells = _VertexCells(signs, table, counts, degenerate)
-    return _unpack(cells.words(), n_planes), cells
+    degenerate = _degenerate_vertex_codes(subsets, signs, _ExactVertices(normals, offsets), n_planes)
+    cells = _VertexCells(
+        subsets=subsets,
+        scale=scale,
+        epochs=[(normals_t, offsets_t)],
+        row_epoch=torch.zeros(subsets.shape[0], dtype=torch.int64, device=device),
+        words=signs.words,
+        flagged=signs.flagged,
+        vertex=signs.vertex,
+        error=signs.error,
+        margin=signs.margin,
+        table=table,
+        counts=counts,
+        table_codes=_unpack(table, n_planes),
+        degenerate=degenerate,
+    )
+    return cells.all_codes(), cells
 
 
-def _update_vertex_cells(
-    cells: _VertexCells, normals: np.ndarray, offsets: np.ndarray, device: torch.device
-) -> tuple[_VertexCells, bool]:
-    """``cells`` brought to new planes (same reduction) and whether their codes changed.
+def _update_vertex_cells(cells: _VertexCells, normals: np.ndarray, offsets: np.ndarray) -> tuple[_VertexCells, str]:
+    """``cells`` brought to new planes with the same reduction, and the outcome (``CellListing.OUTCOMES``).
 
-    Only vertices the perturbation bound cannot certify get their signs recomputed (all of them, with a new
-    reference, when that is more than a quarter); a vertex whose signs changed has its ``2^r`` codes taken out
-    of the tally and its new ones put in.
+    Only the vertices ``uncertified`` gets their signs recomputed; a vertex whose signs changed has its ``2^r``
+    codes taken out of the tally and its new ones put in.  Those vertices are then certified against the new
+    planes (a new epoch); with more than ``_MAX_EPOCHS`` epochs, or more than half the vertices uncertified,
+    every vertex is recomputed and the epochs start again.
     """
-    reference = cells.reference
-    normals_t, offsets_t = torch.as_tensor(normals, device=device), torch.as_tensor(offsets, device=device)
-    unsure = _uncertified(reference, normals_t, offsets_t)
+    device = cells.subsets.device
+    normals_t = torch.as_tensor(normals, device=device) / cells.scale[:, None]
+    offsets_t = torch.as_tensor(offsets, device=device) / cells.scale
+    solved = _solve_vertices(normals_t, offsets_t, cells.subsets)
+    unsure = cells.uncertified(normals_t, offsets_t, solved)
     if not bool(unsure.any()):
-        return cells, False
-    full = 4 * int(unsure.sum()) > unsure.shape[0]
-    rows = torch.arange(unsure.shape[0], device=device) if full else torch.nonzero(unsure).flatten()
-    fresh = _vertex_signs(normals_t, offsets_t, reference.subsets[rows])
-    old_words, old_flagged = reference.words[rows], reference.flagged[rows]
+        return cells, "certified"
+    restart = 2 * int(unsure.sum()) > unsure.shape[0] or len(cells.epochs) >= _MAX_EPOCHS
+    rows = torch.arange(unsure.shape[0], device=device) if restart else torch.nonzero(unsure).flatten()
+    fresh = _vertex_signs(normals_t, offsets_t, cells.subsets[rows], tuple(t[rows] for t in solved))
+    old_words, old_flagged = cells.words[rows], cells.flagged[rows]
     changed = (fresh.words != old_words).any(-1) | (fresh.flagged != old_flagged)
-    table, counts = cells.table, cells.counts
+    table, counts, table_codes = cells.table, cells.counts, cells.table_codes
     gone, come = changed & ~old_flagged, changed & ~fresh.flagged
     if bool(gone.any() or come.any()):
-        removed = _around(reference.subsets[rows[gone]], old_words[gone])
-        added = _around(reference.subsets[rows[come]], fresh.words[come])
-        ones = torch.ones(added.shape[0], dtype=torch.int64, device=device)
-        table, counts = _tally(torch.cat([table, removed, added]), torch.cat([counts, -torch.ones_like(removed[:, 0]), ones]))
-        table, counts = table[counts > 0], counts[counts > 0]
+        removed = _around(cells.subsets[rows[gone]], old_words[gone])
+        added = _around(cells.subsets[rows[come]], fresh.words[come])
+        weights = torch.cat([torch.full_like(removed[:, 0], -1), torch.ones_like(added[:, 0])])
+        table, counts, table_codes = _merge((table, counts, table_codes), torch.cat([removed, added]), weights)
+        alive = counts > 0
+        table, counts, table_codes = table[alive], counts[alive], table_codes[alive]
     degenerate = cells.degenerate
     if bool(fresh.flagged.any()) or bool(old_flagged.any()):
-        degenerate = _degenerate_vertex_codes(fresh, _ExactVertices(normals, offsets), normals.shape[0])
-    if full:
-        reference = fresh
+        exact = _ExactVertices(normals, offsets)
+        degenerate = _degenerate_vertex_codes(cells.subsets[rows], fresh, exact, normals.shape[0])
+    updated = dataclasses.replace(cells, table=table, counts=counts, table_codes=table_codes, degenerate=degenerate)
+    if restart:
+        updated.epochs, updated.row_epoch = [(normals_t, offsets_t)], torch.zeros_like(cells.row_epoch)
     else:
-        reference = dataclasses.replace(
-            reference, words=reference.words.clone(), flagged=reference.flagged.clone(), margin=reference.margin.clone()
-        )
-        reference.words[rows], reference.flagged[rows] = fresh.words, fresh.flagged
-        reference.margin[rows[changed | fresh.flagged]] = -math.inf  # certified relative to nothing any more
+        updated.epochs, updated.row_epoch = cells.epochs + [(normals_t, offsets_t)], cells.row_epoch.clone()
+        updated.row_epoch[rows] = len(cells.epochs)
+        used = torch.unique(updated.row_epoch).tolist()  # drop epochs no vertex refers to any more
+        renumber = torch.zeros(len(updated.epochs), dtype=torch.int64, device=device)
+        renumber[used] = torch.arange(len(used), device=device)
+        updated.epochs, updated.row_epoch = [updated.epochs[i] for i in used], renumber[updated.row_epoch]
+    for name in ("words", "flagged", "vertex", "error", "margin"):
+        column = getattr(cells, name).clone()
+        column[rows] = getattr(fresh, name)
+        setattr(updated, name, column)
     moved = bool(changed.any()) or not torch.equal(degenerate, cells.degenerate)
-    return _VertexCells(reference, table, counts, degenerate), moved
+    return updated, "updated" if moved else "reused"
 
 
 def _cells(G: np.ndarray, g: np.ndarray, device: torch.device) -> Tensor:
@@ -686,12 +756,11 @@ def _list(G: Tensor, g: Tensor, max_cells: int, previous: Optional[_Listing] = N
         raise _too_many(bound, max_cells, tuple(G.shape), reduction)
     if previous is not None and previous.vertices is not None and previous.reduction.same_as(reduction):
         normals, offsets = _essential_arrays(G_np, g_np, reduction)
-        before = previous.vertices.reference
-        cells, moved = _update_vertex_cells(previous.vertices, normals, offsets, G.device)
-        if not moved:
-            return _Listing(reduction, previous.codes, cells), "certified" if cells.reference is before else "reused"
-        codes = _expand(_unpack(cells.words(), normals.shape[0]), reduction, G.shape[0])
-        return _Listing(reduction, codes, cells), "updated"
+        cells, outcome = _update_vertex_cells(previous.vertices, normals, offsets)
+        if outcome != "updated":
+            return _Listing(reduction, previous.codes, cells), outcome
+        codes = _expand(cells.all_codes(), reduction, G.shape[0])
+        return _Listing(reduction, codes, cells), outcome
     rep_codes, cells = _representative_cells(G_np, g_np, reduction, G.device)
     return _Listing(reduction, _expand(rep_codes, reduction, G.shape[0]), cells), "listed"
 

@@ -436,3 +436,145 @@ PAPER_LONG_CYCLES = (
     (80, {"a1": 0.9777689, "w1": -0.14375, "h2": -0.77931}),
     (83, {"a1": 0.9777689, "w1": -0.14375, "w2": 0.67505}),
 )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Independent cell listings and fixed points: references for regions.list_cells and the exhaustive order 1
+# (test_regions, benchmarks/bench_fuzz_regions.py).  None of them uses bifurcation_callback.regions.
+
+
+def codes_as_set(codes) -> set[tuple[bool, ...]]:
+    """Rows of a bool tensor / array as a set of tuples."""
+    return {tuple(bool(b) for b in row) for row in np.asarray(torch.as_tensor(codes).cpu()).tolist()}
+
+
+def lp_cells(planes, offsets) -> set[tuple[bool, ...]]:
+    """The cells by linear programs (``models.enumerate_region_codes``, exact up to the LP tolerance).
+
+    A zero row is no plane: its bit is the constant ``offset > 0`` (the LP would find no state with
+    ``0 > 0`` nor ``0 < 0`` for a zero offset).
+    """
+    from bifurcation_callback.models import enumerate_region_codes
+
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    zero = ~np.any(G != 0, axis=1)
+    codes = enumerate_region_codes(torch.as_tensor(G[~zero]), torch.as_tensor(g[~zero]), max_codes=1 << 20).numpy()
+    full = np.zeros((codes.shape[0], G.shape[0]), dtype=bool)
+    full[:, ~zero] = codes
+    full[:, zero] = g[zero] > 0
+    return codes_as_set(full)
+
+
+def sampled_cells(planes, offsets, *, n: int = 20_000, seed: int = 0) -> set[tuple[bool, ...]]:
+    """Codes of random states at scales from 1e-3 to 1e3 of the arrangement's size, around the origin and
+    around random intersection points, keeping only states clearly off every plane."""
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    S, M = G.shape
+    rng = np.random.default_rng(seed)
+    norms = np.linalg.norm(G, axis=1)
+    size = max(1.0, float(np.max(np.abs(g[norms > 0]) / norms[norms > 0], initial=1.0)))
+    centres = [np.zeros(M)]
+    for _ in range(min(64, S)):  # points where M planes meet (least squares when they do not)
+        rows = rng.choice(S, size=min(M, S), replace=False)
+        centres.append(np.linalg.lstsq(G[rows], -g[rows], rcond=None)[0])
+    centre = np.asarray(centres)[rng.integers(len(centres), size=n)]
+    radius = size * 10.0 ** rng.uniform(-3, 3, size=(n, 1))
+    z = centre + radius * rng.standard_normal((n, M))
+    values = z @ G.T + g
+    scale = np.abs(G) @ np.abs(z).T + np.abs(g)[:, None]
+    clear = np.all((np.abs(values.T) > 1e-9 * scale) | (norms[:, None] == 0), axis=0)
+    return codes_as_set(values[clear] > 0)
+
+
+class NotGeneralPosition(ValueError):
+    """The arrangement has a vertex with more than M planes through it (within rounding)."""
+
+
+def general_position_cells(planes, offsets, *, through_origin_offset: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An independent listing for arrangements in general position, in plain numpy: every M planes with
+    independent normals meet in a vertex, the 2^M sign patterns of those planes around it are the cells
+    touching it, each with a witness state ``v + t d`` (``N_B d = s``, ``t`` short of every other plane).
+
+    Only for normals spanning R^M.  ``through_origin_offset``: planes with a zero offset (a clipped shallow
+    PLRNN's ``W2 z``, all through the origin) get random offsets of that size first, which can only add
+    cells (tiny ones near the origin; cells narrower than that could be lost); the witness check against the
+    true planes keys every witness by its true code.
+
+    Returns
+    -------
+    codes : ndarray, shape (K, S), bool
+        The distinct codes of witnesses that lie clear of every *given* plane (sorted).
+    witnesses : ndarray, shape (K, M)
+        A state with each code.
+
+    Raises
+    ------
+    NotGeneralPosition
+        When some vertex has another plane within 1e-9 (relative) of it.
+    """
+    import itertools
+
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    S, M = G.shape
+    rng = np.random.default_rng(seed)
+    h = g.copy()
+    if through_origin_offset:
+        zero = h == 0
+        h[zero] = through_origin_offset * rng.uniform(0.5, 1.0, zero.sum()) * rng.choice([-1, 1], zero.sum())
+    unit, h = G / np.linalg.norm(G, axis=1, keepdims=True), h / np.linalg.norm(G, axis=1)
+    subsets = np.array(list(itertools.combinations(range(S), M)), dtype=np.int64).reshape(-1, M)
+    matrices = unit[subsets]
+    keep = np.abs(np.linalg.det(matrices)) > 1e-12
+    subsets, matrices = subsets[keep], matrices[keep]
+    inverses = np.linalg.inv(matrices)
+    vertices = -np.einsum("vij,vj->vi", inverses, h[subsets])
+    values = vertices @ unit.T + h
+    rows = np.arange(len(subsets))[:, None]
+    values[rows, subsets] = np.inf
+    scale = np.abs(vertices).max(1, keepdims=True) + np.abs(h).max() + 1.0
+    if np.any(np.abs(values) <= 1e-9 * scale):
+        raise NotGeneralPosition("a vertex has more than M planes through it (within 1e-9)")
+    codes, witnesses = [], []
+    for signs in itertools.product((-1.0, 1.0), repeat=M):
+        directions = inverses @ np.asarray(signs)
+        speed = np.abs(directions @ unit.T)
+        speed[rows, subsets] = 0.0
+        room = np.min(np.abs(values) / np.maximum(speed, 1e-300), axis=1)
+        points = vertices + np.minimum(0.5 * room, 1.0)[:, None] * directions
+        true_values = points @ G.T + g
+        clear = np.all(np.abs(true_values) > 1e-12 * (np.abs(points) @ np.abs(G).T + np.abs(g)), axis=1)
+        codes.append(true_values[clear] > 0)
+        witnesses.append(points[clear])
+    codes, witnesses = np.concatenate(codes), np.concatenate(witnesses)
+    packed = np.packbits(codes, axis=1)
+    _, first = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_index=True)
+    order = np.lexsort(codes[first].T[::-1])
+    return codes[first][order], witnesses[first][order]
+
+
+def independent_fixed_points(model, codes) -> dict[tuple[bool, ...], np.ndarray]:
+    """Fixed points of a shallow (or clipped shallow) PLRNN over the given region codes, in numpy: the
+    affine piece of each code solved, then kept when the strict code of the solution is that code and the
+    true map fixes it (relative 1e-9).  Independent of the package's kernel (``_scyfi``)."""
+    A, W1, W2, h1, h2 = (getattr(model, name).detach().double().numpy() for name in ("A", "W1", "W2", "h1", "h2"))
+    codes = np.array(sorted(codes), dtype=bool).reshape(-1, model.n_switches)
+    H, M = W2.shape
+    clipped = model.n_switches == 2 * H
+    on = codes[:, :H].astype(np.float64)
+    slope = on - codes[:, H:].astype(np.float64) if clipped else on
+    J = np.diag(A)[None] + np.einsum("mh,bh,hn->bmn", W1, slope, W2)
+    c = (on * h2) @ W1.T + h1
+    system = np.eye(M)[None] - J
+    fine = np.abs(np.linalg.det(system)) > 1e-12
+    z = np.zeros((len(codes), M))
+    z[fine] = np.linalg.solve(system[fine], c[fine][..., None])[..., 0]
+
+    def step(x):
+        pre = x @ W2.T
+        hidden = np.maximum(pre + h2, 0) - (np.maximum(pre, 0) if clipped else 0)
+        return A * x + hidden @ W1.T + h1, np.concatenate([pre + h2 > 0, pre > 0], 1) if clipped else pre + h2 > 0
+
+    after, visited = step(z)
+    closes = np.linalg.norm(after - z, axis=1) <= 1e-9 * (1 + np.linalg.norm(z, axis=1))
+    real = fine & closes & np.all(visited == codes, axis=1)
+    return {tuple(code.tolist()): point for code, point in zip(codes[real], z[real])}

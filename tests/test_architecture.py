@@ -22,7 +22,7 @@ PACKAGE = "bifurcation_callback"
 TESTS = ROOT / "tests"
 
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
-CORE = ("models", "_scyfi", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps", "tracking", "analysis", "worker", "_checks")
+CORE = ("models", "regions", "_scyfi", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps", "tracking", "analysis", "worker", "_checks")
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 
 # Calls that count as a test's assertion: pytest's checks, and helpers named like assertions.
