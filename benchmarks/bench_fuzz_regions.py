@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-models", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lp-every", type=int, default=10, help="listed codes (and as many neighbours) checked by an LP, per model")
+    parser.add_argument("--lp-probes", type=int, default=16, help="listed codes (and as many neighbours) checked by an LP, per model")
     parser.add_argument("--max-cells", type=int, default=LIMIT, help="cap on the models' possible cells (quick runs)")
     parser.add_argument("--json", type=Path, help="write the totals (and failing models) here")
     args = parser.parse_args(argv)
