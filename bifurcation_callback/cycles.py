@@ -9,7 +9,7 @@ Every reported cycle is verified with the nonlinear map: its closing residual is
 scale, the codes it visits are the assumed ones, its period is minimal, and it is reported once (up to
 rotation).  The batched solve, the simulation and these checks are the kernel in ``_scyfi`` (shared with
 ``bifurcations.scan``); this module searches region sequences, collects verified cycles and defines the
-result types.  A model's ``affine_pieces`` is checked against its ``step`` once per model object
+result types.  The realizable regions that exhaustive orders enumerate are listed by ``regions``.  A model's ``affine_pieces`` is checked against its ``step`` once per model object
 (``models.check_protocol``).  This module knows nothing of Lightning or TensorBoard.
 """
 

@@ -2,16 +2,17 @@
 
 A piecewise-linear RNN is affine on every cell of the arrangement of its switching planes
 ``{z : G z + g = 0}`` (``G`` of shape ``(S, M)``); a cell is named by its *code*, the bool vector
-``G z + g > 0`` of its points.  ``list_cells`` returns the codes of all cells; ``CellListing`` keeps the
-last listing and reuses it, provably, while the weights change a little (one listing per training step).
+``G z + g > 0`` of its points.  ``list_cells`` returns the codes of all cells; ``CellListing`` keeps a
+listing up to date as the planes move (a training run: one update per step), recomputing only what it
+cannot prove unchanged.
 
 The method (no LP): after reducing the arrangement to an *essential* one (normals spanning ``R^r``),
 every cell is a pointed polyhedron and so has a vertex, where ``r`` independent planes meet.  Near a
 vertex ``v`` whose only planes are those ``r``, the ``2^r`` sign patterns of the ``r`` planes are exactly
 the cells touching ``v``; every other plane has one sign on all of them, its sign at ``v``.  So the cells
 are the union, over every ``r``-subset of planes with independent normals, of ``2^r`` codes built from
-the signs at its vertex: one batched solve, one matrix product, bit-packing into int64 words and
-``torch.unique``, on whatever device the planes are on.
+the signs at its vertex: one batched solve, one matrix product, bit-packing into int64 words and a
+sort to deduplicate, on whatever device the planes are on.
 
 Exactness, and the degenerate cases (the given floating-point numbers are taken as exact):
 
@@ -37,7 +38,8 @@ Exactness, and the degenerate cases (the given floating-point numbers are taken 
 Hence the listing equals the set of codes of the open cells of the given arrangement, in exact
 arithmetic, up to the validity of that rounding bound (it has a safety factor of 8 over worst case).
 Codes that only points *on* planes have (lower-dimensional faces, e.g. ``G_1 = -G_2``, ``g = 0``: both
-off on the plane) are not cells and are not listed.  The cost grows with the number of vertices,
+off on the plane) are not cells and are not listed; a fixed point exactly on a plane is still found through
+the adjacent cell on the plane's "off" side, except at a vertex around which no cell has all its planes off.  The cost grows with the number of vertices,
 ``C(S, r)`` for ``S`` planes in general position; ``max_cells`` bounds it before any work
 (``cell_count_bound``).
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
@@ -208,7 +211,7 @@ class _Reduction:
         return sum(elementary)
 
 
-def _group(keys: list[bytes], same: "callable") -> list[int]:
+def _group(keys: list[bytes], same: Callable[[int, int], bool]) -> list[int]:
     """Group ids for items: candidates share a key (a necessary condition), ``same(i, j)`` confirms exactly."""
     ids = [-1] * len(keys)
     leaders: dict[bytes, list[int]] = {}

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bifurcation_callback import ClippedShallowPLRNN, ShallowPLRNN, find_cycles
+from bifurcation_callback import ShallowPLRNN, find_cycles
 from bifurcation_callback.cycles import REGION_LISTING_LIMIT, _CELL_LISTINGS
 from bifurcation_callback.regions import DEFAULT_MAX_CELLS, CellListing, cell_count_bound, list_cells
 from problems import (
@@ -289,6 +289,23 @@ def test_reuse_through_exact_degeneracies_and_changes_of_structure():
         assert torch.equal(listing.update(G2.double(), g2.double()), list_cells(G2, g2))
     assert listing.counts["listed"] == before + 2
     assert listing.update(G2.double(), g2.double()) is not None and listing.last == "unchanged"
+
+
+@hypothesis_settings
+@given(arrangement=integer_arrangements(), steps=st.lists(st.lists(st.integers(-2, 2), min_size=4, max_size=4), min_size=1, max_size=5))
+def test_reuse_along_paths_through_degenerate_arrangements(arrangement, steps):
+    """Steps of multiples of 1/4 on integer arrangements: planes become concurrent, parallel, identical or zero
+    and separate again; every update equals a fresh listing."""
+    G, g = (torch.as_tensor(x) for x in arrangement)
+    listing = CellListing()
+    assert torch.equal(listing.update(G, g), list_cells(G, g))
+    for row, column, by, offset_by in steps:
+        if G.shape[0] == 0:
+            break
+        G, g = G.clone(), g.clone()
+        G[row % G.shape[0], column % G.shape[1]] += by / 4
+        g[row % G.shape[0]] += offset_by / 4
+        assert torch.equal(listing.update(G, g), list_cells(G, g))
 
 
 def test_reuse_outcomes_are_counted():
