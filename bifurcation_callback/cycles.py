@@ -69,6 +69,12 @@ DEFAULT_EXHAUSTIVE_LIMIT = 2**18
 # and trajectories.
 REGION_LISTING_LIMIT = DEFAULT_MAX_CELLS
 
+# Models whose regions are not an arrangement's cells (every one of the 2**S codes of a PLRNN / ALRNN, or a
+# user's own realizable_codes / all 2**S codes) are enumerated, as before, only with at most this many codes:
+# a PLRNN's fixed points have 2**M orthants to solve, and enumerating them costs ~0.8 s per call for M = 16
+# and ~4 s for M = 18 against ~20-35 ms searched (1 thread), which the per-step monitor cannot afford.
+CODE_TABLE_LIMIT = 128
+
 # NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
 
 
@@ -688,11 +694,13 @@ def find_cycles(
     sequence is solved, in batches, and the order's status is ``"exhaustive"`` (complete).  Other orders
     get batched SCYFI (status ``"searched"``): random region sequences drawn from random states, from the
     realizable regions (when listed) and from codes visited by trajectories, followed for ``inner``
-    iterations.  The regions are listed exactly (``regions.list_cells``, from the arrangement's vertices)
-    when there can be at most ``REGION_LISTING_LIMIT`` (``2**18``) of them, so the fixed points of, e.g.,
-    ShallowPLRNN(3, 50) (20,876 regions) and ShallowPLRNN(6, 20) (60,460) are enumerated; larger models are
-    always searched.  Successive calls on a changing model (a training run) update the previous listing
-    instead of repeating it.  Orders outside ``random_orders`` only re-solve the warm start (``"warm_only"``).
+    iterations.  A shallow model's regions are listed exactly (``regions.list_cells``, from the arrangement's
+    vertices) when there can be at most ``REGION_LISTING_LIMIT`` (``2**18``) of them, so the fixed points of,
+    e.g., ShallowPLRNN(3, 50) (20,876 regions) and ShallowPLRNN(6, 20) (60,460) are enumerated; larger ones
+    are always searched.  Models whose regions are all ``2**S`` codes (PLRNN, ALRNN) or their own
+    ``realizable_codes`` are enumerated up to ``CODE_TABLE_LIMIT`` (128) codes.  Successive calls on a
+    changing model (a training run) update the previous listing instead of repeating it.  Orders outside
+    ``random_orders`` only re-solve the warm start (``"warm_only"``).
 
     Parameters
     ----------
@@ -830,11 +838,20 @@ def find_cycles(
 
 def _realizable_regions(model, device: torch.device) -> Tensor | None:
     """The model's realizable region codes on ``device``, or None when there can be more than
-    ``REGION_LISTING_LIMIT`` (or a model without ``realizable_codes`` has more than 20 switches)."""
+    ``REGION_LISTING_LIMIT`` cells (arrangements listed by ``regions``) or ``CODE_TABLE_LIMIT`` codes (others)."""
     try:
-        return _region_table(model, REGION_LISTING_LIMIT).to(device)
+        return _region_table(model, REGION_LISTING_LIMIT if _lists_cells(model) else CODE_TABLE_LIMIT).to(device)
     except ValueError:
         return None
+
+
+def _lists_cells(model) -> bool:
+    """Whether the model's regions are the cells of its switching planes, listed by ``regions.CellListing``."""
+    return (
+        isinstance(model, PiecewiseLinearRNN)
+        and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes
+        and not model.every_code_realizable
+    )
 
 
 def _enumerate_order(
@@ -925,7 +942,7 @@ def exhaustive_cycles(
 # previous step's cells (the few vertices whose signs changed) instead of listing them again; unchanged weights
 # (find_cycles then exhaustive_cycles, a CLI run) cost nothing.  The lock: the monitor's thread fallback.
 _CELL_LISTINGS: "collections.OrderedDict[tuple, CellListing]" = collections.OrderedDict()
-_CELL_LISTINGS_SIZE = 8
+_CELL_LISTINGS_SIZE = 4
 _CELL_LISTINGS_LOCK = threading.Lock()
 
 
@@ -935,9 +952,9 @@ def _region_table(model, max_cells: int = DEFAULT_MAX_CELLS) -> Tensor:
     Raises ``ValueError`` when there can be more than ``max_cells`` regions: by ``regions.cell_count_bound`` for
     the package's models, ``Σ_{i≤M} C(S, i)`` for a user's ``realizable_codes``, ``2**S`` without one.
     """
-    if isinstance(model, PiecewiseLinearRNN) and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes:
-        if model.every_code_realizable:
-            return model.realizable_codes(max_cells)
+    if isinstance(model, PiecewiseLinearRNN) and model.every_code_realizable:
+        return model.realizable_codes(max_cells)
+    if _lists_cells(model):
         planes, offsets = (t.detach() for t in model.switching_planes())
         key = (type(model), tuple(planes.shape), planes.device)
         with _CELL_LISTINGS_LOCK:

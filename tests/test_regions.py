@@ -16,8 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bifurcation_callback import ShallowPLRNN, find_cycles
-from bifurcation_callback.cycles import REGION_LISTING_LIMIT, _CELL_LISTINGS
+from bifurcation_callback import PLRNN, ShallowPLRNN, find_cycles
+from bifurcation_callback.cycles import CODE_TABLE_LIMIT, REGION_LISTING_LIMIT, _CELL_LISTINGS
 from bifurcation_callback.regions import DEFAULT_MAX_CELLS, CellListing, cell_count_bound, list_cells
 from problems import (
     DEVICES,
@@ -395,6 +395,13 @@ def test_finder_results_do_not_depend_on_the_cell_listing_cache():
     assert first.statuses[1] == warm.statuses[1] == cold.statuses[1] == "exhaustive"
     assert [c.key for c in warm] == [c.key for c in cold]
     assert all(np.array_equal(a.points, b.points) for a, b in zip(warm, cold))
+
+
+def test_orthant_models_keep_the_former_code_table_limit():
+    # 2**7 = 128 orthants are enumerated, 2**8 are not (solving 2**16 orthants each step would cost ~0.8 s).
+    assert find_cycles(PLRNN(7), max_order=1).statuses == {1: "exhaustive"}
+    assert find_cycles(PLRNN(8), max_order=1, n_starts=16, inner=4, outer=1).statuses == {1: "searched"}
+    assert CODE_TABLE_LIMIT == 2**7
 
 
 class OwnRegionsShallow(ShallowPLRNN):
