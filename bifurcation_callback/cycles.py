@@ -9,7 +9,8 @@ Every reported cycle is verified with the nonlinear map: its closing residual is
 scale, the codes it visits are the assumed ones, its period is minimal, and it is reported once (up to
 rotation).  The batched solve, the simulation and these checks are the kernel in ``_scyfi`` (shared with
 ``bifurcations.scan``); this module searches region sequences, collects verified cycles and defines the
-result types.  A model's ``affine_pieces`` is checked against its ``step`` once per model object
+result types.  The realizable regions that exhaustive orders enumerate are listed by ``regions``.  A model's
+``affine_pieces`` is checked against its ``step`` once per model object
 (``models.check_protocol``).  This module knows nothing of Lightning or TensorBoard.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -35,6 +37,7 @@ from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
 from ._search import CycleCollector, FreshSearch, RegionTables, search_fresh
 from ._stack import ModelStack
 from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
+from .regions import DEFAULT_MAX_CELLS, CellListing
 
 __all__ = [
     "Cycle",
@@ -65,10 +68,18 @@ ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
 # shallow PLRNNs with 41..64 regions whose order 3 (R**3 <= 2**18) was then only searched.
 DEFAULT_EXHAUSTIVE_LIMIT = 2**18
 
-# find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
-# can have at most this many cells: 0.1-0.5 s for 64 cells, 1-3.6 s for 299 (docs/benchmarks.md).
-# Larger models get the heuristic search, with regions drawn from random states and trajectories.
-REGION_ENUMERATION_CAP = 128
+# find_cycles lists a model's realizable regions (regions.list_cells, from the arrangement's vertices) when it
+# can have at most this many (``cell_count_bound``; 2**S for orthant models): the default exhaustive limit, so
+# every model whose fixed points can be enumerated has them enumerated.  ShallowPLRNN(3, 50) has 20,876 cells,
+# ShallowPLRNN(6, 20) 60,460.  Larger models get the heuristic search, with regions drawn from random states
+# and trajectories.
+REGION_LISTING_LIMIT = DEFAULT_MAX_CELLS
+
+# Models whose regions are not an arrangement's cells (every one of the 2**S codes of a PLRNN / ALRNN, or a
+# user's own realizable_codes / all 2**S codes) are enumerated, as before, only with at most this many codes:
+# a PLRNN's fixed points have 2**M orthants to solve, and enumerating them costs ~0.8 s per call for M = 16
+# and ~4 s for M = 18 against ~20-35 ms searched (1 thread), which the per-step monitor cannot afford.
+CODE_TABLE_LIMIT = 128
 
 # NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
 
@@ -476,8 +487,12 @@ def find_cycles(
     sequence is solved, in batches, and the order's status is ``"exhaustive"`` (complete).  Other orders
     get batched SCYFI (status ``"searched"``): random region sequences drawn from random states, from the
     realizable regions (when listed) and from codes visited by trajectories, followed for ``inner``
-    iterations.  The regions are listed (by LPs) only when the arrangement can have at most
-    ``REGION_ENUMERATION_CAP`` cells; larger models are always searched.  Orders outside
+    iterations.  A shallow model's regions are listed exactly (``regions.list_cells``, from the arrangement's
+    vertices) when there can be at most ``REGION_LISTING_LIMIT`` (``2**18``) of them, so the fixed points of,
+    e.g., ShallowPLRNN(3, 50) (20,876 regions) and ShallowPLRNN(6, 20) (60,460) are enumerated; larger ones
+    are always searched.  Models whose regions are all ``2**S`` codes (PLRNN, ALRNN) or their own
+    ``realizable_codes`` are enumerated up to ``CODE_TABLE_LIMIT`` (128) codes.  Successive calls on a
+    changing model (a training run) update the previous listing instead of repeating it.  Orders outside
     ``random_orders`` only re-solve the warm start (``"warm_only"``).
 
     Parameters
@@ -592,17 +607,21 @@ def find_cycles(
 
 
 def _realizable_regions(model, device: torch.device) -> Tensor | None:
-    """The model's realizable region codes on ``device``, or None when listing them is too costly.
-
-    Costly means more than ``REGION_ENUMERATION_CAP`` possible cells, no ``realizable_codes`` and more
-    than 16 switches, or an enumeration that fails (its own ``max_codes``).
-    """
-    if _region_count_bound(model) > REGION_ENUMERATION_CAP:
-        return None
+    """The model's realizable region codes on ``device``, or None when there can be more than
+    ``REGION_LISTING_LIMIT`` cells (arrangements listed by ``regions``) or ``CODE_TABLE_LIMIT`` codes (others)."""
     try:
-        return _region_table(model).to(device)
+        return _region_table(model, REGION_LISTING_LIMIT if _lists_cells(model) else CODE_TABLE_LIMIT).to(device)
     except ValueError:
         return None
+
+
+def _lists_cells(model) -> bool:
+    """Whether the model's regions are the cells of its switching planes, listed by ``regions.CellListing``."""
+    return (
+        isinstance(model, PiecewiseLinearRNN)
+        and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes
+        and not model.every_code_realizable
+    )
 
 
 def resolve_sequences(stack: ModelStack, sequences: dict[int, Tensor]) -> dict[int, _scyfi.Evaluation]:
@@ -789,7 +808,7 @@ def exhaustive_cycles(
     batch_size = require_int("batch_size", batch_size, 1)
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device, copy=False)
-    regions = _region_table(analysed).to(device)
+    regions = _region_table(analysed, max_sequences).to(device)
     n_regions = regions.shape[0]
     largest = n_regions ** max(order_list)
     if largest > max_sequences:
@@ -821,28 +840,39 @@ def exhaustive_cycles(
     return CycleSet(cycles, order_list, stats, dict.fromkeys(order_list, "exhaustive"))
 
 
-# Region tables of the last few weight settings, keyed by the model class and its switching planes: the
-# cells depend on the weights, but a model analysed twice unchanged (find_cycles then exhaustive_cycles, a
-# CLI run, a test) pays the LPs once.
-_REGION_TABLES: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
-_REGION_TABLES_SIZE = 8
+# The cells of the last few models' arrangements, one CellListing per model class, size and device: the monitor
+# calls find_cycles once per training step on a snapshot of the same model, and a CellListing updates the
+# previous step's cells (the few vertices whose signs changed) instead of listing them again; unchanged weights
+# (find_cycles then exhaustive_cycles, a CLI run) cost nothing.  The lock: the monitor's thread fallback.
+_CELL_LISTINGS: "collections.OrderedDict[tuple, CellListing]" = collections.OrderedDict()
+_CELL_LISTINGS_SIZE = 4
+_CELL_LISTINGS_LOCK = threading.Lock()
 
 
-def _region_table(model) -> Tensor:
-    """Every realizable region code of the model (all ``2**S`` codes when it cannot say)."""
-    if isinstance(model, PiecewiseLinearRNN) and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes:
-        planes, offsets = (t.detach().cpu().double().numpy() for t in model.switching_planes())
-        key = (type(model), planes.shape, planes.tobytes(), offsets.tobytes())
-        if key not in _REGION_TABLES:
-            _REGION_TABLES[key] = model.realizable_codes().cpu()
-            while len(_REGION_TABLES) > _REGION_TABLES_SIZE:
-                _REGION_TABLES.popitem(last=False)
-        _REGION_TABLES.move_to_end(key)
-        return _REGION_TABLES[key]
+def _region_table(model, max_cells: int = DEFAULT_MAX_CELLS) -> Tensor:
+    """Every realizable region code of the model (all ``2**S`` codes when it cannot say).
+
+    Raises ``ValueError`` when there can be more than ``max_cells`` regions: by ``regions.cell_count_bound`` for
+    the package's models, ``Σ_{i≤M} C(S, i)`` for a user's ``realizable_codes``, ``2**S`` without one.
+    """
+    if isinstance(model, PiecewiseLinearRNN) and model.every_code_realizable:
+        return model.realizable_codes(max_cells)
+    if _lists_cells(model):
+        planes, offsets = (t.detach() for t in model.switching_planes())
+        key = (type(model), tuple(planes.shape), planes.device)
+        with _CELL_LISTINGS_LOCK:
+            listing = _CELL_LISTINGS.pop(key, None) or CellListing(max_cells=max_cells)
+            _CELL_LISTINGS[key] = listing
+            while len(_CELL_LISTINGS) > _CELL_LISTINGS_SIZE:
+                _CELL_LISTINGS.popitem(last=False)
+            return listing.update(planes, offsets, max_cells=max_cells)
+    name = type(model).__name__
     if callable(getattr(model, "realizable_codes", None)):
+        if _region_count_bound(model) > max_cells:
+            raise ValueError(f"{name} can have up to {_region_count_bound(model)} regions, more than {max_cells}")
         return model.realizable_codes()
-    if model.n_switches > 20:
-        raise ValueError(f"{type(model).__name__} has {model.n_switches} switches and no realizable_codes()")
+    if 2**model.n_switches > max_cells:
+        raise ValueError(f"{name} has no realizable_codes() and 2**{model.n_switches} codes, more than {max_cells}")
     return all_codes(model.n_switches)
 
 

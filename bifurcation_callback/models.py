@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .regions import DEFAULT_MAX_CELLS, list_cells
+
 __all__ = [
     "PiecewiseLinear",
     "PiecewiseLinearRNN",
@@ -356,22 +358,31 @@ class PiecewiseLinearRNN(nn.Module):
         """Return a detached copy (no autograd graph, same device and dtype) for analysis."""
         return _frozen_deepcopy(self)
 
-    def realizable_codes(self, max_codes: int = 1 << 16) -> Tensor:
-        """Enumerate every region code that some state reaches, shape ``(R, S)``.
+    def realizable_codes(self, max_codes: int = DEFAULT_MAX_CELLS) -> Tensor:
+        """Enumerate every region code that some open set of states has, shape ``(R, S)``, sorted.
 
-        Exact: regions are cells of the arrangement of the switching planes, found by linear programs.
+        Exact: the regions are the cells of the arrangement of the switching planes, listed from its vertices
+        by ``regions.list_cells`` (no linear programs; on the parameters' device).  ``enumerate_region_codes``
+        is the independent LP listing.
+
+        Raises
+        ------
+        ValueError
+            When the model can have more than ``max_codes`` regions.
 
         Examples
         --------
         >>> PLRNN(2).realizable_codes().shape
         torch.Size([4, 2])
+        >>> ShallowPLRNN(latent_dim=3, hidden_dim=50).realizable_codes().shape   # planes in general position
+        torch.Size([20876, 50])
         """
         if self.every_code_realizable:
             if 2**self.n_switches > max_codes:
                 raise ValueError(f"{type(self).__name__} has 2**{self.n_switches} regions, more than max_codes={max_codes}")
             return all_codes(self.n_switches)
         planes, offsets = self.switching_planes()
-        return enumerate_region_codes(planes, offsets, max_codes=max_codes)
+        return list_cells(planes.detach(), offsets.detach(), max_cells=max_codes)
 
     @torch.no_grad()
     def state_scale(self) -> float:
@@ -779,7 +790,11 @@ def _infer_config(kind: str, params: dict[str, Tensor]) -> dict[str, int]:
 
 
 def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 1 << 16, n_samples: int = 4096) -> Tensor:
-    """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``.
+    """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``, by linear programs.
+
+    The independent reference for ``regions.list_cells`` (which models use: it is exact too, and orders of
+    magnitude faster).  A zero row with ``offsets[l] == 0`` has no state strictly on either side, so such an
+    arrangement has no cell here (``list_cells`` gives that switch its constant bit ``False``).
 
     Cells are built one plane at a time: a partial code is extended by ``on``/``off`` when a state strictly
     inside exists.  Random states (at scales from the arrangement's size down to a thousandth of it) and

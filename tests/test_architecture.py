@@ -23,8 +23,8 @@ TESTS = ROOT / "tests"
 
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
-    "models", "_scyfi", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps", "tracking", "analysis", "worker",
-    "_checks", "forcing",
+    "models", "regions", "_scyfi", "_search", "_stack", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
+    "tracking", "analysis", "runner", "session", "_checks", "forcing",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 
