@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bifurcation_callback import find_cycles  # noqa: E402
-from bifurcation_callback.cycles import _region_table  # noqa: E402
+from bifurcation_callback._search import _region_table  # noqa: E402
 from problems import (  # noqa: E402
     code_keys,
     general_position_cells,

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bifurcation_callback import ClippedShallowPLRNN, ShallowPLRNN, find_cycles  # noqa: E402
-from bifurcation_callback import cycles as cycles_module  # noqa: E402
+from bifurcation_callback import _search as cycles_module  # noqa: E402  (where the region limits are read)
 from bifurcation_callback.models import enumerate_region_codes  # noqa: E402
 from bifurcation_callback.regions import CellListing, list_cells  # noqa: E402
 

@@ -10,7 +10,7 @@ message with the class or function that received the argument, e.g. ``"Bifurcati
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ __all__ = [
     "require_choice",
     "require_dtype",
     "finite_or_none",
+    "FINDER_KEYS",
+    "check_finder_kwargs",
 ]
 
 # The finder's precisions and the spellings accepted for them: "float32", torch.float32 and np.float32 all work,
@@ -206,3 +208,68 @@ def finite_or_none(value: float | None) -> float | None:
     (2.0, None, None)
     """
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+# The single list of find_cycles options a user may override; validation and its error message read it.
+FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "exhaustive_limit", "inner", "n_starts", "outer")
+
+
+def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> dict[str, Any]:
+    """Validate and normalise overrides of the finder's options.
+
+    Parameters
+    ----------
+    finder_kwargs : mapping or None
+        Keys from ``FINDER_KEYS``: ``n_starts``, ``inner``, ``outer`` (ints >= 1), ``dtype`` (``torch.float64``
+        / ``torch.float32`` or their names) and ``device`` (``torch.device``, a device string or None).
+    owner : str, optional
+        Prefix of the error message (the class that received the argument).
+
+    Returns
+    -------
+    dict
+        A new dict with ``dtype`` as a ``torch.dtype`` and ``device`` as a ``torch.device``.
+
+    Raises
+    ------
+    ValueError
+        Not a mapping, an unknown key (the message lists the allowed ones) or a bad value.
+
+    Examples
+    --------
+    >>> check_finder_kwargs({"dtype": "float32", "n_starts": 8})
+    {'dtype': torch.float32, 'n_starts': 8}
+    >>> check_finder_kwargs({"speed": 2})
+    Traceback (most recent call last):
+    ...
+    ValueError: finder_kwargs has unknown keys ['speed']; allowed: ['device', 'dtype', 'exhaustive_limit', 'inner', 'n_starts', 'outer']
+    """
+    prefix = f"{owner}: " if owner else ""
+    if finder_kwargs is None:
+        return {}
+    if not isinstance(finder_kwargs, Mapping):
+        raise ValueError(f"{prefix}finder_kwargs must be a dict or None, got {finder_kwargs!r}")
+    unknown = sorted(set(finder_kwargs) - set(FINDER_KEYS), key=str)
+    if unknown:
+        raise ValueError(f"{prefix}finder_kwargs has unknown keys {unknown}; allowed: {list(FINDER_KEYS)}")
+    checked: dict[str, Any] = {}
+    for key, value in finder_kwargs.items():
+        name = f"finder_kwargs[{key!r}]"
+        if key == "dtype":
+            checked[key] = require_dtype(name, value, owner=owner)
+        elif key == "device":
+            checked[key] = _device(name, value, prefix)
+        else:  # exhaustive_limit 0 turns enumeration off; the search itself needs at least one start
+            checked[key] = require_int(name, value, 0 if key == "exhaustive_limit" else 1, owner=owner)
+    return checked
+
+
+def _device(name: str, value: object, prefix: str) -> torch.device | None:
+    if value is None or isinstance(value, torch.device):
+        return value
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except (RuntimeError, ValueError):
+            pass
+    raise ValueError(f"{prefix}{name} must be a torch.device, a device string such as 'cpu' or None, got {value!r}")

@@ -29,7 +29,9 @@ from .dashboard import LOGGED_METRICS, Dashboard, custom_scalars_layout, fresh_r
 from .models import check_protocol
 from .runner import InlineRunner
 from .session import FIGURES_TIMEOUT_S, MonitorSession, SessionSettings, warn_once
-from .tracking import MONITOR_FINDER_DEFAULTS, check_finder_kwargs, gradient_norm
+from ._checks import check_finder_kwargs
+from ._trainer import gradient_norm
+from .tracking import MONITOR_FINDER_DEFAULTS
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback

@@ -24,7 +24,7 @@ TESTS = ROOT / "tests"
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
     "models", "regions", "_scyfi", "_search", "_stack", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
-    "tracking", "analysis", "runner", "session", "_checks", "forcing",
+    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 

@@ -831,3 +831,13 @@ def test_sigterm_interrupts_an_analysis_in_the_hook(tmp_path):
         training.kill()
     assert time.monotonic() - started < 30
     assert "finished" not in _ and "SIGTERM" in err
+
+
+def test_gradient_norm():
+    from bifurcation_callback._trainer import gradient_norm
+
+    layer = torch.nn.Linear(2, 1)
+    assert gradient_norm(layer.parameters()) is None
+    layer.weight.grad = torch.tensor([[1.0, 2.0]])
+    layer.bias.grad = torch.tensor([2.0])
+    assert gradient_norm(layer.parameters()) == pytest.approx(3.0)

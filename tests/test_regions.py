@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bifurcation_callback import PLRNN, ShallowPLRNN, find_cycles
-from bifurcation_callback.cycles import CODE_TABLE_LIMIT, REGION_LISTING_LIMIT, _CELL_LISTINGS
+from bifurcation_callback._search import _CELL_LISTINGS
+from bifurcation_callback.cycles import CODE_TABLE_LIMIT, REGION_LISTING_LIMIT
 from bifurcation_callback.regions import DEFAULT_MAX_CELLS, CellListing, cell_count_bound, list_cells
 from problems import (
     DEVICES,

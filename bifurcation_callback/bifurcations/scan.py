@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .. import _scyfi
-from ..cycles import _free_finder_kwargs, _prepare_model, _region_count_bound, _region_table, find_cycles
+from .._search import _region_count_bound, _region_table
+from ..cycles import _free_finder_kwargs, _prepare_model, find_cycles
 from ..models import all_codes, require_piecewise_linear
 
 __all__ = ["SCAN_METHODS", "SCAN_EXHAUSTIVE_LIMIT", "BifurcationDiagram", "scan", "parse_param_spec"]
