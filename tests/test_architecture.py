@@ -23,8 +23,8 @@ TESTS = ROOT / "tests"
 
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
-    "models", "regions", "_scyfi", "_search", "_stack", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
-    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection",
+    "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
+    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 
