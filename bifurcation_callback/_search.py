@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,9 +136,12 @@ class CycleCollector:
     def cycles(self, step: int) -> list:
         return sorted(self.known[step].values(), key=lambda c: c.key)
 
-    def add_evaluation(self, evaluation: _scyfi.Evaluation, steps: Tensor | None = None) -> np.ndarray:
+    def add_evaluation(
+        self, evaluation: _scyfi.Evaluation, steps: Tensor | None = None, rows_to_steps: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Verify the real candidates of ``evaluation`` (leading axes ``(N, B)``), only for the steps where
-        ``steps`` (N,) is True; returns the number of new cycles per step."""
+        ``steps`` (N,) is True; returns the number of new cycles per step.  ``rows_to_steps``: the steps the
+        evaluation's leading axis holds, when it is not every step of the collector (e.g. one step alone)."""
         real = evaluation.real if steps is None else evaluation.real & steps[:, None]
         new = np.zeros(len(self.known), dtype=np.int64)
         index = torch.nonzero(real)
@@ -145,6 +149,8 @@ class CycleCollector:
             return new
         codes = evaluation.visited[index[:, 0], index[:, 1]].cpu().numpy().astype(np.uint8)
         step_of = index[:, 0].cpu().numpy()
+        if rows_to_steps is not None:
+            step_of = np.asarray(rows_to_steps, dtype=np.int64)[step_of]
         fresh: dict[tuple[int, bytes], int] = {}
         for position, (step, code) in enumerate(zip(step_of, codes)):
             raw = code.tobytes()
@@ -358,6 +364,7 @@ def search_fresh(
     deadline: float = math.inf,
     on_order: Callable[[int], None] | None = None,
     enumeration_batch: int = 1 << 16,
+    fixed_points: Any = None,
 ) -> FreshSearch:
     """Every step's cycles of ``orders`` found without a warm start: enumerated where an order has at most
     ``exhaustive_limit`` region sequences at that step, else SCYFI's random search (for ``random_orders``,
@@ -383,7 +390,15 @@ def search_fresh(
         if finished and any(search_steps):
             finished = _random_search(stack, order, sampler, collector, search_steps, result, n_starts, inner, outer, deadline)
         if finished and any(enumerate_steps):
-            finished = _enumerate(stack, order, regions, collector, enumerate_steps, result, deadline, enumeration_batch)
+            steps = [step for step, chosen in enumerate(enumerate_steps) if chosen]
+            if order == 1 and fixed_points is not None and all(fixed_points.applies(stack.model(i)) for i in steps):
+                solved = {"solved": [0] * n_steps}
+                finished = fixed_points.enumerate(stack, regions.tables, collector, steps, solved, deadline)
+                for step in steps:
+                    result.n_solves[step] += solved["solved"][step]
+                    result.iterations[step][order] = result.iterations[step].get(order, 0) + 1
+            else:
+                finished = _enumerate(stack, order, regions, collector, enumerate_steps, result, deadline, enumeration_batch)
         cut = cut or not finished
         for step in range(n_steps):
             result.cycles[step][order] = collector.cycles(step)

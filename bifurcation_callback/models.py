@@ -385,6 +385,34 @@ class ShallowPLRNN(PiecewiseLinearRNN):
         d = self._check_codes(codes)
         return self._gated_pieces(d, d)
 
+    @torch.no_grad()
+    def piece_drift(self, reference: "ShallowPLRNN") -> tuple[float, float]:
+        """Upper bounds, over every region at once, on how far the affine pieces moved from ``reference`` (the
+        same model at another step): ``max_D ‖J_D − J_D^ref‖₂`` and ``max_D ‖c_D − c_D^ref‖₂``.
+
+        ``J_D − J_D^ref = ΔA + ΔW1 D W2 + W1^ref D ΔW2`` and ``c_D − c_D^ref = ΔW1 D h2 + W1^ref D Δh2 + Δh1``
+        with ``‖D‖ ≤ 1`` (also for the clipped model's ``D_a − D_b``); Frobenius norms bound the spectral ones.
+
+        Examples
+        --------
+        >>> model = ShallowPLRNN(2, 4)
+        >>> moved = detached_copy(model)
+        >>> with torch.no_grad():
+        ...     _ = moved.h1.add_(0.1)
+        >>> moved.piece_drift(model)[0], round(moved.piece_drift(model)[1], 6)   # only the offsets moved
+        (0.0, 0.141421)
+        """
+        def norm(tensor: Tensor) -> float:
+            return float(torch.linalg.vector_norm(tensor.double()))
+
+        dA, dW1, dW2 = self.A - reference.A, self.W1 - reference.W1, self.W2 - reference.W2
+        dh1, dh2 = self.h1 - reference.h1, self.h2 - reference.h2
+        W1_ref = norm(reference.W1)
+        drift_J = float(dA.abs().max()) + norm(dW1) * norm(self.W2) + W1_ref * norm(dW2)
+        drift_c = norm(dW1) * norm(self.h2) + W1_ref * norm(dh2) + norm(dh1)
+        # The rounding of these sums themselves, far below any margin that matters.
+        return drift_J * (1 + 1e-12), drift_c * (1 + 1e-12)
+
     def _gated_pieces(self, jacobian_gates: Tensor, offset_gates: Tensor) -> tuple[Tensor, Tensor]:
         """``J = diag(A) + W1 diag(jacobian_gates) W2`` and ``c = W1 diag(offset_gates) h2 + h1``.
 

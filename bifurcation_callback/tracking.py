@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import _scyfi
 from ._checks import FINDER_KEYS, check_finder_kwargs, require_int
+from ._fixed_points import FixedPointCache
 from ._search import (
     FreshSearch,
     RegionTables,
@@ -185,6 +186,8 @@ class CycleTracker:
         # The previous step's model (for the checks and localisation), or its weights after a resume.
         self._previous_model: Any = None
         self._previous_weights: list[list] | None = None
+        # What proves most cells' candidate fixed points still outside their cells (not state: a speed-up).
+        self.fixed_points = FixedPointCache()
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -310,6 +313,7 @@ class CycleTracker:
                 random_orders=set(orders),
                 deadline=deadline,
                 on_order=lambda _: bar.update(1),
+                fixed_points=self.fixed_points,
             )
 
     def _assemble(self, stack: ModelStack, model: Any, index: int, fresh: FreshSearch, carried, orders) -> CycleSet:

@@ -23,7 +23,7 @@ TESTS = ROOT / "tests"
 
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
-    "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
+    "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_fixed_points", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
     "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
