@@ -19,6 +19,7 @@ Reported: counts, the statuses seen per order, and the finder's time per model (
 from __future__ import annotations
 
 import argparse
+import math
 import collections
 import json
 import sys
@@ -61,10 +62,17 @@ def compare(found, exact, *, rtol: float = 1e-6) -> tuple[list, list]:
 
 
 def measure_limit(repeats: int = 3) -> None:
-    """Print the timings behind DEFAULT_EXHAUSTIVE_LIMIT and REGION_ENUMERATION_CAP (medians of ``repeats``)."""
-    from bifurcation_callback import _scyfi
-    from bifurcation_callback.cycles import _Collector, _enumerate_order
+    """Print the timings behind DEFAULT_EXHAUSTIVE_LIMIT and the old LP region cap (medians of ``repeats``)."""
+    from bifurcation_callback import _search
+    from bifurcation_callback._stack import ModelStack
     from bifurcation_callback.models import ClippedShallowPLRNN, ShallowPLRNN
+
+    def enumerate_order_3(model, regions) -> None:
+        stack = ModelStack.single(model, dtype=torch.float64, device=torch.device("cpu"))
+        tables = _search.RegionTables([regions], model.n_switches, torch.device("cpu"))
+        collector = _search.CycleCollector(3, torch.float64, [None])
+        _search._enumerate(stack, 3, tables, collector, [True], _search.FreshSearch([{}], [{}], [{}], [0], [0]),
+                           math.inf, 1 << 16)
 
     def median_time(call) -> float:
         times = []
@@ -81,14 +89,13 @@ def measure_limit(repeats: int = 3) -> None:
     with torch.no_grad():
         for name, model in models:
             regions = model.realizable_codes() if model.n_switches <= 16 else (torch.rand(64, model.n_switches) > 0.5)
-            functions = _scyfi.model_functions(model)
             row = []
             for exponent in (14, 16, 18):
                 subset = regions[torch.arange(round(2 ** (exponent / 3))) % regions.shape[0]]
-                row.append(median_time(lambda: _enumerate_order(functions, subset, 3, _Collector(3, torch.float64, None))))
+                row.append(median_time(lambda: enumerate_order_3(model, subset)))
             search = median_time(lambda: find_cycles(model, orders=[3], exhaustive_limit=0))
             print(f"{name:<28} {regions.shape[0]:>5} {row[0]:>8.3f} {row[1]:>8.3f} {row[2]:>8.3f} {search:>9.3f}")
-    print("LP enumeration of the regions (realizable_codes):")
+    print("Listing the regions (realizable_codes: regions.list_cells):")
     for cls, dim, hidden in ((ShallowPLRNN, 3, 4), (ClippedShallowPLRNN, 3, 4), (ShallowPLRNN, 3, 12),
                              (ClippedShallowPLRNN, 3, 8), (ShallowPLRNN, 3, 20)):
         model = cls(dim, hidden).double()

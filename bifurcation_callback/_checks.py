@@ -10,7 +10,7 @@ message with the class or function that received the argument, e.g. ``"Bifurcati
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,11 +19,14 @@ import torch
 __all__ = [
     "FLOAT_DTYPES",
     "require_int",
+    "require_int_sequence",
     "require_real",
     "require_bool",
     "require_choice",
     "require_dtype",
     "finite_or_none",
+    "FINDER_KEYS",
+    "check_finder_kwargs",
 ]
 
 # The finder's precisions and the spellings accepted for them: "float32", torch.float32 and np.float32 all work,
@@ -65,6 +68,26 @@ def require_int(
         wanted = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if optional else "")
         raise ValueError(f"{_prefix(owner)}{name} must be {wanted}, got {value!r}")
     return int(value)  # type: ignore[arg-type]
+
+
+def require_int_sequence(name: str, value: object, minimum: int = 1, *, owner: str | None = None) -> tuple[int, ...]:
+    """Return ``value`` as a sorted tuple of distinct ints ``>= minimum``, or raise ``ValueError`` (an empty
+    sequence, a string, a repeated or out-of-range value).
+
+    Examples
+    --------
+    >>> require_int_sequence("jump_scales", [10, 1, 3])
+    (1, 3, 10)
+    >>> require_int_sequence("jump_scales", [1, 1], owner="BifurcationMonitor")
+    Traceback (most recent call last):
+    ...
+    ValueError: BifurcationMonitor: jump_scales must be a non-empty sequence of distinct ints >= 1, got [1, 1]
+    """
+    values = () if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else tuple(value)
+    valid = [isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= minimum for v in values]
+    if not values or not all(valid) or len(set(values)) < len(values):
+        raise ValueError(f"{_prefix(owner)}{name} must be a non-empty sequence of distinct ints >= {minimum}, got {value!r}")
+    return tuple(sorted(int(v) for v in values))
 
 
 def require_real(
@@ -185,3 +208,68 @@ def finite_or_none(value: float | None) -> float | None:
     (2.0, None, None)
     """
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+# The single list of find_cycles options a user may override; validation and its error message read it.
+FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "exhaustive_limit", "inner", "n_starts", "outer")
+
+
+def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> dict[str, Any]:
+    """Validate and normalise overrides of the finder's options.
+
+    Parameters
+    ----------
+    finder_kwargs : mapping or None
+        Keys from ``FINDER_KEYS``: ``n_starts``, ``inner``, ``outer`` (ints >= 1), ``dtype`` (``torch.float64``
+        / ``torch.float32`` or their names) and ``device`` (``torch.device``, a device string or None).
+    owner : str, optional
+        Prefix of the error message (the class that received the argument).
+
+    Returns
+    -------
+    dict
+        A new dict with ``dtype`` as a ``torch.dtype`` and ``device`` as a ``torch.device``.
+
+    Raises
+    ------
+    ValueError
+        Not a mapping, an unknown key (the message lists the allowed ones) or a bad value.
+
+    Examples
+    --------
+    >>> check_finder_kwargs({"dtype": "float32", "n_starts": 8})
+    {'dtype': torch.float32, 'n_starts': 8}
+    >>> check_finder_kwargs({"speed": 2})
+    Traceback (most recent call last):
+    ...
+    ValueError: finder_kwargs has unknown keys ['speed']; allowed: ['device', 'dtype', 'exhaustive_limit', 'inner', 'n_starts', 'outer']
+    """
+    prefix = f"{owner}: " if owner else ""
+    if finder_kwargs is None:
+        return {}
+    if not isinstance(finder_kwargs, Mapping):
+        raise ValueError(f"{prefix}finder_kwargs must be a dict or None, got {finder_kwargs!r}")
+    unknown = sorted(set(finder_kwargs) - set(FINDER_KEYS), key=str)
+    if unknown:
+        raise ValueError(f"{prefix}finder_kwargs has unknown keys {unknown}; allowed: {list(FINDER_KEYS)}")
+    checked: dict[str, Any] = {}
+    for key, value in finder_kwargs.items():
+        name = f"finder_kwargs[{key!r}]"
+        if key == "dtype":
+            checked[key] = require_dtype(name, value, owner=owner)
+        elif key == "device":
+            checked[key] = _device(name, value, prefix)
+        else:  # exhaustive_limit 0 turns enumeration off; the search itself needs at least one start
+            checked[key] = require_int(name, value, 0 if key == "exhaustive_limit" else 1, owner=owner)
+    return checked
+
+
+def _device(name: str, value: object, prefix: str) -> torch.device | None:
+    if value is None or isinstance(value, torch.device):
+        return value
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except (RuntimeError, ValueError):
+            pass
+    raise ValueError(f"{prefix}{name} must be a torch.device, a device string such as 'cpu' or None, got {value!r}")

@@ -13,14 +13,21 @@ Two parts, used in this order:
 * ``CycleCollector.add_evaluation`` / ``add_cycles``: merging the cycles carried over from the previous
   step (their region sequences re-solved with the new weights; ``warm_start``) with the fresh ones.
 
+Which regions a step may enumerate (``_region_table``: the cells of a shallow model's switching planes, listed by
+``regions``, or all ``2**S`` codes of a PLRNN) is decided here too.
+
 Private: ``cycles.find_cycles`` and ``tracking.CycleTracker`` are the public entry points.
 """
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +36,50 @@ import torch
 from torch import Tensor
 
 from . import _scyfi
+from ._cycle_types import Cycle, CycleSet, FinderStats
 from ._stack import ModelStack
+from .models import PiecewiseLinearRNN, all_codes
+from .regions import DEFAULT_MAX_CELLS, CellListing
 
-__all__ = ["CycleCollector", "FreshSearch", "RegionTables", "search_fresh"]
+__all__ = [
+    "AnalysisInterrupted",
+    "CODE_TABLE_LIMIT",
+    "CycleCollector",
+    "FreshSearch",
+    "REGION_LISTING_LIMIT",
+    "RegionTables",
+    "assemble_step",
+    "check_interrupt",
+    "interruptible",
+    "resolve_sequences",
+    "search_fresh",
+    "sequence_table",
+]
+
+# Asked between batched calls: whether the analysis running in this thread should stop (training is stopping).
+_STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("bifurcation_stop", default=None)
+
+
+class AnalysisInterrupted(RuntimeError):
+    """The analysis was stopped from outside (e.g. training received SIGTERM while the analysis ran in its hook)."""
+
+
+@contextmanager
+def interruptible(stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Within this block the searches of this thread ask ``stop()`` between batched calls and raise
+    ``AnalysisInterrupted`` when it is true (a long first search must not hold up a training that is stopping)."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def check_interrupt() -> None:
+    """Raise ``AnalysisInterrupted`` when the enclosing ``interruptible`` block's ``stop()`` is true."""
+    stop = _STOP.get()
+    if stop is not None and stop():
+        raise AnalysisInterrupted("the analysis was interrupted: training is stopping")
 
 
 class RegionTables:
@@ -67,8 +115,6 @@ class CycleCollector:
         The precision of the candidates (selects the tolerances).
     geometries : list of (planes, offsets) or None
         Per step, the unit-normalised switching planes (``_scyfi.switching_geometry``) for border margins.
-    make_cycle : callable
-        ``cycles.Cycle`` (passed in: the result type lives with the public API, which imports this module).
     """
 
     def __init__(
@@ -76,9 +122,7 @@ class CycleCollector:
         order: int,
         dtype: torch.dtype,
         geometries: Sequence[tuple[np.ndarray, np.ndarray] | None],
-        make_cycle: Callable[..., Any],
     ) -> None:
-        self._make_cycle = make_cycle
         self.order = order
         self.dtype = dtype
         self.tolerance = _scyfi.TOLERANCES[dtype]
@@ -92,9 +136,12 @@ class CycleCollector:
     def cycles(self, step: int) -> list:
         return sorted(self.known[step].values(), key=lambda c: c.key)
 
-    def add_evaluation(self, evaluation: _scyfi.Evaluation, steps: Tensor | None = None) -> np.ndarray:
+    def add_evaluation(
+        self, evaluation: _scyfi.Evaluation, steps: Tensor | None = None, rows_to_steps: Sequence[int] | None = None
+    ) -> np.ndarray:
         """Verify the real candidates of ``evaluation`` (leading axes ``(N, B)``), only for the steps where
-        ``steps`` (N,) is True; returns the number of new cycles per step."""
+        ``steps`` (N,) is True; returns the number of new cycles per step.  ``rows_to_steps``: the steps the
+        evaluation's leading axis holds, when it is not every step of the collector (e.g. one step alone)."""
         real = evaluation.real if steps is None else evaluation.real & steps[:, None]
         new = np.zeros(len(self.known), dtype=np.int64)
         index = torch.nonzero(real)
@@ -102,6 +149,8 @@ class CycleCollector:
             return new
         codes = evaluation.visited[index[:, 0], index[:, 1]].cpu().numpy().astype(np.uint8)
         step_of = index[:, 0].cpu().numpy()
+        if rows_to_steps is not None:
+            step_of = np.asarray(rows_to_steps, dtype=np.int64)[step_of]
         fresh: dict[tuple[int, bytes], int] = {}
         for position, (step, code) in enumerate(zip(step_of, codes)):
             raw = code.tobytes()
@@ -125,7 +174,7 @@ class CycleCollector:
         ):
             margin = float(_scyfi.border_margins(trajectory[None, :-1], self.geometries[step])[0])
             canonical = self.rotations[_scyfi.canonical_rotation(code)]
-            cycle = self._make_cycle(
+            cycle = Cycle(
                 order=self.order,
                 points=trajectory[canonical],
                 codes=code[canonical].astype(bool),
@@ -313,9 +362,9 @@ def search_fresh(
     exhaustive_limit: int,
     random_orders: set[int],
     deadline: float = math.inf,
-    make_cycle: Callable[..., Any],
     on_order: Callable[[int], None] | None = None,
     enumeration_batch: int = 1 << 16,
+    fixed_points: Any = None,
 ) -> FreshSearch:
     """Every step's cycles of ``orders`` found without a warm start: enumerated where an order has at most
     ``exhaustive_limit`` region sequences at that step, else SCYFI's random search (for ``random_orders``,
@@ -332,7 +381,7 @@ def search_fresh(
     sampler = _RandomSequences(stack, seeds, radii, regions)
     cut = False
     for order in orders:
-        collector = CycleCollector(order, stack.dtype, geometries, make_cycle)
+        collector = CycleCollector(order, stack.dtype, geometries)
         counts = [regions.count(step) for step in range(n_steps)]
         randomised = order in random_orders and n_starts > 0
         enumerate_steps = [randomised and c is not None and c**order <= exhaustive_limit for c in counts]
@@ -341,7 +390,15 @@ def search_fresh(
         if finished and any(search_steps):
             finished = _random_search(stack, order, sampler, collector, search_steps, result, n_starts, inner, outer, deadline)
         if finished and any(enumerate_steps):
-            finished = _enumerate(stack, order, regions, collector, enumerate_steps, result, deadline, enumeration_batch)
+            steps = [step for step, chosen in enumerate(enumerate_steps) if chosen]
+            if order == 1 and fixed_points is not None and all(fixed_points.applies(stack.model(i)) for i in steps):
+                solved = {"solved": [0] * n_steps}
+                finished = fixed_points.enumerate(stack, regions.tables, collector, steps, solved, deadline)
+                for step in steps:
+                    result.n_solves[step] += solved["solved"][step]
+                    result.iterations[step][order] = result.iterations[step].get(order, 0) + 1
+            else:
+                finished = _enumerate(stack, order, regions, collector, enumerate_steps, result, deadline, enumeration_batch)
         cut = cut or not finished
         for step in range(n_steps):
             result.cycles[step][order] = collector.cycles(step)
@@ -390,6 +447,7 @@ def _random_search(
     for _ in range(max_iterations):
         if not bool(active.any()):
             break
+        check_interrupt()
         if time.monotonic() > deadline:
             return False
         evaluation = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
@@ -438,6 +496,7 @@ def _enumerate(
     powers = base ** torch.arange(order - 1, -1, -1, device=device)  # (N, 1, k)
     chunk = max(1, batch_size // max(1, len(chosen)))
     for begin in range(0, max(totals), chunk):
+        check_interrupt()
         if time.monotonic() > deadline:
             return False
         index = torch.arange(begin, min(begin + chunk, max(totals)), device=device)
@@ -455,3 +514,161 @@ def _enumerate(
     for step in chosen:
         result.iterations[step][order] = result.iterations[step].get(order, 0) + 1
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which regions a search may enumerate
+
+
+# find_cycles lists a model's realizable regions (regions.list_cells, from the arrangement's vertices) when it
+# can have at most this many (``cell_count_bound``; 2**S for orthant models): the default exhaustive limit, so
+# every model whose fixed points can be enumerated has them enumerated.  ShallowPLRNN(3, 50) has 20,876 cells,
+# ShallowPLRNN(6, 20) 60,460.  Larger models get the heuristic search, with regions drawn from random states
+# and trajectories.
+REGION_LISTING_LIMIT = DEFAULT_MAX_CELLS
+
+# Models whose regions are not an arrangement's cells (every one of the 2**S codes of a PLRNN / ALRNN, or a
+# user's own realizable_codes / all 2**S codes) are enumerated, as before, only with at most this many codes:
+# a PLRNN's fixed points have 2**M orthants to solve, and enumerating them costs ~0.8 s per call for M = 16
+# and ~4 s for M = 18 against ~20-35 ms searched (1 thread), which the per-step monitor cannot afford.
+CODE_TABLE_LIMIT = 128
+
+
+def _realizable_regions(model, device: torch.device) -> Tensor | None:
+    """The model's realizable region codes on ``device``, or None when there can be more than
+    ``REGION_LISTING_LIMIT`` cells (arrangements listed by ``regions``) or ``CODE_TABLE_LIMIT`` codes (others)."""
+    try:
+        return _region_table(model, REGION_LISTING_LIMIT if _lists_cells(model) else CODE_TABLE_LIMIT).to(device)
+    except ValueError:
+        return None
+
+
+def _lists_cells(model) -> bool:
+    """Whether the model's regions are the cells of its switching planes, listed by ``regions.CellListing``."""
+    return (
+        isinstance(model, PiecewiseLinearRNN)
+        and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes
+        and not model.every_code_realizable
+    )
+
+
+# The cells of the last few models' arrangements, one CellListing per model class, size and device: the monitor
+# calls find_cycles once per training step on a snapshot of the same model, and a CellListing updates the
+# previous step's cells (the few vertices whose signs changed) instead of listing them again; unchanged weights
+# (find_cycles then exhaustive_cycles, a CLI run) cost nothing.  The lock: the monitor's thread fallback.
+_CELL_LISTINGS: "collections.OrderedDict[tuple, CellListing]" = collections.OrderedDict()
+_CELL_LISTINGS_SIZE = 4
+_CELL_LISTINGS_LOCK = threading.Lock()
+
+
+def _region_table(model, max_cells: int = DEFAULT_MAX_CELLS) -> Tensor:
+    """Every realizable region code of the model (all ``2**S`` codes when it cannot say).
+
+    Raises ``ValueError`` when there can be more than ``max_cells`` regions: by ``regions.cell_count_bound`` for
+    the package's models, ``Σ_{i≤M} C(S, i)`` for a user's ``realizable_codes``, ``2**S`` without one.
+    """
+    if isinstance(model, PiecewiseLinearRNN) and model.every_code_realizable:
+        return model.realizable_codes(max_cells)
+    if _lists_cells(model):
+        planes, offsets = (t.detach() for t in model.switching_planes())
+        key = (type(model), tuple(planes.shape), planes.device)
+        with _CELL_LISTINGS_LOCK:
+            listing = _CELL_LISTINGS.pop(key, None) or CellListing(max_cells=max_cells)
+            _CELL_LISTINGS[key] = listing
+            while len(_CELL_LISTINGS) > _CELL_LISTINGS_SIZE:
+                _CELL_LISTINGS.popitem(last=False)
+            return listing.update(planes, offsets, max_cells=max_cells)
+    name = type(model).__name__
+    if callable(getattr(model, "realizable_codes", None)):
+        if _region_count_bound(model) > max_cells:
+            raise ValueError(f"{name} can have up to {_region_count_bound(model)} regions, more than {max_cells}")
+        return model.realizable_codes()
+    if 2**model.n_switches > max_cells:
+        raise ValueError(f"{name} has no realizable_codes() and 2**{model.n_switches} codes, more than {max_cells}")
+    return all_codes(model.n_switches)
+
+
+def _region_count_bound(model) -> int:
+    """Upper bound on the number of regions: 2**S, or the cell count of an arrangement of S planes in R^M."""
+    n_switches, dim = model.n_switches, model.state_dim
+    if getattr(model, "every_code_realizable", False) or n_switches <= dim:
+        return 2**n_switches
+    return sum(math.comb(n_switches, i) for i in range(dim + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Carrying cycles from one weight setting to the next (find_cycles' warm start, the monitor's previous step)
+
+
+def resolve_sequences(stack: ModelStack, sequences: dict[int, Tensor]) -> dict[int, _scyfi.Evaluation]:
+    """Solve and simulate the region sequences ``sequences[k] (K, k, S)`` with every step's weights: an
+    ``Evaluation`` with leading axes ``(N, K)`` per order (one batched call per order)."""
+    resolved = {}
+    for order, codes in sequences.items():
+        codes = codes.to(stack.device).expand((stack.n_steps,) + tuple(codes.shape))
+        resolved[order] = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
+    return resolved
+
+
+def sequence_table(cycle_sets: Sequence[CycleSet | None], orders: Sequence[int], n_switches: int) -> dict[int, tuple[list[bytes], Tensor]]:
+    """Per order, the distinct canonical region sequences of the cycles in ``cycle_sets``: their keys (in a
+    fixed order) and their codes ``(K, k, S)``."""
+    table = {}
+    for order in orders:
+        by_key: dict[bytes, np.ndarray] = {}
+        for cycle_set in cycle_sets:
+            for cycle in cycle_set.by_order(order) if cycle_set is not None else ():
+                if cycle.codes.shape != (order, n_switches):
+                    raise ValueError(
+                        f"warm_start cycle of order {order} has codes of shape {cycle.codes.shape}, but the model has "
+                        f"{n_switches} switches: was it found on a different model?"
+                    )
+                by_key.setdefault(cycle.key, cycle.codes)
+        keys = sorted(by_key)
+        codes = np.stack([by_key[key] for key in keys]) if keys else np.zeros((0, order, n_switches), dtype=bool)
+        table[order] = (keys, torch.as_tensor(codes, dtype=torch.bool))
+    return table
+
+
+def assemble_step(
+    stack: ModelStack,
+    step: int,
+    fresh: FreshSearch,
+    carried: dict[int, tuple[list[bytes], _scyfi.Evaluation]],
+    orders: Sequence[int],
+    *,
+    wanted: dict[int, set[bytes]] | None = None,
+    extra: dict[int, list[Cycle]] | None = None,
+) -> CycleSet:
+    """One step's CycleSet: the carried region sequences that are real cycles with this step's weights first
+    (all of them, or only the keys in ``wanted``), then ``extra`` cycles (verified elsewhere), then the fresh
+    search's, each cycle once.
+
+    The order is fixed, so a step's result does not depend on which other steps were analysed with it.
+    """
+    geometry = _scyfi.switching_geometry(stack.model(step))
+    cycles: list[Cycle] = []
+    n_warm = warm_hits = 0
+    iterations = dict(fresh.iterations[step])
+    for order in orders:
+        collector = CycleCollector(order, stack.dtype, [geometry])
+        keys, evaluation = carried.get(order, ([], None))
+        rows = [i for i, key in enumerate(keys) if wanted is None or key in wanted.get(order, ())]
+        if rows and evaluation is not None:
+            index = torch.as_tensor(rows, device=stack.device)
+            picked = _scyfi.Evaluation(*(getattr(evaluation, name)[step, index][None] for name in _scyfi.EVALUATION_FIELDS))
+            n_warm += len(rows)
+            warm_hits += int(picked.real.sum())
+            iterations[order] = iterations.get(order, 0) + 1  # one batched pass over the carried sequences
+            collector.add_evaluation(picked)
+        collector.add_cycles(0, (extra or {}).get(order, ()))
+        collector.add_cycles(0, fresh.cycles[step][order])
+        cycles.extend(collector.cycles(0))
+    stats = FinderStats(
+        iterations,
+        fresh.n_solves[step] + n_warm,
+        fresh.n_singular[step],
+        warm_hits,
+        fresh.elapsed_s / stack.n_steps,
+    )
+    return CycleSet(tuple(cycles), tuple(orders), stats, dict(fresh.statuses[step]))

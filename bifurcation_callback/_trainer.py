@@ -23,6 +23,7 @@ __all__ = [
     "default_mode",
     "expected_last_step",
     "find_rnn",
+    "gradient_norm",
     "lightning_step",
     "reference_states",
     "step_loss",
@@ -195,3 +196,20 @@ def reference_states(pl_module: Any, state_dim: int) -> Any:
         )
     states = states.reshape(-1, state_dim)[:MAX_REFERENCE_STATES]
     return states.detach() if hasattr(states, "detach") else states
+
+
+def gradient_norm(parameters: Any) -> float | None:
+    """The L2 norm of all gradients of ``parameters`` together (None when none has a gradient).
+
+    Examples
+    --------
+    >>> layer = torch.nn.Linear(2, 1, bias=False)
+    >>> layer.weight.grad = torch.tensor([[3.0, 4.0]])
+    >>> gradient_norm(layer.parameters())
+    5.0
+    """
+    gradients = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not gradients:
+        return None
+    # One fused kernel for all the norms (as torch.nn.utils.clip_grad_norm_ does), then one host sync.
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from ._checks import finite_or_none
 from .attractors import AttractorReport, attractor_label
 from .cycles import CycleSet
+from ._search import AnalysisInterrupted, interruptible
 from ._stack import ModelStack
 from .dashboard import analysis_scalars
 from .models import detached_copy, model_tensors
@@ -394,6 +395,12 @@ class StepAnalyser:
             localize_events=localize_events,
         )
         self.attractors = AttractorTracker(max_attractor_period, seed=seed) if max_attractor_period else None
+        # Asked between batched calls of an analysis in this process (a worker process gets none): True stops it
+        # with AnalysisInterrupted, the step is skipped (a training that received SIGTERM stops promptly).
+        self.stop: Callable[[], bool] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "stop": None}  # a callable of the training process stays there
 
     def load(self, snapshot: Snapshot) -> torch.nn.Module:
         """The analyser's copy of the RNN with the snapshot's weights."""
@@ -457,8 +464,14 @@ class StepAnalyser:
         if usable:
             saved = self._trackers_checkpoint()
             try:
-                for index, result in zip(usable, self._analyse_together([snapshots[i] for i in usable], **elsewhere(usable))):
+                with interruptible(self.stop):
+                    together = self._analyse_together([snapshots[i] for i in usable], **elsewhere(usable))
+                for index, result in zip(usable, together):
                     results[index] = result
+            except AnalysisInterrupted as error:  # nothing else is analysed: training is stopping
+                self._trackers_restore(saved)
+                for index in usable:
+                    results[index] = skipped_result(snapshots[index], f"{type(error).__name__}: {error}")
             except Exception:
                 if len(usable) == 1:
                     self._trackers_restore(saved)

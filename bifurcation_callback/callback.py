@@ -19,16 +19,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from . import _trainer
-from ._checks import finite_or_none, require_bool, require_choice, require_int, require_real
+from ._checks import finite_or_none, require_bool, require_choice, require_int, require_int_sequence, require_real
 from ._trainer import available_cpus, default_mode
-from .analysis import Snapshot, StepAnalyser, StepRecord, take_snapshot
+from .analysis import take_snapshot
 from .bifurcations import BifurcationEvent
 from .cycles import CycleSet
+from .loss_jumps import DEFAULT_JUMP_SCALES
 from .dashboard import LOGGED_METRICS, Dashboard, custom_scalars_layout, fresh_run_dir, summary_line, summary_markdown
 from .models import check_protocol
-from .runner import InlineRunner, ProcessRunner
-from .session import MonitorSession, SessionSettings, warn_once
-from .tracking import MONITOR_FINDER_DEFAULTS, check_finder_kwargs, gradient_norm
+from .runner import InlineRunner
+from .session import FIGURES_TIMEOUT_S, MonitorSession, SessionSettings, warn_once
+from ._checks import check_finder_kwargs
+from ._trainer import gradient_norm
+from .tracking import MONITOR_FINDER_DEFAULTS
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -45,9 +48,6 @@ _OWNER = "BifurcationMonitor"
 
 MODES: tuple[str, ...] = ("auto", "async", "sync")
 WORKER_KINDS: tuple[str, ...] = ("process", "thread")
-
-# How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
-FIGURES_TIMEOUT_S = 60.0
 
 # Cycle orders above this would take the first search hours (every order is searched at every step).
 MAX_ORDER_LIMIT = 1000
@@ -111,9 +111,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         Loss jumps are looked for only after this many training steps: a fresh model's first updates
         often drop the loss by more than a jump's threshold, which is learning, not a bifurcation.
     jump_min_change : float
-        Smallest relative change of the per-batch training loss in one step that can count as a jump
-        (1.0: doubling or halving), on top of being a robust outlier (z > 5) against the run's own
-        step-to-step noise.  Per-batch losses under teacher forcing routinely move by ±50 %.
+        Smallest relative change of the training loss that can count as a jump (1.0: doubling or halving), on
+        top of being a robust outlier (z > 5) against the run's own changes at the same time scale.  Per-batch
+        losses under teacher forcing routinely move by ±50 % from one step to the next.
+    jump_scales : sequence of int
+        Time scales, in steps, at which loss jumps are looked for (``loss_jumps.DEFAULT_JUMP_SCALES``: 1, 3, 10
+        and 30): a change of the mean log-loss of ``h`` steps against the ``h`` before, judged against the run's
+        own changes at that scale, so a fall spread over 25 steps counts as well as a one-step jump.
     max_tracked_cycles : int
         How many individual cycles get their own ``max_abs_eig/cycle_{id}`` curve over the whole run (the
         first ``max_tracked_cycles`` tracks; a cycle born later gets none).
@@ -227,6 +231,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         jump_window: int | None = None,
         jump_warmup_steps: int = 20,
         jump_min_change: float = 1.0,
+        jump_scales: tuple[int, ...] = DEFAULT_JUMP_SCALES,
         max_tracked_cycles: int = 8,
         max_attractor_period: int = 256,
         localize_events: bool = False,
@@ -271,6 +276,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.jump_window = 5 * self.every_n_steps if jump_window is None and self.every_n_steps else jump_window
         self.jump_warmup_steps = require_int("jump_warmup_steps", jump_warmup_steps, 0, owner=_OWNER)
         self.jump_min_change = require_real("jump_min_change", jump_min_change, minimum=0.0, owner=_OWNER)
+        self.jump_scales = require_int_sequence("jump_scales", jump_scales, 1, owner=_OWNER)
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER)
         self.max_attractor_period = require_int("max_attractor_period", max_attractor_period, 0, owner=_OWNER)
         self.localize_events = require_bool("localize_events", localize_events, owner=_OWNER)
@@ -288,14 +294,12 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.summary: dict[str, Any] | None = None
         self.log_dir: str | None = None  # where events.jsonl and summary.json go; set at fit start
         self._session: MonitorSession | None = None
-        self._closed_runner: Any = None
-        self._restored: dict[str, Any] | None = None
+        self._restored: dict[str, Any] | None = None  # a checkpoint's state loaded before setup
         self._warned: set[str] = set()
         self._rnn: Any = None
         self._module: Any = None  # the LightningModule, read for bifurcation_reference_states
         self._state_key_inputs: tuple[Any, ...] | None = None
         self._state_key = ""
-        self._step_clock: tuple[float, float, bool] | None = None  # (time, hook seconds, worker busy) at the last batch end
         self._pending_grad_norm: float | None = None
         self._parameters: list[Any] | None = None
 
@@ -308,11 +312,6 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             self._state_key = self._generate_state_key(model_attr=self.model_attr, max_order=self.max_order)
             self._state_key_inputs = inputs
         return self._state_key
-
-    @property
-    def active_mode(self) -> str | None:
-        """``"async"`` or ``"sync"`` once fit has started (``"auto"`` resolved; ``"sync"`` after a fallback)."""
-        return self._session.mode if self._session is not None else None
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -328,17 +327,23 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             check_protocol(self._rnn)
         except ValueError as error:
             raise ValueError(f"BifurcationMonitor: {error}") from None
-        if trainer is not None and trainer.is_global_zero:
-            self._open_session(trainer)  # a worker process starts now: it has a second or more to import torch
+        if trainer is None or not trainer.is_global_zero:
+            return
+        mode = self.mode if self.mode != "auto" else default_mode(trainer)
+        # The worker process starts now: it has a second or more to import torch before the first snapshot.
+        self._session = MonitorSession.open(self._settings(), self._rnn, device=_trainer.training_device(trainer),
+                                            mode=mode, warn=self._warn, previous=self._session,
+                                            stop=lambda: bool(getattr(trainer, "received_sigterm", False)))
+        if self._restored is not None:  # restored before setup (Lightning restores after it)
+            self._session.load_state_dict(self._restored)
+            self._restored = None
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         root = trainer.log_dir if self.jsonl_path is None else None  # a collective under DDP: every rank asks
-        session = self._session
-        if not trainer.is_global_zero or session is None:
+        if not trainer.is_global_zero or self._session is None:
             return
-        session.fit_started()
-        self._parameters, self._step_clock = None, None
+        self._parameters = None
         if self.jsonl_path is not None:
             folder, name = Path(self.jsonl_path).parent, Path(self.jsonl_path).name
         else:
@@ -346,15 +351,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
                 root = fresh_run_dir(trainer.default_root_dir)
             folder, name = (Path(root) if trainer.loggers else fresh_run_dir(root)), "events.jsonl"
         self.log_dir = str(folder)
-        session.dashboard = Dashboard(trainer.loggers, folder, name)
-        session.dashboard.log_layout(custom_scalars_layout("bifurcation/loss", range(1, self.max_order + 1)))
-        restored, self._restored = self._restored, None
-        # On resume the restored records replace whatever the interrupted run wrote after its checkpoint.
-        session.dashboard.rewrite_records([r.to_json() for r in session.records], resumed=restored is not None)
-        if restored is not None and session.runner is not None:
-            session.runner.load_state(restored["analyser"])
-            for snapshot in restored["pending"]:  # steps a checkpoint saved before they were analysed: none is lost
-                session.submit(snapshot)
+        layout = custom_scalars_layout("bifurcation/loss", range(1, self.max_order + 1))
+        self._session.start_fit(Dashboard(trainer.loggers, folder, name), layout)
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
@@ -381,13 +379,13 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if session.history and session.history[-1][0] == step:
             return  # several optimizers, or manual optimization: one record per logged step
         started = time.perf_counter()
-        self._time_step(started)
-        session.note_step(step, finite_or_none(_trainer.step_loss(trainer, outputs, self.loss_key)), finite_or_none(self._pending_grad_norm))
-        session.collect()  # first: results that arrived go out before this step's
+        session.step_ended(started)
+        loss = finite_or_none(_trainer.step_loss(trainer, outputs, self.loss_key))
+        session.note_step(step, loss, finite_or_none(self._pending_grad_norm))
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             self._submit(step)
-            session.collect()  # analysed in the hook (sync): logged before the next backward pass
-        self._end_hook(started)
+        session.collect()  # in sync mode the step's own result: logged before the next backward pass
+        session.hook_ended(started)
 
     @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -397,117 +395,46 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if (trainer.current_epoch + 1) % self.every_n_epochs or not session.history:
             return
         step = int(session.history[-1][0])  # the epoch's last optimizer step: the same step convention
-        if step in {r.step for r in session.records} | {s.step for s in session.runner.pending()} | set(session.dropped):
+        if session.monitored(step):
             return  # analysed already (an epoch of batches that never stepped the optimizer)
         started = time.perf_counter()
-        session.collect()
         self._submit(step)
         session.collect()
-        self._end_hook(started)
+        session.hook_ended(started)
 
     @override
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        session = self._session
-        if session is None or not trainer.is_global_zero or session.dashboard is None:
+        if self._session is None or not trainer.is_global_zero or self._session.dashboard is None:
             return
-        fit_seconds = session.fit_elapsed()
-        started = time.perf_counter()  # waiting for the worker is part of the fit's wall time the monitor costs
-        self._drain()
-        summary = None
-        try:
-            summary = session.summary(fit_seconds)
-            if session.records and session.last is not None:  # async: drawn and written by the worker after fit
-                runner = session.runner
-                log_dirs = session.dashboard.local_tensorboard_dirs() if getattr(runner, "kind", None) == "process" else None
-                session.request_figures(summary["final_step"] or 0, summary["loss_jumps"], log_dirs=log_dirs or ())
-        except Exception as error:  # a broken summary must not hide the training result
-            self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
-        self._close_runner(finish_figures=True)
-        session.publish()
-        session.overhead.drain_seconds += time.perf_counter() - started
+        summary = self._session.finish()
         if summary is not None:
-            try:
-                self.summary = {**summary, **session.timing_fields(fit_seconds)}
-                session.write_summary(self.summary)
-                if self.verbose:
-                    rank_zero_info(summary_line(self.summary, show_all_events=self.show_all_events))
-            except Exception as error:
-                self._warn("summary", f"BifurcationMonitor could not write its summary: {error}")
-        session.dashboard.flush()
+            self.summary = summary
+            if self.verbose:
+                rank_zero_info(summary_line(summary, show_all_events=self.show_all_events))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close_runner()  # an interrupted fit must not leave a worker process behind
+        self.teardown(trainer, pl_module, "fit")  # an interrupted fit must not leave a worker process behind
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._close_runner()
-
-    # ------------------------------------------------------------------------------------------ state
+        if self._session is not None:
+            self._session.close_runner()
+            if self._session.dashboard is not None:
+                self._session.dashboard.close_files()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        session = self._session
-        if session is None:  # saved before fit started: what was restored, unchanged
-            return self._restored_state_dict()
-        session.collect()  # what is finished becomes records; the rest is saved as pending snapshots
-        session.publish()  # the run folder holds what the checkpoint holds
-        runner = session.runner
-        analyser_state = runner.state if runner is not None else session.analyser.state_dict() if session.analyser else {}
-        pending = runner.pending() if runner is not None else []
-        return {
-            "tracker": analyser_state.get("tracker"),
-            "attractor": analyser_state.get("attractor"),
-            "pending": [snapshot.to_dict() for snapshot in pending],
-            "records": [record.to_json() for record in session.records],
-            "history": session.history,
-            "skip_reasons": dict(session.skip_reasons),
-            "dropped": list(session.dropped),
-            "overhead": session.overhead.state_dict(session.fit_elapsed()),
-        }
+        if self._session is None:  # saved before fit started: what was restored, unchanged
+            return dict(self._restored or {})
+        return self._session.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Checkpoints written before the tracker was split out hold its fields at the top level.
-        tracker = state_dict.get("tracker", state_dict)
-        previous = (tracker or {}).get("previous")
-        self._restored = {
-            "analyser": {"tracker": tracker, "attractor": state_dict.get("attractor")},
-            "pending": [Snapshot.from_dict(entry) for entry in state_dict.get("pending", [])],
-            "records": [StepRecord.from_json(record) for record in state_dict.get("records", [])],
-            "history": [list(entry) for entry in state_dict.get("history", [])],
-            "skip_reasons": dict(state_dict.get("skip_reasons", {})),
-            "dropped": [int(step) for step in state_dict.get("dropped", [])],
-            "overhead": state_dict.get("overhead") or {},
-            "cycles": CycleSet.from_dict(previous) if previous is not None else None,
-        }
         if self._session is not None:  # Lightning restores callbacks after setup: the session is open already
-            self._restore(self._session)
-
-    def _restore(self, session: MonitorSession) -> None:
-        """Give ``session`` the restored records and counts; the analyser's state and the snapshots not yet
-        analysed go to the runner at fit start (``on_train_start``)."""
-        restored = self._restored
-        session.records, session.history = restored["records"], restored["history"]
-        session.skip_reasons.clear()
-        session.skip_reasons.update(restored["skip_reasons"])
-        session.dropped, session.restored_cycles = restored["dropped"], restored["cycles"]
-        session.overhead.load_state_dict(restored["overhead"])
-        session.n_events = sum(len(r.verified_events) for r in session.records)
-
-    def _restored_state_dict(self) -> dict[str, Any]:
-        restored = self._restored or {}
-        analyser = restored.get("analyser", {})
-        return {
-            "tracker": analyser.get("tracker"),
-            "attractor": analyser.get("attractor"),
-            "pending": [snapshot.to_dict() for snapshot in restored.get("pending", [])],
-            "records": [record.to_json() for record in restored.get("records", [])],
-            "history": restored.get("history", []),
-            "skip_reasons": restored.get("skip_reasons", {}),
-            "dropped": restored.get("dropped", []),
-            "overhead": restored.get("overhead", {}),
-        }
+            self._session.load_state_dict(state_dict)
+        else:
+            self._restored = state_dict
 
     # ------------------------------------------------------------------------------------------ public results
 
@@ -518,14 +445,14 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         return self._session
 
     @property
+    def active_mode(self) -> str | None:
+        """``"async"`` or ``"sync"`` once fit has started (``"auto"`` resolved; ``"sync"`` after a fallback)."""
+        return self._session.mode if self._session is not None else None
+
+    @property
     def records(self) -> list[dict[str, Any]]:
         """One dict per analysed or skipped step (as written to ``events.jsonl``), in step order."""
         return [record.to_json() for record in self._session.records] if self._session is not None else []
-
-    @property
-    def step_records(self) -> list[StepRecord]:
-        """The typed records behind :attr:`records`."""
-        return list(self._session.records) if self._session is not None else []
 
     @property
     def events(self) -> list[BifurcationEvent]:
@@ -550,11 +477,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     @property
     def worker_processes(self) -> list[int]:
         """The process ids of every worker process this monitor started (empty in sync mode)."""
-        session = self._session
-        if session is None:
-            return []
-        summaries = session.runner_summaries + ([session.runner.summary()] if session.runner is not None else [])
-        return [pid for summary in summaries if summary for pid in summary.get("processes", [])]
+        return self._session.worker_processes() if self._session is not None else []
 
     def wait_for_figures(self, timeout_s: float | None = FIGURES_TIMEOUT_S) -> bool:
         """Wait until the worker process has written the fit-end figures.
@@ -569,64 +492,20 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         >>> BifurcationMonitor().wait_for_figures()  # nothing pending before a fit
         True
         """
-        runner = self._closed_runner
+        runner = self._session.closed_runner if self._session is not None else None
         return runner is None or runner.wait_closed(timeout_s)
 
     # ------------------------------------------------------------------------------------------ wiring
-
-    def _open_session(self, trainer: Any) -> None:
-        """Build the analyser (continuing from a restored or earlier state), resolve the mode, start the runner."""
-        previous, restored = self._session, self._restored
-        session = MonitorSession(self._settings(), None, None, None, self._warn)
-        if restored is not None:
-            self._restore(session)
-        elif previous is not None:  # a second fit with the same monitor continues from the first one's last step
-            session.records, session.history, session.dropped = previous.records, previous.history, previous.dropped
-            session.skip_reasons, session.n_events, session.last = previous.skip_reasons, previous.n_events, previous.last
-            session.overhead.load_state_dict(previous.overhead.state_dict(0.0))
-        self._session = session
-        device = _trainer.training_device(trainer)
-        try:
-            session.analyser = self._analyser(device)
-            if previous is not None and restored is None and previous.analyser is not None:
-                session.analyser.load_state_dict(previous.analyser.state_dict())
-        except Exception as error:  # e.g. a model that cannot be copied: every step is skipped, training goes on
-            session.start_error = f"{type(error).__name__}: {error}"
-            self._warn("no analysis", f"BifurcationMonitor cannot analyse this model ({session.start_error}); every monitored step is skipped")
-            return
-        mode = self.mode if self.mode != "auto" else default_mode(trainer)
-        if mode == "sync":
-            session.runner, session.mode = InlineRunner(session.analyser), "sync"
-            return
-        session.runner = ProcessRunner(session.analyser, kind=self.worker, queue_size=self.queue_size, warm_figures=True)
-        session.mode = "async"
-        try:
-            session.runner.start()
-        except Exception as error:  # never into training: analyse in sync instead
-            session.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the rest of the "
-                              "run is analysed on the training thread (mode='sync')")
-
-    def _analyser(self, device: torch.device) -> StepAnalyser:
-        finder_kwargs = dict(self.finder_kwargs)
-        if device.type == "cuda" and "device" not in finder_kwargs:  # the GPU the module trains on (more search there)
-            finder_kwargs["device"] = device
-        return StepAnalyser(
-            self._rnn,
-            max_order=self.max_order,
-            max_tracked_cycles=self.max_tracked_cycles,
-            seed=self.seed,
-            finder_kwargs=finder_kwargs,
-            time_budget_s=self.time_budget_s,
-            localize_events=self.localize_events,
-            max_attractor_period=self.max_attractor_period,
-        )
 
     def _settings(self) -> SessionSettings:
         return SessionSettings(
             max_order=self.max_order, every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs,
             jump_window=self.jump_window, jump_warmup_steps=self.jump_warmup_steps, jump_min_change=self.jump_min_change,
-            log_figures_every_n_steps=self.log_figures_every_n_steps, max_attractor_period=self.max_attractor_period,
-            show_all_events=self.show_all_events, seed=self.seed,
+            jump_scales=self.jump_scales, log_figures_every_n_steps=self.log_figures_every_n_steps,
+            max_attractor_period=self.max_attractor_period, show_all_events=self.show_all_events, seed=self.seed,
+            max_tracked_cycles=self.max_tracked_cycles, finder_kwargs=self.finder_kwargs, time_budget_s=self.time_budget_s,
+            localize_events=self.localize_events, worker=self.worker, queue_size=self.queue_size,
+            drain_timeout_s=self.drain_timeout_s,
         )
 
     def _submit(self, step: int) -> None:
@@ -634,89 +513,17 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         session = self._session
         loss, grad_norm = session.history[-1][1], session.history[-1][2]
         try:
-            snapshot = take_snapshot(self._rnn, step, loss=loss, grad_norm=grad_norm, reference=self._reference(),
+            reference = _trainer.reference_states(self._module, self._rnn.state_dim)
+        except Exception as error:
+            self._warn("reference states", f"BifurcationMonitor ignores the module's reference states: {error}")
+            reference = None
+        try:
+            snapshot = take_snapshot(self._rnn, step, loss=loss, grad_norm=grad_norm, reference=reference,
                                      copy=not isinstance(session.runner, InlineRunner))
         except Exception as error:  # the monitor must never take the training run down
             session.record_skip(step, loss, f"{type(error).__name__}: {error}")
             return
         session.submit(snapshot)
-
-    def _time_step(self, now: float) -> None:
-        """Account the training step that just ended: its duration, the monitor's hooks in it, and whether a
-        worker was analysing meanwhile (``OverheadAccount``)."""
-        overhead = self._session.overhead
-        if self._step_clock is not None:
-            then, hook_then, busy = self._step_clock
-            overhead.step(now - then, busy=busy, hook_s=overhead.hook_seconds - hook_then)
-
-    def _end_hook(self, started: float) -> None:
-        session = self._session
-        now = time.perf_counter()
-        session.overhead.hook_seconds += now - started
-        runner = session.runner
-        busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
-        self._step_clock = (now, session.overhead.hook_seconds, busy)
-
-    def _drain(self) -> None:
-        """Fit end: wait (at most ``drain_timeout_s``) until the runner has analysed every snapshot; what it has
-        not reached by then is counted as dropped."""
-        session = self._session
-        runner = session.runner
-        if runner is None:
-            return
-        from tqdm import tqdm
-
-        deadline = None if self.drain_timeout_s is None else time.monotonic() + self.drain_timeout_s
-        total = runner.n_waiting
-        with tqdm(total=total, desc="BifurcationMonitor: analysing the queued steps", unit="step", delay=2.0,
-                  leave=False, disable=total < 2) as bar:
-            while True:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                try:
-                    done = session.runner.drain(0.5 if remaining is None else min(remaining, 0.5))
-                except Exception as error:  # the worker's machinery failed at the last moment: finish in sync
-                    session.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the "
-                                      "rest of the run is analysed on the training thread (mode='sync')")
-                    done = True
-                session.collect()
-                bar.update(max(total - session.runner.n_waiting - bar.n, 0))
-                if done or (remaining is not None and remaining <= 0):
-                    break
-        if done:
-            return
-        waiting, _ = session.runner.take_pending()
-        unanalysed = [snapshot.step for snapshot in waiting]
-        session.dropped.extend(unanalysed)
-        self._warn("drain", f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
-                   f"{self.drain_timeout_s}; they are counted as dropped")
-
-    def _close_runner(self, *, finish_figures: bool = False) -> None:
-        """Stop the runner and make the analyser in this process hold the state of the last analysed step again:
-        a checkpoint saved after fit (``trainer.save_checkpoint``) or a second fit continues from there.  A
-        worker process still writing the fit-end figures is left to finish them (``wait_for_figures``)."""
-        session = self._session
-        runner = session.runner if session is not None else None
-        if runner is None or isinstance(runner, InlineRunner):
-            if session is not None:
-                session.collect()  # figures drawn in the hook come back as outcomes too
-            return
-        timeout = FIGURES_TIMEOUT_S if self.drain_timeout_s is None else max(self.drain_timeout_s, 5.0)
-        if finish_figures:  # figures that come back (a thread's, periodic ones) go through this process's logger
-            runner.drain(timeout)
-        session.collect()
-        runner.close(timeout if finish_figures else 5.0)
-        session.collect()
-        session.runner_summaries.append(runner.summary())
-        session.analyser.load_state_dict(runner.state)
-        session.runner = InlineRunner(session.analyser)
-        self._closed_runner = runner
-
-    def _reference(self) -> Any:
-        try:
-            return _trainer.reference_states(self._module, self._rnn.state_dim)
-        except Exception as error:
-            self._warn("reference states", f"BifurcationMonitor ignores the module's reference states: {error}")
-            return None
 
     def _warn(self, category: str, message: str) -> None:
         warn_once(self._warned)(category, message)

@@ -9,32 +9,42 @@ Every reported cycle is verified with the nonlinear map: its closing residual is
 scale, the codes it visits are the assumed ones, its period is minimal, and it is reported once (up to
 rotation).  The batched solve, the simulation and these checks are the kernel in ``_scyfi`` (shared with
 ``bifurcations.scan``); this module searches region sequences, collects verified cycles and defines the
-result types.  A model's ``affine_pieces`` is checked against its ``step`` once per model object
+result types.  The realizable regions that exhaustive orders enumerate are listed by ``regions``.  A model's
+``affine_pieces`` is checked against its ``step`` once per model object
 (``models.check_protocol``).  This module knows nothing of Lightning or TensorBoard.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 import dataclasses
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from . import _scyfi
 from ._checks import require_bool, require_dtype, require_int
-from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES
-from ._search import CycleCollector, FreshSearch, RegionTables, search_fresh
+from ._scyfi import NEUTRAL_TOLERANCE, TOLERANCES  # noqa: F401  (re-exported: the finder's tolerances)
+from ._cycle_types import ORDER_STATUSES, STABILITY_KINDS, Cycle, CycleSet, FinderStats
+from ._search import (  # noqa: F401  (the region limits are re-exported, where find_cycles' docstring names them)
+    CODE_TABLE_LIMIT,
+    REGION_LISTING_LIMIT,
+    CycleCollector,
+    RegionTables,
+    _realizable_regions,
+    _region_table,
+    assemble_step,
+    resolve_sequences,
+    search_fresh,
+    sequence_table,
+)
 from ._stack import ModelStack
-from .models import PiecewiseLinearRNN, all_codes, check_protocol, detached_copy, require_piecewise_linear, search_radius
+from .models import check_protocol, detached_copy, require_piecewise_linear, search_radius
 
 __all__ = [
     "Cycle",
@@ -49,318 +59,13 @@ __all__ = [
     "cycles_from_sequences",
 ]
 
-# The closed vocabulary of stability kinds; Cycle.kind returns one of these.
-STABILITY_KINDS = ("stable", "unstable", "saddle", "neutral")
-
-# How a CycleSet's cycles of one order were obtained (CycleSet.statuses):
-#   exhaustive  every realizable region sequence of that order was solved: the list is complete (proved);
-#   searched    SCYFI's heuristic random search ran (the effort is in FinderStats): a lower bound;
-#   warm_only   only the warm start's region sequences were re-solved: a lower bound;
-#   cut         the time budget stopped the search in or before this order: what was found is kept.
-ORDER_STATUSES = ("exhaustive", "searched", "warm_only", "cut")
-
 # find_cycles enumerates an order when it has at most this many region sequences (R**k).  Measured on a
 # 2-core CPU (docs/benchmarks.md): 2**18 sequences of order 3 cost ~0.25 s quiet (0.6-0.8 s busy), a default
 # random search of that order 0.04-0.09 s.  With 2**16 the fuzz missed 8 of 13,426 cycles, all in clipped
 # shallow PLRNNs with 41..64 regions whose order 3 (R**3 <= 2**18) was then only searched.
 DEFAULT_EXHAUSTIVE_LIMIT = 2**18
 
-# find_cycles lists a model's realizable regions (one LP per empty partial cell) only when the arrangement
-# can have at most this many cells: 0.1-0.5 s for 64 cells, 1-3.6 s for 299 (docs/benchmarks.md).
-# Larger models get the heuristic search, with regions drawn from random states and trajectories.
-REGION_ENUMERATION_CAP = 128
-
 # NEUTRAL_TOLERANCE and the per-dtype TOLERANCES live in the kernel (_scyfi) and are re-exported here.
-
-
-@dataclass(frozen=True, eq=False)
-class Cycle:
-    """One verified fixed point (``order == 1``) or k-cycle.
-
-    Attributes
-    ----------
-    order : int
-        Minimal period ``k``.
-    points : ndarray, shape (k, M)
-        The cycle's points in visiting order, starting at the canonical rotation.
-    codes : ndarray, shape (k, S), bool
-        Region code of each point.
-    eigenvalues : ndarray, shape (M,), complex
-        Multipliers: eigenvalues of the k-step Jacobian product ``J_k … J_1``.
-    residual : float
-        ``|F^k(z_1) - z_1| / (1 + |z_1|)`` from simulating the true map.
-    border_margin : float
-        Smallest distance of a cycle point to a switching plane (NaN when the model has no planes);
-        near zero means a border collision is close.
-
-    Examples
-    --------
-    >>> from bifurcation_callback.models import PLRNN
-    >>> model = PLRNN(1)
-    >>> with torch.no_grad():
-    ...     _ = model.A.fill_(0.5); _ = model.h.fill_(1.0)
-    >>> fixed_point = find_cycles(model, max_order=1).by_order(1)[0]
-    >>> fixed_point.points.round(6).tolist(), fixed_point.kind
-    ([[2.0]], 'stable')
-    """
-
-    order: int
-    points: np.ndarray
-    codes: np.ndarray
-    eigenvalues: np.ndarray
-    residual: float = 0.0
-    border_margin: float = float("nan")
-    is_virtual: bool = False
-
-    @property
-    def spectral_radius(self) -> float:
-        """Largest multiplier modulus; the cycle is stable iff this is below 1."""
-        return float(np.abs(self.eigenvalues).max()) if self.eigenvalues.size else 0.0
-
-    @property
-    def n_unstable(self) -> int:
-        """Number of multipliers outside the unit circle (beyond the neutral tolerance)."""
-        return int((np.abs(self.eigenvalues) > 1 + NEUTRAL_TOLERANCE).sum())
-
-    @property
-    def n_unstable_complex(self) -> int:
-        """Number of non-real multipliers outside the unit circle."""
-        outside = np.abs(self.eigenvalues) > 1 + NEUTRAL_TOLERANCE
-        return int((outside & (np.abs(self.eigenvalues.imag) > 1e-12)).sum())
-
-    @property
-    def kind(self) -> str:
-        """One of ``STABILITY_KINDS``."""
-        moduli = np.abs(self.eigenvalues)
-        if np.any(np.abs(moduli - 1) <= NEUTRAL_TOLERANCE):
-            return "neutral"
-        if np.all(moduli < 1):
-            return "stable"
-        return "unstable" if np.all(moduli > 1) else "saddle"
-
-    @property
-    def is_stable(self) -> bool:
-        return self.kind == "stable"
-
-    @property
-    def key(self) -> bytes:
-        """Identity of the cycle: its canonical region-code sequence (rotation invariant)."""
-        return self.codes.astype(np.uint8).tobytes()
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict; ``from_dict`` inverts it exactly."""
-        return {
-            "order": self.order,
-            "points": self.points.tolist(),
-            "codes": self.codes.astype(int).tolist(),
-            "eigenvalues": [[float(v.real), float(v.imag)] for v in self.eigenvalues],
-            "residual": self.residual,
-            # None when there is no finite margin (no planes, or no switch at all): strict JSON has no NaN/inf.
-            "border_margin": self.border_margin if math.isfinite(self.border_margin) else None,
-            "kind": self.kind,
-            "spectral_radius": self.spectral_radius,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Cycle":
-        eigenvalues = np.array([complex(re, im) for re, im in data["eigenvalues"]], dtype=np.complex128)
-        margin = data.get("border_margin")
-        return cls(
-            order=int(data["order"]),
-            points=np.asarray(data["points"], dtype=np.float64),
-            codes=np.asarray(data["codes"], dtype=bool),
-            eigenvalues=eigenvalues,
-            residual=float(data.get("residual", 0.0)),
-            border_margin=float("nan") if margin is None else float(margin),
-        )
-
-
-@dataclass(frozen=True)
-class FinderStats:
-    """How much work a search took.
-
-    Attributes
-    ----------
-    iterations : dict[int, int]
-        Batched SCYFI iterations per order.
-    n_solves : int
-        Linear systems solved (sequences tried), all orders together.
-    n_singular : int
-        Systems skipped as singular or non-finite.
-    warm_start_hits : int
-        Warm-start sequences that were real cycles on their first solve.
-    elapsed_s : float
-        Wall time of the search.
-    """
-
-    iterations: dict[int, int] = field(default_factory=dict)
-    n_solves: int = 0
-    n_singular: int = 0
-    warm_start_hits: int = 0
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "iterations": {str(k): v for k, v in self.iterations.items()},
-            "n_solves": self.n_solves,
-            "n_singular": self.n_singular,
-            "warm_start_hits": self.warm_start_hits,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FinderStats":
-        return cls(
-            iterations={int(k): int(v) for k, v in data.get("iterations", {}).items()},
-            n_solves=int(data.get("n_solves", 0)),
-            n_singular=int(data.get("n_singular", 0)),
-            warm_start_hits=int(data.get("warm_start_hits", 0)),
-            elapsed_s=float(data.get("elapsed_s", 0.0)),
-        )
-
-
-@dataclass(frozen=True)
-class CycleSet:
-    """All cycles found in one search, sorted by order.
-
-    Attributes
-    ----------
-    cycles : tuple[Cycle, ...]
-    orders : tuple[int, ...]
-        The orders that were searched.
-    stats : FinderStats
-    statuses : dict[int, str]
-        How each order's cycles were obtained, one of ``ORDER_STATUSES``: ``"exhaustive"`` (every region
-        sequence solved: complete), ``"searched"`` (heuristic search: a lower bound), ``"warm_only"`` (only
-        the warm start re-solved) or ``"cut"`` (stopped by the time budget).  Orders not given are
-        ``"searched"``.
-
-    Examples
-    --------
-    >>> from bifurcation_callback.models import PLRNN
-    >>> cycles = find_cycles(PLRNN(2), max_order=2, seed=0)
-    >>> set(cycles.counts()) == {1, 2}
-    True
-    >>> cycles.statuses, cycles.complete          # 4 regions: 4 and 16 sequences, both enumerated
-    ({1: 'exhaustive', 2: 'exhaustive'}, True)
-    >>> CycleSet(orders=(1, 2), statuses={1: "exhaustive"}).status(2)
-    'searched'
-    """
-
-    cycles: tuple[Cycle, ...] = ()
-    orders: tuple[int, ...] = ()
-    stats: FinderStats = field(default_factory=FinderStats)
-    statuses: dict[int, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        statuses = {int(k): v for k, v in dict(self.statuses).items()}
-        unknown = {k: v for k, v in statuses.items() if v not in ORDER_STATUSES}
-        if unknown:
-            raise ValueError(f"statuses must be one of {ORDER_STATUSES}, got {unknown}")
-        extra = sorted(set(statuses) - set(self.orders))
-        if extra:
-            raise ValueError(f"statuses name orders {extra} that are not in orders {tuple(self.orders)}")
-        object.__setattr__(self, "statuses", {k: statuses.get(k, "searched") for k in self.orders})
-
-    def status(self, order: int) -> str:
-        """How the cycles of ``order`` were obtained (one of ``ORDER_STATUSES``); KeyError if not searched."""
-        return self.statuses[order]
-
-    def is_exhaustive(self, order: int) -> bool:
-        """True when every region sequence of ``order`` was solved: ``by_order(order)`` is all there is."""
-        return self.statuses.get(order) == "exhaustive"
-
-    @property
-    def complete(self) -> bool:
-        """True when every searched order is exhaustive (the counts are exact, not lower bounds)."""
-        return all(status == "exhaustive" for status in self.statuses.values())
-
-    @property
-    def cut(self) -> bool:
-        """True when the time budget stopped the search in some order."""
-        return "cut" in self.statuses.values()
-
-    def count_label(self, order: int) -> str:
-        """The number of cycles of ``order`` as text: ``"3"`` when exhaustive, ``"≥ 3"`` for a lower bound."""
-        count = len(self.by_order(order))
-        return str(count) if self.is_exhaustive(order) else f"≥ {count}"
-
-    def __iter__(self) -> Iterator[Cycle]:
-        return iter(self.cycles)
-
-    def __len__(self) -> int:
-        return len(self.cycles)
-
-    def by_order(self, order: int) -> list[Cycle]:
-        """The cycles of minimal period ``order``."""
-        return [cycle for cycle in self.cycles if cycle.order == order]
-
-    def counts(self) -> dict[int, int]:
-        """Number of cycles per searched order (orders with none included)."""
-        return {order: len(self.by_order(order)) for order in self.orders}
-
-    def stable_counts(self) -> dict[int, int]:
-        """Number of stable cycles per searched order."""
-        return {order: sum(c.is_stable for c in self.by_order(order)) for order in self.orders}
-
-    @property
-    def n_stable(self) -> int:
-        return sum(cycle.is_stable for cycle in self.cycles)
-
-    def to_dict(self) -> dict:
-        return {
-            "orders": list(self.orders),
-            "statuses": {str(k): v for k, v in self.statuses.items()},
-            "complete": self.complete,
-            "cut": self.cut,
-            "cycles": [cycle.to_dict() for cycle in self.cycles],
-            "stats": self.stats.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CycleSet":
-        """Inverse of ``to_dict``.  JSON written before per-order statuses (a ``"complete"`` flag only) reads
-        as every order ``"searched"``, or every order ``"cut"`` when ``complete`` was false."""
-        orders = tuple(int(k) for k in data["orders"])
-        if "statuses" in data:
-            statuses = {int(k): str(v) for k, v in data["statuses"].items()}
-        else:
-            statuses = dict.fromkeys(orders, "searched" if data.get("complete", True) else "cut")
-        return cls(
-            cycles=tuple(Cycle.from_dict(c) for c in data["cycles"]),
-            orders=orders,
-            stats=FinderStats.from_dict(data.get("stats", {})),
-            statuses=statuses,
-        )
-
-    def summary(self) -> str:
-        """A plain-text table: one row per cycle (order, kind, spectral radius, first point), then the count
-        and status of every order; a count that is only a lower bound is shown as ``≥ n``.
-
-        Examples
-        --------
-        >>> print(CycleSet(orders=(1,)).summary())
-        order  kind      |λ|max     border    first point
-        (no cycles found for orders 1)
-        counts: order 1: ≥ 0 (searched)
-        (≥ n: a lower bound; only exhaustive orders are proved complete)
-        """
-        rows = [f"{'order':<6} {'kind':<9} {'|λ|max':<10} {'border':<9} first point"]
-        for cycle in self.cycles:
-            point = np.array2string(cycle.points[0], precision=4, separator=", ", suppress_small=True)
-            rows.append(
-                f"{cycle.order:<6} {cycle.kind:<9} {cycle.spectral_radius:<10.4g} {cycle.border_margin:<9.3g} {point}"
-            )
-        if not self.cycles:
-            rows.append(f"(no cycles found for orders {', '.join(map(str, self.orders))})")
-        rows.append(
-            "counts: " + ", ".join(f"order {k}: {self.count_label(k)} ({self.statuses[k]})" for k in self.orders)
-        )
-        if not self.complete:
-            rows.append("(≥ n: a lower bound; only exhaustive orders are proved complete)")
-        if self.cut:
-            rows.append("(search stopped by the time budget: the list may be incomplete)")
-        return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -476,8 +181,12 @@ def find_cycles(
     sequence is solved, in batches, and the order's status is ``"exhaustive"`` (complete).  Other orders
     get batched SCYFI (status ``"searched"``): random region sequences drawn from random states, from the
     realizable regions (when listed) and from codes visited by trajectories, followed for ``inner``
-    iterations.  The regions are listed (by LPs) only when the arrangement can have at most
-    ``REGION_ENUMERATION_CAP`` cells; larger models are always searched.  Orders outside
+    iterations.  A shallow model's regions are listed exactly (``regions.list_cells``, from the arrangement's
+    vertices) when there can be at most ``REGION_LISTING_LIMIT`` (``2**18``) of them, so the fixed points of,
+    e.g., ShallowPLRNN(3, 50) (20,876 regions) and ShallowPLRNN(6, 20) (60,460) are enumerated; larger ones
+    are always searched.  Models whose regions are all ``2**S`` codes (PLRNN, ALRNN) or their own
+    ``realizable_codes`` are enumerated up to ``CODE_TABLE_LIMIT`` (128) codes.  Successive calls on a
+    changing model (a training run) update the previous listing instead of repeating it.  Orders outside
     ``random_orders`` only re-solve the warm start (``"warm_only"``).
 
     Parameters
@@ -582,101 +291,12 @@ def find_cycles(
             exhaustive_limit=exhaustive_limit,
             random_orders=searched,
             deadline=deadline,
-            make_cycle=Cycle,
             on_order=lambda _: bar.update(1),
         )
         table = sequence_table([warm_start], order_list, analysed.n_switches)
         resolved = resolve_sequences(stack, {order: codes for order, (_, codes) in table.items()})
         found = assemble_step(stack, 0, fresh, {k: (table[k][0], resolved[k]) for k in order_list}, order_list)
     return dataclasses.replace(found, stats=dataclasses.replace(found.stats, elapsed_s=time.monotonic() - started))
-
-
-def _realizable_regions(model, device: torch.device) -> Tensor | None:
-    """The model's realizable region codes on ``device``, or None when listing them is too costly.
-
-    Costly means more than ``REGION_ENUMERATION_CAP`` possible cells, no ``realizable_codes`` and more
-    than 16 switches, or an enumeration that fails (its own ``max_codes``).
-    """
-    if _region_count_bound(model) > REGION_ENUMERATION_CAP:
-        return None
-    try:
-        return _region_table(model).to(device)
-    except ValueError:
-        return None
-
-
-def resolve_sequences(stack: ModelStack, sequences: dict[int, Tensor]) -> dict[int, _scyfi.Evaluation]:
-    """Solve and simulate the region sequences ``sequences[k] (K, k, S)`` with every step's weights: an
-    ``Evaluation`` with leading axes ``(N, K)`` per order (one batched call per order)."""
-    resolved = {}
-    for order, codes in sequences.items():
-        codes = codes.to(stack.device).expand((stack.n_steps,) + tuple(codes.shape))
-        resolved[order] = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
-    return resolved
-
-
-def sequence_table(cycle_sets: Sequence[CycleSet | None], orders: Sequence[int], n_switches: int) -> dict[int, tuple[list[bytes], Tensor]]:
-    """Per order, the distinct canonical region sequences of the cycles in ``cycle_sets``: their keys (in a
-    fixed order) and their codes ``(K, k, S)``."""
-    table = {}
-    for order in orders:
-        by_key: dict[bytes, np.ndarray] = {}
-        for cycle_set in cycle_sets:
-            for cycle in cycle_set.by_order(order) if cycle_set is not None else ():
-                if cycle.codes.shape != (order, n_switches):
-                    raise ValueError(
-                        f"warm_start cycle of order {order} has codes of shape {cycle.codes.shape}, but the model has "
-                        f"{n_switches} switches: was it found on a different model?"
-                    )
-                by_key.setdefault(cycle.key, cycle.codes)
-        keys = sorted(by_key)
-        codes = np.stack([by_key[key] for key in keys]) if keys else np.zeros((0, order, n_switches), dtype=bool)
-        table[order] = (keys, torch.as_tensor(codes, dtype=torch.bool))
-    return table
-
-
-def assemble_step(
-    stack: ModelStack,
-    step: int,
-    fresh: FreshSearch,
-    carried: dict[int, tuple[list[bytes], _scyfi.Evaluation]],
-    orders: Sequence[int],
-    *,
-    wanted: dict[int, set[bytes]] | None = None,
-    extra: dict[int, list[Cycle]] | None = None,
-) -> CycleSet:
-    """One step's CycleSet: the carried region sequences that are real cycles with this step's weights first
-    (all of them, or only the keys in ``wanted``), then ``extra`` cycles (verified elsewhere), then the fresh
-    search's, each cycle once.
-
-    The order is fixed, so a step's result does not depend on which other steps were analysed with it.
-    """
-    geometry = _scyfi.switching_geometry(stack.model(step))
-    cycles: list[Cycle] = []
-    n_warm = warm_hits = 0
-    iterations = dict(fresh.iterations[step])
-    for order in orders:
-        collector = CycleCollector(order, stack.dtype, [geometry], Cycle)
-        keys, evaluation = carried.get(order, ([], None))
-        rows = [i for i, key in enumerate(keys) if wanted is None or key in wanted.get(order, ())]
-        if rows and evaluation is not None:
-            index = torch.as_tensor(rows, device=stack.device)
-            picked = _scyfi.Evaluation(*(getattr(evaluation, name)[step, index][None] for name in _scyfi.EVALUATION_FIELDS))
-            n_warm += len(rows)
-            warm_hits += int(picked.real.sum())
-            iterations[order] = iterations.get(order, 0) + 1  # one batched pass over the carried sequences
-            collector.add_evaluation(picked)
-        collector.add_cycles(0, (extra or {}).get(order, ()))
-        collector.add_cycles(0, fresh.cycles[step][order])
-        cycles.extend(collector.cycles(0))
-    stats = FinderStats(
-        iterations,
-        fresh.n_solves[step] + n_warm,
-        fresh.n_singular[step],
-        warm_hits,
-        fresh.elapsed_s / stack.n_steps,
-    )
-    return CycleSet(tuple(cycles), tuple(orders), stats, dict(fresh.statuses[step]))
 
 
 def follow_cycle(model: object, cycle: Cycle, *, rounds: int = 3, dtype: torch.dtype = torch.float64) -> list[Cycle]:
@@ -717,7 +337,7 @@ def follow_cycle(model: object, cycle: Cycle, *, rounds: int = 3, dtype: torch.d
     rounds = require_int("rounds", rounds, 1)
     analysed, device = _prepare_model(model, dtype, None, copy=False)
     affine_pieces, step_with_codes = _scyfi.model_functions(analysed)
-    collector = CycleCollector(cycle.order, dtype, [_scyfi.switching_geometry(analysed)], Cycle)
+    collector = CycleCollector(cycle.order, dtype, [_scyfi.switching_geometry(analysed)])
     with torch.no_grad():
         own = torch.as_tensor(cycle.codes, dtype=torch.bool, device=device)
         moved = analysed.region_codes(torch.as_tensor(cycle.points, dtype=dtype, device=device))
@@ -789,7 +409,7 @@ def exhaustive_cycles(
     batch_size = require_int("batch_size", batch_size, 1)
     started = time.monotonic()
     analysed, device = _prepare_model(model, dtype, device, copy=False)
-    regions = _region_table(analysed).to(device)
+    regions = _region_table(analysed, max_sequences).to(device)
     n_regions = regions.shape[0]
     largest = n_regions ** max(order_list)
     if largest > max_sequences:
@@ -811,7 +431,6 @@ def exhaustive_cycles(
             outer=1,
             exhaustive_limit=largest,
             random_orders=set(order_list),
-            make_cycle=Cycle,
             enumeration_batch=batch_size,
         )
     cycles = tuple(cycle for order in order_list for cycle in fresh.cycles[0][order])
@@ -819,39 +438,6 @@ def exhaustive_cycles(
         {k: 1 for k in order_list}, fresh.n_solves[0], fresh.n_singular[0], 0, time.monotonic() - started
     )
     return CycleSet(cycles, order_list, stats, dict.fromkeys(order_list, "exhaustive"))
-
-
-# Region tables of the last few weight settings, keyed by the model class and its switching planes: the
-# cells depend on the weights, but a model analysed twice unchanged (find_cycles then exhaustive_cycles, a
-# CLI run, a test) pays the LPs once.
-_REGION_TABLES: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
-_REGION_TABLES_SIZE = 8
-
-
-def _region_table(model) -> Tensor:
-    """Every realizable region code of the model (all ``2**S`` codes when it cannot say)."""
-    if isinstance(model, PiecewiseLinearRNN) and type(model).realizable_codes is PiecewiseLinearRNN.realizable_codes:
-        planes, offsets = (t.detach().cpu().double().numpy() for t in model.switching_planes())
-        key = (type(model), planes.shape, planes.tobytes(), offsets.tobytes())
-        if key not in _REGION_TABLES:
-            _REGION_TABLES[key] = model.realizable_codes().cpu()
-            while len(_REGION_TABLES) > _REGION_TABLES_SIZE:
-                _REGION_TABLES.popitem(last=False)
-        _REGION_TABLES.move_to_end(key)
-        return _REGION_TABLES[key]
-    if callable(getattr(model, "realizable_codes", None)):
-        return model.realizable_codes()
-    if model.n_switches > 20:
-        raise ValueError(f"{type(model).__name__} has {model.n_switches} switches and no realizable_codes()")
-    return all_codes(model.n_switches)
-
-
-def _region_count_bound(model) -> int:
-    """Upper bound on the number of regions: 2**S, or the cell count of an arrangement of S planes in R^M."""
-    n_switches, dim = model.n_switches, model.state_dim
-    if getattr(model, "every_code_realizable", False) or n_switches <= dim:
-        return 2**n_switches
-    return sum(math.comb(n_switches, i) for i in range(dim + 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -900,7 +486,7 @@ def cycles_from_sequences(model: object, codes: object, *, dtype: torch.dtype | 
         raise ValueError(
             f"codes must have shape (B, k, {analysed.n_switches}) with k >= 1 for this model, got {tuple(codes.shape)}"
         )
-    collector = CycleCollector(codes.shape[1], dtype, [_scyfi.switching_geometry(analysed)], Cycle)
+    collector = CycleCollector(codes.shape[1], dtype, [_scyfi.switching_geometry(analysed)])
     with torch.no_grad():
         collector.add_evaluation(_scyfi.evaluate(*_scyfi.model_functions(analysed), codes.bool()[None]))
     return collector.cycles(0)

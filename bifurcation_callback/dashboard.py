@@ -525,6 +525,7 @@ class Dashboard:
                 stacklevel=2,
             )
         self._write_lines(records, mode="w")
+        self.close_files()  # the next record opens it again to append; a dashboard discarded now leaks nothing
 
     def _write_lines(self, records: Iterable[Mapping[str, Any]], mode: str) -> None:
         if self.jsonl_path is None:

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ._checks import require_bool, require_choice, require_int, require_real
-from .bifurcations.landscape import RUN_EVENTS_FILE, RUN_PATH_FILE, RUN_SUMMARY_FILE, RunPath, _sequences
+from .bifurcations.landscape import _sequences
+from .bifurcations.paths import RUN_EVENTS_FILE, RUN_PATH_FILE, RUN_SUMMARY_FILE, RunPath
 from .bifurcations.scan import parse_param_spec
 from .callback import BifurcationMonitor
 from .forcing import TRAINING_MODES

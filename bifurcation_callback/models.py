@@ -16,11 +16,20 @@ import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .protocol import (  # noqa: F401  (re-exported: published here first)
+    PROTOCOL_CHECK_STATES,
+    REQUIRED_METHODS,
+    PiecewiseLinear,
+    check_protocol,
+    require_piecewise_linear,
+    search_radius,
+)
+from .regions import DEFAULT_MAX_CELLS, list_cells
 
 __all__ = [
     "PiecewiseLinear",
@@ -42,196 +51,6 @@ __all__ = [
     "model_tensors",
     "check_protocol",
 ]
-
-# The protocol methods the finder cannot work without (switching_planes is optional).
-REQUIRED_METHODS = ("region_codes", "affine_pieces", "step")
-
-
-@runtime_checkable
-class PiecewiseLinear(Protocol):
-    """What the cycle finder needs from a model.
-
-    Attributes
-    ----------
-    state_dim : int
-        Dimension ``M`` of the latent state.
-    n_switches : int
-        Number ``S`` of switches; a region code is a bool vector of that length.
-
-    Methods
-    -------
-    region_codes(z) -> BoolTensor[..., S]
-    affine_pieces(codes) -> (J[..., M, M], c[..., M])
-    step(z) -> Tensor[..., M]
-    """
-
-    state_dim: int
-    n_switches: int
-
-    def region_codes(self, z: Tensor) -> Tensor: ...
-
-    def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]: ...
-
-    def step(self, z: Tensor) -> Tensor: ...
-
-
-def require_piecewise_linear(model: object) -> None:
-    """Raise ``TypeError`` unless ``model`` implements the ``PiecewiseLinear`` protocol.
-
-    Examples
-    --------
-    >>> require_piecewise_linear(PLRNN(2))
-    >>> require_piecewise_linear(torch.nn.LSTM(2, 2))
-    Traceback (most recent call last):
-    ...
-    TypeError: LSTM is not piecewise linear: it lacks region_codes, affine_pieces, step, state_dim, n_switches. ...
-    """
-    missing = [name for name in REQUIRED_METHODS if not callable(getattr(model, name, None))]
-    missing += [name for name in ("state_dim", "n_switches") if not isinstance(getattr(model, name, None), int)]
-    if missing:
-        raise TypeError(
-            f"{type(model).__name__} is not piecewise linear: it lacks {', '.join(missing)}. "
-            "The cycle finder is exact only for piecewise-linear maps; implement the PiecewiseLinear protocol "
-            "(state_dim, n_switches, region_codes, affine_pieces, step) or use one of "
-            f"{', '.join(MODEL_REGISTRY)}."
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# check_protocol: does a model's affine_pieces agree with its step?  (kept in one block to ease merges)
-
-# Random states check_protocol draws when called without explicit ones.
-PROTOCOL_CHECK_STATES = 64
-
-
-def search_radius(model: object) -> float:
-    """Half-width of the box of random states used to probe a model: ``max(10, 2 * state_scale())``.
-
-    Models without ``state_scale`` get 10.  Shared by ``check_protocol`` and the cycle finder's random
-    region codes, so both look at the same part of state space.
-
-    Examples
-    --------
-    >>> search_radius(PLRNN(2))   # planes through the origin: the default box
-    10.0
-    """
-    scale_of = getattr(model, "state_scale", None)
-    return max(10.0, 2.0 * float(scale_of())) if callable(scale_of) else 10.0
-
-
-def _model_tensor_kind(model: object) -> tuple[torch.dtype, torch.device]:
-    """dtype and device of the model's first floating parameter or buffer (float64 on CPU for others)."""
-    if isinstance(model, nn.Module):
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype, tensor.device
-    return torch.float64, torch.device("cpu")
-
-
-def _format_vector(values: Tensor) -> str:
-    return np.array2string(values.detach().cpu().double().numpy(), precision=6, separator=", ", max_line_width=10**6)
-
-
-def check_protocol(model: object, states: Tensor | None = None, *, n_random: int = PROTOCOL_CHECK_STATES, seed: int = 0) -> None:
-    """Check that a model's ``affine_pieces`` agrees with its ``step``; raise ``ValueError`` at the first mismatch.
-
-    The cycle finder solves ``(I - J_k … J_1) z = c̃`` with the pieces from ``affine_pieces`` and then keeps
-    only orbits that the true map ``step`` reproduces.  When the two disagree (say ``affine_pieces``
-    forgets a mask that ``step`` applies), no candidate ever verifies and the finder would silently
-    report no cycles.  This check makes that a clear error: at ``n_random`` random states in a box of
-    half-width ``search_radius(model)`` (sized by ``state_scale()`` when the model has one) and at every
-    given state, it compares ``J z + c`` from ``affine_pieces(region_codes(z))`` with ``step(z)``, and it
-    checks the shapes and dtypes the protocol promises.  ``find_cycles`` and ``exhaustive_cycles`` run it
-    once per model object.
-
-    Parameters
-    ----------
-    model : PiecewiseLinear
-        The model to check (only read; the global random state is not touched).
-    states : Tensor, shape (N, M), optional
-        Extra states to check, e.g. points of the data.
-    n_random : int
-        Number of random states (0 checks only ``states``).
-    seed : int
-        Seed of the random states.
-
-    Raises
-    ------
-    TypeError
-        The model does not implement the protocol at all (see ``require_piecewise_linear``).
-    ValueError
-        ``states`` of the wrong shape; ``region_codes`` not returning a bool tensor of shape ``(N, S)``;
-        ``affine_pieces`` not returning shapes ``(N, M, M)`` and ``(N, M)``; or ``J z + c != step(z)`` at
-        some state (the message gives the state, both values and the likely cause).
-
-    Examples
-    --------
-    >>> check_protocol(PLRNN(3))                                  # the package's models pass
-    >>> class Unmasked(PLRNN):                                    # forgets W's zero diagonal
-    ...     def affine_pieces(self, codes):
-    ...         J, c = super().affine_pieces(codes)
-    ...         return J + torch.diag(self.W.diagonal()) * codes.unsqueeze(-2), c
-    >>> check_protocol(Unmasked(2), torch.tensor([[1.0, 1.0]]), n_random=0)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: affine_pieces disagrees with step at z=[1., 1.]: J z + c = ...
-    """
-    require_piecewise_linear(model)
-    dim, n_switches = model.state_dim, model.n_switches
-    dtype, device = _model_tensor_kind(model)
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
-    probes = []
-    if states is not None:
-        if not isinstance(states, Tensor) or states.dim() != 2 or states.shape[-1] != dim:
-            shape = tuple(states.shape) if isinstance(states, Tensor) else type(states).__name__
-            raise ValueError(f"states must be a Tensor of shape (N, {dim}), got {shape}")
-        probes.append(states.detach().to(device=device, dtype=dtype))
-    if n_random:
-        generator = torch.Generator().manual_seed(seed)  # a private generator: the user's RNG stream is untouched
-        unit = torch.rand((n_random, dim), generator=generator, dtype=torch.float64)
-        probes.append(((2 * unit - 1) * search_radius(model)).to(device=device, dtype=dtype))
-    if not probes:
-        return
-    z = torch.cat(probes)
-    name = type(model).__name__
-    with torch.no_grad():
-        codes = model.region_codes(z)
-        if not isinstance(codes, Tensor) or codes.dtype != torch.bool or tuple(codes.shape) != (len(z), n_switches):
-            got = f"{codes.dtype} of shape {tuple(codes.shape)}" if isinstance(codes, Tensor) else type(codes).__name__
-            raise ValueError(
-                f"{name}.region_codes must return a bool Tensor of shape (N, n_switches) = ({len(z)}, {n_switches}) "
-                f"for states of shape {tuple(z.shape)}, got {got}"
-            )
-        pieces = model.affine_pieces(codes)
-        if not (isinstance(pieces, tuple) and len(pieces) == 2 and all(isinstance(t, Tensor) for t in pieces)):
-            raise ValueError(f"{name}.affine_pieces must return a pair of Tensors (J, c), got {type(pieces).__name__}")
-        J, c = pieces
-        if tuple(J.shape) != (len(z), dim, dim) or tuple(c.shape) != (len(z), dim):
-            raise ValueError(
-                f"{name}.affine_pieces must return J of shape (N, M, M) = ({len(z)}, {dim}, {dim}) and c of shape "
-                f"(N, M) = ({len(z)}, {dim}) for codes of shape {tuple(codes.shape)}, got {tuple(J.shape)} and "
-                f"{tuple(c.shape)}"
-            )
-        after = model.step(z)
-        if not isinstance(after, Tensor) or tuple(after.shape) != (len(z), dim):
-            got = tuple(after.shape) if isinstance(after, Tensor) else type(after).__name__
-            raise ValueError(f"{name}.step must return shape (N, M) = ({len(z)}, {dim}), got {got}")
-        predicted = (J @ z.unsqueeze(-1)).squeeze(-1) + c
-        # Rounding of J z + c grows with the sizes of its terms; a real mistake is far above this.
-        eps = torch.finfo(predicted.dtype).eps
-        scale = 1.0 + (J.abs() @ z.abs().unsqueeze(-1)).squeeze(-1).amax(-1) + c.abs().amax(-1)
-        error = (predicted - after).abs().amax(-1)
-        bad = ~(error <= 1e3 * eps * scale)  # NaN counts as a mismatch
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"affine_pieces disagrees with step at z={_format_vector(z[i])}: J z + c = {_format_vector(predicted[i])}, "
-            f"step(z) = {_format_vector(after[i])} ({name}, state {i} of {len(z)}, region code "
-            f"{codes[i].int().tolist()}): does affine_pieces apply the same masks (e.g. W's zero diagonal) and "
-            "the same region convention (switch active iff its input > 0) as step?"
-        )
-
 
 def model_tensors(model: nn.Module) -> list[Tensor]:
     """The tensors that make up a model's weights: the parameters, then the buffers, in module order (what a
@@ -356,22 +175,31 @@ class PiecewiseLinearRNN(nn.Module):
         """Return a detached copy (no autograd graph, same device and dtype) for analysis."""
         return _frozen_deepcopy(self)
 
-    def realizable_codes(self, max_codes: int = 1 << 16) -> Tensor:
-        """Enumerate every region code that some state reaches, shape ``(R, S)``.
+    def realizable_codes(self, max_codes: int = DEFAULT_MAX_CELLS) -> Tensor:
+        """Enumerate every region code that some open set of states has, shape ``(R, S)``, sorted.
 
-        Exact: regions are cells of the arrangement of the switching planes, found by linear programs.
+        Exact: the regions are the cells of the arrangement of the switching planes, listed from its vertices
+        by ``regions.list_cells`` (no linear programs; on the parameters' device).  ``enumerate_region_codes``
+        is the independent LP listing.
+
+        Raises
+        ------
+        ValueError
+            When the model can have more than ``max_codes`` regions.
 
         Examples
         --------
         >>> PLRNN(2).realizable_codes().shape
         torch.Size([4, 2])
+        >>> ShallowPLRNN(latent_dim=3, hidden_dim=50).realizable_codes().shape   # planes in general position
+        torch.Size([20876, 50])
         """
         if self.every_code_realizable:
             if 2**self.n_switches > max_codes:
                 raise ValueError(f"{type(self).__name__} has 2**{self.n_switches} regions, more than max_codes={max_codes}")
             return all_codes(self.n_switches)
         planes, offsets = self.switching_planes()
-        return enumerate_region_codes(planes, offsets, max_codes=max_codes)
+        return list_cells(planes.detach(), offsets.detach(), max_cells=max_codes)
 
     @torch.no_grad()
     def state_scale(self) -> float:
@@ -556,6 +384,34 @@ class ShallowPLRNN(PiecewiseLinearRNN):
     def affine_pieces(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         d = self._check_codes(codes)
         return self._gated_pieces(d, d)
+
+    @torch.no_grad()
+    def piece_drift(self, reference: "ShallowPLRNN") -> tuple[float, float]:
+        """Upper bounds, over every region at once, on how far the affine pieces moved from ``reference`` (the
+        same model at another step): ``max_D ‖J_D − J_D^ref‖₂`` and ``max_D ‖c_D − c_D^ref‖₂``.
+
+        ``J_D − J_D^ref = ΔA + ΔW1 D W2 + W1^ref D ΔW2`` and ``c_D − c_D^ref = ΔW1 D h2 + W1^ref D Δh2 + Δh1``
+        with ``‖D‖ ≤ 1`` (also for the clipped model's ``D_a − D_b``); Frobenius norms bound the spectral ones.
+
+        Examples
+        --------
+        >>> model = ShallowPLRNN(2, 4)
+        >>> moved = detached_copy(model)
+        >>> with torch.no_grad():
+        ...     _ = moved.h1.add_(0.1)
+        >>> moved.piece_drift(model)[0], round(moved.piece_drift(model)[1], 6)   # only the offsets moved
+        (0.0, 0.141421)
+        """
+        def norm(tensor: Tensor) -> float:
+            return float(torch.linalg.vector_norm(tensor.double()))
+
+        dA, dW1, dW2 = self.A - reference.A, self.W1 - reference.W1, self.W2 - reference.W2
+        dh1, dh2 = self.h1 - reference.h1, self.h2 - reference.h2
+        W1_ref = norm(reference.W1)
+        drift_J = float(dA.abs().max()) + norm(dW1) * norm(self.W2) + W1_ref * norm(dW2)
+        drift_c = norm(dW1) * norm(self.h2) + W1_ref * norm(dh2) + norm(dh1)
+        # The rounding of these sums themselves, far below any margin that matters.
+        return drift_J * (1 + 1e-12), drift_c * (1 + 1e-12)
 
     def _gated_pieces(self, jacobian_gates: Tensor, offset_gates: Tensor) -> tuple[Tensor, Tensor]:
         """``J = diag(A) + W1 diag(jacobian_gates) W2`` and ``c = W1 diag(offset_gates) h2 + h1``.
@@ -779,7 +635,11 @@ def _infer_config(kind: str, params: dict[str, Tensor]) -> dict[str, int]:
 
 
 def enumerate_region_codes(planes: Tensor, offsets: Tensor, *, max_codes: int = 1 << 16, n_samples: int = 4096) -> Tensor:
-    """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``.
+    """All codes of the cells of the hyperplane arrangement ``{z : planes @ z + offsets = 0}``, by linear programs.
+
+    The independent reference for ``regions.list_cells`` (which models use: it is exact too, and orders of
+    magnitude faster).  A zero row with ``offsets[l] == 0`` has no state strictly on either side, so such an
+    arrangement has no cell here (``list_cells`` gives that switch its constant bit ``False``).
 
     Cells are built one plane at a time: a partial code is extended by ``on``/``off`` when a state strictly
     inside exists.  Random states (at scales from the arrangement's size down to a thousandth of it) and

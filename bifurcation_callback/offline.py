@@ -45,16 +45,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ._checks import finite_or_none, require_bool, require_int, require_real
+from ._checks import check_finder_kwargs, finite_or_none, require_bool, require_int, require_int_sequence, require_real
 from .analysis import Snapshot, StepAnalyser, StepRecord, skipped_result
 from .attractors import AttractorReport, find_attractors
 from .checkpoints import CheckpointError, checkpoint_step, model_from_checkpoint, read_checkpoint
 from .cycles import CycleSet, _one_cpu_thread, _resolve_orders, find_cycles
 from .dashboard import Dashboard, clear_run_files, custom_scalars_layout
+from .loss_jumps import DEFAULT_JUMP_SCALES
 from .models import model_tensors
 from .runner import InlineRunner
 from .session import MonitorSession, SessionSettings, warn_once
-from .tracking import AttractorTracker, check_finder_kwargs
+from .tracking import AttractorTracker
 
 __all__ = [
     "EXECUTORS",
@@ -295,6 +296,7 @@ def analyse_checkpoints(
     jump_window: int | None = None,
     jump_warmup_steps: int = 20,
     jump_min_change: float = 1.0,
+    jump_scales: Sequence[int] = DEFAULT_JUMP_SCALES,
     show_all_events: bool = False,
     cache: bool = True,
     progress: bool = True,
@@ -341,7 +343,7 @@ def analyse_checkpoints(
         The search of the checkpoint at step ``s`` is ``find_cycles(..., seed=seed + s)``.
     finder_kwargs : dict, optional
         ``find_cycles`` options: ``n_starts``, ``inner``, ``outer``, ``exhaustive_limit``, ``dtype``, ``device``.
-    max_attractor_period, max_tracked_cycles, jump_window, jump_warmup_steps, jump_min_change, show_all_events
+    max_attractor_period, max_tracked_cycles, jump_window, jump_warmup_steps, jump_min_change, jump_scales, show_all_events
         As for ``BifurcationMonitor`` (``jump_window`` defaults to 5 times the median distance between
         checkpoints).
     cache : bool
@@ -399,14 +401,16 @@ def analyse_checkpoints(
         jump_window=require_int("jump_window", jump_window, 0, optional=True, owner=_OWNER),
         jump_warmup_steps=require_int("jump_warmup_steps", jump_warmup_steps, 0, owner=_OWNER),
         jump_min_change=require_real("jump_min_change", jump_min_change, minimum=0.0, owner=_OWNER),
+        jump_scales=require_int_sequence("jump_scales", jump_scales, 1, owner=_OWNER),
         log_figures_every_n_steps=0,
         max_attractor_period=settings.max_attractor_period,
         show_all_events=require_bool("show_all_events", show_all_events, owner=_OWNER),
         seed=settings.seed,
+        max_tracked_cycles=require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER),
+        finder_kwargs=dict(settings.finder_kwargs),
     )
     workers = require_int("workers", workers, 1, owner=_OWNER)
     chunk_size = require_int("chunk_size", chunk_size, 1, owner=_OWNER)
-    require_int("max_tracked_cycles", max_tracked_cycles, 0, owner=_OWNER)
     loss_key = _text("loss_key", loss_key)
     cache, progress = require_bool("cache", cache, owner=_OWNER), require_bool("progress", progress, owner=_OWNER)
     _check_executor(executor, scheduler)

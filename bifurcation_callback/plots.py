@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .bifurcations.landscape import LossLandscape, PathCrossings, RunPath
+    from .bifurcations.landscape import LossLandscape
+    from .bifurcations.paths import PathCrossings, RunPath
     from .cycles import CycleSet
 
 __all__ = [
@@ -459,7 +460,8 @@ def plot_loss_landscape(
     """
     from matplotlib.collections import LineCollection
 
-    from .bifurcations.landscape import LossLandscape, path_crossings
+    from .bifurcations.landscape import LossLandscape
+    from .bifurcations.paths import path_crossings
 
     if not isinstance(landscape, LossLandscape):
         raise TypeError(f"plot_loss_landscape needs a LossLandscape, got {type(landscape).__name__}")

@@ -24,7 +24,7 @@ from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import Dashboard, events_markdown, fold_events, running_scalars, summary_scalars, summary_markdown
 from .loss_jumps import summarise_run
-from .runner import InlineRunner, Outcome, RenderJob, Runner
+from .runner import InlineRunner, Outcome, ProcessRunner, RenderJob, Runner
 
 __all__ = ["MonitorSession", "OverheadAccount", "SessionSettings"]
 
@@ -33,6 +33,9 @@ MAX_UNPUBLISHED = 4
 
 # Fewer training steps than this with the worker idle (or working) leave the contention unmeasured.
 MIN_STEPS_FOR_CONTENTION = 8
+
+# How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
+FIGURES_TIMEOUT_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +48,18 @@ class SessionSettings:
     jump_window: int | None
     jump_warmup_steps: int
     jump_min_change: float
+    jump_scales: tuple[int, ...]
     log_figures_every_n_steps: int
     max_attractor_period: int
     show_all_events: bool
     seed: int
+    max_tracked_cycles: int = 8
+    finder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    time_budget_s: float | None = None
+    localize_events: bool = False
+    worker: str = "process"
+    queue_size: int | None = None
+    drain_timeout_s: float | None = 60.0
 
 
 class OverheadAccount:
@@ -155,16 +166,129 @@ class MonitorSession:
         self.restored_cycles: CycleSet | None = None
         self.runner_summaries: list[dict[str, Any]] = []
         self.mode = "sync" if isinstance(runner, InlineRunner) or runner is None else "async"
+        self.closed_runner: Runner | None = None
         self._unpublished: list[Callable[[], None]] = []
         self._fit_started: float | None = None
+        self._restored_analysis: tuple[dict[str, Any], list[Snapshot]] | None = None
+        self._step_clock: tuple[float, float, bool] | None = None  # (time, hook seconds, worker busy) at the last batch end
+
+    @classmethod
+    def open(cls, settings: SessionSettings, rnn: Any, *, device: Any, mode: str, warn: Callable[[str, str], None],
+             previous: MonitorSession | None = None, stop: Callable[[], bool] | None = None) -> MonitorSession:
+        """A session for a fit: the analyser of ``rnn`` (continuing from ``previous``, a finished fit of the same
+        monitor), analysed in ``mode`` (``"sync"`` or ``"async"``; on the GPU when ``device`` is CUDA).  The worker
+        process starts at once; a model that cannot be analysed gets every step skipped.  ``stop()`` is asked
+        during an analysis in this process (sync mode): True interrupts it (the step is skipped)."""
+        session = cls(settings, None, None, None, warn)
+        if previous is not None:  # a second fit with the same monitor continues from the first one's last step
+            session.records, session.history, session.dropped = previous.records, previous.history, previous.dropped
+            session.skip_reasons, session.n_events, session.last = previous.skip_reasons, previous.n_events, previous.last
+            session.overhead.load_state_dict(previous.overhead.state_dict(0.0))
+        finder_kwargs = dict(settings.finder_kwargs)
+        if getattr(device, "type", "cpu") == "cuda" and "device" not in finder_kwargs:  # the training GPU (more search)
+            finder_kwargs["device"] = device
+        try:
+            session.analyser = StepAnalyser(
+                rnn, max_order=settings.max_order, max_tracked_cycles=settings.max_tracked_cycles, seed=settings.seed,
+                finder_kwargs=finder_kwargs, time_budget_s=settings.time_budget_s,
+                localize_events=settings.localize_events, max_attractor_period=settings.max_attractor_period,
+            )
+            if previous is not None and previous.analyser is not None:
+                session.analyser.load_state_dict(previous.analyser.state_dict())
+            session.analyser.stop = stop
+        except Exception as error:  # e.g. a model that cannot be copied: every step is skipped, training goes on
+            session.start_error = f"{type(error).__name__}: {error}"
+            warn("no analysis", f"BifurcationMonitor cannot analyse this model ({session.start_error}); every monitored step is skipped")
+            return session
+        if mode == "sync":
+            session.runner = InlineRunner(session.analyser)
+            return session
+        session.runner = ProcessRunner(session.analyser, kind=settings.worker, queue_size=settings.queue_size, warm_figures=True)
+        session.mode = "async"
+        try:
+            session.runner.start()
+        except Exception as error:  # never into training: analyse in sync instead
+            session.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the rest of the "
+                              "run is analysed on the training thread (mode='sync')")
+        return session
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the records, the loss history, the counts, the analyser's state after the last
+        analysed step and every snapshot not analysed yet (so no step is lost or analysed twice)."""
+        self.collect()  # what is finished becomes records; the rest is saved as pending snapshots
+        self.publish()  # the run folder holds what the checkpoint holds
+        if self._restored_analysis is not None:  # saved before fit start: what was restored, unchanged
+            analyser_state, pending = self._restored_analysis
+        elif self.runner is not None:
+            analyser_state, pending = self.runner.state, self.runner.pending()
+        else:
+            analyser_state, pending = self.analyser.state_dict() if self.analyser else {}, []
+        return {
+            "tracker": analyser_state.get("tracker"),
+            "attractor": analyser_state.get("attractor"),
+            "pending": [snapshot.to_dict() for snapshot in pending],
+            "records": [record.to_json() for record in self.records],
+            "history": self.history,
+            "skip_reasons": dict(self.skip_reasons),
+            "dropped": list(self.dropped),
+            "overhead": self.overhead.state_dict(self.fit_elapsed()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output: the records and counts now, the analyser's state and the pending
+        snapshots when the fit starts (:meth:`start_fit`)."""
+        # Checkpoints written before the tracker was split out hold its fields at the top level.
+        tracker = state.get("tracker", state)
+        previous = (tracker or {}).get("previous")
+        self.records = [StepRecord.from_json(record) for record in state.get("records", [])]
+        self.history = [list(entry) for entry in state.get("history", [])]
+        self.skip_reasons = Counter(state.get("skip_reasons", {}))
+        self.dropped = [int(step) for step in state.get("dropped", [])]
+        self.overhead.load_state_dict(state.get("overhead") or {})
+        self.restored_cycles = CycleSet.from_dict(previous) if previous is not None else None
+        self.n_events = sum(len(r.verified_events) for r in self.records)
+        pending = [Snapshot.from_dict(entry) for entry in state.get("pending", [])]
+        self._restored_analysis = ({"tracker": tracker, "attractor": state.get("attractor")}, pending)
+
+    def start_fit(self, dashboard: Dashboard, layout: dict[str, Any]) -> None:
+        """Fit start: the dashboard (with its layout), the records written afresh (a resumed run's replace what the
+        interrupted run wrote after its checkpoint), and a restored analyser state with its pending snapshots."""
+        self._fit_started, self._step_clock = time.perf_counter(), None
+        self.dashboard = dashboard
+        dashboard.log_layout(layout)
+        restored, self._restored_analysis = self._restored_analysis, None
+        dashboard.rewrite_records([r.to_json() for r in self.records], resumed=restored is not None)
+        if restored is not None and self.runner is not None:
+            self.runner.load_state(restored[0])
+            for snapshot in restored[1]:  # steps a checkpoint saved before they were analysed: none is lost
+                self.submit(snapshot)
 
     # ------------------------------------------------------------------------------------------ training
 
-    def fit_started(self) -> None:
-        self._fit_started = time.perf_counter()
-
     def fit_elapsed(self) -> float:
         return 0.0 if self._fit_started is None else time.perf_counter() - self._fit_started
+
+    def step_ended(self, now: float) -> None:
+        """Account the training step that just ended: its duration, the monitor's hooks in it, and whether a
+        worker was analysing meanwhile (``OverheadAccount``)."""
+        if self._step_clock is not None:
+            then, hook_then, busy = self._step_clock
+            self.overhead.step(now - then, busy=busy, hook_s=self.overhead.hook_seconds - hook_then)
+
+    def hook_ended(self, started: float) -> None:
+        """The monitor's batch-end hook that began at ``started`` is done: its time, and the clock of the next step."""
+        now = time.perf_counter()
+        self.overhead.hook_seconds += now - started
+        runner = self.runner
+        busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
+        self._step_clock = (now, self.overhead.hook_seconds, busy)
+
+    def monitored(self, step: int) -> bool:
+        """Whether ``step`` was handed to the analysis already (analysed, waiting or dropped)."""
+        pending = {s.step for s in self.runner.pending()} if self.runner is not None else set()
+        return step in {r.step for r in self.records} | pending | set(self.dropped)
 
     def note_step(self, step: int, loss: float | None, grad_norm: float | None) -> None:
         self.history.append([step, loss, grad_norm])
@@ -264,7 +388,7 @@ class MonitorSession:
         snapshots, jobs = runner.take_pending()
         state = runner.state
         runner.close()
-        self.runner_summaries.append(runner.summary())
+        self.runner_summaries.append({**runner.summary(), "fell_back_to_sync": True})
         self.analyser.load_state_dict(state)
         self.runner, self.mode = InlineRunner(self.analyser), "sync"
         for snapshot in [*snapshots, *extra]:
@@ -347,6 +471,87 @@ class MonitorSession:
         sampled = snapshot if self.settings.max_attractor_period == 0 else None
         self.runner.submit_job(RenderJob(step, arguments, sampled, self.settings.seed, log_dirs))
 
+    # ------------------------------------------------------------------------------------------ fit end
+
+    def finish(self) -> dict[str, Any] | None:
+        """Fit end: wait (at most ``drain_timeout_s``) for the analyses still running, write the summary and the
+        fit-end figures, stop the worker.  Waiting is part of the fit's wall time the monitor costs.  Returns the
+        summary (None when it could not be computed, with a warning)."""
+        fit_seconds = self.fit_elapsed()
+        started = time.perf_counter()
+        self.drain()
+        summary = None
+        try:
+            summary = self.summary(fit_seconds)
+            if self.records and self.last is not None:  # a worker process writes them itself, after fit returns
+                process = isinstance(self.runner, ProcessRunner) and self.runner.kind == "process"
+                log_dirs = (self.dashboard.local_tensorboard_dirs() or ()) if process else ()
+                self.request_figures(summary["final_step"] or 0, summary["loss_jumps"], log_dirs=log_dirs)
+        except Exception as error:  # a broken summary must not hide the training result
+            self.warn("summary", f"BifurcationMonitor could not write its summary: {error}")
+        self.close_runner(finish_figures=True)
+        self.publish()
+        self.overhead.drain_seconds += time.perf_counter() - started
+        if summary is not None:
+            try:
+                summary = {**summary, **self.timing_fields(fit_seconds)}
+                self.write_summary(summary)
+            except Exception as error:
+                self.warn("summary", f"BifurcationMonitor could not write its summary: {error}")
+                summary = None
+        self.dashboard.flush()
+        return summary
+
+    def drain(self) -> None:
+        """Wait (at most ``drain_timeout_s``) until the runner has analysed every snapshot, with a progress bar
+        when that takes more than 2 s; what it has not reached by then is counted as dropped."""
+        from tqdm import tqdm
+
+        if self.runner is None:
+            return
+        timeout = self.settings.drain_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = self.runner.n_waiting
+        with tqdm(total=total, desc="BifurcationMonitor: analysing the queued steps", unit="step", delay=2.0,
+                  leave=False, disable=total < 2) as bar:
+            while True:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                try:
+                    done = self.runner.drain(0.5 if remaining is None else min(remaining, 0.5))
+                except Exception as error:  # the worker's machinery failed at the last moment: finish in sync
+                    self.fall_back(f"BifurcationMonitor's worker failed ({type(error).__name__}: {error}); the rest "
+                                   "of the run is analysed on the training thread (mode='sync')")
+                    done = True
+                self.collect()
+                bar.update(max(total - self.runner.n_waiting - bar.n, 0))
+                if done or (remaining is not None and remaining <= 0):
+                    break
+        if done:
+            return
+        waiting, _ = self.runner.take_pending()
+        unanalysed = [snapshot.step for snapshot in waiting]
+        self.dropped.extend(unanalysed)
+        self.warn("drain", f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
+                  f"{timeout}; they are counted as dropped")
+
+    def close_runner(self, *, finish_figures: bool = False) -> None:
+        """Stop a worker and make the analyser in this process hold the state of the last analysed step again: a
+        checkpoint saved after fit (``trainer.save_checkpoint``) or a second fit continues from there.  A worker
+        process still writing the fit-end figures is left to finish them (``BifurcationMonitor.wait_for_figures``)."""
+        runner = self.runner
+        if runner is None or isinstance(runner, InlineRunner):
+            self.collect()  # figures drawn in the hook come back as outcomes too
+            return
+        timeout = FIGURES_TIMEOUT_S if self.settings.drain_timeout_s is None else max(self.settings.drain_timeout_s, 5.0)
+        if finish_figures:  # figures that come back (a thread's, periodic ones) go through this process's logger
+            runner.drain(timeout)
+        self.collect()
+        runner.close(timeout if finish_figures else 5.0)
+        self.collect()
+        self.runner_summaries.append(runner.summary())
+        self.analyser.load_state_dict(runner.state)
+        self.runner, self.closed_runner = InlineRunner(self.analyser), runner
+
     # ------------------------------------------------------------------------------------------ results
 
     @property
@@ -359,16 +564,22 @@ class MonitorSession:
     def n_skipped(self) -> int:
         return sum(self.skip_reasons.values())
 
+    def worker_processes(self) -> list[int]:
+        """The process ids of every worker process of this run (empty when the analysis ran in the hook)."""
+        summaries = self.runner_summaries + ([self.runner.summary()] if self.runner is not None else [])
+        return [pid for summary in summaries if summary for pid in summary.get("processes", [])]
+
     def summary(self, fit_seconds: float) -> dict[str, Any]:
         """The fit-end summary (JSON-ready), from the records and the loss history."""
         analysed = [r for r in self.records if r.skipped is None]
         events = [e for r in analysed for e in r.verified_events]
         run = summarise_run(
             self.history,
-            [e["step"] for e in events],
+            events,  # verified events only, each with its bracket
             window=self._jump_window(analysed),
             warmup_steps=self.settings.jump_warmup_steps,
             min_relative_change=self.settings.jump_min_change,
+            scales=self.settings.jump_scales,
         )
         losses = [loss for _, loss, _ in self.history if loss is not None]
         by_kind = Counter(e["kind"] for e in events)
@@ -405,15 +616,13 @@ class MonitorSession:
             **run.to_dict(),
             "jump_warmup_steps": self.settings.jump_warmup_steps,
             "jump_min_change": self.settings.jump_min_change,
+            "jump_scales": list(self.settings.jump_scales),
             **self.timing_fields(fit_seconds),
         }
 
     def timing_fields(self, fit_seconds: float) -> dict[str, Any]:
         """Where the analysis ran (``mode``, ``worker``) and what it cost training (``OverheadAccount``)."""
-        runner = self.runner.summary() if self.runner is not None else None
-        worker = self.runner_summaries[0] if self.runner_summaries else runner
-        if worker is not None and self.runner_summaries and runner is None:
-            worker = {**worker, "fell_back_to_sync": True}
+        worker = self.runner_summaries[-1] if self.runner_summaries else (self.runner.summary() if self.runner else None)
         return {"mode": self.mode, "worker": worker, **self.overhead.fields(fit_seconds)}
 
     def _jump_window(self, analysed: list[StepRecord]) -> int:

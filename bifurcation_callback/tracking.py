@@ -19,13 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import require_dtype, require_int
-from .attractors import Attractor, AttractorReport, _canonical_key, attractor_label, find_attractors_many
 from tqdm import tqdm
 
 from . import _scyfi
-from ._search import FreshSearch, RegionTables, search_fresh
+from ._checks import FINDER_KEYS, check_finder_kwargs, require_int
+from ._fixed_points import FixedPointCache
+from ._search import (
+    FreshSearch,
+    RegionTables,
+    _realizable_regions,
+    assemble_step,
+    resolve_sequences,
+    search_fresh,
+    sequence_table,
+)
 from ._stack import ModelStack
+from .attractors import Attractor, AttractorReport, _canonical_key, attractor_label, find_attractors_many
 from .bifurcations import BifurcationEvent, compare_snapshots, localize, match
 from .cycles import (
     DEFAULT_EXHAUSTIVE_LIMIT,
@@ -34,11 +43,7 @@ from .cycles import (
     _one_cpu_thread,
     _resolve_orders,
     cycles_from_sequences,
-    _realizable_regions,
-    assemble_step,
     follow_cycle,
-    resolve_sequences,
-    sequence_table,
 )
 from .models import model_tensors, search_radius
 
@@ -53,7 +58,6 @@ __all__ = [
     "TrackedAttractor",
     "TrackedStep",
     "check_finder_kwargs",
-    "gradient_norm",
 ]
 
 # Per-step search effort once a warm start exists: previous cycles are re-solved first (one solve each), then
@@ -68,88 +72,6 @@ THOROUGH_SEARCH: dict[str, int] = {"n_starts": 256, "inner": 20, "outer": 4}
 # region sequences than on the CPU.
 GPU_FINDER_DEFAULTS: dict[str, int] = {"n_starts": 128, "inner": 5, "outer": 1}
 GPU_EXHAUSTIVE_LIMIT = 2**22
-
-# The single list of find_cycles options a user may override; validation and its error message read it.
-FINDER_KEYS: tuple[str, ...] = ("device", "dtype", "exhaustive_limit", "inner", "n_starts", "outer")
-
-
-def check_finder_kwargs(finder_kwargs: object, *, owner: str | None = None) -> dict[str, Any]:
-    """Validate and normalise overrides of the finder's options.
-
-    Parameters
-    ----------
-    finder_kwargs : mapping or None
-        Keys from ``FINDER_KEYS``: ``n_starts``, ``inner``, ``outer`` (ints >= 1), ``dtype`` (``torch.float64``
-        / ``torch.float32`` or their names) and ``device`` (``torch.device``, a device string or None).
-    owner : str, optional
-        Prefix of the error message (the class that received the argument).
-
-    Returns
-    -------
-    dict
-        A new dict with ``dtype`` as a ``torch.dtype`` and ``device`` as a ``torch.device``.
-
-    Raises
-    ------
-    ValueError
-        Not a mapping, an unknown key (the message lists the allowed ones) or a bad value.
-
-    Examples
-    --------
-    >>> check_finder_kwargs({"dtype": "float32", "n_starts": 8})
-    {'dtype': torch.float32, 'n_starts': 8}
-    >>> check_finder_kwargs({"speed": 2})
-    Traceback (most recent call last):
-    ...
-    ValueError: finder_kwargs has unknown keys ['speed']; allowed: ['device', 'dtype', 'exhaustive_limit', 'inner', 'n_starts', 'outer']
-    """
-    prefix = f"{owner}: " if owner else ""
-    if finder_kwargs is None:
-        return {}
-    if not isinstance(finder_kwargs, Mapping):
-        raise ValueError(f"{prefix}finder_kwargs must be a dict or None, got {finder_kwargs!r}")
-    unknown = sorted(set(finder_kwargs) - set(FINDER_KEYS), key=str)
-    if unknown:
-        raise ValueError(f"{prefix}finder_kwargs has unknown keys {unknown}; allowed: {list(FINDER_KEYS)}")
-    checked: dict[str, Any] = {}
-    for key, value in finder_kwargs.items():
-        name = f"finder_kwargs[{key!r}]"
-        if key == "dtype":
-            checked[key] = require_dtype(name, value, owner=owner)
-        elif key == "device":
-            checked[key] = _device(name, value, prefix)
-        else:  # exhaustive_limit 0 turns enumeration off; the search itself needs at least one start
-            checked[key] = require_int(name, value, 0 if key == "exhaustive_limit" else 1, owner=owner)
-    return checked
-
-
-def _device(name: str, value: object, prefix: str) -> torch.device | None:
-    if value is None or isinstance(value, torch.device):
-        return value
-    if isinstance(value, str):
-        try:
-            return torch.device(value)
-        except (RuntimeError, ValueError):
-            pass
-    raise ValueError(f"{prefix}{name} must be a torch.device, a device string such as 'cpu' or None, got {value!r}")
-
-
-def gradient_norm(parameters: Any) -> float | None:
-    """The L2 norm of all gradients of ``parameters`` together (None when none has a gradient).
-
-    Examples
-    --------
-    >>> layer = torch.nn.Linear(2, 1, bias=False)
-    >>> layer.weight.grad = torch.tensor([[3.0, 4.0]])
-    >>> gradient_norm(layer.parameters())
-    5.0
-    """
-    gradients = [p.grad.detach() for p in parameters if p.grad is not None]
-    if not gradients:
-        return None
-    # One fused kernel for all the norms (as torch.nn.utils.clip_grad_norm_ does), then one host sync.
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))))
-
 
 @dataclasses.dataclass(frozen=True)
 class TrackedStep:
@@ -276,6 +198,8 @@ class CycleTracker:
         # The previous step's model (for the checks and localisation), or its weights after a resume.
         self._previous_model: Any = None
         self._previous_weights: list[list] | None = None
+        # What proves most cells' candidate fixed points still outside their cells (not state: a speed-up).
+        self.fixed_points = FixedPointCache()
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -415,8 +339,8 @@ class CycleTracker:
                 exhaustive_limit=self.exhaustive_limit,
                 random_orders=set(orders),
                 deadline=deadline,
-                make_cycle=Cycle,
                 on_order=lambda _: bar.update(1),
+                fixed_points=self.fixed_points,
             )
 
     def _assemble(self, stack: ModelStack, model: Any, index: int, fresh: FreshSearch, carried, orders) -> CycleSet:

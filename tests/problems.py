@@ -482,3 +482,222 @@ def quiet_fall_then_noisy(seed: int, *, n_steps: int = 1500, fall_at: int = 700)
     fall = np.clip((steps - fall_at) / 60, 0.0, 1.0) * math.log(0.1)
     noise = np.where(steps < fall_at, 0.003, 0.2) * rng.normal(0.0, 1.0, n_steps)
     return np.exp(math.log(2.5) - 0.0003 * steps + fall + noise)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Independent cell listings and fixed points: references for regions.list_cells and the exhaustive order 1
+# (test_regions, benchmarks/bench_fuzz_regions.py).  None of them uses bifurcation_callback.regions.
+
+
+def codes_as_set(codes) -> set[tuple[bool, ...]]:
+    """Rows of a bool tensor / array as a set of tuples."""
+    return {tuple(bool(b) for b in row) for row in np.asarray(torch.as_tensor(codes).cpu()).tolist()}
+
+
+def lp_cells(planes, offsets) -> set[tuple[bool, ...]]:
+    """The cells by linear programs (``models.enumerate_region_codes``, exact up to the LP tolerance).
+
+    A zero row is no plane: its bit is the constant ``offset > 0`` (the LP would find no state with
+    ``0 > 0`` nor ``0 < 0`` for a zero offset).
+    """
+    from bifurcation_callback.models import enumerate_region_codes
+
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    zero = ~np.any(G != 0, axis=1)
+    codes = enumerate_region_codes(torch.as_tensor(G[~zero]), torch.as_tensor(g[~zero]), max_codes=1 << 20).numpy()
+    full = np.zeros((codes.shape[0], G.shape[0]), dtype=bool)
+    full[:, ~zero] = codes
+    full[:, zero] = g[zero] > 0
+    return codes_as_set(full)
+
+
+def code_keys(codes) -> dict[bytes, int]:
+    """Each distinct row of a bool array / tensor as packed bytes -> its (first) row index: fast set algebra
+    on hundreds of thousands of codes."""
+    packed = np.packbits(np.asarray(torch.as_tensor(codes).cpu(), dtype=bool), axis=1)
+    keys: dict[bytes, int] = {}
+    for index, row in enumerate(packed):
+        keys.setdefault(row.tobytes(), index)
+    return keys
+
+
+def sampled_cells(planes, offsets, *, n: int = 20_000, seed: int = 0) -> set[tuple[bool, ...]]:
+    """Codes of random states at scales from 1e-3 to 1e3 of the arrangement's size (``sampled_codes``)."""
+    return codes_as_set(sampled_codes(planes, offsets, n=n, seed=seed))
+
+
+def sampled_codes(planes, offsets, *, n: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Codes (bool rows, repeats possible) of random states at scales from 1e-3 to 1e3 of the arrangement's
+    size, around the origin and around random intersection points, keeping only states clearly off every plane."""
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    S, M = G.shape
+    rng = np.random.default_rng(seed)
+    norms = np.linalg.norm(G, axis=1)
+    size = max(1.0, float(np.max(np.abs(g[norms > 0]) / norms[norms > 0], initial=1.0)))
+    centres = [np.zeros(M)]
+    for _ in range(min(64, S)):  # points where M planes meet (least squares when they do not)
+        rows = rng.choice(S, size=min(M, S), replace=False)
+        centres.append(np.linalg.lstsq(G[rows], -g[rows], rcond=None)[0])
+    centre = np.asarray(centres)[rng.integers(len(centres), size=n)]
+    radius = size * 10.0 ** rng.uniform(-3, 3, size=(n, 1))
+    z = centre + radius * rng.standard_normal((n, M))
+    values = z @ G.T + g
+    scale = np.abs(G) @ np.abs(z).T + np.abs(g)[:, None]
+    clear = np.all((np.abs(values.T) > 1e-9 * scale) | (norms[:, None] == 0), axis=0)
+    return values[clear] > 0
+
+
+class NotGeneralPosition(ValueError):
+    """The arrangement has a vertex with more than M planes through it (within rounding)."""
+
+
+def general_position_cells(planes, offsets, *, strict: bool = True) -> tuple[np.ndarray, np.ndarray, bool]:
+    """An independent listing for arrangements in general position, in plain numpy: every M planes with
+    independent normals meet in a vertex, and the 2^M sign patterns of those planes, with the signs of the
+    others at the vertex, are the codes of the cells touching it.  Every distinct code gets a witness state
+    ``v + t d`` (``N_B d = s``, ``t`` short of every other plane), and the code returned is the witness's own
+    code (clear of every plane by 1e-12 relative): every code returned is a cell.
+
+    Planes with a zero offset all meet at the origin (a clipped shallow PLRNN's ``W2 z``): the origin is
+    handled apart, its cones listed as the cells of that central arrangement's restrictions to ``x_0 = +1``
+    and ``x_0 = -1`` (the same function one dimension lower), each witnessed by a short step from the origin.
+    Complete for normals spanning R^M in general position apart from that.
+
+    Returns
+    -------
+    codes : ndarray, shape (K, S), bool
+        Distinct witnessed codes, sorted.
+    witnesses : ndarray, shape (K, M)
+        A state with each code.
+    general : bool
+        False when some vertex has another plane within 1e-9 (relative) of it: then the codes are still
+        cells, but maybe not all of them.
+
+    Raises
+    ------
+    NotGeneralPosition
+        With ``strict``, instead of returning ``general=False``.
+    """
+    import itertools
+
+    G, g = np.asarray(planes, dtype=np.float64), np.asarray(offsets, dtype=np.float64)
+    S, M = G.shape
+    unit, h = G / np.linalg.norm(G, axis=1, keepdims=True), g / np.linalg.norm(G, axis=1)
+    through_origin = g == 0
+    subsets = np.array(list(itertools.combinations(range(S), M)), dtype=np.int64).reshape(-1, M)
+    subsets = subsets[~through_origin[subsets].all(1)]  # the origin: below
+    matrices = unit[subsets]
+    keep = np.abs(np.linalg.det(matrices)) > 1e-12
+    subsets, matrices = subsets[keep], matrices[keep]
+    inverses = np.linalg.inv(matrices)
+    vertices = -np.einsum("vij,vj->vi", inverses, h[subsets])
+    values = vertices @ unit.T + h
+    rows = np.arange(len(subsets))[:, None]
+    values[rows, subsets] = 0.0
+    scale = np.abs(vertices).max(1, keepdims=True) + np.abs(h).max() + 1.0
+    near = np.abs(values) <= 1e-9 * scale
+    near[rows, subsets] = False
+    general = not near.any()
+    if strict and not general:
+        raise NotGeneralPosition("a vertex has more than M planes through it (within 1e-9)")
+    # Codes as integers: bit l of the little-endian words of np.packbits(..., bitorder="little").
+    n_bytes = -(-S // 64) * 8
+    base = np.zeros((len(subsets), n_bytes), dtype=np.uint8)
+    base[:, : -(-S // 8)] = np.packbits(values > 0, axis=1, bitorder="little")
+    base = base.view("<u8")
+    word, bit = subsets // 64, (subsets % 64).astype(np.uint64)
+    keys, origin = [], []
+    every = np.arange(len(subsets))
+    for pattern, signs in enumerate(itertools.product((0, 1), repeat=M)):
+        key = base.copy()
+        for k, on in enumerate(signs):
+            if on:  # one (row, word) pair per row: a plain fancy-indexed OR is safe
+                key[every, word[:, k]] |= np.uint64(1) << bit[:, k]
+        keys.append(key)
+        origin.append(np.stack([np.arange(len(subsets)), np.full(len(subsets), pattern)], 1))
+    keys, origin = np.concatenate(keys), np.concatenate(origin)
+    order = np.lexsort(keys.T[::-1])
+    fresh = np.ones(len(order), dtype=bool)
+    fresh[1:] = np.any(keys[order][1:] != keys[order][:-1], axis=1)
+    vertex_index, pattern = origin[order[fresh]].T
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=M)))[pattern]
+    directions = np.einsum("vij,vj->vi", inverses[vertex_index], signs)
+    speed = np.abs(directions @ unit.T)
+    speed[np.arange(len(vertex_index))[:, None], subsets[vertex_index]] = 0.0
+    at_vertex = np.abs(values[vertex_index])
+    room = np.min(np.where(speed > 0, at_vertex / np.maximum(speed, 1e-300), np.inf), axis=1)
+    points = [vertices[vertex_index] + np.minimum(0.5 * room, 1.0)[:, None] * directions]
+    if through_origin.sum() >= M:  # the cones at the origin: directions from the restrictions to x_0 = +-1
+        cones = [np.array([[1.0]]), np.array([[-1.0]])] if M == 1 else []
+        for side in ((1.0, -1.0) if M > 1 else ()):
+            _, y, restricted_general = general_position_cells(G[through_origin, 1:], side * G[through_origin, 0], strict=False)
+            general &= restricted_general
+            cones.append(np.hstack([np.full((len(y), 1), side), y]))
+        cones = np.concatenate(cones)
+        speed = np.abs(cones @ G[~through_origin].T)
+        step = 0.5 * np.min(np.abs(g[~through_origin]) / np.maximum(speed, 1e-300), axis=1, initial=1.0)
+        points.append(step[:, None] * cones)
+    points = np.concatenate(points)
+    true_values = points @ G.T + g
+    clear = np.all(np.abs(true_values) > 1e-12 * (np.abs(points) @ np.abs(G).T + np.abs(g)), axis=1)
+    codes, points = true_values[clear] > 0, points[clear]
+    packed = np.packbits(codes, axis=1)
+    _, first = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_index=True)
+    order = np.lexsort(codes[first].T[::-1])
+    return codes[first][order], points[first][order], general
+
+
+def independent_fixed_points(model, codes) -> dict[tuple[bool, ...], np.ndarray]:
+    """Fixed points of a shallow (or clipped shallow) PLRNN over the given region codes, in numpy: the
+    affine piece of each code solved, then kept when the strict code of the solution is that code and the
+    true map fixes it (relative 1e-9).  Independent of the package's kernel (``_scyfi``).  ``codes``: a set of
+    bool tuples or a bool array of shape (R, S)."""
+    A, W1, W2, h1, h2 = (getattr(model, name).detach().double().numpy() for name in ("A", "W1", "W2", "h1", "h2"))
+    codes = np.array(sorted(codes) if isinstance(codes, set) else codes, dtype=bool).reshape(-1, model.n_switches)
+    H, M = W2.shape
+    clipped = model.n_switches == 2 * H
+    on = codes[:, :H].astype(np.float64)
+    slope = on - codes[:, H:].astype(np.float64) if clipped else on
+    J = np.diag(A)[None] + np.einsum("mh,bh,hn->bmn", W1, slope, W2)
+    c = (on * h2) @ W1.T + h1
+    system = np.eye(M)[None] - J
+    fine = np.abs(np.linalg.det(system)) > 1e-12
+    z = np.zeros((len(codes), M))
+    z[fine] = np.linalg.solve(system[fine], c[fine][..., None])[..., 0]
+
+    def step(x):
+        pre = x @ W2.T
+        hidden = np.maximum(pre + h2, 0) - (np.maximum(pre, 0) if clipped else 0)
+        return A * x + hidden @ W1.T + h1, np.concatenate([pre + h2 > 0, pre > 0], 1) if clipped else pre + h2 > 0
+
+    after, visited = step(z)
+    closes = np.linalg.norm(after - z, axis=1) <= 1e-9 * (1 + np.linalg.norm(z, axis=1))
+    real = fine & closes & np.all(visited == codes, axis=1)
+    return {tuple(code.tolist()): point for code, point in zip(codes[real], z[real])}
+
+
+def staircase_model(kind: str, seed: int, *, dim: int, hidden: int, noise: float = 0.02) -> torch.nn.Module:
+    """A shallow (or clipped shallow) PLRNN with many fixed points: each hidden unit watches one latent
+    coordinate (``W2`` near the unit vectors), and the units of a coordinate make its map a zigzag around the
+    diagonal (slopes 0.2 and 1.8 in turn), crossing it about once per unit; the latent dimensions multiply the
+    counts (hundreds to thousands of fixed points).  ``noise`` perturbs every weight (N(0, noise))."""
+    rng = np.random.default_rng(seed)
+    clipped = kind == "ClippedShallowPLRNN"
+    unit_dim = np.arange(hidden) % dim
+    W1, W2, h2, h1 = np.zeros((dim, hidden)), np.eye(dim)[unit_dim], np.zeros(hidden), np.zeros(dim)
+    a = 0.2
+    for d in range(dim):
+        units = np.flatnonzero(unit_dim == d)
+        rank = np.arange(len(units))
+        # shallow: kinks at x = theta; clipped: a unit ramps on (-theta, 0), all ramps end at the origin
+        theta = 1.0 + rank if clipped else rank - (len(units) - 1) / 2
+        h2[units] = theta if clipped else -theta
+        slope = np.where((rank[::-1] if clipped else rank) % 2 == 0, 1.6, -1.6)
+        W1[d, units] = slope
+        x = np.linspace(-theta.max() - 1 if clipped else theta.min() - 1, 1 if clipped else theta.max() + 1, 4001)
+        active = np.maximum(x[:, None] + h2[units], 0) - (np.maximum(x[:, None], 0) if clipped else 0)
+        gap = (a - 1) * x + active @ slope
+        h1[d] = -(gap.max() + gap.min()) / 2  # centre the zigzag on the diagonal
+    cls = ClippedShallowPLRNN if clipped else ShallowPLRNN
+    jitter = lambda shape: noise * rng.standard_normal(shape)  # noqa: E731
+    return _set(cls(dim, hidden), A=a + jitter(dim), W1=W1 + jitter(W1.shape), W2=W2 + jitter(W2.shape), h1=h1, h2=h2 + jitter(hidden))

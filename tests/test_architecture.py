@@ -23,8 +23,8 @@ TESTS = ROOT / "tests"
 
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
-    "models", "_scyfi", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps", "tracking", "analysis", "worker",
-    "_checks", "forcing", "checkpoints", "offline",
+    "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_fixed_points", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
+    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits", "checkpoints", "offline",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 

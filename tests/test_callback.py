@@ -255,6 +255,7 @@ ARGUMENT_CASES = {
     "jump_window": ([-2, 1.5, True], [None, 0, 10]),
     "jump_warmup_steps": ([-1, 0.5, None, True], [0, 100]),
     "jump_min_change": ([-0.5, True, None, float("nan"), "1"], [0, 0.0, 2.5]),
+    "jump_scales": ([[], [0], [1, 1], "13", [1.5], None, 3], [(1,), [1, 3, 10, 30], (30, 10)]),
     "max_tracked_cycles": ([None, -1, 2.0, True], [0, 8]),
     "max_attractor_period": ([None, -1, 2.5, True, "256"], [0, 1, 256]),
     "localize_events": (["yes", 1, None], [True, False]),
@@ -787,3 +788,56 @@ def test_results_are_logged_without_backward_passes_too(tmp_path):
     assert 0 < max(pending) <= session_module.MAX_UNPUBLISHED
     lines = read_jsonl(Path(monitor.log_dir) / "events.jsonl")
     assert [line["step"] for line in lines] == [r["step"] for r in monitor.records] == list(range(16))
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+import lightning.pytorch as pl
+from bifurcation_callback import BifurcationMonitor
+from tests.tiny_modules import SlowPLRNN, TinyRNNModule, quiet_trainer_kwargs, random_sequences
+
+class Marker(pl.Callback):  # runs just before the monitor's hook, which then analyses for minutes
+    def on_train_batch_end(self, *args):
+        print("analysing", flush=True)
+
+rnn = SlowPLRNN(2, delay_s=0.5, everywhere=True)  # a first search of minutes: 240 calls of 0.5 s
+monitor = BifurcationMonitor(max_order=3, mode="sync", verbose=False, finder_kwargs=dict(exhaustive_limit=0))
+trainer = pl.Trainer(max_steps=50, callbacks=[Marker(), monitor], **quiet_trainer_kwargs({tmp!r}, logger=False))
+trainer.fit(TinyRNNModule(rnn), random_sequences())
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_interrupts_an_analysis_in_the_hook(tmp_path):
+    # Lightning's SIGTERM handler only sets a flag that the fit loop reads between batches; the monitor asks it
+    # between the search's batched calls, so a first search that would take minutes does not hold training up.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "train.py"
+    script.write_text(SIGTERM_SCRIPT.format(root=root, tmp=str(tmp_path)))
+    training = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert training.stdout.readline().strip() == "analysing"
+        time.sleep(1.0)
+        started = time.monotonic()
+        training.send_signal(signal.SIGTERM)
+        _, err = training.communicate(timeout=60)
+    finally:
+        training.kill()
+    assert time.monotonic() - started < 30
+    assert "finished" not in _ and "SIGTERM" in err
+
+
+def test_gradient_norm():
+    from bifurcation_callback._trainer import gradient_norm
+
+    layer = torch.nn.Linear(2, 1)
+    assert gradient_norm(layer.parameters()) is None
+    layer.weight.grad = torch.tensor([[1.0, 2.0]])
+    layer.bias.grad = torch.tensor([2.0])
+    assert gradient_norm(layer.parameters()) == pytest.approx(3.0)

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bifurcation_callback import PLRNN, Cycle, CycleSet, FinderStats, ShallowPLRNN, exhaustive_cycles, find_cycles
-from bifurcation_callback.cycles import DEFAULT_EXHAUSTIVE_LIMIT, ORDER_STATUSES, STABILITY_KINDS
+from bifurcation_callback.cycles import DEFAULT_EXHAUSTIVE_LIMIT, ORDER_STATUSES, REGION_LISTING_LIMIT, STABILITY_KINDS
+from bifurcation_callback.regions import cell_count_bound
 from problems import (
     DEVICES,
     DTYPES,
@@ -569,9 +570,12 @@ def test_orders_above_the_limit_are_searched_never_exhaustive():
     assert "(≥ n: a lower bound" in found.summary()
     never = find_cycles(model, max_order=2, exhaustive_limit=0)
     assert never.statuses == {1: "searched", 2: "searched"} and not never.complete
-    # Too many regions to list (beyond REGION_ENUMERATION_CAP): searched at every order, whatever the limit.
-    big = ShallowPLRNN(3, 50)
-    assert set(find_cycles(big, max_order=1, n_starts=8, inner=2, outer=1).statuses.values()) == {"searched"}
+    # Too many regions to list (ShallowPLRNN(4, 100): up to 4,087,976 > REGION_LISTING_LIMIT): searched at every
+    # order, even with a limit that would admit its order 1.
+    big = ShallowPLRNN(4, 100)
+    assert cell_count_bound(*big.switching_planes()) > REGION_LISTING_LIMIT
+    found_big = find_cycles(big, max_order=1, n_starts=8, inner=2, outer=1, exhaustive_limit=10**7)
+    assert set(found_big.statuses.values()) == {"searched"}
 
 
 def test_warm_only_orders_say_so():

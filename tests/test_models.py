@@ -414,3 +414,9 @@ def test_find_cycles_checks_a_model_object_once(monkeypatch):
     assert calls == [model]
     find_cycles(BISTABLE_2D.build(), max_order=1)  # a new object is checked again
     assert len(calls) == 2
+
+
+def test_the_protocols_list_of_built_in_models_is_the_registry():
+    from bifurcation_callback.protocol import BUILT_IN_MODELS
+
+    assert BUILT_IN_MODELS == tuple(MODEL_REGISTRY)

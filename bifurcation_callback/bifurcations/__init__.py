@@ -1,6 +1,6 @@
 """Bifurcations of piecewise-linear RNNs: match cycle sets, classify changes, localise them, scan 2-D grids.
 
-Four modules, one job each:
+Five modules, one job each:
 
 * ``events`` — the closed vocabulary (``BIFURCATION_KINDS``, ``CROSSINGS``, ...), ``Match``,
   ``BifurcationEvent``, ``match``, ``classify`` and ``detect_bifurcations``;
@@ -8,8 +8,8 @@ Four modules, one job each:
 * ``scan`` — ``BifurcationDiagram`` and ``scan``: batched 2-D parameter sweeps (plot them with
   ``bifurcation_callback.plots.plot_bifurcation_diagram``);
 * ``landscape`` — ``LossLandscape`` and ``loss_landscape``: loss and gradient norm on such a grid with its
-  bifurcation curves, ``cliff_statistic``, and training paths across the curves (``RunPath``,
-  ``path_crossings``; plot with ``bifurcation_callback.plots.plot_loss_landscape``).
+  bifurcation curves, and ``cliff_statistic`` (plot with ``bifurcation_callback.plots.plot_loss_landscape``);
+* ``paths`` — training paths across the curves (``RunPath``, ``path_crossings``).
 
 Every public name is re-exported here, so ``from bifurcation_callback.bifurcations import scan`` works.
 None of these modules imports Lightning or TensorBoard; every function is pure.
@@ -43,20 +43,15 @@ from .events import (
 from .landscape import (
     BOUNDED_FACTOR,
     LANDSCAPE_GRADIENTS,
-    RUN_EVENTS_FILE,
-    RUN_PATH_FILE,
-    RUN_SUMMARY_FILE,
     CliffStatistic,
     LossLandscape,
-    PathCrossings,
-    RunPath,
     boundary_cells,
     cliff_statistic,
     loss_landscape,
-    path_crossings,
     signature_changes,
 )
 from .localize import EXHAUSTIVE_LIMIT, Localization, localize
+from .paths import RUN_EVENTS_FILE, RUN_PATH_FILE, RUN_SUMMARY_FILE, PathCrossings, RunPath, path_crossings
 from .scan import SCAN_EXHAUSTIVE_LIMIT, SCAN_METHODS, BifurcationDiagram, parse_param_spec, scan
 
 __all__ = [

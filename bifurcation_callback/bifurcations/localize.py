@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..cycles import CycleSet, _free_finder_kwargs, _prepare_model, _region_count_bound, exhaustive_cycles, find_cycles
+from .._search import _region_count_bound
+from ..cycles import CycleSet, _free_finder_kwargs, _prepare_model, exhaustive_cycles, find_cycles
 from ..models import detached_copy, model_from_state, require_piecewise_linear
 from .events import BifurcationEvent, detect_bifurcations
 

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .. import _scyfi
-from ..cycles import _free_finder_kwargs, _prepare_model, _region_count_bound, _region_table, find_cycles
+from .._search import _region_count_bound, _region_table
+from ..cycles import _free_finder_kwargs, _prepare_model, find_cycles
 from ..models import all_codes, require_piecewise_linear
 
 __all__ = ["SCAN_METHODS", "SCAN_EXHAUSTIVE_LIMIT", "BifurcationDiagram", "scan", "parse_param_spec"]
@@ -496,7 +497,10 @@ def _scan_regions(model, entries: Sequence[tuple[str, tuple[int, ...]]], max_ord
         bound = _region_count_bound(model)
         if sum(bound**k for k in range(1, max_order + 1)) > 50 * SCAN_EXHAUSTIVE_LIMIT:
             return None, f"up to {bound} regions, too many to enumerate to order {max_order}"
-        regions = _region_table(model)
+        try:  # more regions than this give more sequences than the limit below anyway
+            regions = _region_table(model, SCAN_EXHAUSTIVE_LIMIT)
+        except ValueError as error:
+            return None, str(error)
     n_regions = regions.shape[0]
     total = sum(n_regions**k for k in range(1, max_order + 1))
     if total > SCAN_EXHAUSTIVE_LIMIT:

@@ -1,0 +1,211 @@
+"""The exhaustive fixed-point enumeration of a training run, step after step, re-solving only what may have changed.
+
+Every cell (region) of a shallow PLRNN's switching planes has one candidate fixed point, the solution of
+``(I - J_D) z = c_D``; it is a fixed point when it lies in its cell.  Enumerating all of them costs one solve per
+cell (20,876 for the README's ShallowPLRNN(3, 50)) at every monitored step, while training moves the weights
+only a little.  ``FixedPointCache`` keeps, for every cell at a *reference* step, the candidate ``z``, the norm
+``κ = ‖(I - J_D)⁻¹‖`` and the switch ``l`` its candidate violates most, by ``margin``.  At a later step the
+pieces have moved by at most ``ε_J`` and ``ε_c`` (``model.piece_drift``, bounds over all cells at once), so
+
+    ‖Δz‖ ≤ κ (ε_J ‖z‖ + ε_c) / (1 − κ ε_J)
+    |Δ(G_l z + g_l)| ≤ ‖ΔG_l‖ (‖z‖ + ‖Δz‖) + ‖G_l‖ ‖Δz‖ + |Δg_l|
+
+and when that is below the margin (with a safety factor) the candidate is still outside its cell: proved, not
+solved.  Cells without that proof (the fixed points themselves, candidates near their cell's border, cells new
+since the reference) are solved exactly, batched over the waiting steps; when more than ``REBUILD_FRACTION`` of
+the cells need it, the step solves every cell and becomes the new reference.  The result is the exhaustive
+enumeration's, cycle for cycle: every real fixed point is solved exactly at every step.
+
+The cache is state carried from step to step in step order, so steps analysed together take the same decisions
+as steps analysed one at a time.  Private: ``tracking.CycleTracker`` holds one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _scyfi
+from ._search import check_interrupt
+from ._stack import ModelStack
+from .models import detached_copy
+
+__all__ = ["FixedPointCache", "REBUILD_FRACTION"]
+
+# More cells than this fraction without a proof: the step solves every cell and becomes the reference.
+REBUILD_FRACTION = 0.25
+# The bound must stay below margin / SAFETY: room for the rounding of the reference's own solve.
+SAFETY = 2.0
+# Cells solved together in one call (memory, not speed).
+CHUNK = 1 << 15
+
+
+class FixedPointCache:
+    """What proves, step after step, that most cells' candidate fixed points stay outside their cells.
+
+    Examples
+    --------
+    >>> cache = FixedPointCache()
+    >>> cache.counts
+    {'rebuilt': 0, 'proved': 0, 'solved': 0}
+    """
+
+    def __init__(self) -> None:
+        self.reference: Any = None  # the model at the reference step (a plain copy)
+        self.counts = {"rebuilt": 0, "proved": 0, "solved": 0}
+        self._hashes: np.ndarray | None = None  # per reference cell, sorted
+        self._order: np.ndarray | None = None  # reference cell index of each sorted hash
+        self._codes: np.ndarray | None = None  # (R, S) bool, reference cells
+        self._z_norm = self._kappa = self._margin = None
+        self._plane: np.ndarray | None = None
+        self._planes: tuple[np.ndarray, np.ndarray] | None = None  # (G, g) at the reference
+        self._plane_norms: np.ndarray | None = None  # ‖G_l‖ at the reference
+
+    @staticmethod
+    def applies(model: Any) -> bool:
+        """Whether ``model`` bounds how far its pieces move (``piece_drift``), which the proof needs."""
+        return callable(getattr(model, "piece_drift", None)) and callable(getattr(model, "switching_planes", None))
+
+    def enumerate(self, stack: ModelStack, tables: list[Tensor], collector: Any, steps: list[int],
+                  counts: dict[str, list[int]], deadline: float = math.inf) -> bool:
+        """Every fixed point of the stack's steps ``steps`` (indices), into ``collector``; ``tables[i]`` are
+        step ``i``'s cells.  Returns False when the deadline stopped it.  ``counts`` gets each step's solves."""
+        pending: dict[int, Tensor] = {}
+        for i in steps:
+            codes, model = tables[i], stack.model(i)
+            need = self._unproved(model, codes)
+            if need is None or need.size > REBUILD_FRACTION * codes.shape[0]:
+                check_interrupt()
+                if time.monotonic() > deadline:
+                    return False
+                self._rebuild(stack, i, model, codes, collector, counts)
+                continue
+            self.counts["proved"] += codes.shape[0] - need.size
+            if need.size:
+                pending[i] = codes[torch.as_tensor(need, device=codes.device)]
+        if pending and time.monotonic() > deadline:
+            return False
+        self._solve_pending(stack, pending, collector, counts)
+        return True
+
+    # ------------------------------------------------------------------------------------------ the proof
+
+    def _unproved(self, model: Any, codes: Tensor) -> np.ndarray | None:
+        """Indices of the cells (rows of ``codes``) whose candidate is not proved outside its cell; None when
+        there is no usable reference."""
+        bound = self.change_bound(model, codes)
+        if bound is None:
+            return None
+        index, change = bound
+        margin = np.where(index >= 0, self._margin[index], -np.inf)
+        with np.errstate(invalid="ignore"):
+            proved = np.isfinite(change) & (SAFETY * change < margin)
+        return np.flatnonzero(~proved)
+
+    def change_bound(self, model: Any, codes: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """For every cell (row of ``codes``): its index among the reference cells (-1: new) and a bound on how
+        far the violation of its reference's most violated switch moved since the reference (inf for new
+        cells or where the bound fails).  None when there is no usable reference."""
+        if self.reference is None or self._codes is None or self._codes.shape[1] != codes.shape[1]:
+            return None
+        if not _same_shapes(model, self.reference):
+            return None
+        drift_J, drift_c = model.piece_drift(self.reference)
+        index = self._lookup(codes.cpu().numpy())
+        rows = np.where(index >= 0, index, 0)
+        G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
+        G_ref, g_ref = self._planes
+        z_norm, kappa, plane = self._z_norm[rows], self._kappa[rows], self._plane[rows]
+        # Per switch first (S values), then gathered per cell: the cells outnumber the switches by far.
+        plane_shift = np.linalg.norm(G - G_ref, axis=1)[plane]
+        offset_shift = np.abs(g - g_ref)[plane]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            denominator = 1.0 - kappa * drift_J
+            moved = np.where(denominator > 0, kappa * (drift_J * z_norm + drift_c) / denominator, np.inf)
+            change = plane_shift * (z_norm + moved) + self._plane_norms[plane] * moved + offset_shift
+        change = np.where((index >= 0) & ~np.isnan(change), change, np.inf)
+        return index, change
+
+    def _lookup(self, codes: np.ndarray) -> np.ndarray:
+        """Each row's index among the reference cells, -1 when it is not one of them."""
+        hashes = _row_hashes(codes)
+        position = np.clip(np.searchsorted(self._hashes, hashes), 0, len(self._hashes) - 1)
+        candidate = self._order[position]
+        same = (self._hashes[position] == hashes) & (self._codes[candidate] == codes).all(axis=1)
+        return np.where(same, candidate, -1)
+
+    # ------------------------------------------------------------------------------------------ exact solves
+
+    def _rebuild(self, stack: ModelStack, i: int, model: Any, codes: Tensor, collector: Any, counts: dict) -> None:
+        """Solve every cell of step ``i`` exactly and make it the reference."""
+        single = stack.select([i]) if stack.n_steps > 1 else stack
+        z_parts, kappa_parts = [], []
+        for begin in range(0, codes.shape[0], CHUNK):
+            chunk = codes[begin : begin + CHUNK]
+            evaluation = _scyfi.evaluate(single.affine_pieces, single.step_with_codes, chunk[None, :, None, :])
+            collector.add_evaluation(evaluation, rows_to_steps=[i])
+            z_parts.append(evaluation.z1[0].double().cpu())
+            system = -evaluation.products[0].double()
+            system.diagonal(dim1=-2, dim2=-1).add_(1.0)
+            smallest = torch.linalg.svdvals(system)[:, -1].cpu()
+            kappa_parts.append(torch.where(evaluation.solvable[0].cpu() & (smallest > 0), 1.0 / smallest, torch.inf))
+        counts["solved"][i] += codes.shape[0]
+        G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
+        z = torch.cat(z_parts).numpy()
+        codes_np = codes.cpu().numpy()
+        # How far each candidate is on the wrong side of each switch (> 0: violated); the most violated one.
+        inputs = z @ G.T + g
+        violation = np.where(codes_np, -inputs, inputs)
+        self._plane = violation.argmax(axis=1)
+        self._margin = violation[np.arange(len(z)), self._plane]
+        self._z_norm = np.linalg.norm(z, axis=1)
+        self._kappa = torch.cat(kappa_parts).numpy()
+        self._codes, self._planes = codes_np, (G, g)
+        self._plane_norms = np.linalg.norm(G, axis=1)
+        hashes = _row_hashes(codes_np)
+        self._order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[self._order]
+        self.reference = detached_copy(model)
+        self.counts["rebuilt"] += 1
+
+    def _solve_pending(self, stack: ModelStack, pending: dict[int, Tensor], collector: Any, counts: dict) -> None:
+        """Solve the unproved cells of every step, all steps in one batched call (padded per step)."""
+        if not pending:
+            return
+        width = max(codes.shape[0] for codes in pending.values())
+        device = stack.device
+        padded = torch.zeros((stack.n_steps, width, stack.n_switches), dtype=torch.bool, device=device)
+        valid = torch.zeros((stack.n_steps, width), dtype=torch.bool, device=device)
+        for i, codes in pending.items():
+            padded[i, : codes.shape[0]] = codes
+            valid[i, : codes.shape[0]] = True
+            counts["solved"][i] += codes.shape[0]
+            self.counts["solved"] += codes.shape[0]
+        evaluation = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, padded[:, :, None, :])
+        evaluation.real &= valid
+        collector.add_evaluation(evaluation)
+
+
+def _same_shapes(model: Any, reference: Any) -> bool:
+    """Whether ``model`` and ``reference`` are the same kind of model with parameters of the same shapes (a
+    tracker reused for another model must not compare pieces across them)."""
+    if type(model) is not type(reference):
+        return False
+    ours, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
+    return ours.keys() == theirs.keys() and all(ours[name].shape == theirs[name].shape for name in ours)
+
+
+def _row_hashes(codes: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of every bool row (collisions are told apart by comparing the rows themselves)."""
+    packed = np.packbits(codes, axis=1)
+    padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    words = padded.view(np.uint64)
+    multipliers = (np.arange(words.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        return (words * multipliers).sum(axis=1, dtype=np.uint64)

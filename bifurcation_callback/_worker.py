@@ -1,0 +1,256 @@
+"""The analysis end of a worker (a process started by ``runner.ProcessRunner``, or a thread): frames in,
+batches of snapshots analysed, figure jobs drawn, frames out.  ``RenderJob`` is defined here (the runner
+re-exports it) because both ends use it.
+
+A worker process exits when the connection closes or its training process dies, even in the middle of an
+analysis nobody will read; only figures it writes itself (the fit-end figures) are finished first.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pickle
+import queue
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from .analysis import Snapshot, StepAnalyser, skipped_result
+
+__all__ = ["HEADER", "RenderJob", "receive", "send", "serve", "serve_socket"]
+
+HEADER = struct.Struct(">Q")
+
+
+@dataclasses.dataclass
+class RenderJob:
+    """Figures to draw where the analysis runs: ``plots.render_figures`` with ``arguments``, logged at ``step``.
+
+    With ``snapshot`` and no ``orbits`` in the arguments, the orbits under the cycles are sampled from the
+    snapshot's model (``plots.sample_orbits``).  With ``log_dirs`` the images are written where they are
+    drawn, to a TensorBoard event file of their own in each of these run directories, and nothing comes
+    back: the fit-end figures of a worker process, which the training process does not wait for.
+    """
+
+    step: int
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
+    snapshot: Snapshot | None = None
+    seed: int = 0
+    log_dirs: tuple[str, ...] = ()
+
+    def run(self, analyser: StepAnalyser) -> dict[str, Any]:
+        """The images (tag → RGB array; empty once written to ``log_dirs``); ``analyser`` provides the model for
+        sampled orbits."""
+        from .plots import render_figures, sample_orbits
+
+        arguments = dict(self.arguments)
+        if self.snapshot is not None and not arguments.get("orbits") and arguments.get("cycles") is not None:
+            arguments["orbits"] = sample_orbits(analyser.load(self.snapshot), arguments["cycles"], seed=self.seed)
+        images = render_figures(**arguments)
+        if not self.log_dirs:
+            return images
+        from torch.utils.tensorboard import SummaryWriter
+
+        from .dashboard import add_images
+
+        for log_dir in self.log_dirs:
+            writer = SummaryWriter(log_dir)
+            try:
+                add_images(writer, images, self.step)
+            finally:
+                writer.close()
+        return {}
+
+
+def serve(fd: int) -> None:
+    """The worker process's main: load the analyser sent on socket ``fd``, then analyse what arrives until the
+    training process closes the connection or dies."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
+    torch.set_num_threads(1)
+    connection = socket.socket(fileno=fd)
+    connection.setblocking(True)
+    try:
+        _, path, payload, options, parent_pid = receive(connection)
+        sys.path[:] = path
+        analyser = pickle.loads(payload)
+    except (EOFError, OSError):
+        return
+    except Exception as error:
+        send(connection, ("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}"))
+        return
+    if options.get("niceness"):
+        try:
+            os.nice(options["niceness"])
+        except OSError:  # a platform without priorities: run as is
+            pass
+    send(connection, ("ready", os.getpid()))
+    serve_socket(connection, analyser, options["warm_figures"], options["queue_size"], options["max_batch"], parent_pid)
+
+
+def serve_socket(
+    connection: socket.socket,
+    analyser: StepAnalyser,
+    warm_figures: bool,
+    queue_size: int | None,
+    max_batch: int,
+    parent_pid: int | None = None,
+) -> None:
+    """Analyse snapshots in batches (all that wait, at most ``max_batch``), draw figure jobs, until EOF."""
+    analyser.cycles.progress = False  # nobody waits for the first search here: no progress bar beside training
+    inbox: queue.Queue = queue.Queue()
+    current: list[Any] = [None]  # the item being worked on (the reader lets detached figures finish)
+    reader = threading.Thread(target=_read_frames, args=(connection, inbox, current, parent_pid), name="worker-reader", daemon=True)
+    reader.start()
+    # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
+    warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
+    if warming is not None:
+        warming.start()
+    waiting: collections.deque = collections.deque()
+    analysed = 0
+    while True:
+        if not waiting:
+            waiting.append(inbox.get())
+        while True:
+            try:
+                waiting.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        if None in waiting:  # the connection closed: only figures the worker writes itself are still wanted
+            for kind, item in [entry for entry in waiting if entry is not None]:
+                if kind == "job" and item.log_dirs:
+                    current[0] = item
+                    if warming is not None:
+                        warming.join()
+                    _run_job(connection, item, analyser)
+            return
+        if waiting[0][0] == "state":
+            analyser.load_state_dict(waiting.popleft()[1])
+            continue
+        if waiting[0][0] == "job":
+            job = waiting.popleft()[1]
+            current[0] = job
+            if warming is not None:
+                warming.join()
+            _run_job(connection, job, analyser)
+            current[0] = None
+            continue
+        batch = [waiting.popleft()]
+        while not batch[0][2] and waiting and waiting[0] is not None and waiting[0][0] == "snapshot" and not waiting[0][2]:
+            if len(batch) >= max_batch:
+                break
+            batch.append(waiting.popleft())
+        batch = [entry[1] for entry in batch]
+        dropped: list[int] = []
+        if queue_size is not None and len(batch) > queue_size:  # latest wins; the run's first step is kept
+            keep_first = analysed == 0
+            dropped = [s.step for s in batch[keep_first:-queue_size]]
+            batch = batch[:keep_first] + batch[-queue_size:]
+        analysed += len(batch)
+        current[0] = batch
+        send(connection, ("started", [s.step for s in batch]))
+        started = time.perf_counter()
+        try:
+            results = analyser.analyse_batch(batch)
+        except Exception as error:
+            if os.environ.get("BIFURCATION_MONITOR_DEBUG"):
+                traceback.print_exc()
+            results = [skipped_result(s, f"{type(error).__name__}: {error}") for s in batch]
+        state = pickle.dumps(analyser.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        current[0] = None
+        if not send(connection, ("results", results, state, time.perf_counter() - started, dropped)):
+            return
+
+
+def _run_job(connection: socket.socket, job: RenderJob, analyser: StepAnalyser) -> None:
+    try:
+        images, error = job.run(analyser), None
+    except Exception as failure:
+        images, error = {}, f"{type(failure).__name__}: {failure}"
+        if job.log_dirs:  # nobody waits for this reply: say it here
+            print(f"BifurcationMonitor's worker could not write the figures of step {job.step}: {error}", file=sys.stderr, flush=True)
+    send(connection, ("figures", job.step, images, error))
+
+
+def _read_frames(connection: socket.socket, inbox: queue.Queue, current: list[Any], parent_pid: int | None) -> None:
+    """The worker's reader thread: frames into ``inbox``.  A worker process exits at once when its training
+    process is gone, and at EOF unless it still has detached figures to write (the fit-end figures it writes
+    itself): an analysis nobody will read is not finished.  A worker thread just stops."""
+    buffer = bytearray()
+    detached = False
+    while True:
+        try:
+            readable, _, _ = select.select([connection], [], [], 1.0)
+        except (OSError, ValueError):
+            readable = [connection]
+        if parent_pid is not None and os.getppid() != parent_pid:  # the training process died
+            os._exit(0)
+        if not readable:
+            continue
+        try:
+            chunk = connection.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            item = current[0]
+            if parent_pid is not None and not detached and not (isinstance(item, RenderJob) and item.log_dirs):
+                os._exit(0)
+            inbox.put(None)
+            return
+        buffer += chunk
+        while len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            if len(buffer) < HEADER.size + size:
+                break
+            message = pickle.loads(bytes(buffer[HEADER.size : HEADER.size + size]))
+            del buffer[: HEADER.size + size]
+            detached = detached or (message[0] == "job" and bool(message[1].log_dirs))
+            inbox.put(message)
+
+
+def receive(connection: socket.socket) -> Any:
+    """One frame, blocking (the worker's start)."""
+    header = _read_exactly(connection, HEADER.size)
+    (size,) = HEADER.unpack(header)
+    return pickle.loads(_read_exactly(connection, size))
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the connection closed")
+        data += chunk
+    return bytes(data)
+
+
+def send(connection: socket.socket, message: Any) -> bool:
+    """One frame, blocking; False when the training process has closed the connection."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        connection.sendall(HEADER.pack(len(payload)) + payload)
+    except OSError:
+        return False
+    return True
+
+
+def _warm_figures() -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the fit-end figures write with it)
+
+        from .plots import render_figures
+
+        render_figures(None, [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}], [[0, 1.0, None]])
+    except Exception:  # a real figure job reports any problem
+        pass
