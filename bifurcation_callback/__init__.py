@@ -4,7 +4,8 @@ The handful of names most users need; everything else lives in the submodules
 (``models``, ``cycles``, ``attractors``, ``bifurcations``, ``tracking``, ``loss_jumps``, ``callback``,
 ``dashboard``, ``plots``, ``forcing``, ``training``, ``landscape_runs``, ``data``, ``metrics``, ``cli``).
 ``import bifurcation_callback`` does not import Lightning: the Lightning-bound names (``BifurcationMonitor``,
-``DSRModule``, ``TimeSeriesDataModule``, the data helpers and ``train_in_plane``) are imported on first use.
+``DSRModule``, ``TimeSeriesDataModule``, the data helpers and ``train_in_plane``) and the offline analysis of
+checkpoints (``analyse_checkpoints``) are imported on first use.
 
 Examples
 --------
@@ -51,9 +52,11 @@ from .models import (
 
 __version__ = "0.1.0"
 
-# Names whose modules import Lightning: loaded on first access (PEP 562), so that the models, the cycle
-# finder, the bifurcation analysis and the CLI's find / scan work without importing Lightning.
+# Names whose modules import Lightning, or the monitor's whole pipeline (offline): loaded on first access
+# (PEP 562), so that the models, the cycle finder, the bifurcation analysis and the CLI's find / scan start fast
+# and without Lightning.
 _LAZY: dict[str, str] = {
+    "analyse_checkpoints": "offline",
     "BifurcationMonitor": "callback",
     "DSRModule": "training",
     "TimeSeriesDataModule": "data",
@@ -124,6 +127,8 @@ __all__ = [
     "LossJump",
     "correlate",
     "detect_loss_jumps",
+    # finished runs
+    "analyse_checkpoints",
     # training
     "BifurcationMonitor",
     "DSRModule",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ._checks import finite_or_none
-from .attractors import attractor_label
+from .attractors import AttractorReport, attractor_label
 from .cycles import CycleSet
 from ._search import AnalysisInterrupted, interruptible
 from ._stack import ModelStack
@@ -224,6 +224,8 @@ class StepRecord:
         Why the step was not analysed (then only ``step``, ``loss`` and ``grad_norm`` are set).
     lag_ms, lag_steps, publish_ms, figures_ms : float or int or None
         Set where the record is logged: delay behind training, and the logging costs.
+    checkpoint : str or None
+        The checkpoint file the weights came from (``offline.analyse_checkpoints``); None in a monitored run.
     """
 
     step: int
@@ -246,6 +248,7 @@ class StepRecord:
     lag_steps: int | None = None
     publish_ms: float | None = None
     figures_ms: float | None = None
+    checkpoint: str | None = None
 
     @property
     def verified_events(self) -> list[dict[str, Any]]:
@@ -259,6 +262,8 @@ class StepRecord:
     def to_json(self) -> dict[str, Any]:
         """The ``events.jsonl`` line: JSON-ready, read back by :meth:`from_json`."""
         data: dict[str, Any] = {"step": self.step, "loss": self.loss, "grad_norm": self.grad_norm}
+        if self.checkpoint is not None:
+            data["checkpoint"] = self.checkpoint
         if self.skipped is not None:
             return {**data, "skipped": self.skipped}
         data.update(
@@ -348,7 +353,7 @@ class StepAnalyser:
     model : torch.nn.Module
         The RNN (PiecewiseLinear protocol); the analyser keeps a detached CPU copy as the template of its
         weight stacks, so it never touches the live model.
-    max_order, max_tracked_cycles, seed, finder_kwargs, time_budget_s, localize_events
+    max_order, orders, max_tracked_cycles, seed, finder_kwargs, time_budget_s, localize_events
         As for :class:`~bifurcation_callback.tracking.CycleTracker`.
     max_attractor_period : int
         As for :class:`~bifurcation_callback.tracking.AttractorTracker`; 0 turns the attractor analysis off.
@@ -370,6 +375,7 @@ class StepAnalyser:
         model: torch.nn.Module,
         *,
         max_order: int,
+        orders: Sequence[int] | None = None,
         max_tracked_cycles: int = 8,
         seed: int = 0,
         finder_kwargs: Mapping[str, Any] | None = None,
@@ -381,6 +387,7 @@ class StepAnalyser:
         self.time_budget_s = time_budget_s
         self.cycles = CycleTracker(
             max_order,
+            orders=orders,
             max_tracked_cycles=max_tracked_cycles,
             seed=seed,
             finder_kwargs=finder_kwargs,
@@ -409,8 +416,19 @@ class StepAnalyser:
         """
         return self.analyse_batch([snapshot])[0]
 
-    def analyse_batch(self, snapshots: Sequence[Snapshot]) -> list[StepResult]:
+    def analyse_batch(
+        self,
+        snapshots: Sequence[Snapshot],
+        *,
+        searched: Sequence[CycleSet] | None = None,
+        attractor_reports: Sequence[AttractorReport | None] | None = None,
+    ) -> list[StepResult]:
         """Analyse consecutive snapshots (increasing steps) together; one result per snapshot, in order.
+
+        ``searched`` (one ``CycleSet`` per snapshot) and ``attractor_reports`` (one ``AttractorReport`` per snapshot,
+        None where that analysis failed) replace the cycle search and the attractor simulation with work done
+        elsewhere, e.g. per checkpoint in parallel (``CycleTracker.update_many(searched=...)``,
+        ``AttractorTracker.follow``).
 
         A snapshot whose analysis fails (non-finite weights, a user model's error) gets a skipped result with the
         reason, and the trackers go on from the last analysed step, as if it had been analysed alone: a failing
@@ -422,6 +440,9 @@ class StepAnalyser:
         ValueError
             A snapshot that does not fit the model (its number of tensors).
         """
+        for name, given in (("searched cycle sets", searched), ("attractor reports", attractor_reports)):
+            if given is not None and len(given) != len(snapshots):
+                raise ValueError(f"analyse_batch got {len(given)} {name} for {len(snapshots)} snapshots")
         expected = len(model_tensors(self.model))
         for snapshot in snapshots:
             snapshot.wait()
@@ -435,11 +456,16 @@ class StepAnalyser:
                 results[index] = skipped_result(snapshot, f"ValueError: {reason}")
             else:
                 usable.append(index)
+        def elsewhere(indices: list[int]) -> dict[str, Any]:
+            """The work done elsewhere for these snapshots."""
+            return {"searched": None if searched is None else [searched[i] for i in indices],
+                    "reports": None if attractor_reports is None else [attractor_reports[i] for i in indices]}
+
         if usable:
             saved = self._trackers_checkpoint()
             try:
                 with interruptible(self.stop):
-                    together = self._analyse_together([snapshots[i] for i in usable])
+                    together = self._analyse_together([snapshots[i] for i in usable], **elsewhere(usable))
                 for index, result in zip(usable, together):
                     results[index] = result
             except AnalysisInterrupted as error:  # nothing else is analysed: training is stopping
@@ -453,22 +479,23 @@ class StepAnalyser:
                 # One failing step must not cost the others theirs: the batch again, one snapshot at a time.
                 self._trackers_restore(saved)
                 for index in usable:
-                    results[index] = self._analyse_alone(snapshots[index])
+                    results[index] = self._analyse_alone(snapshots[index], **elsewhere([index]))
         return results  # type: ignore[return-value]
 
-    def _analyse_alone(self, snapshot: Snapshot) -> StepResult:
+    def _analyse_alone(self, snapshot: Snapshot, **elsewhere: Any) -> StepResult:
         saved = self._trackers_checkpoint()
         try:
-            return self._analyse_together([snapshot])[0]
+            return self._analyse_together([snapshot], **elsewhere)[0]
         except Exception as error:  # the trackers go on from the last analysed step
             self._trackers_restore(saved)
             return skipped_result(snapshot, f"{type(error).__name__}: {error}")
 
-    def _analyse_together(self, snapshots: list[Snapshot]) -> list[StepResult]:
+    def _analyse_together(self, snapshots: list[Snapshot], searched: list[CycleSet] | None = None,
+                          reports: list[AttractorReport | None] | None = None) -> list[StepResult]:
         steps = [snapshot.step for snapshot in snapshots]
         weights = [snapshot.tensors for snapshot in snapshots]
         stack = self.cycles.stack(weights, self.model)
-        tracked = self.cycles.update_many(stack, steps)
+        tracked = self.cycles.update_many(stack, steps, searched=searched)
         notes: list[list[tuple[str, str]]] = [[] for _ in snapshots]
         for note, found in zip(notes, tracked):
             if found.cycles.cut:
@@ -478,7 +505,7 @@ class StepAnalyser:
                     f"BifurcationMonitor: the cycle search at step {found.step} was cut by time_budget_s={self.time_budget_s}: "
                     f"the counts of orders {cut} are lower bounds (status 'cut'); the next steps continue from what was found",
                 ))
-        attractors = self._attractors(stack, snapshots, notes)
+        attractors = self._attractors(stack, snapshots, notes) if reports is None else self._follow(snapshots, reports, notes)
         results = []
         for snapshot, found, attractor, note in zip(snapshots, tracked, attractors, notes):
             record = StepRecord(
@@ -526,6 +553,19 @@ class StepAnalyser:
             except Exception as error:
                 notes[index].append(("attractor", f"BifurcationMonitor has no attractor for step {step}: {error}"))
                 found.append(None)
+        return found
+
+    def _follow(self, snapshots: list[Snapshot], reports: list[AttractorReport | None], notes: list[list[tuple[str, str]]]) -> list[Any]:
+        """The attractor of every snapshot from reports found elsewhere (None where there is none, with a note)."""
+        if self.attractors is None:
+            return [None] * len(snapshots)
+        found = []
+        for snapshot, report, note in zip(snapshots, reports, notes):
+            if report is None:
+                note.append(("attractor", f"BifurcationMonitor has no attractor for step {snapshot.step}"))
+                found.append(None)
+            else:
+                found.append(self.attractors.follow(report, snapshot.step, attractor_ms=1e3 * report.elapsed_s))
         return found
 
     def _trackers_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any] | None]:

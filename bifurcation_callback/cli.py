@@ -9,7 +9,6 @@ never import Lightning or TensorBoard.  A reader that closes the pipe early (``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .checkpoints import CheckpointError, load_model
 
 __all__ = ["main", "load_model"]
 
@@ -32,197 +33,6 @@ MODEL_CLASS_HELP = (
     "Class(**CONFIG) followed by load_state_dict (default: the class DSRModule stored in the checkpoint, "
     "else a guess from the parameter names that must be unambiguous)"
 )
-
-
-def load_model(
-    path: str | Path,
-    *,
-    model_class: str | None = None,
-    config: dict[str, Any] | None = None,
-    prefix: str | None = None,
-):
-    """Load a model from a parameter JSON (see ``model_to_state``) or a checkpoint.
-
-    A checkpoint is a Lightning checkpoint or a ``torch.save`` file of a dict / state_dict.  The model is
-    read from, in this order:
-
-    1. ``model_class`` when given: a name of ``MODEL_SPECS`` (its parameters are looked up by name in the
-       state_dict, under ``prefix`` if given), or ``"package.module:Class"``, a user's own model: the
-       class is imported and built by ``Class.from_state_dict(sub_state_dict)`` if it has that classmethod,
-       else by ``Class(**config)`` and ``load_state_dict(sub_state_dict)``.  ``sub_state_dict`` holds the
-       entries under ``prefix`` with the prefix removed; without ``prefix`` every prefix is tried and
-       exactly one must fit.
-    2. the model identity ``DSRModule`` stores under ``models.CHECKPOINT_MODEL_KEY``;
-    3. a guess from the parameter names, which must match exactly one built-in class (PLRNN and ALRNN,
-       or ShallowPLRNN and ClippedShallowPLRNN, share their names: such a guess is refused).
-
-    Raises
-    ------
-    UsageError
-        Missing file, unreadable content, unknown or ambiguous model kind, wrong parameter shapes, a
-        user class that cannot be imported, built or does not follow the PiecewiseLinear protocol.
-    """
-    from .models import CHECKPOINT_MODEL_KEY, model_from_state
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    if path.suffix == ".json":
-        if model_class is not None:
-            raise UsageError(f"{path}: --model-class is for checkpoints; a parameter JSON names its model itself")
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{path}: not valid JSON ({error})") from None
-        try:
-            return model_from_state(state)
-        except ValueError as error:
-            raise UsageError(f"{path}: {error}") from None
-    checkpoint = _read_checkpoint(path)
-    described = checkpoint.get(CHECKPOINT_MODEL_KEY) if isinstance(checkpoint, dict) else None
-    if model_class is None and isinstance(described, dict):
-        try:
-            return model_from_state(described)
-        except ValueError as error:
-            raise UsageError(f"{path}: {CHECKPOINT_MODEL_KEY!r}: {error}") from None
-    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise UsageError(f"{path}: no state_dict of tensors inside")
-    tensors = {name: value for name, value in state_dict.items() if isinstance(value, torch.Tensor)}
-    if model_class is not None and ":" in model_class:
-        return _user_model(path, model_class, tensors, config or {}, prefix)
-    return _builtin_model(path, model_class, tensors, config or {}, prefix)
-
-
-def _read_checkpoint(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for foreign files
-        raise UsageError(f"{path}: cannot be read as a torch checkpoint ({error})") from None
-
-
-def _sub_state_dicts(tensors: dict[str, torch.Tensor], prefix: str | None) -> dict[str, dict[str, torch.Tensor]]:
-    """prefix -> its entries with the prefix removed, for every dotted prefix of a key (and "")."""
-    prefixes = {""}
-    for name in tensors:
-        parts = name.split(".")[:-1]
-        prefixes.update(".".join(parts[: k + 1]) + "." for k in range(len(parts)))
-    if prefix is not None:
-        prefix = prefix if prefix == "" or prefix.endswith(".") else prefix + "."
-        if prefix not in prefixes:
-            listed = ", ".join(sorted(prefixes - {""}))
-            raise UsageError(f"--prefix {prefix!r} matches no state_dict entry; prefixes: {listed}")
-        prefixes = {prefix}
-    return {p: {n[len(p) :]: v for n, v in tensors.items() if n.startswith(p)} for p in sorted(prefixes)}
-
-
-def _builtin_model(path: Path, kind: str | None, tensors: dict, config: dict, prefix: str | None):
-    """A registry model whose parameter names appear, as a group, in the state_dict."""
-    from .models import MODEL_SPECS, build_model
-
-    groups = {p: {n: v for n, v in sub.items() if "." not in n} for p, sub in _sub_state_dicts(tensors, prefix).items()}
-    fits = [
-        (p, name)
-        for p, params in groups.items()
-        for name, spec in MODEL_SPECS.items()
-        if set(params) == set(spec.parameters) and (kind is None or name == kind)
-    ]
-    if not fits:
-        wanted = f"the parameters of {kind} ({', '.join(MODEL_SPECS[kind].parameters)})" if kind else (
-            f"the parameters of any of {', '.join(MODEL_SPECS)}"
-        )
-        raise UsageError(
-            f"{path}: found no group of state_dict entries with exactly {wanted}; for your own model "
-            "pass --model-class package.module:Class"
-        )
-    prefixes = sorted({p for p, _ in fits})
-    if len(prefixes) > 1:
-        listed = ", ".join(map(repr, prefixes))
-        raise UsageError(f"{path}: several models in the state_dict (prefixes {listed}); choose with --prefix")
-    kinds = [name for _, name in fits]
-    if len(kinds) > 1:
-        raise UsageError(
-            f"{path}: the checkpoint does not name its model and its parameters "
-            f"({', '.join(MODEL_SPECS[kinds[0]].parameters)}) fit {' and '.join(kinds)}; "
-            f"choose with --model-class NAME (one of {', '.join(MODEL_SPECS)})"
-        )
-    params = groups[prefixes[0]]
-    spec = MODEL_SPECS[kinds[0]]
-    if config or spec.infer is None:
-        # Every built-in model's A has shape (M,): the state dimension is always known.
-        known = {arg: int(params["A"].shape[0]) for arg, attribute in spec.config.items() if attribute == "state_dim"}
-        config = {**known, **(spec.infer(params) if spec.infer else {}), **config}
-        missing = [arg for arg in spec.config if arg not in config]
-        if missing:
-            raise UsageError(
-                f"{path}: {kinds[0]} needs its constructor arguments {', '.join(spec.config)}; "
-                f"pass {' '.join(f'--config {arg}=INT' for arg in missing)}"
-            )
-    try:
-        return build_model(kinds[0], params, config or None)
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"{path}: {error}") from None
-
-
-def _import_class(spec: str) -> type:
-    module_name, _, qualname = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise UsageError(f"--model-class {spec}: cannot import it ({error})") from None
-    if not isinstance(target, type):
-        raise UsageError(f"--model-class {spec}: not a class")
-    return target
-
-
-def _user_model(path: Path, spec: str, tensors: dict, config: dict, prefix: str | None):
-    """A user's own PiecewiseLinear model class, built from the checkpoint's tensors (see ``load_model``)."""
-    from .models import require_piecewise_linear
-
-    cls = _import_class(spec)
-    subs = _sub_state_dicts(tensors, prefix)
-    built: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    if callable(getattr(cls, "from_state_dict", None)):
-        how = f"{cls.__name__}.from_state_dict(state_dict)"
-        for p, sub in subs.items():
-            try:
-                model = cls.from_state_dict(sub)
-                require_piecewise_linear(model)
-            except Exception as error:  # the user's code: any failure means "not this prefix"
-                errors[p] = f"{type(error).__name__}: {error}"
-            else:
-                built[p] = model
-    else:
-        how = f"{cls.__name__}(**CONFIG) and load_state_dict"
-        try:
-            template = cls(**config)
-        except Exception as error:
-            raise UsageError(
-                f"--model-class {spec}: {cls.__name__}(**{config}) failed ({type(error).__name__}: {error}); pass its "
-                "constructor arguments as --config NAME=VALUE, or give the class a classmethod from_state_dict(state_dict)"
-            ) from None
-        expected = set(template.state_dict())
-        for p, sub in subs.items():
-            if set(sub) == expected:
-                try:
-                    template.load_state_dict(sub)
-                    require_piecewise_linear(template)
-                except Exception as error:
-                    errors[p] = f"{type(error).__name__}: {error}"
-                else:
-                    built[p] = template
-        if not built and not errors:
-            errors["(any)"] = f"no prefix holds exactly the entries {sorted(expected)}"
-    if len(built) > 1:
-        raise UsageError(f"{path}: {how} fits several prefixes ({', '.join(map(repr, built))}); choose with --prefix")
-    if not built:
-        tried = "; ".join(f"{p or '(no prefix)'}: {e}" for p, e in errors.items())
-        raise UsageError(f"{path}: cannot build {spec} by {how} from the checkpoint ({tried})")
-    model = next(iter(built.values()))
-    return model.double() if isinstance(model, torch.nn.Module) else model
 
 
 def _parse_config(entries: Sequence[str] | None) -> dict[str, Any]:
@@ -250,9 +60,14 @@ def _model_class(value: str) -> str:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model file and how to read it: shared by find, scan and landscape."""
+    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
+    _add_model_reading_arguments(parser)
+
+
+def _add_model_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read a model from a checkpoint: shared by the model file's commands and analyse."""
     from .models import MODEL_SPECS
 
-    parser.add_argument("model", help="parameter JSON (model_to_state) or checkpoint file")
     parser.add_argument(
         "--model-class", type=_model_class, metavar="NAME", help=MODEL_CLASS_HELP.format(names=", ".join(MODEL_SPECS))
     )
@@ -295,12 +110,17 @@ def _add_find(subparsers) -> None:
         description="Find every fixed point and k-cycle of a saved piecewise-linear model (SCYFI).",
     )
     _add_model_arguments(parser)
+    _add_search_arguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="also write the CycleSet as JSON ('-' for stdout)")
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """find_cycles' options: shared by find and analyse."""
     parser.add_argument("--max-order", type=int, default=4, help="search orders 1..K (default 4)")
     parser.add_argument("--orders", type=int, nargs="+", help="search exactly these orders instead")
     parser.add_argument("--n-starts", type=int, default=256, help="parallel random starts per order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float32", action="store_true", help="search in float32 (default float64)")
-    parser.add_argument("--json", metavar="PATH", help="also write the CycleSet as JSON ('-' for stdout)")
 
 
 def _run_find(args: argparse.Namespace) -> int:
@@ -593,6 +413,80 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyse(subparsers) -> None:
+    from .offline import CACHE_FOLDER, EXECUTORS
+
+    parser = subparsers.add_parser(
+        "analyse",
+        help="a finished run's checkpoints, analysed as the monitor would have, in parallel",
+        description=(
+            "Find the cycles and attractors of every checkpoint of a finished run independently (in parallel: local "
+            "processes, or Dask on a cluster), then track them in step order as BifurcationMonitor does (the "
+            "previous checkpoint's cycles carried over, appearances and disappearances checked against both "
+            "checkpoints' weights, the attractor followed), detect the events and, with --logs, the loss jumps.  Writes the "
+            "monitor's files to OUT: events.jsonl (one record per checkpoint, at step global_step - 1, with the "
+            "checkpoint's path), summary.json and TensorBoard event files; `tensorboard --logdir OUT` and "
+            "`bifurcation-callback compare` read them like a monitored run's."
+        ),
+        epilog=(
+            f"A re-run with the same OUT analyses only new or changed checkpoints (the cache in OUT/{CACHE_FOLDER} "
+            "is keyed by each file's content and the settings).  An unreadable checkpoint is reported and left out."
+        ),
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                        help="checkpoint files, or folders searched recursively for *.ckpt")
+    _add_model_reading_arguments(parser)
+    _add_search_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (its earlier results are replaced)")
+    parser.add_argument("--logs", metavar="PATH",
+                        help="the run's TensorBoard event files or CSV metrics.csv (a file or the run's folder): "
+                        "the loss per step, for the records and the loss jumps")
+    parser.add_argument("--loss-key", default="train_loss", help="the loss metric in --logs (default train_loss)")
+    parser.add_argument("--executor", choices=list(EXECUTORS), default="process",
+                        help="; ".join(f"{name}: {what}" for name, what in EXECUTORS.items()) + " (default process)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes analysing checkpoints (default 1: this process)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (with --executor dask; default: a "
+                        "local cluster of --workers processes)")
+    parser.add_argument("--chunk-size", type=int, default=1, help="checkpoints per task (default 1)")
+    parser.add_argument("--max-attractor-period", type=int, default=256,
+                        help="longest attractor period detected (0: no attractor analysis; default 256)")
+    parser.add_argument("--no-cache", action="store_true", help="analyse every checkpoint again, keep no cache")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _run_analyse(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .dashboard import summary_line
+    from .offline import analyse_checkpoints
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            run = analyse_checkpoints(
+                args.checkpoints, out=args.out, max_order=args.max_order, orders=args.orders, logs=args.logs,
+                loss_key=args.loss_key, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                chunk_size=args.chunk_size, model_class=args.model_class, config=_parse_config(args.config),
+                prefix=args.prefix, seed=args.seed, max_attractor_period=args.max_attractor_period,
+                finder_kwargs={"n_starts": args.n_starts, "dtype": torch.float32 if args.float32 else torch.float64},
+                cache=not args.no_cache, progress=not args.no_progress,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    for warning in caught:  # one line each, without the source line Python's warning format adds
+        print(f"bifurcation-callback analyse: warning: {warning.message}", file=sys.stderr)
+    steps = [record.step for record in run.records]
+    offline = run.summary["offline"]
+    print(f"{len(run.records)} checkpoints (steps {steps[0]}..{steps[-1]}): {run.n_analysed} analysed now, "
+          f"{run.n_cached} from the cache, {len(run.left_out)} left out; orders {offline['orders']}, "
+          f"{offline['wall_seconds']:.1f} s")
+    print(summary_line(run.summary).replace("BifurcationMonitor:", "offline analysis:", 1))
+    print(f"wrote {run.out / 'events.jsonl'}, summary.json and TensorBoard event files; tensorboard --logdir {run.out}")
+    return 0
+
+
 # name -> (add the subparser, run it): the single list of subcommands.
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "demo": (_add_demo, _run_demo),
@@ -600,6 +494,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "scan": (_add_scan, _run_scan),
     "landscape": (_add_landscape, _run_landscape),
     "compare": (_add_compare, _run_compare),
+    "analyse": (_add_analyse, _run_analyse),
 }
 
 
@@ -624,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = COMMANDS[args.command][1](args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return status
-    except UsageError as error:
+    except (UsageError, CheckpointError) as error:
         print(f"bifurcation-callback {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:

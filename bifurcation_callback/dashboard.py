@@ -35,6 +35,7 @@ __all__ = [
     "summary_scalars",
     "step_counts",
     "fresh_run_dir",
+    "clear_run_files",
 ]
 
 # Every scalar the monitor logs ({k}: order, {id}: track id of a cycle).  BifurcationMonitor's docstring lists
@@ -324,7 +325,10 @@ def step_counts(summary: Mapping[str, Any]) -> tuple[int, int, int, int]:
 
 
 def _overhead_text(summary: Mapping[str, Any]) -> str:
-    """'2.1 %', or '2.1 % (lower bound)' when the slowdown beside a worker could not be measured."""
+    """'2.1 %', or '2.1 % (lower bound)' when the slowdown beside a worker could not be measured; 'n/a' when
+    nothing ran beside training (an offline analysis of checkpoints)."""
+    if summary.get("monitor_overhead") is None:
+        return "n/a"
     text = f"{100 * summary['monitor_overhead']:.1f} %"
     return text + " (lower bound: the slowdown of training beside the worker was not measured)" * bool(
         summary.get("overhead_is_lower_bound"))
@@ -333,6 +337,10 @@ def _overhead_text(summary: Mapping[str, Any]) -> str:
 def _where(summary: Mapping[str, Any]) -> str:
     """Where the analysis ran: 'sync', 'async (worker process)', with restarts and a fallback if any."""
     mode = summary.get("mode") or "sync"
+    offline = summary.get("offline")
+    if offline:
+        workers = f" × {offline['workers']}" if offline.get("workers") else ""
+        return f"offline ({offline['n_checkpoints']} checkpoints, {offline['executor']}{workers})"
     worker = summary.get("worker")
     if worker is None:
         return mode
@@ -374,6 +382,33 @@ def fresh_run_dir(root: str | Path, name: str = "bifurcation_monitor") -> Path:
     while (parent / f"version_{version}").exists():
         version += 1
     return parent / f"version_{version}"
+
+
+# What the monitor writes into a run folder besides TensorBoard's event files (events.out.tfevents.*).
+RUN_FILES: tuple[str, ...] = ("events.jsonl", "summary.json")
+_EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
+def clear_run_files(folder: str | Path, extra: Sequence[str] = ()) -> None:
+    """Remove what an earlier run wrote into ``folder`` (``RUN_FILES``, TensorBoard event files and the files
+    named in ``extra``) and nothing else, so a run written there again does not show every curve twice.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("summary.json", "events.out.tfevents.1.host", "notes.txt"):
+    ...     _ = (folder / name).write_text("")
+    >>> clear_run_files(folder)
+    >>> sorted(path.name for path in folder.iterdir())
+    ['notes.txt']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and (path.name in RUN_FILES or path.name in extra or path.name.startswith(_EVENT_FILE_PREFIX)):
+            path.unlink()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ._checks import require_choice, require_int, require_real
+from .dashboard import clear_run_files, step_counts
 
 __all__ = [
     "DEMO_DATASETS",
@@ -42,6 +43,7 @@ __all__ = [
     "collect_runs",
     "comparison_table",
     "split_by_attractor",
+    "group_runs",
     "ATTRACTOR_SPLIT_KINDS",
 ]
 
@@ -53,9 +55,8 @@ DEMO_DATASETS: dict[str, str] = {
 }
 # method label -> DSRModule training mode; the table lists methods in this order.
 DEMO_METHODS: dict[str, str] = {"BPTT": "bptt", "GTF": "gtf"}
-# Files a run folder may hold that a re-run of the demo replaces (nothing else is ever deleted).
-_RUN_FILES = ("summary.json", "demo.json", "events.jsonl", "hparams.yaml")
-_EVENT_FILE_PREFIX = "events.out.tfevents."
+# Files of a demo run folder that a re-run of the demo replaces besides the monitor's (nothing else is deleted).
+_DEMO_FILES = ("demo.json", "hparams.yaml")
 # What a summary.json written by BifurcationMonitor holds (at least): key -> accepted JSON types.
 _SUMMARY_SCHEMA: dict[str, tuple[type, ...]] = {
     "n_monitored_steps": (int,),
@@ -235,15 +236,6 @@ def _progress_callback(label: str, total: int):
     return _Progress()
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove what an earlier demo run wrote here, so TensorBoard does not show two curves per tag."""
-    if not run_dir.is_dir():
-        return
-    for path in run_dir.iterdir():
-        if path.is_file() and (path.name in _RUN_FILES or path.name.startswith(_EVENT_FILE_PREFIX)):
-            path.unlink()
-
-
 def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np.ndarray, test: np.ndarray) -> dict:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -255,7 +247,7 @@ def _train_one(config: DemoConfig, method: str, seed: int, root: Path, train: np
 
     name = f"{DEMO_METHODS[method]}_seed{seed}"
     run_dir = root / name
-    _clear_run_dir(run_dir)
+    clear_run_files(run_dir, _DEMO_FILES)  # TensorBoard would show two curves per tag
     data_dim = train.shape[1]
     torch.manual_seed(seed)  # the same seed gives both methods the same initial model and batches
     rnn = PLRNN(config.model_dim(data_dim))
@@ -362,14 +354,16 @@ def run_demo(config: DemoConfig, logdir: str | Path, *, out: Callable[[str], Any
 
 def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     """Every ``summary.json`` under ``paths`` (files or folders, searched recursively), with the
-    ``demo.json`` beside it when there is one.
+    ``demo.json`` beside it when there is one, and the run's hyperparameters: those an offline analysis
+    copied from the checkpoints into its summary, else Lightning's ``hparams.yaml`` beside it.
 
     Returns
     -------
     list of dict
         ``{"name": folder relative to the common root of all run folders, "path": folder,
-        "summary": dict, "demo": dict or None, "attractor_split": split_by_attractor of the events.jsonl
-        beside it, or None, "last_step_skipped": bool}``, sorted by method (as in :data:`DEMO_METHODS`), seed,
+        "summary": dict, "demo": dict or None, "hyperparameters": dict or None, "attractor_split":
+        split_by_attractor of the events.jsonl beside it, or None, "last_step_skipped": bool}``, sorted by
+        method (as in :data:`DEMO_METHODS`; read from ``demo.json`` or the hyperparameters' ``training``), seed,
         path.  Runs that share a leaf folder name (``a/version_0``, ``b/version_0``) keep distinct names.
 
     Raises
@@ -399,12 +393,14 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     for summary_path, folder in zip(found, folders):
         demo_path = folder / "demo.json"
         events, last_skipped = _read_events(folder / "events.jsonl")
+        summary = _check_summary(summary_path, _read_json(summary_path))
         runs.append(
             {
                 "name": folder.relative_to(root).as_posix(),
                 "path": str(folder),
-                "summary": _check_summary(summary_path, _read_json(summary_path)),
+                "summary": summary,
                 "demo": _read_json(demo_path) if demo_path.is_file() else None,
+                "hyperparameters": summary.get("hyperparameters") or _read_hparams(folder / "hparams.yaml"),
                 "attractor_split": None if events is None else split_by_attractor(events),
                 "last_step_skipped": last_skipped,
             }
@@ -412,10 +408,96 @@ def collect_runs(paths: Sequence[str | Path]) -> list[dict]:
     order = {method: k for k, method in enumerate(DEMO_METHODS)}
 
     def key(run: dict) -> tuple:
-        demo = run["demo"] or {}
-        return (order.get(demo.get("method"), len(order)), demo.get("seed", math.inf), run["path"])
+        seed = _run_seed(run)
+        return (order.get(_run_method(run), len(order)), math.inf if seed is None else seed, run["path"])
 
     return sorted(runs, key=key)
+
+
+def _read_hparams(path: Path) -> dict | None:
+    """Lightning's ``hparams.yaml`` as a dict (Python-specific YAML tags read as plain values), or None."""
+    if not path.is_file():
+        return None
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def plain(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)
+
+    _Loader.add_multi_constructor("tag:yaml.org,2002:python/", plain)
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader with plain constructors
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# DSRModule's training modes as the table labels them (the demo's labels, else the mode in capitals).
+def _method_label(training: Any) -> str | None:
+    labels = {mode: label for label, mode in DEMO_METHODS.items()}
+    return labels.get(training, training.upper()) if isinstance(training, str) and training else None
+
+
+def _run_method(run: Mapping[str, Any]) -> str | None:
+    """The run's training method: ``demo.json``'s, else its hyperparameters' ``training``, else None."""
+    demo = run.get("demo") or {}
+    return demo.get("method") or _method_label((run.get("hyperparameters") or {}).get("training"))
+
+
+def _run_seed(run: Mapping[str, Any]) -> int | None:
+    demo = run.get("demo") or {}
+    seed = demo.get("seed", (run.get("hyperparameters") or {}).get("seed"))
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+# Hyperparameters that identify a replicate or the method, not a setting: left out of the settings that group runs.
+_NOT_SETTINGS = ("training", "seed", "seeds")
+
+
+def _run_settings(run: Mapping[str, Any]) -> dict[str, str]:
+    """What the run was trained and analysed with, as text: its hyperparameters (or the demo's configuration)
+    and the analysis' ``max_order`` and ``max_attractor_period``."""
+    hyperparameters = run.get("hyperparameters") or (run.get("demo") or {}).get("config") or {}
+    settings = {key: json.dumps(value, sort_keys=True, default=str) for key, value in hyperparameters.items()
+                if key not in _NOT_SETTINGS}
+    summary = run["summary"]
+    for key in ("max_order", "max_attractor_period"):
+        if summary.get(key) is not None:
+            settings[key] = json.dumps(summary[key])
+    return settings
+
+
+def group_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each run's group: its training method and the settings that differ between the runs (seeds are
+    replicates, never a setting); a run whose method is unknown is a group of its own, named by its folder.
+
+    Examples
+    --------
+    >>> summary = {"max_order": 4}
+    >>> runs = [{"name": f"r{k}", "summary": summary, "hyperparameters": {"training": training, "alpha": alpha}}
+    ...         for k, (training, alpha) in enumerate([("gtf", 0.1), ("gtf", 0.1), ("gtf", 0.3), ("bptt", 0.1)])]
+    >>> group_runs(runs)
+    ['GTF (alpha=0.1)', 'GTF (alpha=0.1)', 'GTF (alpha=0.3)', 'BPTT (alpha=0.1)']
+    >>> group_runs(runs[:2] + [{"name": "old_run", "summary": summary}])
+    ['GTF', 'GTF', 'old_run']
+    """
+    methods = [_run_method(run) for run in runs]
+    settings = [_run_settings(run) for run in runs]
+    known = [setting for setting, method in zip(settings, methods) if method is not None]
+    keys = sorted({key for setting in known for key in setting})
+    varying = [key for key in keys if len({setting.get(key) for setting in known}) > 1]
+    labels = []
+    for run, setting, method in zip(runs, settings, methods):
+        if method is None:
+            labels.append(run.get("name") or Path(run["path"]).name)
+            continue
+        shown = ", ".join(f"{key}={setting[key]}" for key in varying if key in setting)
+        labels.append(f"{method} ({shown})" if shown else method)
+    return labels
 
 
 def _read_json(path: Path) -> dict:
@@ -574,9 +656,13 @@ def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
         final_loss = math.nan
     attractor = _final_attractor(run)
     split = run.get("attractor_split")
+    final_step = summary.get("final_step")
     return {
-        "method": demo.get("method") or run.get("name") or Path(run["path"]).name,
-        "seed": demo.get("seed"),
+        "method": _run_method(run) or run.get("name") or Path(run["path"]).name,
+        "seed": _run_seed(run),
+        # Analysed steps of all training steps (the monitor's every_n_steps, dropped steps, or the checkpoints).
+        "analysed": step_counts(summary)[1],
+        "steps": final_step + 1 if isinstance(final_step, int) else None,
         "final_loss": _number(final_loss),
         "D_stsp": _number(demo.get("D_stsp")),
         "D_H": _number(demo.get("D_H")),
@@ -589,6 +675,29 @@ def _row_values(run: dict, kinds: Sequence[str]) -> dict[str, Any]:
         "p": _number(correlation.get("p_value")),
         "overhead": _number(summary.get("monitor_overhead")),
     }
+
+
+def _table_values(runs: Sequence[dict], kinds: Sequence[str]) -> list[dict[str, Any]]:
+    """``_row_values`` of every run, with ``method`` its group (``group_runs``)."""
+    return [{**_row_values(run, kinds), "method": group} for run, group in zip(runs, group_runs(runs))]
+
+
+def _coverage(analysed: float, steps: float | None) -> str:
+    """'300/1500 (20 %)': analysed steps of the training steps."""
+    if not steps:
+        return "n/a"
+    return f"{analysed:g}/{steps:g} ({100 * analysed / steps:.3g} %)"
+
+
+def _coverage_note(values: Sequence[dict[str, Any]]) -> str:
+    """A warning when the runs analysed very different fractions of their steps (their event counts differ
+    for that reason alone), else ''."""
+    fractions = [v["analysed"] / v["steps"] for v in values if v["steps"]]
+    if len(fractions) < 2 or max(fractions) <= 2 * min(fractions):
+        return ""
+    return (f"Note: these runs were analysed at {100 * min(fractions):.3g} % to {100 * max(fractions):.3g} % of their "
+            "training steps (column 'analysed'): a run analysed at fewer steps reports fewer events, with wider "
+            "brackets, and fewer jumps with an event nearby; compare runs analysed alike.")
 
 
 def _split_columns() -> list[tuple[str, str]]:
@@ -613,6 +722,7 @@ def _cells(values: dict[str, Any], kinds: Sequence[str], *, seed: str, counts_sp
     return [
         str(values["method"]),
         seed,
+        _coverage(values["analysed"], values["steps"]),
         _fmt(values["final_loss"], ".4g"),
         _fmt(values["D_stsp"], ".3f"),
         _fmt(values["D_H"], ".3f"),
@@ -654,8 +764,11 @@ def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
     splits = [v["split"] for v in group]
     # Jumps with an event nearby: pooled over the seeds, k/n.
     total, explained = sum(v["jumps"] for v in group), sum(v["explained"] for v in group)
+    steps = [v["steps"] for v in group]
     values = {
         "method": group[0]["method"],
+        "analysed": sum(v["analysed"] for v in group),
+        "steps": None if None in steps else sum(steps),
         "final_loss": mean("final_loss"),
         "D_stsp": mean("D_stsp"),
         "D_H": mean("D_H"),
@@ -674,7 +787,10 @@ def _mean_row(group: list[dict[str, Any]], kinds: Sequence[str]) -> list[str]:
 def comparison_table(runs: Sequence[dict]) -> str:
     """The side-by-side table of :func:`collect_runs` output, as a Markdown table (aligned for terminals).
 
-    One row per run and, per method with several seeds, a ``mean`` row: arithmetic means, the most
+    Runs are grouped by method and the settings that differ between them (``group_runs``); each row says how
+    many of the run's training steps were analysed, and a note follows the legend when that fraction differs by
+    more than a factor of 2 between runs.
+    One row per run and, per group with several seeds, a ``mean`` row: arithmetic means, the most
     frequent final attractor with its count, the fraction of jumps with an event nearby pooled over seeds,
     and the p-values of the runs with loss jumps combined by Fisher's method.  ``n/a`` marks a quantity the saved files do not have
     (``D_stsp``/``D_H`` of a run that was not made by the demo, the attractor of a monitor without attractor
@@ -685,6 +801,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
     header = [
         "method",
         "seed",
+        "analysed",
         "final loss",
         "D_stsp",
         "D_H",
@@ -698,7 +815,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
         "overhead",
     ]
     rows: list[list[str]] = []
-    values = [_row_values(run, kinds) for run in runs]
+    values = _table_values(runs, kinds)
     methods = list(dict.fromkeys(v["method"] for v in values))
     for method in methods:
         group = [v for v in values if v["method"] == method]
@@ -707,7 +824,7 @@ def comparison_table(runs: Sequence[dict]) -> str:
         if len(group) > 1:
             rows.append(_mean_row(group, kinds))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    left = {0, 1, 5}  # text columns
+    left = {0, 1, header.index("final attractor")}  # text columns
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -715,17 +832,22 @@ def comparison_table(runs: Sequence[dict]) -> str:
     separator = "|" + "|".join("-" * (w + 2) if i in left else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
     names = ", ".join(f"{_kind_header(kind)} = {kind}" for kind in kinds)
     legend = (
+        "method: the training method (demo.json, or the hyperparameters' `training`) and the settings that differ "
+        "between the runs; analysed = analysed steps / training steps (the monitor's every_n_steps and dropped "
+        "steps, or the checkpoints of an offline analysis).  "
         f"final attractor: the monitor's followed attractor at the last monitored step; events by kind ({names}; "
         "cycles of order <= max_order, attractor changes at any period <= max_attractor_period); "
         "attr / rest: border collisions and degenerate events of the attractor (the event's cycle stable before "
         "or after, and not a mere crossing of a switching plane that changed nothing) / the others (saddles, "
         "repellers, such crossings).  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
         "within the monitor's window; p = permutation test (mean row: Fisher's combination of the runs with jumps); overhead = time "
-        "in the monitor / rest of fit.  D_stsp, D_H on held-out data (lower is better).  Mean row: means, "
-        "the most frequent final attractor (in k/n runs), jumps pooled."
+        "in the monitor / rest of fit (n/a offline).  D_stsp, D_H on held-out data (lower is better).  Mean row: "
+        "means, the most frequent final attractor (in k/n runs), jumps and analysed steps pooled."
     )
     tests = method_tests(runs)
-    return "\n".join([line(header), separator, *map(line, rows), "", legend, *(["", tests] if tests else [])])
+    note = _coverage_note(values)
+    return "\n".join([line(header), separator, *map(line, rows), "", legend, *(["", note] if note else []),
+                      *(["", tests] if tests else [])])
 
 
 # Per-run quantities that method_tests compares between the two methods: (label, key of _row_values or of its
@@ -754,20 +876,30 @@ def _teacher_label(data: str | None) -> str | None:
 
 def method_tests(runs: Sequence[dict]) -> str:
     """GTF against BPTT over seeds, one line per quantity: medians and a two-sided Mann–Whitney U p-value
-    (``scipy.stats.mannwhitneyu``: exact without ties, else the normal approximation with tie correction); for "reached the teacher's attractor" (the final
-    attractor is the teacher's k-cycle) the counts and Fisher's exact test.  Empty unless exactly the two demo
-    methods are present with at least two seeds each.
+    (``scipy.stats.mannwhitneyu``: exact without ties, else the normal approximation with tie correction); for
+    "reached the teacher's attractor" (the final attractor is the teacher's k-cycle) the counts and Fisher's exact
+    test.  One block per pair of a BPTT group and a GTF group (``group_runs``: method and the settings that
+    differ) with at least two runs each; empty when there is no such pair.
     """
+    kinds = _kinds(runs)
+    groups: dict[str, tuple[str | None, list[tuple[dict, dict]]]] = {}
+    for value, run in zip(_table_values(runs, kinds), runs):
+        groups.setdefault(value["method"], (_run_method(run), []))[1].append((value, run))
+    first, second = DEMO_METHODS
+    blocks = [
+        _pair_tests(name_a, a, name_b, b)
+        for name_a, (method_a, a) in groups.items() if method_a == first and len(a) >= 2
+        for name_b, (method_b, b) in groups.items() if method_b == second and len(b) >= 2
+    ]
+    return "\n\n".join(blocks)
+
+
+def _pair_tests(name_a: str, a_runs: list[tuple[dict, dict]], name_b: str, b_runs: list[tuple[dict, dict]]) -> str:
+    """The tests of ``method_tests`` between two groups of (row values, run)."""
     from scipy.stats import fisher_exact, mannwhitneyu
 
-    kinds = _kinds(runs)
-    values = [_row_values(run, kinds) for run in runs]
-    groups = {method: [v for v in values if v["method"] == method] for method in DEMO_METHODS}
-    if set(v["method"] for v in values) != set(DEMO_METHODS) or min(len(g) for g in groups.values()) < 2:
-        return ""
-    a, b = (groups[method] for method in DEMO_METHODS)
-    names = " vs ".join(DEMO_METHODS)
-    lines = [f"{names} over seeds (n = {len(a)} / {len(b)}): medians, two-sided Mann–Whitney U p"]
+    a, b = [v for v, _ in a_runs], [v for v, _ in b_runs]
+    lines = [f"{name_a} vs {name_b} over seeds (n = {len(a)} / {len(b)}): medians, two-sided Mann–Whitney U p"]
 
     def read(v: dict, key: str) -> float | None:
         if "/" in key:
@@ -783,7 +915,7 @@ def method_tests(runs: Sequence[dict]) -> str:
         method = "exact" if len(set(x + y)) == len(x + y) else "asymptotic"
         p = 1.0 if len(set(x + y)) == 1 else float(mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue)
         lines.append(f"  {label}: {np.median(x):.3g} vs {np.median(y):.3g}, p = {p:.3g}")
-    teachers = {(v.get("data") or (run["demo"] or {}).get("data")) for v, run in zip(values, runs)}
+    teachers = {(run["demo"] or {}).get("data") for _, run in a_runs + b_runs}
     teacher = _teacher_label(next(iter(teachers))) if len(teachers) == 1 else None
     if teacher is not None and all(v["attractor"] is not None for v in a + b):
         hits = [sum(v["attractor"] == teacher for v in g) for g in (a, b)]

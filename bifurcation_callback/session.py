@@ -334,20 +334,28 @@ class MonitorSession:
             self.warn("publish", f"BifurcationMonitor could not log a result: {type(error).__name__}: {error}")
 
     def _accept_result(self, outcome: Outcome) -> None:
-        result = outcome.result
+        record = outcome.result.record
+        if record.skipped is None:
+            now = self.history[-1][0] if self.history else record.step
+            taken_at = outcome.snapshot.taken_at if outcome.snapshot is not None else time.perf_counter()
+            record.lag_ms = 1e3 * (time.perf_counter() - taken_at)
+            record.lag_steps = int(now) - record.step
+        self.add_result(outcome.result, outcome.snapshot)
+
+    def add_result(self, result: StepResult, snapshot: Snapshot | None = None) -> None:
+        """A step's result: a skipped one is counted and written at once (``record_skip``); an analysed one is
+        warned about, counted, and written at the next :meth:`publish` (figures requested every
+        ``log_figures_every_n_steps`` records).  ``accept`` calls it for the runner's results (after measuring
+        their lag behind training); ``offline.analyse_checkpoints`` for a finished run's."""
         record = result.record
         if record.skipped is not None:
             self.record_skip(record.step, record.loss, record.skipped, record=record)
             return
-        now = self.history[-1][0] if self.history else record.step
-        taken_at = outcome.snapshot.taken_at if outcome.snapshot is not None else time.perf_counter()
-        record.lag_ms = 1e3 * (time.perf_counter() - taken_at)
-        record.lag_steps = int(now) - record.step
         for category, text in result.notes:
             self.warn(category, text)
         self.records.append(record)
         self.n_events += len(record.verified_events)
-        self.last = (outcome.snapshot, result)
+        self.last = (snapshot, result)
         running = running_scalars(record, n_events=self.n_events, n_skipped=self.n_skipped, n_dropped=len(self.dropped))
         started = time.perf_counter()
         every = self.settings.log_figures_every_n_steps

@@ -34,9 +34,17 @@ from ._search import (
     sequence_table,
 )
 from ._stack import ModelStack
-from .attractors import Attractor, AttractorReport, attractor_label, find_attractors_many
+from .attractors import Attractor, AttractorReport, _canonical_key, attractor_label, find_attractors_many
 from .bifurcations import BifurcationEvent, compare_snapshots, localize, match
-from .cycles import DEFAULT_EXHAUSTIVE_LIMIT, Cycle, CycleSet, _one_cpu_thread, cycles_from_sequences, follow_cycle
+from .cycles import (
+    DEFAULT_EXHAUSTIVE_LIMIT,
+    Cycle,
+    CycleSet,
+    _one_cpu_thread,
+    _resolve_orders,
+    cycles_from_sequences,
+    follow_cycle,
+)
 from .models import model_tensors, search_radius
 
 __all__ = [
@@ -112,6 +120,8 @@ class CycleTracker:
     ----------
     max_order : int
         Largest cycle order searched.
+    orders : sequence of int, optional
+        Search exactly these orders instead of ``1 .. max_order`` (e.g. ``[1, 2, 16]``).
     max_tracked_cycles : int
         How many tracks (the first ones created) get a per-cycle curve over the whole run.
     seed : int
@@ -144,6 +154,7 @@ class CycleTracker:
         self,
         max_order: int,
         *,
+        orders: Sequence[int] | None = None,
         max_tracked_cycles: int = 8,
         seed: int = 0,
         finder_kwargs: Mapping[str, Any] | None = None,
@@ -151,6 +162,7 @@ class CycleTracker:
         localize_events: bool = False,
     ) -> None:
         self.max_order = require_int("max_order", max_order, 1, owner="CycleTracker")
+        self.orders = _resolve_orders(self.max_order, orders)
         self.max_tracked_cycles = require_int("max_tracked_cycles", max_tracked_cycles, 0, owner="CycleTracker")
         self.seed = require_int("seed", seed, 0, owner="CycleTracker")
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner="CycleTracker")
@@ -235,9 +247,16 @@ class CycleTracker:
         device = self.finder_kwargs.get("device") or next(iter(template.parameters()), torch.empty(0)).device
         return ModelStack(template, weights, dtype=self.dtype, device=device)
 
-    def update_many(self, stack: ModelStack, steps: Sequence[int]) -> list[TrackedStep]:
+    def update_many(
+        self, stack: ModelStack, steps: Sequence[int], *, searched: Sequence[CycleSet] | None = None
+    ) -> list[TrackedStep]:
         """Analyse the consecutive snapshots ``stack`` (one per step of ``steps``, increasing) in one batched
         search; the same results as calling :meth:`update` for each step in turn.
+
+        With ``searched`` (one ``CycleSet`` of this tracker's orders per step, e.g. ``find_cycles`` run on each
+        step's weights elsewhere, as ``offline.analyse_checkpoints`` does) no search runs here: those sets take
+        the fresh search's place, and the rest (the previous step's cycles carried over, followed and checked
+        against both steps' weights, track ids) is as without them.
 
         A search cut by the time budget keeps what it found: its orders have status ``"cut"`` (their counts are
         lower bounds), no event is reported for them (a cycle not reached is no disappearance), and the next
@@ -247,12 +266,17 @@ class CycleTracker:
         Raises
         ------
         ValueError
-            Non-finite weights (``find_cycles``' message), or steps not after the previous ones; the tracker's
-            state is left as it was.
+            Non-finite weights (``find_cycles``' message), steps not after the previous ones, or ``searched`` not
+            one set of this tracker's orders per step; the tracker's state is left as it was.
         """
         steps = [int(step) for step in steps]
         if len(steps) != stack.n_steps:
             raise ValueError(f"update_many got {len(steps)} steps for a stack of {stack.n_steps} snapshots")
+        if searched is not None:
+            searched = list(searched)
+            if len(searched) != stack.n_steps or any(found.orders != self.orders for found in searched):
+                raise ValueError(f"searched must hold one CycleSet of orders {list(self.orders)} per step, got "
+                                 f"{[list(found.orders) for found in searched]} for {stack.n_steps} steps")
         last = self.previous_step
         for step in steps:
             if last is not None and step <= last:
@@ -261,18 +285,21 @@ class CycleTracker:
         for index in range(stack.n_steps):
             _check_finite(stack, index)
         if self.previous is None and stack.n_steps > 1:  # the thorough first search runs alone
-            return self.update_many(stack.select([0]), steps[:1]) + self.update_many(
-                stack.select(range(1, stack.n_steps)), steps[1:]
+            first, rest = (None, None) if searched is None else (searched[:1], searched[1:])
+            return self.update_many(stack.select([0]), steps[:1], searched=first) + self.update_many(
+                stack.select(range(1, stack.n_steps)), steps[1:], searched=rest
             )
         started = time.perf_counter()
-        orders = tuple(range(1, self.max_order + 1))
+        orders = self.orders
         models = [stack.model(index) for index in range(stack.n_steps)]
-        effort = self.plan()
         with torch.no_grad():
-            fresh = self._search(stack, models, steps, orders, effort)
+            fresh = self._search(stack, models, steps, orders, self.plan()) if searched is None else _fresh_search_of(searched)
             carried = _CarriedSequences(stack, orders)
             carried.add([self._warm_start] + [_fresh_set(fresh, i, orders) for i in range(stack.n_steps)])
-        search_ms = 1e3 * (time.perf_counter() - started) / stack.n_steps
+        # A search that ran elsewhere counts its own time; the batch's shared work here is split equally.
+        shared_ms = 1e3 * (time.perf_counter() - started) / stack.n_steps
+        own_ms = [0.0] * stack.n_steps if searched is None else [1e3 * found.stats.elapsed_s for found in searched]
+        search_ms = [shared_ms + ms for ms in own_ms]
         results = []
         for index, step in enumerate(steps):
             assembled = time.perf_counter()
@@ -285,7 +312,7 @@ class CycleTracker:
                 cycles=cycles,
                 events=tuple(events),
                 charted={track: cycle.spectral_radius for track, cycle in self.charted(cycles).items()},
-                finder_ms=search_ms + 1e3 * (compared - assembled),
+                finder_ms=search_ms[index] + 1e3 * (compared - assembled),
                 compare_ms=1e3 * (time.perf_counter() - compared),
                 late_discoveries=tuple(late),
             ))
@@ -472,6 +499,18 @@ class _CarriedSequences:
                 parts[:] = [_scyfi.Evaluation(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in _scyfi.EVALUATION_FIELDS))]
             joined[order] = (self._keys[order], parts[0])
         return joined
+
+
+def _fresh_search_of(searched: Sequence[CycleSet]) -> FreshSearch:
+    """Searches that ran elsewhere (one ``CycleSet`` per step) in the shape of a batched fresh search."""
+    return FreshSearch(
+        cycles=[{order: found.by_order(order) for order in found.orders} for found in searched],
+        statuses=[dict(found.statuses) for found in searched],
+        iterations=[dict(found.stats.iterations) for found in searched],
+        n_solves=[found.stats.n_solves for found in searched],
+        n_singular=[found.stats.n_singular for found in searched],
+        elapsed_s=sum(found.stats.elapsed_s for found in searched),
+    )
 
 
 def _fresh_set(fresh: FreshSearch, index: int, orders: tuple[int, ...]) -> CycleSet:
@@ -673,16 +712,64 @@ class AttractorTracker:
             for i in range(final, n_steps):
                 used[i] = self._points_before(i, reached)
         elapsed_ms = 1e3 * (time.perf_counter() - started) / n_steps
-        results = []
-        for step, (report, primary, points) in zip(steps, reached):
-            event = self._change(primary, step)
-            if primary is not None:
-                self.previous = {"kind": primary.kind, "period": primary.period, "stable": primary.is_stable,
-                                 "points": points.tolist(),
-                                 "codes": primary.cycle.codes.astype(int).tolist() if primary.cycle is not None else None}
-                self.previous_step = step
-            results.append(TrackedAttractor(step, report, primary, event, elapsed_ms))
-        return results
+        return [self._advance(step, report, primary, points, elapsed_ms) for step, (report, primary, points) in zip(steps, reached)]
+
+    def follow(self, report: AttractorReport, step: int, *, attractor_ms: float = 0.0) -> TrackedAttractor:
+        """Move on to ``step`` with attractors found elsewhere, without simulating (``offline.analyse_checkpoints``
+        finds each checkpoint's attractors on its own, in parallel, from random states and its stable cycles).
+
+        The primary is the attractor of ``report`` that continues the previous one by identity rather than by
+        where the previous points go: the cycle with the previous cycle's region sequence, else the bounded
+        attractor nearest to the previous points (a period doubling, a cycle that crossed a switching plane),
+        else, without previous points, the most-reached bounded one, as at a first step.  A change of kind or
+        period is an ``attractor_change`` event, as in :meth:`update_many`.
+
+        Examples
+        --------
+        >>> from bifurcation_callback.attractors import find_attractors
+        >>> from bifurcation_callback.models import PLRNN
+        >>> model = PLRNN(1)
+        >>> with torch.no_grad():  # z' = 0.5 z + 1: the stable fixed point 2
+        ...     _ = model.A.fill_(0.5), model.h.fill_(1.0)
+        >>> tracker = AttractorTracker(max_period=4)
+        >>> tracker.follow(find_attractors(model, [[0.0], [5.0]], max_period=4), step=0).primary.period
+        1
+        >>> with torch.no_grad():  # z' = -1.5 z + 1 around 0.4: unstable, orbits escape
+        ...     _ = model.A.fill_(-1.5)
+        >>> tracker.follow(find_attractors(model, [[0.0], [5.0]], max_period=4), step=1).event.description
+        'attractor changed from fixed point to divergent'
+        """
+        primary = self._continuation(report)
+        return self._advance(step, report, primary, self._points_of(primary), attractor_ms)
+
+    def _continuation(self, report: AttractorReport) -> Attractor | None:
+        codes = (self.previous or {}).get("codes")
+        if codes is not None:
+            key = _canonical_key(np.asarray(codes, dtype=bool))
+            same = [attractor for attractor in report.attractors if attractor.cycle is not None and attractor.cycle.key == key]
+            if same:
+                return same[0]
+        points = self._previous_points()
+        bounded = [attractor for attractor in report.attractors if attractor.kind != "divergent" and len(attractor.orbit)]
+        if not len(points) or not bounded:
+            return self._primary(report, followed=False)
+
+        def distance(attractor: Attractor) -> float:  # mean distance of the previous points to the orbit
+            gaps = np.linalg.norm(points[:, None, :] - np.asarray(attractor.orbit, dtype=np.float64)[None], axis=-1)
+            return float(np.nanmean(gaps.min(axis=1)))
+
+        return min(bounded, key=distance)
+
+    def _advance(self, step: int, report: AttractorReport, primary: Attractor | None, points: np.ndarray | None,
+                 attractor_ms: float) -> TrackedAttractor:
+        """The step's result: its event against the previous primary, which ``primary`` then becomes."""
+        event = self._change(primary, step)
+        if primary is not None:
+            self.previous = {"kind": primary.kind, "period": primary.period, "stable": primary.is_stable,
+                             "points": points.tolist(),
+                             "codes": primary.cycle.codes.astype(int).tolist() if primary.cycle is not None else None}
+            self.previous_step = step
+        return TrackedAttractor(step, report, primary, event, attractor_ms)
 
     def _expected_points(self, models: list) -> list[np.ndarray]:
         """Per model, the points the step after it would start from if the previous attractor, a cycle, persists

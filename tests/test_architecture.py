@@ -24,7 +24,7 @@ TESTS = ROOT / "tests"
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
     "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_fixed_points", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
-    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits",
+    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits", "checkpoints", "offline",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 

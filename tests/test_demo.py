@@ -22,6 +22,12 @@ def table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
+def table_columns(text: str) -> dict[str, int]:
+    """Column name -> index in the rows of ``table_rows(text)``."""
+    header = next(line for line in text.splitlines() if line.startswith("|"))
+    return {cell.strip(): index for index, cell in enumerate(header.strip("|").split("|"))}
+
+
 def table_of(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.startswith("|"))
 
@@ -96,8 +102,10 @@ def test_compare_without_demo_json_marks_missing_measures(demo_run, tmp_path, ca
     plain.mkdir()
     (plain / "summary.json").write_text((logdir / "gtf_seed0" / "summary.json").read_text())
     assert main(["compare", str(plain)]) == 0
-    (row,) = table_rows(capsys.readouterr().out)
-    assert row[0] == "plain_run" and row[3] == row[4] == "n/a"
+    out = capsys.readouterr().out
+    (row,) = table_rows(out)
+    column = table_columns(out)
+    assert row[0] == "plain_run" and row[column["D_stsp"]] == row[column["D_H"]] == "n/a"
 
 
 def test_mean_rows_pool_seeds(demo_run):
@@ -168,8 +176,9 @@ def test_compare_keeps_runs_with_the_same_leaf_folder_apart(tmp_path, capsys):
         run.mkdir(parents=True)
         (run / "summary.json").write_text(json.dumps(_summary(1, loss)))
     assert main(["compare", str(tmp_path / "logs")]) == 0
-    rows = table_rows(capsys.readouterr().out)
-    assert [(row[0], row[2]) for row in rows] == [("a/version_0", "1"), ("b/version_0", "3")]
+    out = capsys.readouterr().out
+    loss = table_columns(out)["final loss"]
+    assert [(row[0], row[loss]) for row in table_rows(out)] == [("a/version_0", "1"), ("b/version_0", "3")]
 
 
 def test_compare_rejects_a_foreign_summary_json(tmp_path, capsys):
@@ -257,16 +266,18 @@ def test_mean_row_names_the_most_frequent_final_attractor():
                 "attractor_split": None}
 
     runs = [run(0, "4-cycle", 1), run(1, "fixed point", 2), run(2, "4-cycle", 3), run(3, None, 0)]
-    rows = table_rows(comparison_table(runs))
-    assert [row[5] for row in rows] == ["4-cycle", "fixed point", "4-cycle", "none", "4-cycle 2/4"]
-    assert [row[6] for row in rows] == ["1", "2", "3", "0", "1.5"]
-    assert rows[0][11] == "n/a"  # no events.jsonl: the split is undefined
+    table = comparison_table(runs)
+    rows, column = table_rows(table), table_columns(table)
+    attractor, changes = column["final attractor"], column["attr.chg"]
+    assert [row[attractor] for row in rows] == ["4-cycle", "fixed point", "4-cycle", "none", "4-cycle 2/4"]
+    assert [row[changes] for row in rows] == ["1", "2", "3", "0", "1.5"]
+    assert rows[0][column["border attr"]] == "n/a"  # no events.jsonl: the split is undefined
     # A monitor without attractor analysis: n/a, not "none".
     off = {**runs[0], "summary": {**runs[0]["summary"], "max_attractor_period": 0}}
-    assert table_rows(comparison_table([off]))[0][5:7] == ["n/a", "n/a"]
+    assert table_rows(comparison_table([off]))[0][attractor : changes + 1] == ["n/a", "n/a"]
     # The monitor skipped the last step (a model with NaN weights): the summary's attractor is an old one.
     diverged = {**runs[0], "last_step_skipped": True}
-    assert table_rows(comparison_table([diverged]))[0][5] == "skipped"
+    assert table_rows(comparison_table([diverged]))[0][attractor] == "skipped"
 
 
 @pytest.mark.parametrize(

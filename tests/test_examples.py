@@ -89,6 +89,24 @@ def test_loss_landscape(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_analyse_checkpoints(tmp_path, capsys):
+    from bifurcation_callback.analysis import without_timings
+    from bifurcation_callback.dashboard import read_jsonl
+
+    out = tmp_path / "offline"
+    stdout = run_example("analyse_checkpoints.py", out)
+    assert "trained ShallowPLRNN(2, 16) for 100 steps" in stdout and "5 checkpoints" in stdout
+    assert "analysed 5 checkpoints with 2 workers" in stdout and "second call: 0 analysed, 5 from the cache" in stdout
+    records = read_jsonl(out / "analysis" / "events.jsonl")
+    assert [record["step"] for record in records] == [19, 39, 59, 79, 99]
+    assert all(f"{record['step']:<5d} " in stdout for record in records)
+    # The printed command line is real: it writes the same records.
+    command = next(line.strip() for line in stdout.splitlines() if line.strip().startswith("bifurcation-callback analyse"))
+    assert cli_main(shlex.split(command)[1:] + ["--no-progress"]) == 0
+    assert without_timings(read_jsonl(out / "analysis_cli" / "events.jsonl")) == without_timings(records)
+    assert "tensorboard --logdir" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_listed_in_the_readme(script):
     assert f"examples/{script}" in (EXAMPLES / "README.md").read_text()
