@@ -110,12 +110,14 @@ class OverheadAccount:
         fit = self.previous_fits["fit"] + fit_seconds
         measured = self.previous_fits["contention"] + (contention or 0.0)
         cost = hook + drain + measured
+        # fit_seconds ends where the drain begins, so training alone took fit + drain - cost.
+        without_monitor = fit + drain - cost
         return {
             "monitor_seconds": hook,
             "drain_seconds": drain,
             "contention_seconds": None if contention is None else measured,
             "fit_seconds": fit,
-            "monitor_overhead": cost / max(fit - cost, 1e-9),
+            "monitor_overhead": cost / without_monitor if without_monitor > 1e-3 * max(fit, 1e-9) else None,
             "overhead_is_lower_bound": contention is None,
             "steps_with_worker_busy": len(self._busy),
             "steps_with_worker_idle": len(self._idle),
