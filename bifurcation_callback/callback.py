@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from . import _trainer
 from ._checks import finite_or_none, require_bool, require_choice, require_int, require_int_sequence, require_real
-from ._trainer import available_cpus, default_mode
+from ._trainer import available_cpus, default_mode, worker_core_plan
 from .analysis import take_snapshot
 from .bifurcations import BifurcationEvent
 from .cycles import CycleSet
@@ -147,7 +147,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         and training waits for it.  ``"auto"`` (default) is async when the worker gets a core of its own:
         more CPUs available to the process (``os.sched_getaffinity``) than training keeps busy (its processes,
         ``trainer.num_devices``, times torch's intra-op threads when training on the CPU), or training on a
-        GPU; sync otherwise.  The worker process starts at ``setup``.  Only global rank zero runs a worker.
+        GPU.  When torch's threads take every core (its default) and there are two or more per process, "auto"
+        lowers training's intra-op threads by one for the fit (restored at teardown; said on rank zero and in
+        the summary's ``training_threads``) and runs async; with a single core per process it is sync.  The
+        worker process starts at ``setup``.  Only global rank zero runs a worker.
     worker : {"process", "thread"}
         In async mode: a worker process (default; its own interpreter and CPU thread, so it shares no GIL with
         training) or a thread of the training process.  A model class defined in the training script
@@ -302,6 +305,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self._state_key = ""
         self._pending_grad_norm: float | None = None
         self._parameters: list[Any] | None = None
+        self._threads_before: int | None = None  # torch's intra-op threads before "auto" gave the worker a core
 
     @property
     @override
@@ -329,11 +333,19 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             raise ValueError(f"BifurcationMonitor: {error}") from None
         if trainer is None or not trainer.is_global_zero:
             return
-        mode = self.mode if self.mode != "auto" else default_mode(trainer)
+        mode, threads = (self.mode, None) if self.mode != "auto" else worker_core_plan(trainer)
+        if threads is not None and self._threads_before is None:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            if self.verbose:
+                rank_zero_info(f"{_OWNER}: training uses {threads} torch thread(s) instead of {self._threads_before} during "
+                               "fit, so that the analysis has a core of its own (mode='sync' or 'async' keeps torch's "
+                               "setting)")
         # The worker process starts now: it has a second or more to import torch before the first snapshot.
         self._session = MonitorSession.open(self._settings(), self._rnn, device=_trainer.training_device(trainer),
                                             mode=mode, warn=self._warn, previous=self._session,
                                             stop=lambda: bool(getattr(trainer, "received_sigterm", False)))
+        self._session.training_threads = None if self._threads_before is None else (self._threads_before, threads)
         if self._restored is not None:  # restored before setup (Lightning restores after it)
             self._session.load_state_dict(self._restored)
             self._restored = None
@@ -418,6 +430,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         if self._session is not None:
             self._session.close_runner()
             if self._session.dashboard is not None:

@@ -164,6 +164,9 @@ class MonitorSession:
         self.dropped: list[int] = []
         self.n_events = 0
         self.overhead = OverheadAccount()
+        # (torch threads before, during fit) when "auto" made room for the worker; the overhead figure does not
+        # include what fewer threads cost training (1 of 2 cost the README model nothing; see docs/benchmarks.md).
+        self.training_threads: tuple[int, int] | None = None
         self.last: tuple[Snapshot | None, StepResult] | None = None
         self.restored_cycles: CycleSet | None = None
         self.runner_summaries: list[dict[str, Any]] = []
@@ -625,7 +628,8 @@ class MonitorSession:
     def timing_fields(self, fit_seconds: float) -> dict[str, Any]:
         """Where the analysis ran (``mode``, ``worker``) and what it cost training (``OverheadAccount``)."""
         worker = self.runner_summaries[-1] if self.runner_summaries else (self.runner.summary() if self.runner else None)
-        return {"mode": self.mode, "worker": worker, **self.overhead.fields(fit_seconds)}
+        threads = None if self.training_threads is None else dict(zip(("before", "during_fit"), self.training_threads))
+        return {"mode": self.mode, "worker": worker, "training_threads": threads, **self.overhead.fields(fit_seconds)}
 
     def _jump_window(self, analysed: list[StepRecord]) -> int:
         if self.settings.jump_window is not None:

@@ -19,7 +19,7 @@ from bifurcation_callback.callback import BifurcationMonitor, default_mode
 from bifurcation_callback.dashboard import read_jsonl, summary_line, summary_markdown
 from bifurcation_callback.models import PLRNN
 
-from .test_callback import flip_at, scalars_of
+from .test_callback import flip_at, lightning_info, monitor_lines, scalars_of  # noqa: F401 (a fixture)
 from .tiny_modules import (
     DestroyProcessGroupAtTeardown,
     FragilePLRNN,
@@ -441,6 +441,52 @@ def test_auto_mode_is_async_when_a_core_is_left_for_the_worker(monkeypatch, cpus
         num_devices = devices
 
     assert default_mode(Trainer()) == expected
+
+
+@pytest.mark.parametrize(
+    ("cpus", "devices", "threads", "plan"),
+    [(2, 1, 1, ("async", None)), (2, 1, 2, ("async", 1)), (1, 1, 1, ("sync", None)), (16, 1, 16, ("async", 15)),
+     (8, 2, 4, ("async", 3)), (2, 2, 1, ("sync", None)), (3, 2, 1, ("async", None))],
+)
+def test_auto_mode_takes_a_thread_from_training_when_torch_uses_every_core(monkeypatch, cpus, devices, threads, plan):
+    from bifurcation_callback import _trainer
+
+    monkeypatch.setattr(_trainer, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+
+    class Trainer:
+        num_devices = devices
+
+    assert _trainer.worker_core_plan(Trainer()) == plan
+
+
+class RecordThreads(pl.Callback):
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.threads.append(torch.get_num_threads())
+
+
+def test_auto_mode_lowers_torchs_threads_for_the_fit_only_and_says_so(tmp_path, monkeypatch, lightning_info):
+    from bifurcation_callback import _trainer
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_trainer, "available_cpus", lambda: 2)
+    torch.set_num_threads(2)
+    try:
+        monitor, threads = BifurcationMonitor(max_order=1, jsonl_path=str(tmp_path / "e.jsonl")), RecordThreads()
+        trainer = pl.Trainer(max_steps=4, callbacks=[monitor, threads], **quiet_trainer_kwargs(tmp_path, logger=False))
+        trainer.fit(TinyRNNModule(), random_sequences())
+        assert threads.threads == [1] * 4 and torch.get_num_threads() == 2
+        assert monitor.summary["mode"] == "async" and monitor.summary["training_threads"] == {"before": 2, "during_fit": 1}
+        assert any("training uses 1 torch thread(s) instead of 2" in line for line in monitor_lines(lightning_info))
+        explicit = BifurcationMonitor(max_order=1, mode="async", jsonl_path=str(tmp_path / "f.jsonl"))
+        pl.Trainer(max_steps=2, callbacks=[explicit, threads], **quiet_trainer_kwargs(tmp_path, logger=False)).fit(
+            TinyRNNModule(), random_sequences())
+        assert threads.threads[-2:] == [2, 2] and explicit.summary["training_threads"] is None
+    finally:
+        torch.set_num_threads(before)
 
 
 class ReportWorker(pl.Callback):
