@@ -135,3 +135,24 @@ def test_a_reference_of_another_shape_is_not_used():
     other = ShallowPLRNN(3, 6)
     assert cache._unproved(other, other.realizable_codes()) is None
     assert FixedPointCache.applies(ShallowPLRNN(2, 3)) and FixedPointCache.applies(ClippedShallowPLRNN(2, 3))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_piece_drift_bounds_every_regions_change_and_is_tighter_than_frobenius(seed):
+    torch.manual_seed(seed)
+    reference = ShallowPLRNN(3, 50).double()
+    moved = detached_copy(reference)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(1e-3 * torch.randn_like(parameter))
+    drift_J, drift_c = moved.piece_drift(reference)
+    gates = torch.cat([(torch.rand(2000, 50, dtype=torch.float64) > 0.5).double(),
+                       2 * torch.rand(500, 50, dtype=torch.float64) - 1])  # corners and inner diagonals
+    J, c = moved._gated_pieces(gates, gates)
+    J_ref, c_ref = reference._gated_pieces(gates, gates)
+    assert float(torch.linalg.matrix_norm(J - J_ref, ord=2).max()) <= drift_J
+    assert float(torch.linalg.vector_norm(c - c_ref, dim=-1).max()) <= drift_c
+    frobenius = float((moved.A - reference.A).abs().max()) + float(
+        torch.linalg.norm(moved.W1 - reference.W1) * torch.linalg.norm(moved.W2)
+        + torch.linalg.norm(reference.W1) * torch.linalg.norm(moved.W2 - reference.W2))
+    assert drift_J < frobenius
