@@ -334,6 +334,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         if trainer is None or not trainer.is_global_zero:
             return
         mode, threads = (self.mode, None) if self.mode != "auto" else worker_core_plan(trainer)
+        if self.mode == "async" and self.worker == "process" and default_mode(trainer) == "sync" and available_cpus() > 1:
+            self._warn("threads", f"{_OWNER}: mode='async' beside torch's {torch.get_num_threads()} intra-op threads on "
+                       f"{available_cpus()} CPUs: training's threads and the worker take turns on the cores (a 2-core "
+                       "run was several times slower); mode='auto' gives training one thread fewer for the fit, or "
+                       "set torch.set_num_threads yourself")
         if threads is not None and self._threads_before is None:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)

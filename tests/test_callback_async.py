@@ -482,8 +482,9 @@ def test_auto_mode_lowers_torchs_threads_for_the_fit_only_and_says_so(tmp_path, 
         assert monitor.summary["mode"] == "async" and monitor.summary["training_threads"] == {"before": 2, "during_fit": 1}
         assert any("training uses 1 torch thread(s) instead of 2" in line for line in monitor_lines(lightning_info))
         explicit = BifurcationMonitor(max_order=1, mode="async", jsonl_path=str(tmp_path / "f.jsonl"))
-        pl.Trainer(max_steps=2, callbacks=[explicit, threads], **quiet_trainer_kwargs(tmp_path, logger=False)).fit(
-            TinyRNNModule(), random_sequences())
+        with pytest.warns(RuntimeWarning, match="take turns on the cores"):
+            pl.Trainer(max_steps=2, callbacks=[explicit, threads], **quiet_trainer_kwargs(tmp_path, logger=False)).fit(
+                TinyRNNModule(), random_sequences())
         assert threads.threads[-2:] == [2, 2] and explicit.summary["training_threads"] is None
     finally:
         torch.set_num_threads(before)
