@@ -114,11 +114,10 @@ def main() -> None:
     summary = monitor.summary
     kinds = ", ".join(f"{k}: {n}" for k, n in summary["events_by_kind"].items() if n) or "none"
     correlation = summary["jump_correlation"]
-    # mode="auto": with a spare CPU core the analysis runs in a worker process beside training and, when it
-    # falls behind, analyses the newest step (the dropped ones lie inside the next step's event brackets).
-    analysed, dropped = summary["n_monitored_steps"], summary["n_dropped_steps"]
-    print(f"analysed {analysed} of {analysed + summary['n_skipped'] + dropped} monitored steps "
-          f"({summary['n_skipped']} skipped, {dropped} dropped while the worker was busy; mode {summary['mode']}), "
+    # mode="auto": with a spare CPU core the analysis runs in a worker process beside training; a worker that
+    # falls behind catches up in batches, so every monitored step gets a record (none dropped by default).
+    print(f"analysed {summary['n_analysed_steps']} of {summary['n_monitored_steps']} monitored steps "
+          f"({summary['n_skipped']} skipped, {summary['n_dropped_steps']} dropped; mode {summary['mode']}), "
           f"final loss {summary['final_loss']:.4g}")
     print(f"bifurcation events: {summary['n_events']} ({kinds})")
     for event in monitor.events[:12]:
@@ -126,7 +125,8 @@ def main() -> None:
     explained = correlation["jumps_explained"]  # None (undefined) when there was no loss jump
     print(f"loss jumps: {len(summary['loss_jumps'])}; jumps with an event nearby: "
           f"{'n/a' if explained is None else f'{explained:.2f}'}")
-    print(f"monitor overhead: {100 * summary['monitor_overhead']:.0f} % of the training time")
+    overhead = summary["monitor_overhead"]  # None when it could not be measured
+    print(f"monitor overhead: {'n/a' if overhead is None else f'{100 * overhead:.0f} %'} of the training time")
     print("cycles at the end:")
     print(monitor.cycles.summary())
     print(f"per-step records: {Path(logger.log_dir) / 'events.jsonl'}")

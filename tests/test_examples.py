@@ -47,9 +47,9 @@ def test_monitor_your_own_module(tmp_path):
     run_dir = out / "own_module" / "version_0"
     assert (run_dir / "events.jsonl").is_file() and list(run_dir.glob("events.out.tfevents.*"))
     summary = json.loads((run_dir / "summary.json").read_text())
-    analysed, dropped = summary["n_monitored_steps"], summary["n_dropped_steps"]
-    assert analysed >= 2 and analysed + dropped == 25 and summary["n_skipped"] == 0  # the first and last always
-    assert f"analysed {analysed} of 25 monitored steps (0 skipped, {dropped} dropped" in stdout
+    # The default monitor analyses every step (a worker that falls behind catches up in batches).
+    assert (summary["n_monitored_steps"], summary["n_analysed_steps"], summary["n_dropped_steps"]) == (25, 25, 0)
+    assert "analysed 25 of 25 monitored steps (0 skipped, 0 dropped" in stdout
     assert f"tensorboard --logdir {out}" in stdout
 
 
