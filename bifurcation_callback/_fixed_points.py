@@ -60,7 +60,8 @@ class FixedPointCache:
         self.counts = {"rebuilt": 0, "proved": 0, "solved": 0}
         self._hashes: np.ndarray | None = None  # per reference cell, sorted
         self._order: np.ndarray | None = None  # reference cell index of each sorted hash
-        self._codes: np.ndarray | None = None  # (R, S) bool, reference cells
+        self._words: np.ndarray | None = None  # (R, W) uint64: the reference cells' codes, packed
+        self._n_switches = 0
         self._z_norm = self._kappa = self._margin = None
         self._plane: np.ndarray | None = None
         self._planes: tuple[np.ndarray, np.ndarray] | None = None  # (G, g) at the reference
@@ -111,7 +112,7 @@ class FixedPointCache:
         """For every cell (row of ``codes``): its index among the reference cells (-1: new) and a bound on how
         far the violation of its reference's most violated switch moved since the reference (inf for new
         cells or where the bound fails).  None when there is no usable reference."""
-        if self.reference is None or self._codes is None or self._codes.shape[1] != codes.shape[1]:
+        if self.reference is None or self._words is None or self._n_switches != codes.shape[1]:
             return None
         if not _same_shapes(model, self.reference):
             return None
@@ -133,10 +134,13 @@ class FixedPointCache:
 
     def _lookup(self, codes: np.ndarray) -> np.ndarray:
         """Each row's index among the reference cells, -1 when it is not one of them."""
-        hashes = _row_hashes(codes)
+        words = _packed_words(codes)
+        hashes = _row_hashes(words)
         position = np.clip(np.searchsorted(self._hashes, hashes), 0, len(self._hashes) - 1)
         candidate = self._order[position]
-        same = (self._hashes[position] == hashes) & (self._codes[candidate] == codes).all(axis=1)
+        same = self._hashes[position] == hashes
+        if words.shape[1] > 1:  # up to 64 switches the hash is the code itself
+            same &= (self._words[candidate] == words).all(axis=1)
         return np.where(same, candidate, -1)
 
     # ------------------------------------------------------------------------------------------ exact solves
@@ -165,9 +169,9 @@ class FixedPointCache:
         self._margin = violation[np.arange(len(z)), self._plane]
         self._z_norm = np.linalg.norm(z, axis=1)
         self._kappa = torch.cat(kappa_parts).numpy()
-        self._codes, self._planes = codes_np, (G, g)
+        self._words, self._n_switches, self._planes = _packed_words(codes_np), codes_np.shape[1], (G, g)
         self._plane_norms = np.linalg.norm(G, axis=1)
-        hashes = _row_hashes(codes_np)
+        hashes = _row_hashes(self._words)
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
         self.reference = detached_copy(model)
@@ -200,12 +204,19 @@ def _same_shapes(model: Any, reference: Any) -> bool:
     return ours.keys() == theirs.keys() and all(ours[name].shape == theirs[name].shape for name in ours)
 
 
-def _row_hashes(codes: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of every bool row (collisions are told apart by comparing the rows themselves)."""
+def _packed_words(codes: np.ndarray) -> np.ndarray:
+    """Every bool row packed into 64-bit words, ``(R, ceil(S / 64))``."""
     packed = np.packbits(codes, axis=1)
     padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
-    words = padded.view(np.uint64)
+    return padded.view(np.uint64)
+
+
+def _row_hashes(words: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of every packed row: the row itself when it is one word, else a mix of its words
+    (collisions are then told apart by comparing the words)."""
+    if words.shape[1] == 1:
+        return words[:, 0].copy()
     multipliers = (np.arange(words.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
     with np.errstate(over="ignore"):
         return (words * multipliers).sum(axis=1, dtype=np.uint64)

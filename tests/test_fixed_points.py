@@ -19,9 +19,10 @@ from bifurcation_callback.tracking import CycleTracker
 from .problems import codes_as_set, independent_fixed_points, random_model
 
 
-def weight_path(kind: str, seed: int, n_steps: int, *, size: float = 2e-3, jumps: bool = True) -> list[torch.nn.Module]:
+def weight_path(kind: str, seed: int, n_steps: int, *, size: float = 2e-3, jumps: bool = True,
+                hidden: int = 10) -> list[torch.nn.Module]:
     """A training-like path: random steps of ``size``, with two large jumps (``jumps``) that force new references."""
-    model = random_model(kind, seed, dim=2, hidden=10)
+    model = random_model(kind, seed, dim=2, hidden=hidden)
     generator = torch.Generator().manual_seed(seed)
     path = []
     for step in range(n_steps):
@@ -38,10 +39,12 @@ def fixed_point_keys(cycles) -> dict[tuple[bool, ...], np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    "kind, seed, size", [("ShallowPLRNN", 0, 2e-3), ("ShallowPLRNN", 3, 1e-3), ("ClippedShallowPLRNN", 1, 1e-3)]
+    "kind, seed, size, hidden",
+    [("ShallowPLRNN", 0, 2e-3, 10), ("ShallowPLRNN", 3, 1e-3, 10), ("ClippedShallowPLRNN", 1, 1e-3, 10),
+     ("ClippedShallowPLRNN", 2, 1e-4, 40)],  # 80 switches: codes of two 64-bit words
 )
-def test_tracked_fixed_points_equal_the_independent_enumeration_at_every_step(kind, seed, size):
-    path = weight_path(kind, seed, 30, size=size)
+def test_tracked_fixed_points_equal_the_independent_enumeration_at_every_step(kind, seed, size, hidden):
+    path = weight_path(kind, seed, 30, size=size, hidden=hidden)
     tracker = CycleTracker(max_order=1)
     tracker.progress = False
     total_fixed_points = 0
