@@ -156,8 +156,7 @@ class FixedPointCache:
             z_parts.append(evaluation.z1[0].double().cpu())
             system = -evaluation.products[0].double()
             system.diagonal(dim1=-2, dim2=-1).add_(1.0)
-            smallest = torch.linalg.svdvals(system)[:, -1].cpu()
-            kappa_parts.append(torch.where(evaluation.solvable[0].cpu() & (smallest > 0), 1.0 / smallest, torch.inf))
+            kappa_parts.append(_inverse_norm_bound(system, evaluation.solvable[0]).cpu())
         counts["solved"][i] += codes.shape[0]
         G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
         z = torch.cat(z_parts).numpy()
@@ -178,21 +177,50 @@ class FixedPointCache:
         self.counts["rebuilt"] += 1
 
     def _solve_pending(self, stack: ModelStack, pending: dict[int, Tensor], collector: Any, counts: dict) -> None:
-        """Solve the unproved cells of every step, all steps in one batched call (padded per step)."""
-        if not pending:
-            return
-        width = max(codes.shape[0] for codes in pending.values())
-        device = stack.device
-        padded = torch.zeros((stack.n_steps, width, stack.n_switches), dtype=torch.bool, device=device)
-        valid = torch.zeros((stack.n_steps, width), dtype=torch.bool, device=device)
+        """Solve the unproved cells of every step, batched over steps of similar counts (a step's cells are
+        padded to the largest count of its group, and counts range from tens to thousands of cells)."""
         for i, codes in pending.items():
-            padded[i, : codes.shape[0]] = codes
-            valid[i, : codes.shape[0]] = True
             counts["solved"][i] += codes.shape[0]
             self.counts["solved"] += codes.shape[0]
-        evaluation = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, padded[:, :, None, :])
-        evaluation.real &= valid
-        collector.add_evaluation(evaluation)
+        for group in _groups_of_similar_size({i: codes.shape[0] for i, codes in pending.items()}):
+            width = max(pending[i].shape[0] for i in group)
+            padded = torch.zeros((len(group), width, stack.n_switches), dtype=torch.bool, device=stack.device)
+            valid = torch.zeros((len(group), width), dtype=torch.bool, device=stack.device)
+            for row, i in enumerate(group):
+                padded[row, : pending[i].shape[0]] = pending[i]
+                valid[row, : pending[i].shape[0]] = True
+            part = stack if group == list(range(stack.n_steps)) else stack.select(group)
+            evaluation = _scyfi.evaluate(part.affine_pieces, part.step_with_codes, padded[:, :, None, :])
+            evaluation.real &= valid
+            collector.add_evaluation(evaluation, rows_to_steps=group)
+
+
+def _groups_of_similar_size(sizes: dict[int, int], spread: float = 1.5) -> list[list[int]]:
+    """The keys of ``sizes`` in groups whose largest size is at most ``spread`` times their smallest (each group
+    in ascending key order): padding a group to its largest size then wastes less than a third of the work.
+
+    >>> _groups_of_similar_size({0: 10, 1: 4000, 2: 12, 3: 3000, 4: 11})
+    [[0, 2, 4], [1, 3]]
+    """
+    groups: list[list[int]] = []
+    smallest = 0
+    for key in sorted(sizes, key=lambda k: (sizes[k], k)):
+        if not groups or sizes[key] > spread * max(smallest, 1):
+            groups.append([])
+            smallest = sizes[key]
+        groups[-1].append(key)
+    return [sorted(group) for group in groups]
+
+
+def _inverse_norm_bound(system: Tensor, solvable: Tensor) -> Tensor:
+    """An upper bound on ``‖system⁻¹‖₂`` per matrix: the computed inverse's Frobenius norm (at least the
+    spectral norm), with room for its rounding; inf where the system is singular or too ill-conditioned for
+    that room (the cell is then solved at every step, never proved)."""
+    inverse, info = torch.linalg.inv_ex(system)
+    norm = torch.linalg.matrix_norm(inverse)  # Frobenius
+    condition = norm * torch.linalg.matrix_norm(system)
+    fine = solvable & (info == 0) & torch.isfinite(norm) & (condition < 1e8)
+    return torch.where(fine, norm * (1 + 1e-6), torch.inf)
 
 
 def _same_shapes(model: Any, reference: Any) -> bool:

@@ -222,3 +222,46 @@ def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
         training.kill()  # SIGKILL: no cleanup in the training process
         training.wait()
     assert all_exit([worker_pid], timeout_s=10.0)
+
+
+# A trained README-sized model, analysed one step at a time and 16 steps at a time in the worker's environment.
+BATCHED_EQUALS_ONE_AT_A_TIME = r"""
+import logging, warnings
+import lightning.pytorch as pl, torch
+from bifurcation_callback.data import TimeSeriesDataModule, lorenz63
+from bifurcation_callback.models import ShallowPLRNN, model_tensors
+from bifurcation_callback.training import DSRModule
+from bifurcation_callback.tracking import CycleTracker
+warnings.filterwarnings("ignore"); logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+torch.set_num_threads(1); torch.manual_seed(0)
+rnn = ShallowPLRNN(3, 50)
+weights = []
+class Keep(pl.Callback):
+    def on_train_batch_end(self, *args):
+        weights.append([t.detach().clone() for t in model_tensors(rnn)])
+pl.Trainer(max_steps=150, accelerator="cpu", logger=False, callbacks=[Keep()], enable_progress_bar=False,
+           enable_model_summary=False, enable_checkpointing=False).fit(
+    DSRModule(rnn, training="bptt", lr=1e-3, seq_len=200, obs_dim=3),
+    TimeSeriesDataModule(lorenz63(5000, seed=0), seq_len=200, batch_size=16, n_batches_per_epoch=150, seed=0))
+def signature(record):
+    return ([(c.key, c.points.tobytes(), c.eigenvalues.tobytes(), c.residual) for c in record.cycles],
+            record.cycles.statuses, [e.to_dict() for e in record.events], record.late_discoveries)
+alone, together = CycleTracker(4), CycleTracker(4)
+alone.progress = together.progress = False
+one = [alone.update_many(alone.stack(weights[i:i + 1], rnn), [i])[0] for i in range(len(weights))]
+batched = together.update_many(together.stack(weights[:1], rnn), [0])
+for begin in range(1, len(weights), 32):
+    batched += together.update_many(together.stack(weights[begin:begin + 32], rnn), list(range(begin, min(begin + 32, len(weights)))))
+print("differing steps:", [i for i in range(len(weights)) if signature(one[i]) != signature(batched[i])])
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_analyses_batches_bitwise_like_one_step_at_a_time_on_a_trained_model():
+    # MKL's small products round by the operands' alignment unless MKL_CBWR is set: the worker sets it.
+    from bifurcation_callback.runner import worker_environment
+
+    result = subprocess.run([sys.executable, "-c", BATCHED_EQUALS_ONE_AT_A_TIME], env=worker_environment(),
+                            capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "differing steps: []" in result.stdout, result.stdout
