@@ -38,7 +38,7 @@ from .models import detached_copy
 __all__ = ["FixedPointCache", "REBUILD_FRACTION"]
 
 # More cells than this fraction without a proof: the step solves every cell and becomes the reference.
-REBUILD_FRACTION = 0.25
+REBUILD_FRACTION = 0.5
 # The bound must stay below margin / SAFETY: room for the rounding of the reference's own solve.
 SAFETY = 2.0
 # Cells solved together in one call (memory, not speed).

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from ._arrangement import _exact_solve, _fractions, _reduce, _Reduction
+from ._chirotope import VertexChanges
 
 __all__ = ["DEFAULT_MAX_CELLS", "list_cells", "cell_count_bound", "CellListing"]
 
@@ -394,7 +395,9 @@ class _VertexCells:
     were last computed (planes divided by ``scale``, fixed at the full listing).  ``table``/``counts``: every
     code around a simple vertex with the number of (vertex, pattern) pairs giving it, so a vertex whose signs
     change can be taken out exactly; ``table_codes``: the table unpacked.  ``degenerate``: the codes around the
-    flagged vertices (decided exactly), recomputed whenever there are any.
+    flagged vertices (decided exactly), recomputed whenever there are any.  ``changes``: for arrangements
+    small enough (``_chirotope.VertexChanges.applies``), the determinants that tell which vertices may have
+    changed, in place of the vertex-by-vertex certificate of ``uncertified`` (which then goes unused).
     """
 
     subsets: Tensor
@@ -410,6 +413,7 @@ class _VertexCells:
     counts: Tensor
     table_codes: Tensor
     degenerate: Tensor
+    changes: Optional[VertexChanges] = None
 
     def all_codes(self) -> Tensor:
         """Every cell's code over the distinct planes, bool ``(R, P)``, sorted."""
@@ -509,6 +513,8 @@ def _representative_cells(
         table_codes=_unpack(table, n_planes),
         degenerate=degenerate,
     )
+    if VertexChanges.applies(n_planes, rank):
+        cells.changes = VertexChanges.start(normals_t, offsets_t, subsets, _combinations(n_planes, rank + 1, device))
     return cells.all_codes(), cells
 
 
@@ -523,13 +529,22 @@ def _update_vertex_cells(cells: _VertexCells, normals: np.ndarray, offsets: np.n
     device = cells.subsets.device
     normals_t = torch.as_tensor(normals, device=device) / cells.scale[:, None]
     offsets_t = torch.as_tensor(offsets, device=device) / cells.scale
-    solved = _solve_vertices(normals_t, offsets_t, cells.subsets)
-    unsure = cells.uncertified(normals_t, offsets_t, solved)
-    if not bool(unsure.any()):
-        return cells, "certified"
-    restart = 2 * int(unsure.sum()) > unsure.shape[0] or len(cells.epochs) >= _MAX_EPOCHS
-    rows = torch.arange(unsure.shape[0], device=device) if restart else torch.nonzero(unsure).flatten()
-    fresh = _vertex_signs(normals_t, offsets_t, cells.subsets[rows], tuple(t[rows] for t in solved))
+    changes = None
+    if cells.changes is not None:
+        # The vertices of determinants whose sign changed, and those that need exact arithmetic (always redone).
+        changes, rows = cells.changes.update(normals_t, offsets_t)
+        rows = torch.unique(torch.cat([rows, torch.nonzero(cells.flagged).flatten()]))
+        if rows.numel() == 0:
+            return dataclasses.replace(cells, changes=changes), "certified"
+        restart, solved = False, None
+    else:
+        solved = _solve_vertices(normals_t, offsets_t, cells.subsets)
+        unsure = cells.uncertified(normals_t, offsets_t, solved)
+        if not bool(unsure.any()):
+            return cells, "certified"
+        restart = 2 * int(unsure.sum()) > unsure.shape[0] or len(cells.epochs) >= _MAX_EPOCHS
+        rows = torch.arange(unsure.shape[0], device=device) if restart else torch.nonzero(unsure).flatten()
+    fresh = _vertex_signs(normals_t, offsets_t, cells.subsets[rows], None if solved is None else tuple(t[rows] for t in solved))
     old_words, old_flagged = cells.words[rows], cells.flagged[rows]
     changed = (fresh.words != old_words).any(-1) | (fresh.flagged != old_flagged)
     table, counts, table_codes = cells.table, cells.counts, cells.table_codes
@@ -545,8 +560,11 @@ def _update_vertex_cells(cells: _VertexCells, normals: np.ndarray, offsets: np.n
     if bool(fresh.flagged.any()) or bool(old_flagged.any()):
         exact = _ExactVertices(normals, offsets)
         degenerate = _degenerate_vertex_codes(cells.subsets[rows], fresh, exact, normals.shape[0])
-    updated = dataclasses.replace(cells, table=table, counts=counts, table_codes=table_codes, degenerate=degenerate)
-    if restart:
+    updated = dataclasses.replace(cells, table=table, counts=counts, table_codes=table_codes, degenerate=degenerate,
+                                  changes=changes)
+    if changes is not None:
+        pass  # the determinants certify; the vertices' epochs are not used
+    elif restart:
         updated.epochs, updated.row_epoch = [(normals_t, offsets_t)], torch.zeros_like(cells.row_epoch)
     else:
         updated.epochs, updated.row_epoch = cells.epochs + [(normals_t, offsets_t)], cells.row_epoch.clone()

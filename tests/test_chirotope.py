@@ -1,0 +1,55 @@
+"""The determinant-sign tracker behind CellListing's updates: signs equal fresh determinants along paths."""
+import math
+
+import pytest
+import torch
+
+from bifurcation_callback._chirotope import MAX_EPOCHS, SignTracker, VertexChanges
+from bifurcation_callback.regions import CellListing, _combinations
+
+
+def moving_rows(seed: int, n_rows: int, dim: int, steps: int, size: float) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(n_rows, dim, generator=generator, dtype=torch.float64)]
+    for _ in range(steps):
+        rows.append(rows[-1] + size * torch.randn(n_rows, dim, generator=generator, dtype=torch.float64))
+    return rows
+
+
+@pytest.mark.parametrize(("seed", "dim", "size"), [(0, 3, 1e-3), (1, 4, 3e-3), (2, 2, 3e-2), (3, 3, 0.3)])
+def test_tracked_signs_equal_fresh_determinants_at_every_step(seed, dim, size):
+    rows = moving_rows(seed, 14, dim, 2 * MAX_EPOCHS + 5, size)  # long enough to start over at MAX_EPOCHS
+    subsets = _combinations(14, dim, torch.device("cpu"))
+    tracker = SignTracker.start(rows[0], subsets)
+    recomputed = flips = 0
+    for step in range(1, len(rows)):
+        before = tracker.signs.clone()
+        tracker, changed = tracker.update(rows[step])
+        fresh = torch.sign(torch.linalg.det(rows[step][subsets])).to(torch.int8)
+        assert torch.equal(tracker.signs, fresh), f"step {step}"
+        assert set(changed.tolist()) == set(torch.nonzero(fresh != before).flatten().tolist())
+        flips += int((fresh != before).sum())
+        recomputed += int(tracker.epoch.eq(tracker.epochs.shape[0] - 1).sum()) if tracker.epochs.shape[0] > 1 else 0
+    assert flips > 0  # the paths do change signs
+    if size <= 3e-3:
+        assert recomputed < 0.5 * subsets.shape[0] * (len(rows) - 1)  # small moves: most certified, not recomputed
+
+
+def test_an_undecided_determinant_is_reported_at_every_update():
+    rows = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # rows 0 and 1 parallel
+    subsets = torch.tensor([[0, 1], [0, 2]])
+    tracker = SignTracker.start(rows, subsets)
+    assert tracker.signs.tolist() == [0, 1]
+    for _ in range(3):
+        tracker, changed = tracker.update(rows)
+        assert changed.tolist() == [0]
+
+
+def test_listing_updates_use_the_determinants_where_they_apply():
+    generator = torch.Generator().manual_seed(0)
+    planes, offsets = torch.randn(20, 3, generator=generator, dtype=torch.float64), torch.randn(20, generator=generator, dtype=torch.float64)
+    listing = CellListing()
+    listing.update(planes, offsets)
+    assert listing._listing.vertices.changes is not None
+    assert VertexChanges.applies(20, 3) and not VertexChanges.applies(400, 10)
+    assert math.comb(400, 11) > 2**21
