@@ -339,6 +339,7 @@ from tests.tiny_modules import TinyRNNModule, quiet_trainer_kwargs, random_seque
 class ScriptRNN(PLRNN):  # defined in __main__: the worker process cannot import it
     pass
 
+torch.set_num_threads(1)  # as in the test process: an explicit async mode beside threads on every core warns
 print("training starts", flush=True)  # no __main__ guard: a worker that imported this script would train again
 rnn = ScriptRNN(2)
 with torch.no_grad():  # plrnn_2d's weights: one fixed point
