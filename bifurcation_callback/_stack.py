@@ -159,6 +159,13 @@ class ModelStack:
     def step(self, z: Tensor) -> Tensor:
         return self._call("step", z)
 
+    def simulation_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """``step_with_codes`` for states ``(N, B, M)`` over many iterations with these weights: the model's
+        own ``simulation_step`` (weights prepared once, no checks per call) where it has one."""
+        model = self._stacked_model if self._stacked_model is not None else (self.model(0) if self.n_steps == 1 else None)
+        make = getattr(model, "simulation_step", None)
+        return make() if make is not None else self.step_with_codes
+
     def region_codes(self, z: Tensor) -> Tensor:
         return self._call("region_codes", z)
 

@@ -513,13 +513,14 @@ def find_attractors_many(
     active = list(range(stack.n_steps))  # the steps with orbits still to simulate, and their sub-stack
     current = stack
     with torch.no_grad(), _one_cpu_thread(stack.device):
+        step = current.simulation_step()
         for done in range(n_transient):
             if done % 64 == 0:
                 check_interrupt()
-            z = current.step(z)
+            z = step(z)[0]
         for _ in range(n_rounds):
             check_interrupt()
-            trajectory, visited = _scyfi.simulate(current.step_with_codes, z, n_window)
+            trajectory, visited = _scyfi.simulate(step, z, n_window)
             windows = trajectory[:, :, :n_window].cpu().double().numpy()  # point t has code visited[:, :, t]
             codes = visited.cpu().numpy()
             kept = {i: books[i].absorb(windows[j, : books[i].batch], codes[j, : books[i].batch]) for j, i in enumerate(active)}
@@ -532,6 +533,7 @@ def find_attractors_many(
             if len(still) < len(active):
                 current, visited, trajectory = current.select(still), visited[still], trajectory[still]
                 active = [active[j] for j in still]
+                step = current.simulation_step()
             vectors = np.stack([np.pad(books[i].vectors, ((0, width - books[i].batch), (0, 0))) for i in active])
             stretch, vectors = _stretch(current, visited, vectors)
             for j, i in enumerate(active):

@@ -392,6 +392,34 @@ class ShallowPLRNN(PiecewiseLinearRNN):
         d = self._check_codes(codes)
         return self._gated_pieces(d, d)
 
+    def simulation_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """``step_with_codes`` for long simulations of a model whose weights stay fixed meanwhile: the
+        transposed weights made once and fused products (``baddbmm``), no checks per call.  Same map, rounded
+        in another order (a few ulps); for states ``(..., B, M)`` with the weights' leading axes.
+
+        Examples
+        --------
+        >>> model = ShallowPLRNN(2, 4).double()
+        >>> z = torch.randn(5, 2, dtype=torch.float64)
+        >>> after, codes = model.simulation_step()(z)
+        >>> torch.allclose(after, model.step(z)) and torch.equal(codes, model.step_with_codes(z)[1])
+        True
+        """
+        # One model is a stack of one: the same fused products for both, so a step analysed alone and among
+        # others follows the same orbit.
+        single = self.W2.dim() == 2
+        W2t, W1t = (w.detach().mT.unsqueeze(0) if single else w.detach().mT for w in (self.W2, self.W1))
+        h2, h1, A = (_row(v.detach().unsqueeze(0) if single else v.detach()) for v in (self.h2, self.h1, self.A))
+
+        def step(z: Tensor) -> tuple[Tensor, Tensor]:
+            if z.dim() != 3 or z.shape[0] != W2t.shape[0]:  # other leading axes: through (N, B, M) and back
+                after, codes = step(z.reshape(W2t.shape[0], -1, z.shape[-1]))
+                return after.reshape(z.shape), codes.reshape(z.shape[:-1] + codes.shape[-1:])
+            hidden = torch.baddbmm(h2, z, W2t)
+            return torch.baddbmm(torch.addcmul(h1, A, z), torch.relu(hidden), W1t), hidden > 0
+
+        return step
+
     @torch.no_grad()
     def piece_drift(self, reference: "ShallowPLRNN") -> tuple[float, float]:
         """Upper bounds, over every region at once, on how far the affine pieces moved from ``reference`` (the
@@ -463,6 +491,9 @@ class ClippedShallowPLRNN(ShallowPLRNN):
         d = self._check_codes(codes)
         shifted, unshifted = d[..., : self.hidden_dim], d[..., self.hidden_dim :]
         return self._gated_pieces(shifted - unshifted, shifted)
+
+    def simulation_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        return self.step_with_codes  # not the shallow model's fused map: the clipped one has a second ReLU
 
 
 def _require_positive_int(**values: object) -> None:
