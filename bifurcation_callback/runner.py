@@ -210,17 +210,19 @@ class _CannotStart(RuntimeError):
 
 def worker_environment() -> dict[str, str]:
     """The environment of a worker process: one OpenMP/MKL thread (the worker has one core), and MKL's
-    conditional bitwise reproducibility (``MKL_CBWR``, unless the user set it): without it MKL's small matrix
-    products round differently depending on the operands' memory alignment, and steps analysed together
-    differed from steps analysed one at a time in the last bit of an eigenvalue (2 of 120 README-model steps).
+    conditional bitwise reproducibility in strict mode (``MKL_CBWR``: the user's branch, ``AUTO`` when unset,
+    with ``STRICT``): without it MKL's small matrix products round differently depending on the operands'
+    memory alignment, and steps analysed together differed from steps analysed one at a time in the last bit
+    of an eigenvalue (2 of 120 README-model steps).
 
     Examples
     --------
     >>> worker_environment()["OMP_NUM_THREADS"]
     '1'
     """
-    return {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO,STRICT")}
+    branch = os.environ.get("MKL_CBWR", "AUTO")  # the user's branch (the demo pins COMPATIBLE), made strict
+    strict = branch if "STRICT" in branch.upper() else f"{branch},STRICT"
+    return {**os.environ, WORKER_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": strict}
 
 
 class ProcessRunner(Runner):

@@ -106,6 +106,21 @@ class TrackedStep:
     late_discoveries: tuple[dict, ...] = ()
 
 
+def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype) -> CycleSet:
+    """The step's cycles solved again from their region sequences with this step's model alone, one call per
+    order: what a step reports then does not depend on the batch it was found in.  Batched products round
+    differently with the batch's shape (MKL picks its kernels by size), and a fixed point solved among 64
+    steps differed in the last bit from the same one solved alone.  A cycle the re-solve does not confirm
+    (a borderline verification) keeps its batched values."""
+    solved: dict[bytes, Cycle] = {}
+    for order in cycles.orders:
+        found = cycles.by_order(order)
+        if found:
+            codes = np.stack([cycle.codes for cycle in found])
+            solved.update((c.key, c) for c in cycles_from_sequences(model, codes, dtype=dtype))
+    return dataclasses.replace(cycles, cycles=tuple(solved.get(c.key, c) for c in cycles))
+
+
 class CycleTracker:
     """Follow the cycles of one piecewise-linear model across training steps.
 
@@ -348,17 +363,16 @@ class CycleTracker:
         of an order that is not exhaustive here and not found again is followed into the regions it moved to."""
         wanted = {order: {c.key for c in self._warm_start.by_order(order)} for order in orders} if self._warm_start else {}
         cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted)
-        if self.previous is None:
-            return cycles
-        found = {c.key for c in cycles}
-        extra: dict[int, list[Cycle]] = {}
-        for cycle in self.previous:
-            if cycle.key in found or cycles.is_exhaustive(cycle.order) or cycles.status(cycle.order) == "cut":
-                continue
-            extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
-        if not any(extra.values()):
-            return cycles
-        return assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
+        if self.previous is not None:
+            found = {c.key for c in cycles}
+            extra: dict[int, list[Cycle]] = {}
+            for cycle in self.previous:
+                if cycle.key in found or cycles.is_exhaustive(cycle.order) or cycles.status(cycle.order) == "cut":
+                    continue
+                extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
+            if any(extra.values()):
+                cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
+        return _solved_alone(cycles, model, stack.dtype)
 
     def _compare(self, cycles: CycleSet, model: Any, step: int) -> tuple[list[BifurcationEvent], list[dict]]:
         """Events and late discoveries against the previous step; also moves the track ids on."""

@@ -224,7 +224,7 @@ def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
     assert all_exit([worker_pid], timeout_s=10.0)
 
 
-# A trained README-sized model, analysed one step at a time and 16 steps at a time in the worker's environment.
+# A trained README-sized model, analysed one step at a time and 64 steps at a time in the worker's environment.
 BATCHED_EQUALS_ONE_AT_A_TIME = r"""
 import logging, warnings
 import lightning.pytorch as pl, torch
@@ -250,8 +250,8 @@ alone, together = CycleTracker(4), CycleTracker(4)
 alone.progress = together.progress = False
 one = [alone.update_many(alone.stack(weights[i:i + 1], rnn), [i])[0] for i in range(len(weights))]
 batched = together.update_many(together.stack(weights[:1], rnn), [0])
-for begin in range(1, len(weights), 32):
-    batched += together.update_many(together.stack(weights[begin:begin + 32], rnn), list(range(begin, min(begin + 32, len(weights)))))
+for begin in range(1, len(weights), 64):  # the worker's largest batch
+    batched += together.update_many(together.stack(weights[begin:begin + 64], rnn), list(range(begin, min(begin + 64, len(weights)))))
 print("differing steps:", [i for i in range(len(weights)) if signature(one[i]) != signature(batched[i])])
 """
 
