@@ -33,6 +33,11 @@ MAX_UNPUBLISHED = 4
 
 # Fewer training steps than this with the worker idle (or working) leave the contention unmeasured.
 MIN_STEPS_FOR_CONTENTION = 8
+# A worker that has not idled once in this many training steps is made to idle (new snapshots held back, not
+# dropped) for MIN_STEPS_FOR_CONTENTION steps, once per fit: else the slowdown beside it stays unmeasured.
+PROBE_AFTER_BUSY_STEPS = 30
+# A probe that has not seen enough idle steps after this many training steps gives up (the snapshots go on).
+PROBE_MAX_STEPS = 1000
 
 # How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
 FIGURES_TIMEOUT_S = 60.0
@@ -92,6 +97,14 @@ class OverheadAccount:
     def step(self, seconds: float, *, busy: bool, hook_s: float) -> None:
         """One training step took ``seconds`` (between two batch ends), ``hook_s`` of them in the monitor."""
         (self._busy if busy else self._idle).append(max(seconds - hook_s, 0.0))
+
+    @property
+    def n_idle_steps(self) -> int:
+        return len(self._idle)
+
+    @property
+    def n_busy_steps(self) -> int:
+        return len(self._busy)
 
     @property
     def contention_seconds(self) -> float | None:
@@ -176,6 +189,9 @@ class MonitorSession:
         self._fit_started: float | None = None
         self._restored_analysis: tuple[dict[str, Any], list[Snapshot]] | None = None
         self._step_clock: tuple[float, float, bool] | None = None  # (time, hook seconds, worker busy) at the last batch end
+        self._held: list[Snapshot] = []  # snapshots held back while the worker idles for a contention probe
+        self._probe = "waiting"  # "waiting", then "holding" (since step count _probe_since), then "done"
+        self._probe_since = 0
 
     @classmethod
     def open(cls, settings: SessionSettings, rnn: Any, *, device: Any, mode: str, warn: Callable[[str, str], None],
@@ -222,6 +238,7 @@ class MonitorSession:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the records, the loss history, the counts, the analyser's state after the last
         analysed step and every snapshot not analysed yet (so no step is lost or analysed twice)."""
+        self.release_held()  # a checkpoint must hold every step not analysed yet
         self.collect()  # what is finished becomes records; the rest is saved as pending snapshots
         self.publish()  # the run folder holds what the checkpoint holds
         if self._restored_analysis is not None:  # saved before fit start: what was restored, unchanged
@@ -289,17 +306,42 @@ class MonitorSession:
         runner = self.runner
         busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
         self._step_clock = (now, self.overhead.hook_seconds, busy)
+        self._steer_probe(runner)
+
+    def _steer_probe(self, runner: Runner | None) -> None:
+        """Hold new snapshots back once per fit while a worker that never idles finishes what it has, so that
+        training's step time beside an idle worker is measured too (``OverheadAccount``); then hand them over."""
+        account = self.overhead
+        if self._probe == "waiting":
+            if (runner is not None and not isinstance(runner, InlineRunner) and not runner.starting
+                    and account.n_idle_steps < MIN_STEPS_FOR_CONTENTION and account.n_busy_steps >= PROBE_AFTER_BUSY_STEPS):
+                self._probe, self._probe_since = "holding", account.n_busy_steps + account.n_idle_steps
+        elif self._probe == "holding":
+            steps = account.n_busy_steps + account.n_idle_steps - self._probe_since
+            if account.n_idle_steps >= MIN_STEPS_FOR_CONTENTION or steps >= PROBE_MAX_STEPS:
+                self.release_held()
+
+    def release_held(self) -> None:
+        """End a contention probe: the held snapshots go to the runner, oldest first."""
+        if self._probe == "holding":
+            self._probe = "done"
+        held, self._held = self._held, []
+        for snapshot in held:
+            self.submit(snapshot)
 
     def monitored(self, step: int) -> bool:
         """Whether ``step`` was handed to the analysis already (analysed, waiting or dropped)."""
         pending = {s.step for s in self.runner.pending()} if self.runner is not None else set()
-        return step in {r.step for r in self.records} | pending | set(self.dropped)
+        return step in {r.step for r in self.records} | pending | set(self.dropped) | {s.step for s in self._held}
 
     def note_step(self, step: int, loss: float | None, grad_norm: float | None) -> None:
         self.history.append([step, loss, grad_norm])
 
     def submit(self, snapshot: Snapshot) -> None:
         """Hand a step's snapshot to the runner (a failing worker machinery falls back to sync)."""
+        if self._probe == "holding" and not isinstance(self.runner, InlineRunner):
+            self._held.append(snapshot)
+            return
         if self.runner is None:  # the analyser could not be built at fit start (the warning said why)
             self.record_skip(snapshot.step, snapshot.loss, f"no analysis: {self.start_error}")
             return
@@ -398,6 +440,7 @@ class MonitorSession:
         self.runner, self.mode = InlineRunner(self.analyser), "sync"
         for snapshot in [*snapshots, *extra]:
             self.runner.submit(snapshot)
+        self.release_held()
         for job in jobs:
             self.runner.submit_job(job)
         self.collect()
@@ -484,6 +527,7 @@ class MonitorSession:
         summary (None when it could not be computed, with a warning)."""
         fit_seconds = self.fit_elapsed()
         started = time.perf_counter()
+        self.release_held()
         self.drain()
         summary = None
         try:

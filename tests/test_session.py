@@ -1,7 +1,18 @@
 """MonitorSession's overhead account: the figure is the slowdown of training, whatever the parts' sizes."""
+import time
+
 import pytest
 
-from bifurcation_callback.session import MIN_STEPS_FOR_CONTENTION, OverheadAccount
+from bifurcation_callback.analysis import take_snapshot
+from bifurcation_callback.models import PLRNN
+from bifurcation_callback.runner import Runner
+from bifurcation_callback.session import (
+    MIN_STEPS_FOR_CONTENTION,
+    PROBE_AFTER_BUSY_STEPS,
+    MonitorSession,
+    OverheadAccount,
+    SessionSettings,
+)
 
 
 def account_with(*, hook: float, drain: float, busy_step: float, idle_step: float, steps: int) -> OverheadAccount:
@@ -47,3 +58,65 @@ def test_no_training_time_left_gives_no_figure():
     account = OverheadAccount()
     account.hook_seconds = 1.0
     assert account.fields(1.0)["monitor_overhead"] is None
+
+
+class BusyRunner(Runner):
+    """A worker stand-in that stays busy until told otherwise and remembers what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.given: list[int] = []
+        self.working = True
+
+    def submit(self, snapshot) -> None:
+        self.given.append(snapshot.step)
+
+    def poll(self):
+        return []
+
+    @property
+    def busy(self) -> bool:
+        return self.working
+
+
+def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model, *, idle_from: int | None = None) -> None:
+    for step in steps:
+        started = time.perf_counter()
+        session.step_ended(started)
+        session.submit(take_snapshot(model, step, loss=1.0))
+        if idle_from is not None and step >= idle_from:
+            runner.working = False  # the worker got through what it had
+        session.hook_ended(started)
+
+
+def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_it_is_measured():
+    settings = SessionSettings(max_order=1, every_n_steps=1, every_n_epochs=None, jump_window=5, jump_warmup_steps=0,
+                               jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
+                               max_attractor_period=0, show_all_events=False, seed=0)
+    runner, model = BusyRunner(), PLRNN(2)
+    session = MonitorSession(settings, None, runner, None, warn=lambda category, message: None)
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 1), model)
+    assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 1))  # busy all along: nothing held yet
+    # The probe holds new snapshots back while the worker finishes what it has, ...
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 1, PROBE_AFTER_BUSY_STEPS + 10), model)
+    assert runner.given[-1] <= PROBE_AFTER_BUSY_STEPS + 1 and session.monitored(PROBE_AFTER_BUSY_STEPS + 5)
+    # ... and hands them over, oldest first and none dropped, once the idle steps measured the slowdown.
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 10, PROBE_AFTER_BUSY_STEPS + 40), model, idle_from=0)
+    assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 40))
+    assert session.overhead.n_idle_steps >= MIN_STEPS_FOR_CONTENTION
+    assert session.overhead.contention_seconds is not None
+    # Once per fit: a worker busy again is not held back a second time.
+    runner.working = True
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 40, 3 * PROBE_AFTER_BUSY_STEPS + 40), model)
+    assert runner.given == list(range(3 * PROBE_AFTER_BUSY_STEPS + 40))
+
+
+def test_a_checkpoint_during_a_probe_saves_the_held_snapshots():
+    settings = SessionSettings(max_order=1, every_n_steps=1, every_n_epochs=None, jump_window=5, jump_warmup_steps=0,
+                               jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
+                               max_attractor_period=0, show_all_events=False, seed=0)
+    runner, model = BusyRunner(), PLRNN(2)
+    session = MonitorSession(settings, None, runner, None, warn=lambda category, message: None)
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 5), model)
+    assert runner.given[-1] < PROBE_AFTER_BUSY_STEPS + 4  # some held
+    session.release_held()
+    assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 5))
