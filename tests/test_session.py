@@ -78,6 +78,14 @@ class BusyRunner(Runner):
         return self.working
 
 
+def session_with_busy_worker() -> tuple[MonitorSession, BusyRunner, PLRNN]:
+    settings = SessionSettings(max_order=1, every_n_steps=1, every_n_epochs=None, jump_window=5, jump_warmup_steps=0,
+                               jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
+                               max_attractor_period=0, show_all_events=False, seed=0)
+    runner = BusyRunner()
+    return MonitorSession(settings, None, runner, None, warn=lambda category, message: None), runner, PLRNN(2)
+
+
 def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model, *, idle_from: int | None = None) -> None:
     for step in steps:
         started = time.perf_counter()
@@ -89,11 +97,7 @@ def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model
 
 
 def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_it_is_measured():
-    settings = SessionSettings(max_order=1, every_n_steps=1, every_n_epochs=None, jump_window=5, jump_warmup_steps=0,
-                               jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
-                               max_attractor_period=0, show_all_events=False, seed=0)
-    runner, model = BusyRunner(), PLRNN(2)
-    session = MonitorSession(settings, None, runner, None, warn=lambda category, message: None)
+    session, runner, model = session_with_busy_worker()
     train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 1), model)
     assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 1))  # busy all along: nothing held yet
     # The probe holds new snapshots back while the worker finishes what it has, ...
@@ -111,11 +115,7 @@ def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_i
 
 
 def test_a_checkpoint_during_a_probe_saves_the_held_snapshots():
-    settings = SessionSettings(max_order=1, every_n_steps=1, every_n_epochs=None, jump_window=5, jump_warmup_steps=0,
-                               jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
-                               max_attractor_period=0, show_all_events=False, seed=0)
-    runner, model = BusyRunner(), PLRNN(2)
-    session = MonitorSession(settings, None, runner, None, warn=lambda category, message: None)
+    session, runner, model = session_with_busy_worker()
     train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 5), model)
     assert runner.given[-1] < PROBE_AFTER_BUSY_STEPS + 4  # some held
     session.release_held()
