@@ -23,6 +23,8 @@ __all__ = [
     "require_real",
     "require_bool",
     "require_choice",
+    "require_text",
+    "require_monitor_max_order",
     "require_dtype",
     "finite_or_none",
     "FINDER_KEYS",
@@ -273,3 +275,45 @@ def _device(name: str, value: object, prefix: str) -> torch.device | None:
         except (RuntimeError, ValueError):
             pass
     raise ValueError(f"{prefix}{name} must be a torch.device, a device string such as 'cpu' or None, got {value!r}")
+
+
+def require_text(name: str, value: object, *, optional: bool = False, owner: str = "") -> str | None:
+    """``value`` when it is a non-empty string (or None with ``optional``), else a ValueError naming it.
+
+    >>> require_text("loss_key", "train_loss")
+    'train_loss'
+    """
+    if optional and value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        wanted = "a non-empty string" + (" or None" if optional else "")
+        raise ValueError(f"{_prefix(owner)}{name} must be {wanted}, got {value!r}")
+    return value
+
+
+# The monitor searches every order up to max_order at every monitored step: beyond this it refuses.
+MONITOR_MAX_ORDER_LIMIT = 1000
+# Jacobian products of the monitor's first search above which it warns (minutes to hours of work).
+FIRST_SEARCH_WARNING_PRODUCTS = 2e9
+
+
+def require_monitor_max_order(max_order: object, *, owner: str = "") -> tuple[int, str | None]:
+    """The monitor's ``max_order`` checked (an int from 1 to ``MONITOR_MAX_ORDER_LIMIT``), and a warning when
+    its first search would take minutes or more (None otherwise).
+
+    >>> require_monitor_max_order(4)
+    (4, None)
+    """
+    order = require_int("max_order", max_order, 1, owner=owner)
+    # The first, thorough search: per order k about n_starts * inner * outer chains of k products.
+    products = 256 * 20 * 4 * order * (order + 1) / 2
+    if order > MONITOR_MAX_ORDER_LIMIT:
+        raise ValueError(
+            f"{_prefix(owner)}max_order must be at most {MONITOR_MAX_ORDER_LIMIT}, got {max_order}: every order is "
+            f"searched at every monitored step, and the first search alone would multiply {products:.1e} Jacobians; "
+            "for long cycles use find_cycles(model, orders=[...]) on checkpoints"
+        )
+    if products <= FIRST_SEARCH_WARNING_PRODUCTS:
+        return order, None
+    return order, (f"{_prefix(owner)}max_order={order} makes the first search multiply about {products:.1e} Jacobians "
+                   "(minutes to hours); a lower max_order keeps the monitor quick")

@@ -25,6 +25,7 @@ __all__ = [
     "gradient_norm",
     "lightning_step",
     "reference_states",
+    "resolve_mode",
     "step_loss",
     "training_device",
     "worker_core_plan",
@@ -93,6 +94,28 @@ def worker_core_plan(trainer: Any) -> tuple[str, int | None]:
     if mode == "async" or training_device(trainer).type == "cuda" or per_process < 2:
         return mode, None
     return "async", per_process - 1
+
+
+def resolve_mode(trainer: Any, mode: str, worker: str) -> tuple[str, int | None, str | None]:
+    """The monitor's mode for this fit, the intra-op threads training should use meanwhile (None: leave
+    torch's setting) and a warning (None) when an explicit ``mode="async"`` worker process would share its core
+    with training's threads.
+
+    Examples
+    --------
+    >>> class Trainer:
+    ...     num_devices = 1
+    >>> resolve_mode(Trainer(), "sync", "process")
+    ('sync', None, None)
+    """
+    if mode == "auto":
+        return (*worker_core_plan(trainer), None)
+    warning = None
+    if mode == "async" and worker == "process" and default_mode(trainer) == "sync" and available_cpus() > 1:
+        warning = (f"mode='async' beside torch's {torch.get_num_threads()} intra-op threads on {available_cpus()} CPUs: "
+                   "training's threads and the worker take turns on the cores (a 2-core run was several times "
+                   "slower); mode='auto' gives training one thread fewer for the fit, or set torch.set_num_threads yourself")
+    return mode, None, warning
 
 
 def lightning_step(trainer: Any) -> int:

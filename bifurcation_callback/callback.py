@@ -19,8 +19,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from . import _trainer
-from ._checks import finite_or_none, require_bool, require_choice, require_int, require_int_sequence, require_real
-from ._trainer import available_cpus, default_mode, worker_core_plan
+from ._checks import (finite_or_none, require_bool, require_choice, require_int, require_int_sequence,
+                      require_monitor_max_order, require_real, require_text)
+from ._trainer import available_cpus, default_mode
 from .analysis import take_snapshot
 from .bifurcations import BifurcationEvent
 from .cycles import CycleSet
@@ -48,11 +49,6 @@ _OWNER = "BifurcationMonitor"
 
 MODES: tuple[str, ...] = ("auto", "async", "sync")
 WORKER_KINDS: tuple[str, ...] = ("process", "thread")
-
-# Cycle orders above this would take the first search hours (every order is searched at every step).
-MAX_ORDER_LIMIT = 1000
-# Jacobian products the first (thorough) search multiplies, above which the monitor warns at construction.
-FIRST_SEARCH_WARNING_PRODUCTS = 2e9
 
 
 class BifurcationMonitor(*_CALLBACK_BASES):
@@ -171,7 +167,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         ModelCheckpoint / EarlyStopping): events by kind, loss jumps, how many have an event nearby, the
         p-value, the monitored steps analysed / skipped / dropped, and the monitor's overhead: its measured
         cost to training (its hooks, the fit-end wait, and the slowdown of training steps while a worker
-        analyses beside them, compared with steps while it idles).
+        analyses beside them, compared with steps while it idles; a worker that never idles is made to idle
+        once, for a few steps, by holding new snapshots back, none dropped).
 
     Notes
     -----
@@ -246,13 +243,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         drain_timeout_s: float | None = 60.0,
         verbose: bool = True,
     ) -> None:
-        self.max_order = require_int("max_order", max_order, 1, owner=_OWNER)
-        if self.max_order > MAX_ORDER_LIMIT:
-            raise ValueError(
-                f"{_OWNER}: max_order must be at most {MAX_ORDER_LIMIT}, got {max_order}: every order is searched at "
-                f"every monitored step, and the first search alone would multiply {_first_search_products(self.max_order):.1e} "
-                "Jacobians; for long cycles use find_cycles(model, orders=[...]) on checkpoints"
-            )
+        self.max_order, max_order_warning = require_monitor_max_order(max_order, owner=_OWNER)
         every_n_steps = require_int("every_n_steps", every_n_steps, 1, optional=True, owner=_OWNER)
         self.every_n_epochs = require_int("every_n_epochs", every_n_epochs, 1, optional=True, owner=_OWNER)
         if every_n_steps is not None and self.every_n_epochs is not None:
@@ -261,7 +252,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
                 f" and every_n_epochs={self.every_n_epochs}; pass one of them"
             )
         self.every_n_steps = 1 if every_n_steps is None and self.every_n_epochs is None else every_n_steps
-        self.model_attr = _require_text("model_attr", model_attr, optional=True)
+        self.model_attr = require_text("model_attr", model_attr, optional=True, owner=_OWNER)
         self.finder_kwargs = check_finder_kwargs(finder_kwargs, owner=_OWNER)
         device = self.finder_kwargs.get("device")
         if device is not None and device.type == "cuda" and not torch.cuda.is_available():
@@ -269,10 +260,10 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.time_budget_s = require_real(
             "time_budget_s", time_budget_s, minimum=0.0, exclusive_minimum=True, optional=True, owner=_OWNER
         )
-        self.loss_key = _require_text("loss_key", loss_key)
+        self.loss_key = require_text("loss_key", loss_key, owner=_OWNER)
         self.log_figures_every_n_steps = require_int("log_figures_every_n_steps", log_figures_every_n_steps, 0, owner=_OWNER)
         if jsonl_path is not None and not isinstance(jsonl_path, Path):
-            jsonl_path = _require_text("jsonl_path", jsonl_path)
+            jsonl_path = require_text("jsonl_path", jsonl_path, owner=_OWNER)
         self.jsonl_path = jsonl_path
         jump_window = require_int("jump_window", jump_window, 0, optional=True, owner=_OWNER)
         # With every_n_epochs the default is resolved at fit end, from the steps actually analysed.
@@ -290,10 +281,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         self.queue_size = require_int("queue_size", queue_size, 1, optional=True, owner=_OWNER)
         self.drain_timeout_s = require_real("drain_timeout_s", drain_timeout_s, minimum=0.0, optional=True, owner=_OWNER)
         self.verbose = require_bool("verbose", verbose, owner=_OWNER)
-        products = _first_search_products(self.max_order)
-        if products > FIRST_SEARCH_WARNING_PRODUCTS:
-            warn_once(set())("max_order", f"{_OWNER}: max_order={self.max_order} makes the first search multiply about "
-                             f"{products:.1e} Jacobians (minutes to hours); a lower max_order keeps the monitor quick")
+        if max_order_warning is not None:
+            warn_once(set())("max_order", max_order_warning)
         self.summary: dict[str, Any] | None = None
         self.log_dir: str | None = None  # where events.jsonl and summary.json go; set at fit start
         self._session: MonitorSession | None = None
@@ -333,19 +322,16 @@ class BifurcationMonitor(*_CALLBACK_BASES):
             raise ValueError(f"BifurcationMonitor: {error}") from None
         if trainer is None or not trainer.is_global_zero:
             return
-        mode, threads = (self.mode, None) if self.mode != "auto" else worker_core_plan(trainer)
-        if self.mode == "async" and self.worker == "process" and default_mode(trainer) == "sync" and available_cpus() > 1:
-            self._warn("threads", f"{_OWNER}: mode='async' beside torch's {torch.get_num_threads()} intra-op threads on "
-                       f"{available_cpus()} CPUs: training's threads and the worker take turns on the cores (a 2-core "
-                       "run was several times slower); mode='auto' gives training one thread fewer for the fit, or "
-                       "set torch.set_num_threads yourself")
+        mode, threads, warning = _trainer.resolve_mode(trainer, self.mode, self.worker)
+        if warning is not None:
+            self._warn("threads", f"{_OWNER}: {warning}")
         if threads is not None and self._threads_before is None:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
             if self.verbose:
-                rank_zero_info(f"{_OWNER}: training uses {threads} torch thread(s) instead of {self._threads_before} during "
-                               "fit, so that the analysis has a core of its own (mode='sync' or 'async' keeps torch's "
-                               "setting)")
+                rank_zero_info(f"{_OWNER}: training uses {threads} torch thread(s) instead of {self._threads_before} "
+                               "during fit, so that the analysis has a core of its own (mode='sync' or 'async' keeps "
+                               "torch's setting)")
         # The worker process starts now: it has a second or more to import torch before the first snapshot.
         self._session = MonitorSession.open(self._settings(), self._rnn, device=_trainer.training_device(trainer),
                                             mode=mode, warn=self._warn, previous=self._session,
@@ -547,19 +533,3 @@ class BifurcationMonitor(*_CALLBACK_BASES):
 
     def _warn(self, category: str, message: str) -> None:
         warn_once(self._warned)(category, message)
-
-
-def _require_text(name: str, value: object, *, optional: bool = False) -> str | None:
-    if optional and value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        wanted = "a non-empty string" + (" or None" if optional else "")
-        raise ValueError(f"{_OWNER}: {name} must be {wanted}, got {value!r}")
-    return value
-
-
-def _first_search_products(max_order: int) -> float:
-    """Jacobian products the monitor's first, thorough search multiplies: per order ``k`` about
-    ``n_starts * inner * outer`` chains of ``k`` products."""
-    chains = 256 * 20 * 4
-    return chains * max_order * (max_order + 1) / 2

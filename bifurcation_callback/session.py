@@ -178,7 +178,7 @@ class MonitorSession:
         self.n_events = 0
         self.overhead = OverheadAccount()
         # (torch threads before, during fit) when "auto" made room for the worker; the overhead figure does not
-        # include what fewer threads cost training (1 of 2 cost the README model nothing; see docs/benchmarks.md).
+        # include what fewer threads cost training (the bench case trains faster on 1 than on 2; docs/benchmarks.md).
         self.training_threads: tuple[int, int] | None = None
         self.last: tuple[Snapshot | None, StepResult] | None = None
         self.restored_cycles: CycleSet | None = None

@@ -5,6 +5,8 @@
   through the package modules they import: the callback wires pure functions together, and those are tested
   without a Trainer (DESIGN.md, STYLE.md habit 5).
 - Every test function asserts something.
+- Modules stay small: ``BifurcationMonitor``'s module at most 300 lines of code, every other at most 800
+  (docstrings, comments and blank lines aside).
 
 The module lists come from the file system, so the rules follow modules as they move; only the core list is
 named here, and core names that do not exist (yet, or any more) are skipped.
@@ -315,3 +317,29 @@ def test_assertion_check_sees_helpers_and_pytest_checks(tmp_path):
         "def test_nothing():\n    int('1')\n"
     )
     assert unasserted_tests(tmp_path) == ["tests/test_sample.py::test_nothing (line 23)"]
+
+
+def code_lines(path: Path) -> int:
+    """Lines of ``path`` that are code: not blank, not a comment, not part of a docstring."""
+    source = path.read_text()
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
+    return sum(1 for number, line in enumerate(source.splitlines(), 1)
+               if line.strip() and not line.strip().startswith("#") and number not in docstrings)
+
+
+def test_the_callback_is_wiring_and_no_module_is_large():
+    sizes = {path.relative_to(ROOT).as_posix(): code_lines(path) for path in (ROOT / PACKAGE).rglob("*.py")}
+    assert sizes[f"{PACKAGE}/callback.py"] <= 300, sizes[f"{PACKAGE}/callback.py"]
+    assert {name: n for name, n in sizes.items() if n > 800} == {}
+
+
+def test_code_lines_leave_out_docstrings_comments_and_blank_lines(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""Doc\nstring."""\n\n# a comment\ndef f():\n    """Doc."""\n    return 1  # why\n')
+    assert code_lines(module) == 2

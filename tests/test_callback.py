@@ -285,6 +285,14 @@ def test_constructor_validates_argument(argument):
         BifurcationMonitor(**{argument: value})
 
 
+def test_a_max_order_the_first_search_cannot_finish_is_refused_or_warned_with_its_cost():
+    with pytest.raises(ValueError, match=r"^BifurcationMonitor: max_order must be at most 1000, got 1000000: .* "
+                                         r"would multiply 1\.0e\+16 Jacobians"):
+        BifurcationMonitor(max_order=10**6)
+    with pytest.warns(RuntimeWarning, match=r"max_order=500 makes the first search multiply about 2\.6e\+09"):
+        BifurcationMonitor(max_order=500)
+
+
 def test_every_n_steps_and_every_n_epochs_are_mutually_exclusive():
     with pytest.raises(ValueError, match=r"^BifurcationMonitor: every_n_steps and every_n_epochs are mutually exclusive, "
                                          r"got every_n_steps=1 and every_n_epochs=2"):
