@@ -6,7 +6,6 @@ private state, with fallbacks should a release change it.
 
 from __future__ import annotations
 
-import math
 import os
 from operator import attrgetter
 from typing import Any
@@ -65,9 +64,13 @@ def default_mode(trainer: Any) -> str:
     >>> default_mode(Trainer()) in ("async", "sync")
     True
     """
-    processes = max(1, int(getattr(trainer, "num_devices", 1) or 1))
     threads = 1 if training_device(trainer).type == "cuda" else max(1, torch.get_num_threads())
-    return "async" if available_cpus() > processes * threads else "sync"
+    return "async" if available_cpus() > _training_processes(trainer) * threads else "sync"
+
+
+def _training_processes(trainer: Any) -> int:
+    """The training processes on this machine: ``trainer.num_devices`` (DDP on CPU runs that many; each GPU one)."""
+    return max(1, int(getattr(trainer, "num_devices", 1) or 1))
 
 
 def worker_core_plan(trainer: Any) -> tuple[str, int | None]:
@@ -89,8 +92,7 @@ def worker_core_plan(trainer: Any) -> tuple[str, int | None]:
     True
     """
     mode = default_mode(trainer)
-    processes = max(1, int(getattr(trainer, "num_devices", 1) or 1))
-    per_process = available_cpus() // processes
+    per_process = available_cpus() // _training_processes(trainer)
     if mode == "async" or training_device(trainer).type == "cuda" or per_process < 2:
         return mode, None
     return "async", per_process - 1
