@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from bifurcation_callback import PLRNN, ShallowPLRNN, find_cycles
 from bifurcation_callback._search import _CELL_LISTINGS
 from bifurcation_callback.cycles import CODE_TABLE_LIMIT, REGION_LISTING_LIMIT
+from bifurcation_callback import _chirotope
 from bifurcation_callback.regions import DEFAULT_MAX_CELLS, CellListing, cell_count_bound, list_cells
 from problems import (
     DEVICES,
@@ -246,13 +247,16 @@ def _walk(model_planes, steps: int, size: float, seed: int):
         yield G, g
 
 
+@pytest.mark.parametrize("certificate", ["determinants", "vertex margins"])
 @pytest.mark.parametrize("kind, dim, hidden, size", [
     ("ShallowPLRNN", 3, 20, 1e-3),
     ("ShallowPLRNN", 2, 12, 3e-2),
     ("ClippedShallowPLRNN", 3, 8, 1e-3),
     ("ShallowPLRNN", 4, 9, 1e-6),
 ])
-def test_reuse_along_random_weight_paths_equals_fresh_listings(kind, dim, hidden, size):
+def test_reuse_along_random_weight_paths_equals_fresh_listings(kind, dim, hidden, size, certificate, monkeypatch):
+    if certificate == "vertex margins":  # what arrangements with more than _chirotope.MAX_SUBSETS subsets use
+        monkeypatch.setattr(_chirotope, "MAX_SUBSETS", 0)
     model = random_model(kind, 5, dim=dim, hidden=hidden)
     planes = tuple(t.detach().clone() for t in model.switching_planes())
     listing = CellListing()
@@ -267,6 +271,7 @@ def test_reuse_along_random_weight_paths_equals_fresh_listings(kind, dim, hidden
         assert torch.equal(listing.update(G, g), fresh)
         changes += previous is not None and not torch.equal(previous, fresh)
         previous = fresh
+    assert (listing._listing.vertices.changes is None) == (certificate == "vertex margins")
     assert listing.counts["listed"] == 1 and sum(listing.counts.values()) == 26
     if size >= 1e-3:
         assert changes > 0 and listing.counts["updated"] > 0  # the paths do change the cells
