@@ -10,10 +10,11 @@ so the signs at every vertex are those of two families of determinants: of the `
 homogeneous rows ``(n_l, b_l)`` and of the ``r``-subsets of the normals.  A determinant whose value was
 computed at some earlier planes cannot change its sign before the rows move by more than its margin: with
 ``ρ`` the largest relative move of a row (Euclidean norms), ``|det(R + Δ) − det R| ≤ ((1 + ρ)^k − 1) Π ‖r_s‖``
-(multilinearity and Hadamard's inequality).  ``SignTracker`` keeps each subset's relative margin: one
-comparison per subset certifies it, and per training step only some thousands of the README model's 230,300
-quadruples are recomputed (a certificate vertex by vertex left 6,000-9,000 of its 19,600 vertices, each with
-47 planes, to recompute), and only the vertices of the determinants whose sign changed (a handful) or that
+(multilinearity and Hadamard's inequality).  ``SignTracker`` keeps each subset's relative margin, sorted
+within the rows it was computed at, so the subsets that may have changed are found by binary search; per
+training step only some thousands of the README model's 230,300 quadruples are looked at and recomputed
+(a certificate vertex by vertex left 6,000-9,000 of its 19,600 vertices, each with 47 planes, to
+recompute), and only the vertices of the determinants whose sign changed (a handful) or that
 floating point cannot decide are solved again.
 
 Private: ``regions.CellListing`` uses it for arrangements with at most ``MAX_SUBSETS`` such subsets.
@@ -58,15 +59,29 @@ def _determinants(rows: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor]:
     return sign, margin
 
 
+@dataclass(frozen=True)
+class _Epoch:
+    """The subsets last computed at one set of rows, by increasing margin; ``members[:start]`` have been
+    recomputed since (they belong to later epochs)."""
+
+    members: Tensor  # (n,) int64 subset indices
+    margins: Tensor  # (n,) their certain relative margins, ascending (-inf: undecided)
+    start: int
+
+    def remaining(self) -> int:
+        return self.members.shape[0] - self.start
+
+
 @dataclass
 class SignTracker:
     """The exact signs of ``det rows[subsets]`` for rows that move, recomputing only what may have changed.
 
     Each subset keeps the certain margin of its determinant at the rows it was last computed at (its epoch);
     an update computes every epoch's largest relative row move ``ρ`` and recomputes the subsets whose margin is
-    at most ``(1 + ρ)^k − 1``: one comparison per subset.  ``update`` returns a new tracker (the old one is
-    left as it was, so an update that fails midway changes nothing) and the subsets whose sign changed or
-    became undecided.
+    at most ``(1 + ρ)^k − 1``.  An epoch keeps its subsets sorted by margin, so those are a prefix found by
+    one binary search: an update costs what it recomputes, not the number of subsets.  ``update`` returns a
+    new tracker (the old one is left as it was, so an update that fails midway changes nothing) and the
+    subsets whose sign changed or became undecided.
 
     Examples
     --------
@@ -75,8 +90,8 @@ class SignTracker:
     >>> tracker.signs.tolist()
     [1]
     >>> moved, changed = tracker.update(torch.tensor([[1.0, 0.0], [0.001, 1.0]], dtype=torch.float64))
-    >>> changed.tolist()                                     # certified by the margin: nothing recomputed
-    []
+    >>> changed.tolist(), moved.recomputed                   # certified by the margin: nothing recomputed
+    ([], 0)
     >>> moved, changed = moved.update(torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64))
     >>> changed.tolist(), moved.signs.tolist()               # rows swapped: the sign flipped
     ([0], [-1])
@@ -84,40 +99,51 @@ class SignTracker:
 
     subsets: Tensor  # (Q, k) int64: row indices
     signs: Tensor  # (Q,) int8: the sign at the current rows; 0: undecided in floating point
-    margins: Tensor  # (Q,) the certain relative margin at the subset's epoch (-inf: undecided)
-    epoch: Tensor  # (Q,) int64 index into epochs
-    epochs: Tensor  # (E, P, d) the rows at each epoch
+    epochs: tuple[_Epoch, ...]
+    epoch_rows: Tensor  # (E, P, d): the rows each epoch was computed at
+    recomputed: int = 0  # subsets recomputed by the update that made this tracker
 
     @classmethod
     def start(cls, rows: Tensor, subsets: Tensor) -> "SignTracker":
         """Every determinant computed at ``rows``."""
-        signs, margins = _determinants(rows, subsets)
-        epoch = torch.zeros(subsets.shape[0], dtype=torch.int64, device=rows.device)
-        return cls(subsets, signs, margins, epoch, rows.unsqueeze(0).clone())
+        signs = torch.empty(subsets.shape[0], dtype=torch.int8, device=rows.device)
+        epoch = _computed(rows, subsets, torch.arange(subsets.shape[0], device=rows.device), signs)
+        return cls(subsets, signs, (epoch,), rows.unsqueeze(0).clone(), subsets.shape[0])
 
     def update(self, rows: Tensor) -> tuple["SignTracker", Tensor]:
         """The tracker at ``rows`` and the indices of the subsets whose sign changed or is undecided."""
-        if self.epochs.shape[0] >= MAX_EPOCHS:
+        if len(self.epochs) >= MAX_EPOCHS:
             fresh = SignTracker.start(rows, self.subsets)
             return fresh, torch.nonzero((fresh.signs != self.signs) | (fresh.signs == 0)).flatten()
         # The largest relative move of a row since each epoch, rounded up; a zero row moved infinitely far.
-        moved = (rows.unsqueeze(0) - self.epochs).norm(dim=-1) / self.epochs.norm(dim=-1)
+        moved = (rows.unsqueeze(0) - self.epoch_rows).norm(dim=-1) / self.epoch_rows.norm(dim=-1)
         rho = moved.nan_to_num(nan=math.inf).amax(-1) * (1 + 1e-12) + 1e-15
-        threshold = (1.0 + rho) ** self.subsets.shape[1] - 1.0
-        members = torch.nonzero(~(self.margins > threshold[self.epoch])).flatten()
+        thresholds = ((1.0 + rho) ** self.subsets.shape[1] - 1.0).unsqueeze(-1)
+        kept, due = [], []
+        for epoch, threshold in zip(self.epochs, thresholds):
+            # Margins not above the threshold (including -inf, undecided) are a prefix of the remaining ones.
+            count = int(torch.searchsorted(epoch.margins[epoch.start :], threshold, right=True))
+            due.append(epoch.members[epoch.start : epoch.start + count])
+            kept.append(dataclasses.replace(epoch, start=epoch.start + count))
+        members = torch.cat(due)
         if members.numel() == 0:
-            return self, members
-        signs, margins = _determinants(rows, self.subsets[members])
-        changed = members[(signs != self.signs[members]) | (signs == 0)]
-        new = dataclasses.replace(self, signs=self.signs.clone(), margins=self.margins.clone(), epoch=self.epoch.clone())
-        new.signs[members], new.margins[members] = signs, margins
-        new.epoch[members] = self.epochs.shape[0]
-        # Epochs no subset refers to any more are dropped.
-        used = torch.bincount(new.epoch, minlength=self.epochs.shape[0] + 1) > 0
-        renumber = torch.cumsum(used, 0) - 1
-        new.epoch = renumber[new.epoch]
-        new.epochs = torch.cat([self.epochs, rows.unsqueeze(0)])[used]
-        return new, changed
+            return dataclasses.replace(self, recomputed=0), members
+        signs = self.signs.clone()
+        epoch = _computed(rows, self.subsets, members, signs)
+        changed = members[(signs[members] != self.signs[members]) | (signs[members] == 0)]
+        alive = [i for i, old in enumerate(kept) if old.remaining() > 0]  # epochs emptied are dropped
+        epochs = tuple(kept[i] for i in alive) + (epoch,)
+        epoch_rows = torch.cat([self.epoch_rows[alive], rows.unsqueeze(0)])
+        return SignTracker(self.subsets, signs, epochs, epoch_rows, members.numel()), changed
+
+
+def _computed(rows: Tensor, subsets: Tensor, members: Tensor, signs: Tensor) -> _Epoch:
+    """The determinants of ``subsets[members]`` at ``rows``: their signs written into ``signs``, their margins
+    as a new epoch."""
+    member_signs, margins = _determinants(rows, subsets[members])
+    signs[members] = member_signs
+    margins, order = torch.sort(margins)
+    return _Epoch(members[order], margins, 0)
 
 
 @dataclass

@@ -288,12 +288,36 @@ def _merge(known: tuple[Tensor, Tensor, Tensor], extra: Tensor, extra_weights: T
     """``(words, weights, codes)`` of ``known`` and the packed rows ``extra`` tallied together, sorted; the bool
     codes of rows already known are copied, only the new ones unpacked."""
     words, weights, codes = known
+    if words.shape[1] == 1:
+        return _merge_single_words(known, extra, extra_weights)
     merged, sums, first = _tally(torch.cat([words, extra]), torch.cat([weights, extra_weights]))
     seen = first < words.shape[0]
     merged_codes = torch.empty((merged.shape[0], codes.shape[1]), dtype=torch.bool, device=codes.device)
     merged_codes[seen] = codes[first[seen]]
     merged_codes[~seen] = _unpack(merged[~seen], codes.shape[1])
     return merged, sums, merged_codes
+
+
+def _merge_single_words(known: tuple[Tensor, Tensor, Tensor], extra: Tensor, extra_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``_merge`` for codes of one word: the few extra rows are tallied alone and placed by binary search, so
+    the known rows are copied, never sorted again (a training step changes a few dozen of 20,000 cells)."""
+    words, weights, codes = known
+    extra, extra_sums, _ = _tally(extra, extra_weights)
+    position = torch.searchsorted(words[:, 0], extra[:, 0])
+    found = position < words.shape[0]
+    found[found.clone()] = words[position[found], 0] == extra[found, 0]
+    sums = weights.index_add(0, position[found], extra_sums[found])
+    new_rows, new_sums = extra[~found], extra_sums[~found]
+    # Sorted new rows go before the known row at their position: the k-th of them moves k places on.
+    is_new = torch.zeros(words.shape[0] + new_rows.shape[0], dtype=torch.bool, device=words.device)
+    is_new[position[~found] + torch.arange(new_rows.shape[0], device=words.device)] = True
+    merged = torch.empty((is_new.shape[0], 1), dtype=words.dtype, device=words.device)
+    merged[~is_new], merged[is_new] = words, new_rows
+    merged_sums = torch.empty(is_new.shape[0], dtype=sums.dtype, device=words.device)
+    merged_sums[~is_new], merged_sums[is_new] = sums, new_sums
+    merged_codes = torch.empty((is_new.shape[0], codes.shape[1]), dtype=torch.bool, device=codes.device)
+    merged_codes[~is_new], merged_codes[is_new] = codes, _unpack(new_rows, codes.shape[1])
+    return merged, merged_sums, merged_codes
 
 
 def _counted_codes(subsets: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:

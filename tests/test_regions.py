@@ -253,6 +253,7 @@ def _walk(model_planes, steps: int, size: float, seed: int):
     ("ShallowPLRNN", 2, 12, 3e-2),
     ("ClippedShallowPLRNN", 3, 8, 1e-3),
     ("ShallowPLRNN", 4, 9, 1e-6),
+    ("ShallowPLRNN", 2, 70, 1e-2),  # more than 63 planes: codes of two words (the other merge of new cells)
 ])
 def test_reuse_along_random_weight_paths_equals_fresh_listings(kind, dim, hidden, size, certificate, monkeypatch):
     if certificate == "vertex margins":  # what arrangements with more than _chirotope.MAX_SUBSETS subsets use
