@@ -54,3 +54,50 @@ def test_listing_updates_use_the_determinants_where_they_apply():
     assert listing._listing.vertices.changes is not None
     assert VertexChanges.applies(20, 3) and not VertexChanges.applies(400, 10)
     assert math.comb(400, 11) > 2**21
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_determinant_signs_and_margins_hold_against_exact_arithmetic(k):
+    from fractions import Fraction
+
+    from bifurcation_callback._chirotope import _determinants
+
+    generator = torch.Generator().manual_seed(k)
+    rows = torch.randn(3 * k, k, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-3, 4, (3 * k, 1), generator=generator)
+    if k > 1:  # rows nearly dependent on others: determinants near zero, some undecidable in floating point
+        rows[k] = rows[0] + rows[1] * 0.5
+        rows[k + 1] = rows[0] + rows[1] * (0.5 + 1e-14)
+    subsets = _combinations(rows.shape[0], k, torch.device("cpu"))
+    signs, margins = _determinants(rows, subsets)
+
+    def exact(matrix):  # Gaussian elimination in fractions
+        m = [[Fraction(float(x)) for x in row] for row in matrix]
+        sign = 1
+        for col in range(k):
+            pivot = next((r for r in range(col, k) if m[r][col] != 0), None)
+            if pivot is None:
+                return Fraction(0)
+            if pivot != col:
+                m[col], m[pivot], sign = m[pivot], m[col], -sign
+            for r in range(col + 1, k):
+                factor = m[r][col] / m[col][col]
+                m[r] = [a - factor * b for a, b in zip(m[r], m[col])]
+        value = Fraction(sign)
+        for i in range(k):
+            value *= m[i][i]
+        return value
+
+    undecided = 0
+    for subset, sign, margin in zip(subsets.tolist(), signs.tolist(), margins.tolist()):
+        value = exact(rows[subset].tolist())
+        true_sign = (value > 0) - (value < 0)
+        if sign == 0:
+            undecided += 1
+            assert margin == -math.inf
+            continue
+        assert sign == true_sign, subset
+        norms = math.prod(float(rows[s].norm()) for s in subset)
+        assert abs(float(value)) >= margin * norms * (1 - 1e-12), subset  # the margin is certain
+    assert undecided < len(subsets)
+    if k > 1:
+        assert undecided > 0  # the planted near-dependences reach the undecidable zone
