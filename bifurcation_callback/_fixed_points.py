@@ -234,11 +234,12 @@ def _same_shapes(model: Any, reference: Any) -> bool:
 
 
 def _packed_words(codes: np.ndarray) -> np.ndarray:
-    """Every bool row packed into 64-bit words, ``(R, ceil(S / 64))``."""
+    """Every bool row packed into 64-bit words, ``(R, ceil(S / 64))``, the first switch in the highest bit: rows
+    in lexicographic order (as listings come) have ascending words, which binary search finds fastest."""
     packed = np.packbits(codes, axis=1)
     padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
-    return padded.view(np.uint64)
+    return padded.view(">u8").astype(np.uint64)
 
 
 def _row_hashes(words: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from . import _scyfi
 from ._checks import finite_or_none, require_dtype, require_int, require_real
 from ._search import check_interrupt
 from ._stack import ModelStack
-from .cycles import Cycle, _one_cpu_thread, _prepare_model, cycles_from_sequences
+from .cycles import Cycle, _one_cpu_thread, _prepare_model, _solve_sequences
 from .orbits import _as_states, lyapunov_exponents, simulate  # noqa: F401  (re-exported: published here first)
 from .models import require_piecewise_linear
 
@@ -277,7 +277,7 @@ def _canonical_key(codes: np.ndarray) -> bytes:
     return _canonical_codes(codes).astype(np.uint8).tobytes()
 
 
-def _solve_periodic(model, orbits, codes, periods, dtype) -> dict[int, Cycle]:
+def _solve_periodic(model, orbits, codes, periods, dtype, device) -> dict[int, Cycle]:
     """Cycles that the periodic orbits converge to, by state index.
 
     The code sequence of the last ``p`` window steps is solved once per distinct sequence, in its canonical
@@ -297,7 +297,7 @@ def _solve_periodic(model, orbits, codes, periods, dtype) -> dict[int, Cycle]:
     for order, rows in by_order.items():
         sequences = codes[rows, window - order :]
         canonical = np.unique(np.stack([_canonical_codes(sequence) for sequence in sequences]), axis=0)
-        found = {cycle.key: cycle for cycle in cycles_from_sequences(model, canonical, dtype=dtype)}
+        found = {cycle.key: cycle for cycle in _solve_sequences(model, canonical, dtype, device)}
         for b, sequence in zip(rows, sequences):
             cycle = found.get(_canonical_key(sequence))
             if cycle is None:
@@ -574,7 +574,7 @@ class _OrbitBook:
         self.divergent[open_rows[lost]] = True
         periods = np.zeros(self.batch, dtype=np.int64)
         periods[open_rows] = _code_periods(codes, ~lost, self.max_period)
-        self.cycles.update(_solve_periodic(self.model, self.orbits, self.codes, periods, self.dtype))
+        self.cycles.update(_solve_periodic(self.model, self.orbits, self.codes, periods, self.dtype, self.device))
         # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
         for b in np.flatnonzero(periods):
             if int(b) not in self.cycles:

@@ -486,6 +486,14 @@ def cycles_from_sequences(model: object, codes: object, *, dtype: torch.dtype | 
         raise ValueError(
             f"codes must have shape (B, k, {analysed.n_switches}) with k >= 1 for this model, got {tuple(codes.shape)}"
         )
+    return _solve_sequences(analysed, codes, dtype)
+
+
+def _solve_sequences(analysed: object, codes: object, dtype: torch.dtype, device: torch.device | None = None) -> list[Cycle]:
+    """``cycles_from_sequences`` without the checks, for a model known to be valid and in ``dtype`` (a
+    ``ModelStack``'s step; ``device``: where its tensors are) and codes of shape ``(B, k, S)``: the monitor
+    calls it several times per step, and the model checks cost more than the solve."""
+    codes = torch.as_tensor(codes, device=device)
     collector = CycleCollector(codes.shape[1], dtype, [_scyfi.switching_geometry(analysed)])
     with torch.no_grad():
         collector.add_evaluation(_scyfi.evaluate(*_scyfi.model_functions(analysed), codes.bool()[None]))

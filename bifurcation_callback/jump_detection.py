@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.ndimage import median_filter
 
 from ._checks import require_int_sequence
 
@@ -288,6 +287,10 @@ def _robust_zscores(values: np.ndarray, *, scale_floor: float, window: int | Non
     if window is None or window >= values.size:
         center, sigma = _clipped_center_and_sigma(values)
         return (values - center) / max(sigma, scale_floor), np.full(values.shape, center)
+    # Imported here: scipy.ndimage takes 0.2 s to import, which the monitor's worker process (it imports the
+    # package) would pay at every start, before its first analysis.
+    from scipy.ndimage import median_filter
+
     centers = median_filter(values, size=window | 1, mode="reflect")
     half = (window // 2) | 1
     half_sigmas = _MAD_TO_SIGMA * median_filter(np.abs(values - centers), size=half, mode="reflect")

@@ -43,6 +43,7 @@ from .cycles import (
     _one_cpu_thread,
     _resolve_orders,
     cycles_from_sequences,
+    _solve_sequences,
     follow_cycle,
 )
 from .models import model_tensors, search_radius
@@ -106,7 +107,7 @@ class TrackedStep:
     late_discoveries: tuple[dict, ...] = ()
 
 
-def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype) -> CycleSet:
+def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype, device: torch.device) -> CycleSet:
     """The step's cycles solved again from their region sequences with this step's model alone, one call per
     order: what a step reports then does not depend on the batch it was found in.  Batched products round
     differently with the batch's shape (MKL picks its kernels by size), and a fixed point solved among 64
@@ -117,7 +118,7 @@ def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype) -> CycleSet:
         found = cycles.by_order(order)
         if found:
             codes = np.stack([cycle.codes for cycle in found])
-            solved.update((c.key, c) for c in cycles_from_sequences(model, codes, dtype=dtype))
+            solved.update((c.key, c) for c in _solve_sequences(model, codes, dtype, device))
     return dataclasses.replace(cycles, cycles=tuple(solved.get(c.key, c) for c in cycles))
 
 
@@ -372,7 +373,7 @@ class CycleTracker:
                 extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
             if any(extra.values()):
                 cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
-        return _solved_alone(cycles, model, stack.dtype)
+        return _solved_alone(cycles, model, stack.dtype, stack.device)
 
     def _compare(self, cycles: CycleSet, model: Any, step: int) -> tuple[list[BifurcationEvent], list[dict]]:
         """Events and late discoveries against the previous step; also moves the track ids on."""
