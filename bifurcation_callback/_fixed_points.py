@@ -3,21 +3,30 @@
 Every cell (region) of a shallow PLRNN's switching planes has one candidate fixed point, the solution of
 ``(I - J_D) z = c_D``; it is a fixed point when it lies in its cell.  Enumerating all of them costs one solve per
 cell (20,876 for the README's ShallowPLRNN(3, 50)) at every monitored step, while training moves the weights
-only a little.  ``FixedPointCache`` keeps, for every cell at a *reference* step, the candidate ``z``, the norm
-``κ = ‖(I - J_D)⁻¹‖`` and the switch ``l`` its candidate violates most, by ``margin``.  At a later step the
-pieces have moved by at most ``ε_J`` and ``ε_c`` (``model.piece_drift``, bounds over all cells at once), so
+only a little.  ``FixedPointCache`` keeps, for every cell, what its last solve found: the norm of its candidate
+``z``, ``κ = ‖(I - J_D)⁻¹‖`` and the switch ``l`` the candidate violates most, by ``margin``.  From one step to
+the next the pieces move by at most ``ε_J`` and ``ε_c`` (``model.piece_drift`` against the previous step, bounds
+over all cells at once), so
 
     ‖Δz‖ ≤ κ (ε_J ‖z‖ + ε_c) / (1 − κ ε_J)
     |Δ(G_l z + g_l)| ≤ ‖ΔG_l‖ (‖z‖ + ‖Δz‖) + ‖G_l‖ ‖Δz‖ + |Δg_l|
 
-and when that is below the margin (with a safety factor) the candidate is still outside its cell: proved, not
-solved.  Cells without that proof (the fixed points themselves, candidates near their cell's border, cells new
-since the reference) are solved exactly, batched over the waiting steps; when more than ``REBUILD_FRACTION`` of
-the cells need it, the step solves every cell and becomes the new reference.  The result is the exhaustive
-enumeration's, cycle for cycle: every real fixed point is solved exactly at every step.
+and over several steps, by the triangle inequality, the same holds with the sums of the steps' drifts (of the
+pieces, of each switch's ``G_l`` and ``g_l``) since the cell's solve, with ``‖z‖``, ``κ`` and ``G_l`` of that solve.
+The cache keeps the running sums, and per cell their values at its solve; while the bound stays below the
+cell's margin (with a safety factor) the candidate is still outside its cell: proved, not solved.  Cells without that proof (the fixed points
+themselves, candidates near their cell's border, cells new to the listing, cells whose margin is spent) are
+solved exactly and start again from their new solve, so a cell is re-solved about as often as its own margin
+requires, not whenever the cells on average have drifted far.  When more than ``REBUILD_FRACTION`` of a step's
+cells need solving, it solves every cell.  The result is the exhaustive enumeration's, cycle for cycle: every
+real fixed point is solved exactly at every step.
 
-The cache is state carried from step to step in step order, so steps analysed together take the same decisions
-as steps analysed one at a time.  Private: ``tracking.CycleTracker`` holds one.
+The sums cost one ``piece_drift`` per step and are nearly as tight as the drift from the solve's step itself
+(weights move along near-straight paths: over 49 steps of the bench case, the sum of the steps' drifts exceeds
+the direct drift by 3 %).  Each step's decisions depend only on that step's model and the
+state the previous steps left, and each step's cells are solved alone (never in a batch with other steps', whose
+shape would change the rounding), so steps analysed together take the same decisions as steps analysed one at a
+time.  Private: ``tracking.CycleTracker`` holds one.
 """
 
 from __future__ import annotations
@@ -37,10 +46,9 @@ from .models import detached_copy
 
 __all__ = ["FixedPointCache", "REBUILD_FRACTION"]
 
-# More cells than this fraction without a proof: the step solves every cell and becomes the reference.  (0.1,
-# 0.25 and 0.5 gave 29.0, 28.8 and 30.4 ms per bench-case step: fewer rebuilds, more cells solved per step.)
+# More cells than this fraction without a proof: the step solves every cell.
 REBUILD_FRACTION = 0.5
-# The bound must stay below margin / SAFETY: room for the rounding of the reference's own solve.
+# The spent bound must stay below margin / SAFETY: room for the rounding of the cell's own solve.
 SAFETY = 2.0
 # Cells solved together in one call (memory, not speed).
 CHUNK = 1 << 15
@@ -57,16 +65,20 @@ class FixedPointCache:
     """
 
     def __init__(self) -> None:
-        self.reference: Any = None  # the model at the reference step (a plain copy)
+        self.previous: Any = None  # the model at the last step analysed (a plain copy)
         self.counts = {"rebuilt": 0, "proved": 0, "solved": 0}
-        self._hashes: np.ndarray | None = None  # per reference cell, sorted
-        self._order: np.ndarray | None = None  # reference cell index of each sorted hash
-        self._words: np.ndarray | None = None  # (R, W) uint64: the reference cells' codes, packed
+        self._hashes: np.ndarray | None = None  # per known cell, sorted
+        self._order: np.ndarray | None = None  # known cell index of each sorted hash
+        self._words: np.ndarray | None = None  # (R, W) uint64: the known cells' codes, packed
         self._n_switches = 0
-        self._z_norm = self._kappa = self._margin = None
+        # Per known cell, from its last solve: ‖z‖, κ, the switch its candidate violates most, by how much, that
+        # switch's ‖G_l‖, the running drift sums then (``_at``: name -> array) and the bound spent since.
+        self._z_norm = self._kappa = self._margin = self._plane_norm = self._spent = None
         self._plane: np.ndarray | None = None
-        self._planes: tuple[np.ndarray, np.ndarray] | None = None  # (G, g) at the reference
-        self._plane_norms: np.ndarray | None = None  # ‖G_l‖ at the reference
+        self._at: dict[str, np.ndarray] = {}
+        # Running sums of the steps' drifts: of the pieces (J, c) and per switch (G: ‖ΔG_l‖, g: |Δg_l|).
+        self._sums: dict[str, Any] = {}
+        self._planes: tuple[np.ndarray, np.ndarray] | None = None  # (G, g) at the previous step
 
     @staticmethod
     def applies(model: Any) -> bool:
@@ -77,64 +89,62 @@ class FixedPointCache:
                   counts: dict[str, list[int]], deadline: float = math.inf) -> bool:
         """Every fixed point of the stack's steps ``steps`` (indices), into ``collector``; ``tables[i]`` are
         step ``i``'s cells.  Returns False when the deadline stopped it.  ``counts`` gets each step's solves."""
-        pending: dict[int, Tensor] = {}
         for i in steps:
+            check_interrupt()
+            if time.monotonic() > deadline:
+                return False
             codes, model = tables[i], stack.model(i)
-            need = self._unproved(model, codes)
-            if need is None or need.size > REBUILD_FRACTION * codes.shape[0]:
-                check_interrupt()
-                if time.monotonic() > deadline:
-                    return False
+            advanced = self._advance(model, codes)
+            if advanced is None or advanced[0].size > REBUILD_FRACTION * codes.shape[0]:
                 self._rebuild(stack, i, model, codes, collector, counts)
                 continue
+            need, index = advanced
             self.counts["proved"] += codes.shape[0] - need.size
             if need.size:
-                pending[i] = codes[torch.as_tensor(need, device=codes.device)]
-        if pending and time.monotonic() > deadline:
-            return False
-        self._solve_pending(stack, pending, collector, counts)
+                chosen = torch.as_tensor(need, device=codes.device)
+                self._solve(stack, i, codes[chosen], index[need], collector, counts)
         return True
 
     # ------------------------------------------------------------------------------------------ the proof
 
-    def _unproved(self, model: Any, codes: Tensor) -> np.ndarray | None:
-        """Indices of the cells (rows of ``codes``) whose candidate is not proved outside its cell; None when
-        there is no usable reference."""
-        bound = self.change_bound(model, codes)
-        if bound is None:
+    def _advance(self, model: Any, codes: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """Carry every known cell's bounds to ``model`` (the next step); returns the rows of ``codes`` whose
+        candidate is not proved outside its cell and every row's known cell (-1: new), or None when there is
+        no usable previous step."""
+        if self.previous is None or self._words is None or self._n_switches != codes.shape[1]:
             return None
-        index, change = bound
-        margin = np.where(index >= 0, self._margin[index], -np.inf)
-        with np.errstate(invalid="ignore"):
-            proved = np.isfinite(change) & (SAFETY * change < margin)
-        return np.flatnonzero(~proved)
-
-    def change_bound(self, model: Any, codes: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-        """For every cell (row of ``codes``): its index among the reference cells (-1: new) and a bound on how
-        far the violation of its reference's most violated switch moved since the reference (inf for new
-        cells or where the bound fails).  None when there is no usable reference."""
-        if self.reference is None or self._words is None or self._n_switches != codes.shape[1]:
+        if not _same_shapes(model, self.previous):
             return None
-        if not _same_shapes(model, self.reference):
-            return None
-        drift_J, drift_c = model.piece_drift(self.reference)
-        index = self._lookup(codes.cpu().numpy())
-        rows = np.where(index >= 0, index, 0)
+        drift_J, drift_c = model.piece_drift(self.previous)
         G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
-        G_ref, g_ref = self._planes
-        z_norm, kappa, plane = self._z_norm[rows], self._kappa[rows], self._plane[rows]
-        # Per switch first (S values), then gathered per cell: the cells outnumber the switches by far.
-        plane_shift = np.linalg.norm(G - G_ref, axis=1)[plane]
-        offset_shift = np.abs(g - g_ref)[plane]
+        G_before, g_before = self._planes
+        sums = self._sums
+        sums["J"] += drift_J
+        sums["c"] += drift_c
+        sums["G"] = sums["G"] + np.linalg.norm(G - G_before, axis=1)
+        sums["g"] = sums["g"] + np.abs(g - g_before)
+        self._step_to(model, G, g)
+        # Drifts since each cell's solve, rounded up (the running sums are subtracted).
+        plane, at = self._plane, self._at
+        drift_J, drift_c = ((sums[name] - at[name]) * (1 + 1e-9) for name in ("J", "c"))
+        shift_G, shift_g = ((sums[name][plane] - at[name]) * (1 + 1e-9) for name in ("G", "g"))
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            denominator = 1.0 - kappa * drift_J
-            moved = np.where(denominator > 0, kappa * (drift_J * z_norm + drift_c) / denominator, np.inf)
-            change = plane_shift * (z_norm + moved) + self._plane_norms[plane] * moved + offset_shift
-        change = np.where((index >= 0) & ~np.isnan(change), change, np.inf)
-        return index, change
+            denominator = 1.0 - self._kappa * drift_J
+            moved = np.where(denominator > 0, self._kappa * (drift_J * self._z_norm + drift_c) / denominator, np.inf)
+            change = shift_G * (self._z_norm + moved) + self._plane_norm * moved + shift_g
+            self._spent = np.where(np.isnan(change), np.inf, change)
+            proved_known = SAFETY * self._spent < self._margin
+        index = self._lookup(codes.cpu().numpy())
+        proved = (index >= 0) & proved_known[np.where(index >= 0, index, 0)]
+        return np.flatnonzero(~proved), index
+
+    def lower_bounds(self) -> np.ndarray:
+        """Per known cell, a lower bound on how far its candidate now violates its tracked switch
+        (``margin − spent``; negative or -inf: none)."""
+        return self._margin - self._spent
 
     def _lookup(self, codes: np.ndarray) -> np.ndarray:
-        """Each row's index among the reference cells, -1 when it is not one of them."""
+        """Each row's index among the known cells, -1 when it is not one of them."""
         words = _packed_words(codes)
         hashes = _row_hashes(words)
         position = np.clip(np.searchsorted(self._hashes, hashes), 0, len(self._hashes) - 1)
@@ -147,80 +157,98 @@ class FixedPointCache:
     # ------------------------------------------------------------------------------------------ exact solves
 
     def _rebuild(self, stack: ModelStack, i: int, model: Any, codes: Tensor, collector: Any, counts: dict) -> None:
-        """Solve every cell of step ``i`` exactly and make it the reference."""
-        single = stack.select([i]) if stack.n_steps > 1 else stack
-        z_parts, kappa_parts = [], []
-        for begin in range(0, codes.shape[0], CHUNK):
-            chunk = codes[begin : begin + CHUNK]
-            evaluation = _scyfi.evaluate(single.affine_pieces, single.step_with_codes, chunk[None, :, None, :])
-            collector.add_evaluation(evaluation, rows_to_steps=[i])
-            z_parts.append(evaluation.z1[0].double().cpu())
-            system = -evaluation.products[0].double()
-            system.diagonal(dim1=-2, dim2=-1).add_(1.0)
-            kappa_parts.append(_inverse_norm_bound(system, evaluation.solvable[0]).cpu())
-        counts["solved"][i] += codes.shape[0]
+        """Solve every cell of step ``i`` exactly; they become the known cells."""
         G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
-        z = torch.cat(z_parts).numpy()
         codes_np = codes.cpu().numpy()
-        # How far each candidate is on the wrong side of each switch (> 0: violated); the most violated one.
-        inputs = z @ G.T + g
-        violation = np.where(codes_np, -inputs, inputs)
-        self._plane = violation.argmax(axis=1)
-        self._margin = violation[np.arange(len(z)), self._plane]
-        self._z_norm = np.linalg.norm(z, axis=1)
-        self._kappa = torch.cat(kappa_parts).numpy()
-        self._words, self._n_switches, self._planes = _packed_words(codes_np), codes_np.shape[1], (G, g)
-        self._plane_norms = np.linalg.norm(G, axis=1)
+        self._sums = {"J": 0.0, "c": 0.0, "G": np.zeros(G.shape[0]), "g": np.zeros(G.shape[0])}
+        self._z_norm, self._kappa, self._plane, self._margin = _solved(stack.model(i), i, codes, codes_np, G, g, collector)
+        self._plane_norm, self._spent = np.linalg.norm(G, axis=1)[self._plane], np.zeros(codes_np.shape[0])
+        self._at = {name: np.zeros(codes_np.shape[0]) for name in ("J", "c", "G", "g")}
+        counts["solved"][i] += codes.shape[0]
+        self._words, self._n_switches = _packed_words(codes_np), codes_np.shape[1]
         hashes = _row_hashes(self._words)
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
-        self.reference = detached_copy(model)
+        self._step_to(model, G, g)
         self.counts["rebuilt"] += 1
 
-    def _solve_pending(self, stack: ModelStack, pending: dict[int, Tensor], collector: Any, counts: dict) -> None:
-        """Solve the unproved cells of every step, batched over steps of similar counts (a step's cells are
-        padded to the largest count of its group, and counts range from tens to thousands of cells)."""
-        for i, codes in pending.items():
-            counts["solved"][i] += codes.shape[0]
-            self.counts["solved"] += codes.shape[0]
-        for group in _groups_of_similar_size({i: codes.shape[0] for i, codes in pending.items()}):
-            width = max(pending[i].shape[0] for i in group)
-            padded = torch.zeros((len(group), width, stack.n_switches), dtype=torch.bool, device=stack.device)
-            valid = torch.zeros((len(group), width), dtype=torch.bool, device=stack.device)
-            for row, i in enumerate(group):
-                padded[row, : pending[i].shape[0]] = pending[i]
-                valid[row, : pending[i].shape[0]] = True
-            part = stack if group == list(range(stack.n_steps)) else stack.select(group)
-            evaluation = _scyfi.evaluate(part.affine_pieces, part.step_with_codes, padded[:, :, None, :])
-            evaluation.real &= valid
-            collector.add_evaluation(evaluation, rows_to_steps=group)
+    def _solve(self, stack: ModelStack, i: int, codes: Tensor, index: np.ndarray, collector: Any, counts: dict) -> None:
+        """Solve the given cells of step ``i`` (``index``: their known cell, -1 for new ones) and start their
+        bounds again from these solves; new cells become known."""
+        G, g = self._planes
+        codes_np = codes.cpu().numpy()
+        z_norm, kappa, plane, margin = _solved(stack.model(i), i, codes, codes_np, G, g, collector)
+        counts["solved"][i] += codes.shape[0]
+        self.counts["solved"] += codes.shape[0]
+        known, new = index >= 0, index < 0
+        fresh = {"_z_norm": z_norm, "_kappa": kappa, "_plane": plane, "_margin": margin, "_spent": np.zeros(len(index)),
+                 "_plane_norm": np.linalg.norm(G, axis=1)[plane]}
+        fresh.update({name: np.full(len(index), self._sums[name]) for name in ("J", "c")})
+        fresh.update({name: self._sums[name][plane] for name in ("G", "g")})
+        for name, values in fresh.items():
+            column = (self._at[name] if name in self._at else getattr(self, name)).copy()
+            column[index[known]] = values[known]
+            column = np.concatenate([column, values[new]])
+            if name in ("J", "c", "G", "g"):
+                self._at[name] = column
+            else:
+                setattr(self, name, column)
+        if new.any():
+            words = _packed_words(codes_np[new])
+            hashes = _row_hashes(words)
+            order = np.argsort(hashes, kind="stable")
+            numbers = self._words.shape[0] + np.arange(len(hashes))
+            at = np.searchsorted(self._hashes, hashes[order])
+            self._hashes = np.insert(self._hashes, at, hashes[order])
+            self._order = np.insert(self._order, at, numbers[order])
+            self._words = np.concatenate([self._words, words])
+
+    def _step_to(self, model: Any, G: np.ndarray, g: np.ndarray) -> None:
+        self.previous, self._planes = detached_copy(model), (G, g)
 
 
-def _groups_of_similar_size(sizes: dict[int, int], spread: float = 1.5) -> list[list[int]]:
-    """The keys of ``sizes`` in groups whose largest size is at most ``spread`` times their smallest (each group
-    in ascending key order): padding a group to its largest size then wastes less than a third of the work.
+def _solved(model: Any, i: int, codes: Tensor, codes_np: np.ndarray, G: np.ndarray, g: np.ndarray,
+            collector: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Solve step ``i``'s cells ``codes`` alone: per cell ``‖z‖``, the bound ``κ``, the switch the candidate
+    violates most and by how much (> 0: violated, the candidate is outside).
 
-    >>> _groups_of_similar_size({0: 10, 1: 4000, 2: 12, 3: 3000, 4: 11})
-    [[0, 2, 4], [1, 3]]
+    Most candidates lie far outside their cells, so the solve here is only what the proof needs (one inverse
+    per cell gives ``z`` and ``κ``); the cells whose candidate is inside, or so near the border that another
+    rounding could put it inside, go through the finder's own kernel and checks (``_scyfi.evaluate``, into
+    ``collector``), which decide and verify the fixed points.
     """
-    groups: list[list[int]] = []
-    smallest = 0
-    for key in sorted(sizes, key=lambda k: (sizes[k], k)):
-        if not groups or sizes[key] > spread * max(smallest, 1):
-            groups.append([])
-            smallest = sizes[key]
-        groups[-1].append(key)
-    return [sorted(group) for group in groups]
+    step_with_codes = _scyfi.model_functions(model)[1]
+    z_parts, kappa_parts = [], []
+    for begin in range(0, codes.shape[0], CHUNK):
+        J, c = model.affine_pieces(codes[begin : begin + CHUNK])
+        eps = torch.finfo(J.dtype).eps
+        system = -J.double()
+        system.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        inverse, info = torch.linalg.inv_ex(system)
+        z_parts.append((inverse @ c.double().unsqueeze(-1)).squeeze(-1).cpu())
+        kappa_parts.append(_inverse_norm_bound(system, inverse, info).cpu())
+    z, kappa = torch.cat(z_parts).numpy(), torch.cat(kappa_parts).numpy()
+    inputs = z @ G.T + g
+    violation = np.where(codes_np, -inputs, inputs)
+    plane = violation.argmax(axis=1)
+    margin, z_norm = violation[np.arange(len(z)), plane], np.linalg.norm(z, axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        slack = 1e3 * eps * (1 + kappa) * (1 + z_norm) * (1 + np.linalg.norm(G, axis=1)[plane])
+        near = np.flatnonzero(~(margin > slack))  # NaN (no solution) included
+    for begin in range(0, len(near), CHUNK):
+        rows = torch.as_tensor(near[begin : begin + CHUNK], device=codes.device)
+        collector.add_evaluation(_scyfi.evaluate(model.affine_pieces, step_with_codes, codes[rows][None, :, None, :]),
+                                 rows_to_steps=[i])
+    return z_norm, kappa, plane, margin
 
 
-def _inverse_norm_bound(system: Tensor, solvable: Tensor) -> Tensor:
-    """An upper bound on ``‖system⁻¹‖₂`` per matrix: the computed inverse's Frobenius norm (at least the
-    spectral norm), with room for its rounding; inf where the system is singular or too ill-conditioned for
-    that room (the cell is then solved at every step, never proved)."""
-    inverse, info = torch.linalg.inv_ex(system)
+def _inverse_norm_bound(system: Tensor, inverse: Tensor, info: Tensor) -> Tensor:
+    """An upper bound on ``‖system⁻¹‖₂`` per matrix from its computed ``inverse`` (``torch.linalg.inv_ex``):
+    the inverse's Frobenius norm (at least the spectral norm), with room for its rounding; inf where the system
+    is singular or too ill-conditioned for that room (the cell is then solved at every step, never proved)."""
     norm = torch.linalg.matrix_norm(inverse)  # Frobenius
     condition = norm * torch.linalg.matrix_norm(system)
-    fine = solvable & (info == 0) & torch.isfinite(norm) & (condition < 1e8)
+    fine = (info == 0) & torch.isfinite(norm) & (condition < 1e8)
     return torch.where(fine, norm * (1 + 1e-6), torch.inf)
 
 
