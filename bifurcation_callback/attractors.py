@@ -277,16 +277,18 @@ def _canonical_key(codes: np.ndarray) -> bytes:
     return _canonical_codes(codes).astype(np.uint8).tobytes()
 
 
-def _solve_periodic(model, orbits, codes, periods, dtype, device) -> dict[int, Cycle]:
+def _solve_periodic(model, orbits, codes, periods, dtype, device, known: dict[bytes, Cycle] | None = None) -> dict[int, Cycle]:
     """Cycles that the periodic orbits converge to, by state index.
 
     The code sequence of the last ``p`` window steps is solved once per distinct sequence, in its canonical
-    rotation (so a cycle's points do not depend on the phase at which an orbit reached it).  Multiples of ``p``
-    are never tried: their solution is the same p-cycle, which the minimal-period check rejects (trying them
-    made a diverging orbit that stays in one region cost seconds: 255 solves of orders up to 256).  The orbit
-    is on its cycle when its last ``p`` points lie within the convergence tolerance of the cycle's points, or
-    when the cycle is stable and the orbit got closer over the window (it stayed in the cycle's regions
-    throughout, where the error evolves by the cycle's own contracting product).
+    rotation (so a cycle's points do not depend on the phase at which an orbit reached it), each sequence alone
+    (so its points do not depend on which other sequences the orbits visited either); ``known`` holds cycles
+    already solved that way with this model, by ``Cycle.key``.  Multiples of ``p`` are never tried: their
+    solution is the same p-cycle, which the minimal-period check rejects (trying them made a diverging orbit
+    that stays in one region cost seconds: 255 solves of orders up to 256).  The orbit is on its cycle when its
+    last ``p`` points lie within the convergence tolerance of the cycle's points, or when the cycle is stable and
+    the orbit got closer over the window (it stayed in the cycle's regions throughout, where the error evolves
+    by the cycle's own contracting product).
     """
     window = codes.shape[1]
     tolerance = CONVERGENCE_TOLERANCE[dtype]
@@ -294,12 +296,17 @@ def _solve_periodic(model, orbits, codes, periods, dtype, device) -> dict[int, C
     by_order: dict[int, list[int]] = {}
     for b in np.flatnonzero(periods):
         by_order.setdefault(int(periods[b]), []).append(int(b))
+    found: dict[bytes, Cycle | None] = dict(known or {})
     for order, rows in by_order.items():
-        sequences = codes[rows, window - order :]
-        canonical = np.unique(np.stack([_canonical_codes(sequence) for sequence in sequences]), axis=0)
-        found = {cycle.key: cycle for cycle in _solve_sequences(model, canonical, dtype, device)}
-        for b, sequence in zip(rows, sequences):
-            cycle = found.get(_canonical_key(sequence))
+        # Orbits on one cycle end in few distinct sequences (one per phase): canonicalise those only.
+        distinct, which = np.unique(codes[rows, window - order :], axis=0, return_inverse=True)
+        keys = [_canonical_key(sequence) for sequence in distinct]
+        for key, sequence in zip(keys, distinct):
+            if key not in found:
+                solved = _solve_sequences(model, _canonical_codes(sequence)[None], dtype, device)
+                found[key] = solved[0] if solved else None
+        for b, index in zip(rows, np.asarray(which).reshape(-1)):
+            cycle = found[keys[index]]
             if cycle is None:
                 continue
             scale = 1.0 + float(np.abs(cycle.points).max())
@@ -485,6 +492,7 @@ def find_attractors_many(
     divergence_bound: float = 1e10,
     n_rounds: int = 2,
     width: int = 0,
+    known_cycles: Sequence[dict[bytes, Cycle]] | None = None,
 ) -> list[AttractorReport]:
     """``find_attractors`` for every weight setting of a ``ModelStack`` at once: ``states[i] (B_i, M)`` are
     the starting states of step ``i`` (in the stack's dtype and device).  The orbits of all steps are simulated
@@ -492,7 +500,8 @@ def find_attractors_many(
     orbit is computed independently of the others.  Every step's batch is padded with copies of its last state
     (left out of the report) to ``width`` states or the largest batch: with a fixed ``width`` the tensors of a
     step have the same shape however many steps are analysed together, so not even the choice of kernels
-    differs."""
+    differs.  ``known_cycles[i]``: cycles already solved alone with step ``i``'s weights (by ``Cycle.key``),
+    not solved again when its orbits reach them."""
     started = time.monotonic()
     max_period = require_int("max_period", max_period, 1)
     n_transient = require_int("n_transient", n_transient, 0)
@@ -506,8 +515,9 @@ def find_attractors_many(
     sizes = [int(batch.shape[0]) for batch in states]
     width = max(sizes + [width])
     z = torch.stack([torch.cat([batch, batch[-1:].expand(width - len(batch), -1)]) for batch in states])
+    known_cycles = known_cycles if known_cycles is not None else [{} for _ in sizes]
     books = [
-        _OrbitBook(stack.model(i), size, n_window, stack, max_period, divergence_bound)
+        _OrbitBook(stack.model(i), size, n_window, stack, max_period, divergence_bound, known_cycles[i])
         for i, size in enumerate(sizes)
     ]
     active = list(range(stack.n_steps))  # the steps with orbits still to simulate, and their sub-stack
@@ -548,8 +558,9 @@ def find_attractors_many(
 class _OrbitBook:
     """One step's orbits through the rounds of ``find_attractors_many``: what each starting state reached."""
 
-    def __init__(self, model, batch: int, n_window: int, stack: ModelStack, max_period: int, divergence_bound: float):
-        self.model, self.batch, self.n_window = model, batch, n_window
+    def __init__(self, model, batch: int, n_window: int, stack: ModelStack, max_period: int, divergence_bound: float,
+                 known: dict[bytes, Cycle]):
+        self.model, self.batch, self.n_window, self.known = model, batch, n_window, known
         self.dtype, self.device, n_switches = stack.dtype, stack.device, stack.n_switches
         self.max_period, self.divergence_bound = max_period, divergence_bound
         dim = model.state_dim
@@ -574,7 +585,7 @@ class _OrbitBook:
         self.divergent[open_rows[lost]] = True
         periods = np.zeros(self.batch, dtype=np.int64)
         periods[open_rows] = _code_periods(codes, ~lost, self.max_period)
-        self.cycles.update(_solve_periodic(self.model, self.orbits, self.codes, periods, self.dtype, self.device))
+        self.cycles.update(_solve_periodic(self.model, self.orbits, self.codes, periods, self.dtype, self.device, self.known))
         # Neutral periodic orbits: points repeat, but no verified cycle was solved from the codes.
         for b in np.flatnonzero(periods):
             if int(b) not in self.cycles:

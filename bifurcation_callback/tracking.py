@@ -42,7 +42,6 @@ from .cycles import (
     CycleSet,
     _one_cpu_thread,
     _resolve_orders,
-    cycles_from_sequences,
     _solve_sequences,
     follow_cycle,
 )
@@ -702,7 +701,9 @@ class AttractorTracker:
         n_steps = stack.n_steps
         models = [stack.model(i) for i in range(n_steps)]
         n_transient = self.n_transient if self.previous is not None else 4 * self.n_transient
-        used: list[Any] = [self._previous_points()] + self._expected_points(models[:-1])
+        expected, known = self._expected_points(models[:-1], stack.dtype, stack.device)
+        used: list[Any] = [self._previous_points()] + expected
+        known.append({})
         reached: list[tuple[AttractorReport, Attractor | None, np.ndarray | None]] = [None] * n_steps  # type: ignore[list-item]
         final = 0
         while final < n_steps:
@@ -715,6 +716,7 @@ class AttractorTracker:
                 n_transient=n_transient,
                 n_window=2 * self.max_period,
                 width=ATTRACTOR_PREVIOUS_POINTS + ATTRACTOR_REFERENCE_STATES + ATTRACTOR_RANDOM_STATES,
+                known_cycles=[known[i] for i in todo],
             )
             for i, report in zip(todo, reports):
                 primary = self._primary(report, followed=len(used[i]) > 0)
@@ -786,30 +788,35 @@ class AttractorTracker:
             self.previous_step = step
         return TrackedAttractor(step, report, primary, event, attractor_ms)
 
-    def _expected_points(self, models: list) -> list[np.ndarray]:
-        """Per model, the points the step after it would start from if the previous attractor, a cycle, persists
-        there: its region sequence solved with that model's weights (exactly what the analysis of that step
-        yields when it reaches the cycle, so most batches need a single round), followed into new regions when
-        it crossed a switching plane.  The previous points otherwise."""
+    def _expected_points(self, models: list, dtype: torch.dtype, device: torch.device) -> tuple[list[np.ndarray], list[dict]]:
+        """Per model (a stack's steps, in its ``dtype`` on ``device``), the points the step after it would start
+        from if the previous attractor, a cycle, persists there: its region sequence solved with that model's
+        weights (exactly what the analysis of that step yields when it reaches the cycle, so most batches need a
+        single round), followed into new regions when it crossed a switching plane.  The previous points
+        otherwise.  Also per model the cycle solved (by key; empty when none), which that step's attractor search
+        then need not solve again."""
         codes = (self.previous or {}).get("codes")
         fallback = self._previous_points()
         expected: list[np.ndarray] = []
+        known: list[dict] = []
         cycle: Cycle | None = None
         for model in models:
+            known.append({})
             if codes is None:
                 expected.append(fallback)
                 continue
-            solved = cycles_from_sequences(model, np.asarray(codes, dtype=bool)[None])
+            solved = _solve_sequences(model, np.asarray(codes, dtype=bool)[None], dtype, device)
             if not solved and cycle is not None:
-                moved = [c for c in follow_cycle(model, cycle) if c.is_stable]
-                solved = cycles_from_sequences(model, moved[0].codes[None]) if moved else []
+                moved = [c for c in follow_cycle(model, cycle, dtype=dtype) if c.is_stable]
+                solved = _solve_sequences(model, moved[0].codes[None], dtype, device) if moved else []
             if not solved:
                 codes = None
                 expected.append(fallback)
                 continue
             cycle, codes = solved[0], solved[0].codes
             expected.append(_cycle_points(cycle))
-        return expected
+            known[-1][cycle.key] = cycle
+        return expected, known
 
     def _previous_points(self) -> np.ndarray:
         points = self.previous["points"] if self.previous is not None else []
