@@ -83,18 +83,25 @@ def check_interrupt() -> None:
 
 
 class RegionTables:
-    """Per step, the model's realizable region codes (or None when they are not listed), padded into one
-    tensor ``codes (N, R_max, S)`` with the counts ``sizes (N,)``."""
+    """Per step, the model's realizable region codes (or None when they are not listed), with the counts
+    ``sizes (N,)``; ``pick`` reads them by (step, index).  The tables are kept one after another in one tensor
+    (a padded ``(N, R_max, S)`` one cost a zero fill and a copy of 67 MB per batch of 64 README steps)."""
 
     def __init__(self, tables: Sequence[Tensor | None], n_switches: int, device: torch.device) -> None:
         self.tables = list(tables)
-        listed = [t for t in self.tables if t is not None]
         self.sizes = torch.tensor([0 if t is None else t.shape[0] for t in self.tables], dtype=torch.long, device=device)
-        width = max((t.shape[0] for t in listed), default=0)
-        self.codes = torch.zeros((len(self.tables), max(width, 1), n_switches), dtype=torch.bool, device=device)
-        for index, table in enumerate(self.tables):
-            if table is not None and table.shape[0]:
-                self.codes[index, : table.shape[0]] = table.to(device)
+        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+        # A zero row at the end: where indices of steps without a table land (their picks are masked out).
+        parts = [t.to(device) for t in self.tables if t is not None and t.shape[0]]
+        self._flat = torch.cat(parts + [torch.zeros((1, n_switches), dtype=torch.bool, device=device)])
+
+    def pick(self, cells: Tensor) -> Tensor:
+        """Codes ``(N, ..., S)`` of the cells ``cells (N, ...)`` (indices into each step's own table; indices
+        at or beyond a step's count give some valid code, for the caller to mask out)."""
+        limit = (self.sizes - 1).clamp(min=0).view((-1,) + (1,) * (cells.dim() - 1))
+        offsets = self.offsets.view((-1,) + (1,) * (cells.dim() - 1))
+        flat = torch.where(self.sizes.view_as(offsets) > 0, offsets + cells.clamp(max=limit), self._flat.shape[0] - 1)
+        return self._flat[flat]
 
     def count(self, step: int) -> int | None:
         table = self.tables[step]
@@ -286,8 +293,7 @@ class _RandomSequences:
         codes = self.stack.region_codes(states)
         sizes = self.regions.sizes[:, None, None]
         if bool((sizes > 0).any()):
-            cells = (numbers[..., 3 + order * dim :] * sizes).long().clamp(max=self.regions.codes.shape[1] - 1)
-            picked = self.regions.codes[torch.arange(n_steps, device=self.device)[:, None, None], cells]
+            picked = self.regions.pick((numbers[..., 3 + order * dim :] * sizes).long())
             codes = torch.where(((source == 1) & (sizes[..., 0] > 0))[..., None, None], picked, codes)
         windows = self._windows(order, numbers[..., 2])
         if windows is not None:
@@ -501,7 +507,7 @@ def _enumerate(
             return False
         index = torch.arange(begin, min(begin + chunk, max(totals)), device=device)
         digits = (index[None, :, None] // powers) % base  # (N, L, k): per step in its own base
-        codes = regions.codes[torch.arange(stack.n_steps, device=device)[:, None, None], digits]
+        codes = regions.pick(digits)
         evaluation = _scyfi.evaluate(stack.affine_pieces, stack.step_with_codes, codes)
         inside = index[None, :] < (sizes ** order)[:, None]  # (N, L): a sequence of this step's own regions
         evaluation.real &= inside
