@@ -140,20 +140,24 @@ def _group(keys: list[bytes], same: Callable[[int, int], bool]) -> list[int]:
 
 
 def _reduce(G: np.ndarray, g: np.ndarray) -> _Reduction:
-    n_planes, dim = G.shape
+    n_planes = G.shape[0]
     nonzero = np.any(G != 0, axis=1)
     zero_rows, rows = np.flatnonzero(~nonzero), np.flatnonzero(nonzero)
-    member_of = np.full(n_planes, -1, dtype=np.int64)
-    flipped = np.zeros(n_planes, dtype=bool)
     if rows.size == 0:
         empty = np.zeros(0, dtype=np.int64)
+        member_of, flipped = np.full(n_planes, -1, dtype=np.int64), np.zeros(n_planes, dtype=bool)
         return _Reduction(zero_rows, g[zero_rows] > 0, empty, member_of, flipped, empty, empty, True)
     # Scaled by the (first) largest entry, exactly proportional rows give bitwise equal floats: the quotients
     # are equal real numbers, and division rounds correctly.  Equal floats are only candidates, confirmed exactly.
     pivot = np.argmax(np.abs(G[rows]), axis=1)
     scale = G[rows, pivot]
-    unit = G[rows] / scale[:, None]
-    level = g[rows] / scale
+    unit = G[rows] / scale[:, None] + 0.0  # + 0.0 turns -0.0 into 0.0: (1, 0) and (-1, 0) must get one key
+    level = g[rows] / scale + 0.0
+    # Rows that differ in pivot or in a bit of their scaled entries are not proportional (the usual case, e.g.
+    # every training step of a model): the grouping below is then the identity, without its Python loops.
+    bits = np.concatenate([pivot[:, None].astype(np.int64), unit.view(np.int64)], axis=1)
+    if len(np.unique(bits, axis=0)) == len(rows):
+        return _reduction(G, g, zero_rows, rows, list(range(len(rows))), list(range(len(rows))), scale)
     parallel = _group(
         [np.int64(p).tobytes() + u.tobytes() for p, u in zip(pivot.tolist(), unit)],
         lambda i, j: _proportional(G[rows[i]], G[rows[j]]),
@@ -163,6 +167,15 @@ def _reduce(G: np.ndarray, g: np.ndarray) -> _Reduction:
         lambda i, j: parallel[i] == parallel[j]
         and Fraction(float(g[rows[i]])) * Fraction(float(scale[j])) == Fraction(float(g[rows[j]])) * Fraction(float(scale[i])),
     )
+    return _reduction(G, g, zero_rows, rows, parallel, same_plane, scale)
+
+
+def _reduction(G: np.ndarray, g: np.ndarray, zero_rows: np.ndarray, rows: np.ndarray, parallel: list[int],
+               same_plane: list[int], scale: np.ndarray) -> _Reduction:
+    """The ``_Reduction`` of the non-zero ``rows`` grouped into parallel classes and planes (ids per row)."""
+    n_planes, dim = G.shape
+    member_of = np.full(n_planes, -1, dtype=np.int64)
+    flipped = np.zeros(n_planes, dtype=bool)
     first_of_plane: dict[int, int] = {}
     for i, plane in enumerate(same_plane):
         first_of_plane.setdefault(plane, i)

@@ -65,7 +65,7 @@ class FixedPointCache:
     """
 
     def __init__(self) -> None:
-        self.previous: Any = None  # the model at the last step analysed (a plain copy)
+        self.previous: Any = None  # the model at the last step analysed
         self.counts = {"rebuilt": 0, "proved": 0, "solved": 0}
         self._hashes: np.ndarray | None = None  # per known cell, sorted
         self._order: np.ndarray | None = None  # known cell index of each sorted hash
@@ -94,7 +94,7 @@ class FixedPointCache:
             if time.monotonic() > deadline:
                 return False
             codes, model = tables[i], stack.model(i)
-            advanced = self._advance(model, codes)
+            advanced = self._advance(model, codes, stack.owns_models)
             if advanced is None or advanced[0].size > REBUILD_FRACTION * codes.shape[0]:
                 self._rebuild(stack, i, model, codes, collector, counts)
                 continue
@@ -107,10 +107,10 @@ class FixedPointCache:
 
     # ------------------------------------------------------------------------------------------ the proof
 
-    def _advance(self, model: Any, codes: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    def _advance(self, model: Any, codes: Tensor, owned: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """Carry every known cell's bounds to ``model`` (the next step); returns the rows of ``codes`` whose
         candidate is not proved outside its cell and every row's known cell (-1: new), or None when there is
-        no usable previous step."""
+        no usable previous step.  ``owned``: ``model`` is a ``ModelStack``'s own (kept without a copy)."""
         if self.previous is None or self._words is None or self._n_switches != codes.shape[1]:
             return None
         if not _same_shapes(model, self.previous):
@@ -123,7 +123,7 @@ class FixedPointCache:
         sums["c"] += drift_c
         sums["G"] = sums["G"] + np.linalg.norm(G - G_before, axis=1)
         sums["g"] = sums["g"] + np.abs(g - g_before)
-        self._step_to(model, G, g)
+        self._step_to(model, owned, G, g)
         # Drifts since each cell's solve, rounded up (the running sums are subtracted).
         plane, at = self._plane, self._at
         drift_J, drift_c = ((sums[name] - at[name]) * (1 + 1e-9) for name in ("J", "c"))
@@ -169,7 +169,7 @@ class FixedPointCache:
         hashes = _row_hashes(self._words)
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
-        self._step_to(model, G, g)
+        self._step_to(model, stack.owns_models, G, g)
         self.counts["rebuilt"] += 1
 
     def _solve(self, stack: ModelStack, i: int, codes: Tensor, index: np.ndarray, collector: Any, counts: dict) -> None:
@@ -203,8 +203,10 @@ class FixedPointCache:
             self._order = np.insert(self._order, at, numbers[order])
             self._words = np.concatenate([self._words, words])
 
-    def _step_to(self, model: Any, G: np.ndarray, g: np.ndarray) -> None:
-        self.previous, self._planes = detached_copy(model), (G, g)
+    def _step_to(self, model: Any, owned: bool, G: np.ndarray, g: np.ndarray) -> None:
+        # A stack's own model is kept as it is (nothing changes it); a caller's model, which may change in
+        # place before the next step, is copied.
+        self.previous, self._planes = (model if owned else detached_copy(model)), (G, g)
 
 
 def _solved(model: Any, i: int, codes: Tensor, codes_np: np.ndarray, G: np.ndarray, g: np.ndarray,

@@ -84,6 +84,7 @@ class ModelStack:
         self._columns = [torch.stack(column).to(device=self.device) for column in columns]
         self._columns = [c.to(dtype) if c.is_floating_point() else c for c in self._columns]
         self._models: dict[int, torch.nn.Module] = {}
+        self.owns_models = True  # model(i) is a model of the stack's own, which nothing changes afterwards
         self.stacked = type(template) in STACKABLE_MODELS
         self._stacked_model = self._build_stacked() if self.stacked else None
 
@@ -93,7 +94,7 @@ class ModelStack:
         stack = cls.__new__(cls)
         stack.n_steps, stack.state_dim, stack.n_switches = 1, model.state_dim, model.n_switches
         stack.dtype, stack.device = dtype, torch.device(device)
-        stack._template, stack._columns, stack._models = model, [], {0: model}
+        stack._template, stack._columns, stack._models, stack.owns_models = model, [], {0: model}, False
         stack.stacked, stack._stacked_model = False, None
         return stack
 

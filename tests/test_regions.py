@@ -105,6 +105,17 @@ def test_duplicate_scaled_and_opposite_planes():
         assert code[0] == code[1] != code[2]
 
 
+def test_opposite_planes_with_zero_entries_are_one_plane():
+    from bifurcation_callback._arrangement import _reduce
+
+    # -1 / -1 and 0 / -1 scale row 1 to (1.0, -0.0): a zero's sign must not keep it apart from row 0.
+    G, g = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]), np.array([0.0, 0.0, -1.0])
+    reduction = _reduce(G, g)
+    assert reduction.representatives.tolist() == [0, 2] and reduction.flipped.tolist() == [False, True, False]
+    cells = assert_exact(G, g)
+    assert len(cells) == 4 and all(code[0] != code[1] for code in cells)
+
+
 def test_parallel_pairs_of_a_clipped_model():
     model = random_model("ClippedShallowPLRNN", 3, dim=2, hidden=5)
     G, g = (t.detach() for t in model.switching_planes())
