@@ -254,6 +254,7 @@ class _RandomSequences:
         self.regions = regions
         self._visited: Tensor | None = None  # (N, T, L, S) codes along trajectories
         self._alive: Tensor | None = None  # (N, T, L) finite and not escaped
+        self._alive_windows: dict[int, tuple[Tensor, Tensor]] = {}  # order -> (counts, cumulative counts)
 
     def _uniform(self, shape: tuple[int, ...], stream: int) -> Tensor:
         """Per step, ``shape`` uniforms from that step's generator for ``stream`` (0: the trajectories, k: the
@@ -306,14 +307,15 @@ class _RandomSequences:
         visited, alive = self._trajectory_codes()
         if order > visited.shape[2]:
             return None
-        valid = alive.unfold(2, order, 1).all(-1).flatten(1)  # (N, T * (L - k + 1)): all k steps alive
-        counts = valid.sum(-1)
+        if order not in self._alive_windows:  # the same for every draw of this order
+            valid = alive.unfold(2, order, 1).all(-1).flatten(1)  # (N, T * (L - k + 1)): all k steps alive
+            self._alive_windows[order] = valid.sum(-1), valid.long().cumsum(-1)
+        counts, cumulative = self._alive_windows[order]
         available = counts > 0
         if not bool(available.any()):
             return None
-        rank = (numbers * counts[:, None]).long().clamp(max=valid.shape[1] - 1)  # (N, B): the rank-th alive window
-        cumulative = valid.long().cumsum(-1)
-        flat = torch.searchsorted(cumulative, rank + 1).clamp(max=valid.shape[1] - 1)
+        rank = (numbers * counts[:, None]).long().clamp(max=cumulative.shape[1] - 1)  # (N, B): the rank-th alive window
+        flat = torch.searchsorted(cumulative, rank + 1).clamp(max=cumulative.shape[1] - 1)
         per_trajectory = visited.shape[2] - order + 1
         trajectory, start = flat // per_trajectory, flat % per_trajectory
         steps = start[..., None] + torch.arange(order, device=self.device)
