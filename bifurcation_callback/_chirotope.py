@@ -97,9 +97,11 @@ class _Epoch:
     members: Tensor  # (n,) int64 subset indices
     margins: Tensor  # (n,) their certain relative margins, ascending (-inf: undecided)
     start: int
+    next_margin: float  # margins[start] (inf when none is left): an update that does not reach it skips the epoch
 
-    def remaining(self) -> int:
-        return self.members.shape[0] - self.start
+    @classmethod
+    def at(cls, members: Tensor, margins: Tensor, start: int) -> "_Epoch":
+        return cls(members, margins, start, float(margins[start]) if start < margins.shape[0] else math.inf)
 
 
 @dataclass
@@ -137,7 +139,7 @@ class SignTracker:
     def start(cls, rows: Tensor, subsets: Tensor) -> "SignTracker":
         """Every determinant computed at ``rows``."""
         signs = torch.empty(subsets.shape[0], dtype=torch.int8, device=rows.device)
-        epoch = _computed(rows, subsets, torch.arange(subsets.shape[0], device=rows.device), signs)
+        epoch, _ = _computed(rows, subsets, torch.arange(subsets.shape[0], device=rows.device), signs)
         return cls(subsets, signs, (epoch,), rows.unsqueeze(0).clone(), subsets.shape[0])
 
     def update(self, rows: Tensor) -> tuple["SignTracker", Tensor]:
@@ -148,35 +150,39 @@ class SignTracker:
         # The largest relative move of a row since each epoch, rounded up; a zero row moved infinitely far.
         moved = (rows.unsqueeze(0) - self.epoch_rows).norm(dim=-1) / self.epoch_rows.norm(dim=-1)
         rho = moved.nan_to_num(nan=math.inf).amax(-1) * (1 + 1e-12) + 1e-15
-        thresholds = ((1.0 + rho) ** self.subsets.shape[1] - 1.0).unsqueeze(-1)
+        thresholds = ((1.0 + rho) ** self.subsets.shape[1] - 1.0).tolist()
         kept, due = [], []
         for epoch, threshold in zip(self.epochs, thresholds):
+            if threshold < epoch.next_margin:  # nothing due in this epoch
+                kept.append(epoch)
+                continue
             # Margins not above the threshold (including -inf, undecided) are a prefix of the remaining ones.
-            count = int(torch.searchsorted(epoch.margins[epoch.start :], threshold, right=True))
+            remaining = epoch.margins[epoch.start :]
+            count = int(torch.searchsorted(remaining, remaining.new_tensor([threshold]), right=True))
             due.append(epoch.members[epoch.start : epoch.start + count])
-            kept.append(dataclasses.replace(epoch, start=epoch.start + count))
+            kept.append(_Epoch.at(epoch.members, epoch.margins, epoch.start + count))
+        if not due:
+            return dataclasses.replace(self, recomputed=0), self.subsets.new_zeros(0)
         members = torch.cat(due)
-        if members.numel() == 0:
-            return dataclasses.replace(self, recomputed=0), members
         signs = self.signs.clone()
-        epoch = _computed(rows, self.subsets, members, signs)
-        changed = members[(signs[members] != self.signs[members]) | (signs[members] == 0)]
-        alive = [i for i, old in enumerate(kept) if old.remaining() > 0]  # epochs emptied are dropped
+        epoch, member_signs = _computed(rows, self.subsets, members, signs)
+        changed = members[(member_signs != self.signs[members]) | (member_signs == 0)]
+        alive = [i for i, old in enumerate(kept) if old.next_margin < math.inf]  # epochs emptied are dropped
         epochs = tuple(kept[i] for i in alive) + (epoch,)
         epoch_rows = torch.cat([self.epoch_rows[alive], rows.unsqueeze(0)])
         return SignTracker(self.subsets, signs, epochs, epoch_rows, members.numel()), changed
 
 
-def _computed(rows: Tensor, subsets: Tensor, members: Tensor, signs: Tensor) -> _Epoch:
-    """The determinants of ``subsets[members]`` at ``rows``: their signs written into ``signs``, their margins
-    as a new epoch."""
+def _computed(rows: Tensor, subsets: Tensor, members: Tensor, signs: Tensor) -> tuple[_Epoch, Tensor]:
+    """The determinants of ``subsets[members]`` at ``rows``: their margins as a new epoch, and their signs
+    (also written into ``signs``)."""
     member_signs, margins = _determinants(rows, subsets[members])
     signs[members] = member_signs
     if margins.device.type == "cpu":  # numpy sorts float64 in half torch's time
         order = torch.from_numpy(np.argsort(margins.numpy()))
     else:
         order = torch.argsort(margins)
-    return _Epoch(members[order], margins[order], 0)
+    return _Epoch.at(members[order], margins[order], 0), member_signs
 
 
 @dataclass
