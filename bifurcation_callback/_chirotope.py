@@ -51,14 +51,16 @@ def _determinants(rows: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor]:
     determinant of ``R + E`` with ``‖e_s‖ ≤ δ ‖r_s‖``, ``δ = k 2^k ε`` (growth factor at most ``2^(k−1)``), so
     the result moves by at most ``((1 + δ)^k − 1) Π ‖r_s‖``.  Both bounds are multiplied by ``_SAFETY``.
     """
-    k = subsets.shape[1]
-    matrices = rows[subsets]
-    norms = rows.norm(dim=-1)[subsets].prod(-1)
+    n, k = subsets.shape
+    # index_select: three times faster than advanced indexing for these gathers.
+    flat = subsets.flatten()
+    matrices = rows.index_select(0, flat).view(n, k, rows.shape[1])
+    norms = rows.norm(dim=-1).index_select(0, flat).view(n, k).prod(-1)
     if k <= 4:
         determinant = _expanded(matrices)
         unit = torch.finfo(torch.float64).eps / 2
         gamma = 3 * k * unit / (1 - 3 * k * unit)
-        bound = _SAFETY * gamma * rows.abs().sum(-1)[subsets].prod(-1)
+        bound = _SAFETY * gamma * rows.abs().sum(-1).index_select(0, flat).view(n, k).prod(-1)
     else:
         determinant = torch.linalg.det(matrices)
         delta = _SAFETY * k * 2.0**k * torch.finfo(torch.float64).eps
@@ -166,7 +168,7 @@ class SignTracker:
         members = torch.cat(due)
         signs = self.signs.clone()
         epoch, member_signs = _computed(rows, self.subsets, members, signs)
-        changed = members[(member_signs != self.signs[members]) | (member_signs == 0)]
+        changed = members[(member_signs != self.signs.index_select(0, members)) | (member_signs == 0)]
         alive = [i for i, old in enumerate(kept) if old.next_margin < math.inf]  # epochs emptied are dropped
         epochs = tuple(kept[i] for i in alive) + (epoch,)
         epoch_rows = torch.cat([self.epoch_rows[alive], rows.unsqueeze(0)])
@@ -176,13 +178,13 @@ class SignTracker:
 def _computed(rows: Tensor, subsets: Tensor, members: Tensor, signs: Tensor) -> tuple[_Epoch, Tensor]:
     """The determinants of ``subsets[members]`` at ``rows``: their margins as a new epoch, and their signs
     (also written into ``signs``)."""
-    member_signs, margins = _determinants(rows, subsets[members])
-    signs[members] = member_signs
+    member_signs, margins = _determinants(rows, subsets.index_select(0, members))
+    signs.index_copy_(0, members, member_signs)
     if margins.device.type == "cpu":  # numpy sorts float64 in half torch's time
         order = torch.from_numpy(np.argsort(margins.numpy()))
     else:
         order = torch.argsort(margins)
-    return _Epoch.at(members[order], margins[order], 0), member_signs
+    return _Epoch.at(members.index_select(0, order), margins.index_select(0, order), 0), member_signs
 
 
 @dataclass
