@@ -308,6 +308,8 @@ def _merge_single_words(known: tuple[Tensor, Tensor, Tensor], extra: Tensor, ext
     found[found.clone()] = words[position[found], 0] == extra[found, 0]
     sums = weights.index_add(0, position[found], extra_sums[found])
     new_rows, new_sums = extra[~found], extra_sums[~found]
+    if new_rows.shape[0] == 0:  # the usual training step: counts change, no cell is new
+        return words, sums, codes
     # Sorted new rows go before the known row at their position: the k-th of them moves k places on.
     is_new = torch.zeros(words.shape[0] + new_rows.shape[0], dtype=torch.bool, device=words.device)
     is_new[position[~found] + torch.arange(new_rows.shape[0], device=words.device)] = True
@@ -579,7 +581,8 @@ def _update_vertex_cells(cells: _VertexCells, normals: np.ndarray, offsets: np.n
         weights = torch.cat([torch.full_like(removed[:, 0], -1), torch.ones_like(added[:, 0])])
         table, counts, table_codes = _merge((table, counts, table_codes), torch.cat([removed, added]), weights)
         alive = counts > 0
-        table, counts, table_codes = table[alive], counts[alive], table_codes[alive]
+        if not bool(alive.all()):
+            table, counts, table_codes = table[alive], counts[alive], table_codes[alive]
     degenerate = cells.degenerate
     if bool(fresh.flagged.any()) or bool(old_flagged.any()):
         exact = _ExactVertices(normals, offsets)
