@@ -650,7 +650,8 @@ def assemble_step(
 ) -> CycleSet:
     """One step's CycleSet: the carried region sequences that are real cycles with this step's weights first
     (all of them, or only the keys in ``wanted``), then ``extra`` cycles (verified elsewhere), then the fresh
-    search's, each cycle once.
+    search's, each cycle once.  Orders the fresh search enumerated at this step take its cycles only (it
+    solved every sequence, the carried ones included); their carried sequences still count in the stats.
 
     The order is fixed, so a step's result does not depend on which other steps were analysed with it.
     """
@@ -668,7 +669,8 @@ def assemble_step(
             n_warm += len(rows)
             warm_hits += int(picked.real.sum())
             iterations[order] = iterations.get(order, 0) + 1  # one batched pass over the carried sequences
-            collector.add_evaluation(picked)
+            if fresh.statuses[step].get(order) != "exhaustive":
+                collector.add_evaluation(picked)
         collector.add_cycles(0, (extra or {}).get(order, ()))
         collector.add_cycles(0, fresh.cycles[step][order])
         cycles.extend(collector.cycles(0))

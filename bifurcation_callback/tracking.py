@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,16 +106,18 @@ class TrackedStep:
     late_discoveries: tuple[dict, ...] = ()
 
 
-def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype, device: torch.device) -> CycleSet:
+def _solved_alone(cycles: CycleSet, model: Any, dtype: torch.dtype, device: torch.device,
+                  alone_already: Collection[int] = ()) -> CycleSet:
     """The step's cycles solved again from their region sequences with this step's model alone, one call per
     order: what a step reports then does not depend on the batch it was found in.  Batched products round
     differently with the batch's shape (MKL picks its kernels by size), and a fixed point solved among 64
     steps differed in the last bit from the same one solved alone.  A cycle the re-solve does not confirm
-    (a borderline verification) keeps its batched values."""
+    (a borderline verification) keeps its batched values.  ``alone_already``: orders whose cycles were solved
+    for this step alone in the first place (the fixed points of ``FixedPointCache``), not solved again."""
     solved: dict[bytes, Cycle] = {}
     for order in cycles.orders:
         found = cycles.by_order(order)
-        if found:
+        if found and order not in alone_already:
             codes = np.stack([cycle.codes for cycle in found])
             solved.update((c.key, c) for c in _solve_sequences(model, codes, dtype, device))
     return dataclasses.replace(cycles, cycles=tuple(solved.get(c.key, c) for c in cycles))
@@ -372,7 +374,11 @@ class CycleTracker:
                 extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
             if any(extra.values()):
                 cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
-        return _solved_alone(cycles, model, stack.dtype, stack.device)
+        # Exhaustive fixed points come from FixedPointCache, which solves each step alone (carried ones are
+        # not used for an exhaustive order, see assemble_step).
+        fixed_points_alone = (1,) if (self.fixed_points is not None and FixedPointCache.applies(model)
+                                      and cycles.is_exhaustive(1)) else ()
+        return _solved_alone(cycles, model, stack.dtype, stack.device, fixed_points_alone)
 
     def _compare(self, cycles: CycleSet, model: Any, step: int) -> tuple[list[BifurcationEvent], list[dict]]:
         """Events and late discoveries against the previous step; also moves the track ids on."""
