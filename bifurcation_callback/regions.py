@@ -589,17 +589,16 @@ def _update_vertex_cells(cells: _VertexCells, normals: np.ndarray, offsets: np.n
         degenerate = _degenerate_vertex_codes(cells.subsets[rows], fresh, exact, normals.shape[0])
     updated = dataclasses.replace(cells, table=table, counts=counts, table_codes=table_codes, degenerate=degenerate,
                                   changes=changes)
-    if changes is not None:
-        pass  # the determinants certify; the vertices' epochs are not used
-    elif restart:
-        updated.epochs, updated.row_epoch = [(normals_t, offsets_t)], torch.zeros_like(cells.row_epoch)
-    else:
-        updated.epochs, updated.row_epoch = cells.epochs + [(normals_t, offsets_t)], cells.row_epoch.clone()
-        updated.row_epoch[rows] = len(cells.epochs)
-        used = torch.unique(updated.row_epoch).tolist()  # drop epochs no vertex refers to any more
-        renumber = torch.zeros(len(updated.epochs), dtype=torch.int64, device=device)
-        renumber[used] = torch.arange(len(used), device=device)
-        updated.epochs, updated.row_epoch = [updated.epochs[i] for i in used], renumber[updated.row_epoch]
+    if changes is None:  # the vertex certificate: the recomputed vertices start a new epoch (determinants need none)
+        if restart:
+            updated.epochs, updated.row_epoch = [(normals_t, offsets_t)], torch.zeros_like(cells.row_epoch)
+        else:
+            updated.epochs, updated.row_epoch = cells.epochs + [(normals_t, offsets_t)], cells.row_epoch.clone()
+            updated.row_epoch[rows] = len(cells.epochs)
+            used = torch.unique(updated.row_epoch).tolist()  # drop epochs no vertex refers to any more
+            renumber = torch.zeros(len(updated.epochs), dtype=torch.int64, device=device)
+            renumber[used] = torch.arange(len(used), device=device)
+            updated.epochs, updated.row_epoch = [updated.epochs[i] for i in used], renumber[updated.row_epoch]
     for name in ("words", "flagged", "vertex", "error", "margin"):
         column = getattr(cells, name).clone()
         column[rows] = getattr(fresh, name)
