@@ -71,11 +71,10 @@ class FixedPointCache:
         self._order: np.ndarray | None = None  # known cell index of each sorted hash
         self._words: np.ndarray | None = None  # (R, W) uint64: the known cells' codes, packed
         self._n_switches = 0
-        # Per known cell, from its last solve: ‖z‖, κ, the switch its candidate violates most, by how much, that
-        # switch's ‖G_l‖, the running drift sums then (``_at``: name -> array) and the bound spent since.
-        self._z_norm = self._kappa = self._margin = self._plane_norm = self._spent = None
-        self._plane: np.ndarray | None = None
-        self._at: dict[str, np.ndarray] = {}
+        # Per known cell, from its last solve: "z_norm" ‖z‖, "kappa" κ, "plane" the switch its candidate violates
+        # most, "margin" by how much, "plane_norm" that switch's ‖G_l‖, and "at_<sum>" the running sums then.
+        self._cells: dict[str, np.ndarray] = {}
+        self._spent: np.ndarray | None = None  # per known cell, the bound spent since its solve
         # Running sums of the steps' drifts: of the pieces (J, c) and per switch (G: ‖ΔG_l‖, g: |Δg_l|).
         self._sums: dict[str, Any] = {}
         self._planes: tuple[np.ndarray, np.ndarray] | None = None  # (G, g) at the previous step
@@ -96,13 +95,13 @@ class FixedPointCache:
             codes, model = tables[i], stack.model(i)
             advanced = self._advance(model, codes, stack.owns_models)
             if advanced is None or advanced[0].size > REBUILD_FRACTION * codes.shape[0]:
-                self._rebuild(stack, i, model, codes, collector, counts)
+                self._rebuild(model, stack.owns_models, i, codes, collector, counts)
                 continue
             need, index = advanced
             self.counts["proved"] += codes.shape[0] - need.size
             if need.size:
                 chosen = torch.as_tensor(need, device=codes.device)
-                self._solve(stack, i, codes[chosen], index[need], collector, counts)
+                self._solve(model, i, codes[chosen], index[need], collector, counts)
         return True
 
     # ------------------------------------------------------------------------------------------ the proof
@@ -125,15 +124,16 @@ class FixedPointCache:
         sums["g"] = sums["g"] + np.abs(g - g_before)
         self._step_to(model, owned, G, g)
         # Drifts since each cell's solve, rounded up (the running sums are subtracted).
-        plane, at = self._plane, self._at
-        drift_J, drift_c = ((sums[name] - at[name]) * (1 + 1e-9) for name in ("J", "c"))
-        shift_G, shift_g = ((sums[name][plane] - at[name]) * (1 + 1e-9) for name in ("G", "g"))
+        cells = self._cells
+        drift_J, drift_c = ((sums[name] - cells["at_" + name]) * (1 + 1e-9) for name in ("J", "c"))
+        shift_G, shift_g = ((sums[name][cells["plane"]] - cells["at_" + name]) * (1 + 1e-9) for name in ("G", "g"))
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            denominator = 1.0 - self._kappa * drift_J
-            moved = np.where(denominator > 0, self._kappa * (drift_J * self._z_norm + drift_c) / denominator, np.inf)
-            change = shift_G * (self._z_norm + moved) + self._plane_norm * moved + shift_g
+            kappa, z_norm = cells["kappa"], cells["z_norm"]
+            denominator = 1.0 - kappa * drift_J
+            moved = np.where(denominator > 0, kappa * (drift_J * z_norm + drift_c) / denominator, np.inf)
+            change = shift_G * (z_norm + moved) + cells["plane_norm"] * moved + shift_g
             self._spent = np.where(np.isnan(change), np.inf, change)
-            proved_known = SAFETY * self._spent < self._margin
+            proved_known = SAFETY * self._spent < cells["margin"]
         index = self._lookup(codes.cpu().numpy())
         proved = (index >= 0) & proved_known[np.where(index >= 0, index, 0)]
         return np.flatnonzero(~proved), index
@@ -141,7 +141,7 @@ class FixedPointCache:
     def lower_bounds(self) -> np.ndarray:
         """Per known cell, a lower bound on how far its candidate now violates its tracked switch
         (``margin − spent``; negative or -inf: none)."""
-        return self._margin - self._spent
+        return self._cells["margin"] - self._spent
 
     def _lookup(self, codes: np.ndarray) -> np.ndarray:
         """Each row's index among the known cells, -1 when it is not one of them."""
@@ -156,43 +156,38 @@ class FixedPointCache:
 
     # ------------------------------------------------------------------------------------------ exact solves
 
-    def _rebuild(self, stack: ModelStack, i: int, model: Any, codes: Tensor, collector: Any, counts: dict) -> None:
+    def _rebuild(self, model: Any, owned: bool, i: int, codes: Tensor, collector: Any, counts: dict) -> None:
         """Solve every cell of step ``i`` exactly; they become the known cells."""
         G, g = (t.detach().cpu().double().numpy() for t in model.switching_planes())
         codes_np = codes.cpu().numpy()
         self._sums = {"J": 0.0, "c": 0.0, "G": np.zeros(G.shape[0]), "g": np.zeros(G.shape[0])}
-        self._z_norm, self._kappa, self._plane, self._margin = _solved(stack.model(i), i, codes, codes_np, G, g, collector)
-        self._plane_norm, self._spent = np.linalg.norm(G, axis=1)[self._plane], np.zeros(codes_np.shape[0])
-        self._at = {name: np.zeros(codes_np.shape[0]) for name in ("J", "c", "G", "g")}
+        self._cells = self._solved_cells(model, i, codes, codes_np, G, g, collector)
+        self._spent = np.zeros(codes_np.shape[0])
         counts["solved"][i] += codes.shape[0]
         self._words, self._n_switches = _packed_words(codes_np), codes_np.shape[1]
         hashes = _row_hashes(self._words)
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
-        self._step_to(model, stack.owns_models, G, g)
+        self._step_to(model, owned, G, g)
         self.counts["rebuilt"] += 1
 
-    def _solve(self, stack: ModelStack, i: int, codes: Tensor, index: np.ndarray, collector: Any, counts: dict) -> None:
+    def _solve(self, model: Any, i: int, codes: Tensor, index: np.ndarray, collector: Any, counts: dict) -> None:
         """Solve the given cells of step ``i`` (``index``: their known cell, -1 for new ones) and start their
         bounds again from these solves; new cells become known."""
         G, g = self._planes
         codes_np = codes.cpu().numpy()
-        z_norm, kappa, plane, margin = _solved(stack.model(i), i, codes, codes_np, G, g, collector)
+        fresh = self._solved_cells(model, i, codes, codes_np, G, g, collector)
         counts["solved"][i] += codes.shape[0]
         self.counts["solved"] += codes.shape[0]
         known, new = index >= 0, index < 0
-        fresh = {"_z_norm": z_norm, "_kappa": kappa, "_plane": plane, "_margin": margin, "_spent": np.zeros(len(index)),
-                 "_plane_norm": np.linalg.norm(G, axis=1)[plane]}
-        fresh.update({name: np.full(len(index), self._sums[name]) for name in ("J", "c")})
-        fresh.update({name: self._sums[name][plane] for name in ("G", "g")})
-        for name, values in fresh.items():
-            column = (self._at[name] if name in self._at else getattr(self, name)).copy()
+
+        def updated(column: np.ndarray, values: np.ndarray) -> np.ndarray:
+            column = column.copy()
             column[index[known]] = values[known]
-            column = np.concatenate([column, values[new]])
-            if name in ("J", "c", "G", "g"):
-                self._at[name] = column
-            else:
-                setattr(self, name, column)
+            return np.concatenate([column, values[new]])
+
+        self._cells = {name: updated(column, fresh[name]) for name, column in self._cells.items()}
+        self._spent = updated(self._spent, np.zeros(len(index)))
         if new.any():
             words = _packed_words(codes_np[new])
             hashes = _row_hashes(words)
@@ -202,6 +197,16 @@ class FixedPointCache:
             self._hashes = np.insert(self._hashes, at, hashes[order])
             self._order = np.insert(self._order, at, numbers[order])
             self._words = np.concatenate([self._words, words])
+
+    def _solved_cells(self, model: Any, i: int, codes: Tensor, codes_np: np.ndarray, G: np.ndarray, g: np.ndarray,
+                      collector: Any) -> dict[str, np.ndarray]:
+        """``_solved`` for these cells, with their switch's ‖G_l‖ and the running sums now (``_cells``' layout)."""
+        z_norm, kappa, plane, margin = _solved(model, i, codes, codes_np, G, g, collector)
+        cells = {"z_norm": z_norm, "kappa": kappa, "plane": plane, "margin": margin,
+                 "plane_norm": np.linalg.norm(G, axis=1)[plane]}
+        cells.update({"at_" + name: np.full(len(plane), self._sums[name]) for name in ("J", "c")})
+        cells.update({"at_" + name: self._sums[name][plane] for name in ("G", "g")})
+        return cells
 
     def _step_to(self, model: Any, owned: bool, G: np.ndarray, g: np.ndarray) -> None:
         # A stack's own model is kept as it is (nothing changes it); a caller's model, which may change in

@@ -119,13 +119,13 @@ def test_the_bound_holds_for_every_cell(path_name):
         J, c = model.affine_pieces(codes[torch.as_tensor(known)])
         z = torch.linalg.solve(torch.eye(model.state_dim, dtype=J.dtype) - J, c[..., None])[..., 0].numpy()
         G, g = (t.detach().numpy() for t in model.switching_planes())
-        plane = cache._plane[index[known]]
+        plane = cache._cells["plane"][index[known]]
         inputs = np.einsum("ij,ij->i", z, G[plane]) + g[plane]
         violation = np.where(codes.numpy()[known, plane], -inputs, inputs)
         bound = cache.lower_bounds()[index[known]]
         finite = np.isfinite(bound)
         assert np.all(violation[finite] >= bound[finite] - 1e-9 * (1 + np.abs(bound[finite])))
-        proved = SAFETY * cache._spent[index[known]] < cache._margin[index[known]]
+        proved = SAFETY * cache._spent[index[known]] < cache._cells["margin"][index[known]]
         assert np.all(violation[proved] > 0)
         carried += int((cache._spent[index[known]][finite] > 0).sum())
     # Bounds were carried over steps, not only fresh solves checked (large steps solve every cell every step).
