@@ -346,6 +346,9 @@ class FreshSearch:
     n_solves, n_singular : list of int
     elapsed_s : float
         Wall time of the whole batched search.
+    alone_orders : set of int
+        Orders whose cycles were solved for each step alone (the fixed points of ``fixed_points``), not in a
+        batch whose shape changes the rounding.
     """
 
     cycles: list[dict[int, list]] = field(default_factory=list)
@@ -354,6 +357,7 @@ class FreshSearch:
     n_solves: list[int] = field(default_factory=list)
     n_singular: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    alone_orders: set[int] = field(default_factory=set)
 
 
 def search_fresh(
@@ -402,6 +406,7 @@ def search_fresh(
             if order == 1 and fixed_points is not None and all(fixed_points.applies(stack.model(i)) for i in steps):
                 solved = {"solved": [0] * n_steps}
                 finished = fixed_points.enumerate(stack, regions.tables, collector, steps, solved, deadline)
+                result.alone_orders.add(order)
                 for step in steps:
                     result.n_solves[step] += solved["solved"][step]
                     result.iterations[step][order] = result.iterations[step].get(order, 0) + 1

@@ -439,13 +439,12 @@ class ShallowPLRNN(PiecewiseLinearRNN):
         >>> moved.piece_drift(model)[0], round(moved.piece_drift(model)[1], 6)   # only the offsets moved
         (0.0, 0.141421)
         """
-        with torch.no_grad():
-            dA, dW1, dW2 = (self.A - reference.A).double(), (self.W1 - reference.W1).double(), (self.W2 - reference.W2).double()
-            dh1, dh2 = (self.h1 - reference.h1).double(), (self.h2 - reference.h2).double()
-            W1_ref, W2, h2 = reference.W1.double(), self.W2.double(), self.h2.double()
-            drift_J = float(dA.abs().max()) + _gated_product_bound(dW1, W2) + _gated_product_bound(W1_ref, dW2)
-            drift_c = (_gated_product_bound(dW1, h2[:, None]) + _gated_product_bound(W1_ref, dh2[:, None])
-                       + float(torch.linalg.vector_norm(dh1)))
+        dA, dW1, dW2 = (self.A - reference.A).double(), (self.W1 - reference.W1).double(), (self.W2 - reference.W2).double()
+        dh1, dh2 = (self.h1 - reference.h1).double(), (self.h2 - reference.h2).double()
+        W1_ref, W2, h2 = reference.W1.double(), self.W2.double(), self.h2.double()
+        drift_J = float(dA.abs().max()) + _gated_product_bound(dW1, W2) + _gated_product_bound(W1_ref, dW2)
+        drift_c = (_gated_product_bound(dW1, h2[:, None]) + _gated_product_bound(W1_ref, dh2[:, None])
+                   + float(torch.linalg.vector_norm(dh1)))
         # The rounding of these sums and of the singular values, far below any margin that matters.
         return drift_J * (1 + 1e-9), drift_c * (1 + 1e-9)
 

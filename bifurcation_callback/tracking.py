@@ -374,11 +374,9 @@ class CycleTracker:
                 extra.setdefault(cycle.order, []).extend(follow_cycle(model, cycle, dtype=stack.dtype))
             if any(extra.values()):
                 cycles = assemble_step(stack, index, fresh, carried.table(), orders, wanted=wanted, extra=extra)
-        # Exhaustive fixed points come from FixedPointCache, which solves each step alone (carried ones are
-        # not used for an exhaustive order, see assemble_step).
-        fixed_points_alone = (1,) if (self.fixed_points is not None and FixedPointCache.applies(model)
-                                      and cycles.is_exhaustive(1)) else ()
-        return _solved_alone(cycles, model, stack.dtype, stack.device, fixed_points_alone)
+        # An exhaustive order takes the fresh search's cycles only (assemble_step): those solved alone stay.
+        alone = [order for order in fresh.alone_orders if cycles.is_exhaustive(order)]
+        return _solved_alone(cycles, model, stack.dtype, stack.device, alone)
 
     def _compare(self, cycles: CycleSet, model: Any, step: int) -> tuple[list[BifurcationEvent], list[dict]]:
         """Events and late discoveries against the previous step; also moves the track ids on."""
