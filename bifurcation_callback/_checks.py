@@ -297,16 +297,16 @@ MONITOR_MAX_ORDER_LIMIT = 1000
 FIRST_SEARCH_WARNING_PRODUCTS = 2e9
 
 
-def require_monitor_max_order(max_order: object, *, owner: str = "") -> tuple[int, str | None]:
+def require_monitor_max_order(max_order: object, *, chains: int, owner: str = "") -> tuple[int, str | None]:
     """The monitor's ``max_order`` checked (an int from 1 to ``MONITOR_MAX_ORDER_LIMIT``), and a warning when
-    its first search would take minutes or more (None otherwise).
+    its first search would take minutes or more (None otherwise).  ``chains``: the first search's chains per
+    order (``n_starts * inner * outer`` of ``tracking.THOROUGH_SEARCH``), each of ``k`` products at order ``k``.
 
-    >>> require_monitor_max_order(4)
+    >>> require_monitor_max_order(4, chains=256 * 20 * 4)
     (4, None)
     """
     order = require_int("max_order", max_order, 1, owner=owner)
-    # The first, thorough search: per order k about n_starts * inner * outer chains of k products.
-    products = 256 * 20 * 4 * order * (order + 1) / 2
+    products = chains * order * (order + 1) / 2
     if order > MONITOR_MAX_ORDER_LIMIT:
         raise ValueError(
             f"{_prefix(owner)}max_order must be at most {MONITOR_MAX_ORDER_LIMIT}, got {max_order}: every order is "

@@ -9,6 +9,7 @@ worker process beside training).  It does no linear algebra and touches no logge
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .runner import InlineRunner
 from .session import FIGURES_TIMEOUT_S, MonitorSession, SessionSettings, warn_once
 from ._checks import check_finder_kwargs
 from ._trainer import gradient_norm
-from .tracking import MONITOR_FINDER_DEFAULTS
+from .tracking import MONITOR_FINDER_DEFAULTS, THOROUGH_SEARCH
 
 try:  # the classic namespace, so one monitor works with both `lightning.pytorch` and `pytorch_lightning`
     from pytorch_lightning.callbacks import Callback as _ClassicCallback
@@ -243,7 +244,8 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         drain_timeout_s: float | None = 60.0,
         verbose: bool = True,
     ) -> None:
-        self.max_order, max_order_warning = require_monitor_max_order(max_order, owner=_OWNER)
+        self.max_order, max_order_warning = require_monitor_max_order(
+            max_order, chains=math.prod(THOROUGH_SEARCH.values()), owner=_OWNER)
         every_n_steps = require_int("every_n_steps", every_n_steps, 1, optional=True, owner=_OWNER)
         self.every_n_epochs = require_int("every_n_epochs", every_n_epochs, 1, optional=True, owner=_OWNER)
         if every_n_steps is not None and self.every_n_epochs is not None:
