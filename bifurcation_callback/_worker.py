@@ -95,13 +95,12 @@ def serve(fd: int) -> None:
         except OSError:  # a platform without priorities: run as is
             pass
     send(connection, ("ready", os.getpid()))
-    serve_socket(connection, analyser, options["warm_figures"], options["queue_size"], options["max_batch"], parent_pid)
+    serve_socket(connection, analyser, options["queue_size"], options["max_batch"], parent_pid)
 
 
 def serve_socket(
     connection: socket.socket,
     analyser: StepAnalyser,
-    warm_figures: bool,
     queue_size: int | None,
     max_batch: int,
     parent_pid: int | None = None,
@@ -112,10 +111,6 @@ def serve_socket(
     current: list[Any] = [None]  # the item being worked on (the reader lets detached figures finish)
     reader = threading.Thread(target=_read_frames, args=(connection, inbox, current, parent_pid), name="worker-reader", daemon=True)
     reader.start()
-    # matplotlib's start (imports, font cache) runs beside the analyses, so the fit-end figures are quick.
-    warming = threading.Thread(target=_warm_figures, name="warm-figures", daemon=True) if warm_figures else None
-    if warming is not None:
-        warming.start()
     waiting: collections.deque = collections.deque()
     analysed = 0
     while True:
@@ -130,8 +125,6 @@ def serve_socket(
             for kind, item in [entry for entry in waiting if entry is not None]:
                 if kind == "job" and item.log_dirs:
                     current[0] = item
-                    if warming is not None:
-                        warming.join()
                     _run_job(connection, item, analyser)
             return
         if waiting[0][0] == "state":
@@ -140,8 +133,6 @@ def serve_socket(
         if waiting[0][0] == "job":
             job = waiting.popleft()[1]
             current[0] = job
-            if warming is not None:
-                warming.join()
             _run_job(connection, job, analyser)
             current[0] = None
             continue
@@ -183,9 +174,9 @@ def _run_job(connection: socket.socket, job: RenderJob, analyser: StepAnalyser) 
 
 
 def _read_frames(connection: socket.socket, inbox: queue.Queue, current: list[Any], parent_pid: int | None) -> None:
-    """The worker's reader thread: frames into ``inbox``.  A worker process exits at once when its training
-    process is gone, and at EOF unless it still has detached figures to write (the fit-end figures it writes
-    itself): an analysis nobody will read is not finished.  A worker thread just stops."""
+    """The worker's reader thread: frames into ``inbox``.  A worker process exits at once at EOF or when its
+    training process is gone, unless it still has detached figures to write (the fit-end figures it writes
+    itself, a bounded job): an analysis nobody will read is not finished.  A worker thread just stops."""
     buffer = bytearray()
     detached = False
     while True:
@@ -193,20 +184,13 @@ def _read_frames(connection: socket.socket, inbox: queue.Queue, current: list[An
             readable, _, _ = select.select([connection], [], [], 1.0)
         except (OSError, ValueError):
             readable = [connection]
-        if parent_pid is not None and os.getppid() != parent_pid:  # the training process died
-            os._exit(0)
-        if not readable:
+        orphaned = parent_pid is not None and os.getppid() != parent_pid
+        if not readable and not orphaned:
             continue
         try:
-            chunk = connection.recv(1 << 20)
+            chunk = connection.recv(1 << 20) if readable else b""
         except OSError:
             chunk = b""
-        if not chunk:
-            item = current[0]
-            if parent_pid is not None and not detached and not (isinstance(item, RenderJob) and item.log_dirs):
-                os._exit(0)
-            inbox.put(None)
-            return
         buffer += chunk
         while len(buffer) >= HEADER.size:
             (size,) = HEADER.unpack_from(buffer)
@@ -216,6 +200,12 @@ def _read_frames(connection: socket.socket, inbox: queue.Queue, current: list[An
             del buffer[: HEADER.size + size]
             detached = detached or (message[0] == "job" and bool(message[1].log_dirs))
             inbox.put(message)
+        if not chunk or orphaned:
+            item = current[0]
+            if parent_pid is not None and not detached and not (isinstance(item, RenderJob) and item.log_dirs):
+                os._exit(0)
+            inbox.put(None)
+            return
 
 
 def receive(connection: socket.socket) -> Any:
@@ -244,13 +234,3 @@ def send(connection: socket.socket, message: Any) -> bool:
         return False
     return True
 
-
-def _warm_figures() -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the fit-end figures write with it)
-
-        from .plots import render_figures
-
-        render_figures(None, [{"step": 0, "loss": 1.0, "n_cycles": {"1": 1}, "events": []}], [[0, 1.0, None]])
-    except Exception:  # a real figure job reports any problem
-        pass

@@ -239,8 +239,6 @@ class ProcessRunner(Runner):
         are analysed when the worker gets to them, older ones are dropped (``Outcome`` ``"dropped"``).
     max_restarts : int
         Restarts of a dead worker process before the runner gives up (``"fallback"``).
-    warm_figures : bool
-        Let a worker process start matplotlib in a background thread while it analyses.
     max_batch : int
         The most snapshots analysed in one batch.
     niceness : int
@@ -272,7 +270,6 @@ class ProcessRunner(Runner):
         kind: str = "process",
         queue_size: int | None = None,
         max_restarts: int = 1,
-        warm_figures: bool = False,
         max_batch: int = MAX_BATCH,
         niceness: int = 0,
     ) -> None:
@@ -282,7 +279,6 @@ class ProcessRunner(Runner):
         self.kind = kind
         self.queue_size = queue_size
         self.max_restarts = max_restarts
-        self.warm_figures = warm_figures
         self.max_batch = max_batch
         self.niceness = niceness
         self.restarts = 0
@@ -569,7 +565,7 @@ class ProcessRunner(Runner):
         self.analyser.load_state_dict(self.state)
         self._open(parent)
         self._thread = threading.Thread(
-            target=serve_socket, args=(child, self.analyser, False, self.queue_size, self.max_batch),
+            target=serve_socket, args=(child, self.analyser, self.queue_size, self.max_batch),
             name="bifurcation-monitor-worker", daemon=True,
         )
         self._thread.start()
@@ -598,8 +594,7 @@ class ProcessRunner(Runner):
         self.pids.append(self._process.pid)
         self._starting_since = time.monotonic()
         self._open(parent)
-        options = {"warm_figures": self.warm_figures, "queue_size": self.queue_size, "max_batch": self.max_batch,
-                   "niceness": self.niceness}
+        options = {"queue_size": self.queue_size, "max_batch": self.max_batch, "niceness": self.niceness}
         self._write.clear()  # the init frame goes first (a restart frames the pending items again after it)
         self._frame(("init", list(sys.path), payload, options, os.getpid()))
 

@@ -224,7 +224,7 @@ class MonitorSession:
         if mode == "sync":
             session.runner = InlineRunner(session.analyser)
             return session
-        session.runner = ProcessRunner(session.analyser, kind=settings.worker, queue_size=settings.queue_size, warm_figures=True)
+        session.runner = ProcessRunner(session.analyser, kind=settings.worker, queue_size=settings.queue_size)
         session.mode = "async"
         try:
             session.runner.start()

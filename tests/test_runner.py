@@ -127,7 +127,7 @@ def test_a_worker_that_dies_is_restarted_the_batch_analysed_one_step_at_a_time_t
 @pytest.mark.parametrize("kind", ["process", "thread"])
 def test_figures_are_drawn_by_the_worker_in_order(kind):
     model = with_plrnn_2d_weights(FragilePLRNN(2))
-    runner = ProcessRunner(analyser_for(model), kind=kind, warm_figures=kind == "process")
+    runner = ProcessRunner(analyser_for(model), kind=kind)
     runner.submit(take_snapshot(model, 0))
     runner.submit_job(figure_job(0))
     runner.submit_job(RenderJob(1, {"cycles": None, "records": "not records"}))  # a broken job: a note
@@ -165,7 +165,7 @@ def test_a_figure_job_with_log_dirs_is_written_by_the_worker_process_after_close
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = with_plrnn_2d_weights(FragilePLRNN(2))
-    runner = ProcessRunner(analyser_for(model), kind="process", warm_figures=True)
+    runner = ProcessRunner(analyser_for(model), kind="process")
     runner.submit(take_snapshot(model, 0))
     assert runner.drain(timeout_s=120)
     runner.submit_job(figure_job(5, log_dirs=(str(tmp_path),)))
@@ -222,6 +222,36 @@ def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
         training.kill()  # SIGKILL: no cleanup in the training process
         training.wait()
     assert all_exit([worker_pid], timeout_s=10.0)
+
+
+EXITING_AFTER_FIGURES = """
+import os, sys
+sys.path.insert(0, {root!r})
+from bifurcation_callback.analysis import StepAnalyser, take_snapshot
+from bifurcation_callback.runner import ProcessRunner, RenderJob
+from tests.tiny_modules import FragilePLRNN
+model = FragilePLRNN(2)
+runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="process")
+runner.submit(take_snapshot(model, 0))
+assert runner.drain(timeout_s=120)
+records = [{{"step": 0, "n_cycles": {{"1": 1}}, "events": []}}]
+runner.submit_job(RenderJob(7, {{"cycles": None, "records": records, "history": [[0, 1.0, None]]}}, log_dirs=({log_dir!r},)))
+runner.close(timeout_s=60)
+print(runner.pids[-1], flush=True)
+os._exit(0)  # the script ends at once: no interpreter shutdown, nobody waits for the worker
+"""
+
+
+def test_fit_end_figures_are_written_even_when_the_training_process_exits_at_once(tmp_path):
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "train.py"
+    script.write_text(EXITING_AFTER_FIGURES.format(root=root, log_dir=str(tmp_path / "run")))
+    training = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert training.returncode == 0, training.stderr
+    worker_pid = int(training.stdout.split()[-1])
+    assert all_exit([worker_pid], timeout_s=120.0)  # it finishes the figures, then exits
+    (event_file,) = (tmp_path / "run").glob("events.out.tfevents.*")
+    assert event_file.name.split(".")[-2] == str(worker_pid)
 
 
 # A trained README-sized model, analysed one step at a time and 64 steps at a time in the worker's environment.
