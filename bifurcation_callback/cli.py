@@ -397,7 +397,7 @@ def _add_compare(subparsers) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from .demo import collect_runs, comparison_table
+    from .compare import collect_runs, comparison_table
 
     try:
         runs = collect_runs(args.logdirs)

@@ -5,8 +5,8 @@
   through the package modules they import: the callback wires pure functions together, and those are tested
   without a Trainer (DESIGN.md, STYLE.md habit 5).
 - Every test function asserts something.
-- Modules stay small: ``BifurcationMonitor``'s module at most 300 lines of code, every other at most 800
-  (docstrings, comments and blank lines aside).
+- Modules stay small: ``BifurcationMonitor``'s module at most 300 lines of code (docstrings, comments and
+  blank lines aside), and no module over 800 lines, counted either way.
 
 The module lists come from the file system, so the rules follow modules as they move; only the core list is
 named here, and core names that do not exist (yet, or any more) are skipped.
@@ -26,7 +26,8 @@ TESTS = ROOT / "tests"
 # Modules (or subpackages: every module under them) that must not need Lightning or TensorBoard.
 CORE = (
     "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_fixed_points", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
-    "tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits", "checkpoints", "offline",
+    "tracking", "_attractor_tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits",
+    "checkpoints", "offline", "run_logs",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 
@@ -334,9 +335,12 @@ def code_lines(path: Path) -> int:
 
 
 def test_the_callback_is_wiring_and_no_module_is_large():
-    sizes = {path.relative_to(ROOT).as_posix(): code_lines(path) for path in (ROOT / PACKAGE).rglob("*.py")}
+    modules = sorted((ROOT / PACKAGE).rglob("*.py"))
+    sizes = {path.relative_to(ROOT).as_posix(): code_lines(path) for path in modules}
     assert sizes[f"{PACKAGE}/callback.py"] <= 300, sizes[f"{PACKAGE}/callback.py"]
     assert {name: n for name, n in sizes.items() if n > 800} == {}
+    total_lines = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in modules}
+    assert {name: n for name, n in total_lines.items() if n > 800} == {}
 
 
 def test_code_lines_leave_out_docstrings_comments_and_blank_lines(tmp_path):

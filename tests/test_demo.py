@@ -10,7 +10,8 @@ import pytest
 from bifurcation_callback.analysis import TIMING_KEYS
 
 from bifurcation_callback.cli import main
-from bifurcation_callback.demo import DEMO_METHODS, collect_runs, comparison_table, demo_config
+from bifurcation_callback.compare import DEMO_METHODS, collect_runs, comparison_table
+from bifurcation_callback.demo import demo_config
 
 # The smallest run that still exercises everything: 1 seed per method, short sequences, few steps.
 TINY = ["--fast", "--steps", "60", "--seq-len", "20", "--every-n-steps", "3", "--max-order", "2"]
@@ -51,9 +52,9 @@ def test_demo_runs_end_to_end_and_fills_every_cell(demo_run):
     assert [row[0] for row in rows] == list(DEMO_METHODS)  # one seed: no mean rows
     header = [cell.strip() for cell in out.splitlines()[[l.startswith("|") for l in out.splitlines()].index(True)].strip("|").split("|")]
     from bifurcation_callback.bifurcations import BIFURCATION_KINDS
-    from bifurcation_callback.demo import _kind_header
+    from bifurcation_callback.compare import _kind_header
 
-    from bifurcation_callback.demo import ATTRACTOR_SPLIT_KINDS
+    from bifurcation_callback.compare import ATTRACTOR_SPLIT_KINDS
 
     kinds = [_kind_header(kind) for kind in BIFURCATION_KINDS if kind not in ATTRACTOR_SPLIT_KINDS]
     split = [f"{_kind_header(kind)} {part}" for kind in ATTRACTOR_SPLIT_KINDS for part in ("attr", "rest")]
@@ -214,7 +215,7 @@ def test_compare_json_lists_the_runs(tmp_path, capsys):
 
 def test_kind_headers_come_from_the_bifurcation_vocabulary():
     from bifurcation_callback.bifurcations import BIFURCATION_KINDS
-    from bifurcation_callback.demo import _kind_header
+    from bifurcation_callback.compare import _kind_header
 
     table = comparison_table([{"name": "r", "path": "r", "summary": _summary(1, 1.0), "demo": None}])
     header, legend = table.splitlines()[0], table.splitlines()[-1]
@@ -223,7 +224,7 @@ def test_kind_headers_come_from_the_bifurcation_vocabulary():
 
 
 def test_split_by_attractor_counts_qualitative_events_whose_cycle_is_stable_before_or_after():
-    from bifurcation_callback.demo import split_by_attractor
+    from bifurcation_callback.compare import split_by_attractor
 
     events = [
         {"kind": "border_collision", "stable_before": True, "stable_after": True},  # a mere crossing: not counted
@@ -246,7 +247,7 @@ def test_split_by_attractor_counts_qualitative_events_whose_cycle_is_stable_befo
 
 def test_split_columns_add_up_to_the_event_counts(demo_run):
     _, out, _, logdir = demo_run
-    from bifurcation_callback.demo import ATTRACTOR_SPLIT_KINDS, _kind_header
+    from bifurcation_callback.compare import ATTRACTOR_SPLIT_KINDS, _kind_header
 
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
@@ -407,7 +408,7 @@ def test_the_demo_asks_for_the_same_mkl_branch_on_every_cpu(monkeypatch):
 
 
 def test_method_tests_compare_gtf_with_bptt_over_seeds(demo_run, capsys):
-    from bifurcation_callback.demo import method_tests
+    from bifurcation_callback.compare import method_tests
 
     _, out, _, logdir = demo_run
     runs = collect_runs([logdir])

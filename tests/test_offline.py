@@ -309,7 +309,7 @@ def test_a_checkpoint_without_a_usable_model_gives_a_skipped_record_as_in_the_mo
 def test_outputs_are_the_monitors_layout(trained_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from bifurcation_callback.demo import collect_runs
+    from bifurcation_callback.compare import collect_runs
 
     out = tmp_path / "analysis"
     run = analyse_checkpoints(trained_run / "checkpoints", out=out, max_order=2, logs=trained_run / "csv", **QUICK)
