@@ -169,7 +169,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         p-value, the monitored steps analysed / skipped / dropped, and the monitor's overhead: its measured
         cost to training (its hooks, the fit-end wait, and the slowdown of training steps while a worker
         analyses beside them, compared with steps while it idles; a worker that never idles is made to idle
-        once, for a few steps, by holding new snapshots back, none dropped).
+        once, for a few steps, by holding new snapshots back, none dropped), and when "auto" lowered
+        training's threads, what that cost or saved (a few steps timed with the user's threads while the
+        worker idles).
 
     Notes
     -----

@@ -325,13 +325,17 @@ def step_counts(summary: Mapping[str, Any]) -> tuple[int, int, int, int]:
 
 
 def _overhead_text(summary: Mapping[str, Any]) -> str:
-    """'2.1 %', or '2.1 % (lower bound)' when the slowdown beside a worker could not be measured; 'n/a' when
-    nothing ran beside training (an offline analysis of checkpoints)."""
+    """'2.1 %', with what it leaves out: the slowdown beside a worker ('lower bound') or the effect of the fewer
+    torch threads "auto" gave training, when they could not be measured; 'n/a' when nothing ran beside training
+    (an offline analysis of checkpoints)."""
     if summary.get("monitor_overhead") is None:
         return "n/a"
     text = f"{100 * summary['monitor_overhead']:.1f} %"
-    return text + " (lower bound: the slowdown of training beside the worker was not measured)" * bool(
-        summary.get("overhead_is_lower_bound"))
+    if summary.get("overhead_is_lower_bound"):
+        text += " (lower bound: the slowdown of training beside the worker was not measured)"
+    if summary.get("training_threads") and "thread_change_seconds" in summary and summary["thread_change_seconds"] is None:
+        text += " (what training's fewer torch threads cost or saved was not measured)"
+    return text
 
 
 def _where(summary: Mapping[str, Any]) -> str:

@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from .analysis import Snapshot, StepAnalyser, StepRecord, StepResult
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
@@ -77,6 +79,12 @@ class OverheadAccount:
     the monitor's own hook time taken out).  When training took too few steps of either kind the contention is
     unknown (None) and the overhead counts the first two parts only (a lower bound, said so in the summary).
 
+    When "auto" gave training fewer torch threads for the fit (``thread_change``), a fourth part: what that
+    change itself cost or saved (``thread_change_seconds``, negative when training ran faster on fewer
+    threads), from steps taken with the user's own threads while the worker idled, against idle steps with the
+    fit's threads, over every step taken with the fit's threads.  Unmeasured, it is left out and the summary
+    says so.
+
     Examples
     --------
     >>> account = OverheadAccount()
@@ -84,18 +92,30 @@ class OverheadAccount:
     ...     account.step(0.11 if busy else 0.10, busy=busy, hook_s=0.0)
     >>> round(account.contention_seconds, 3)
     0.1
+    >>> account.thread_change = True  # 10 idle steps of 0.10 s with the fit's threads, 0.12 s with the user's
+    >>> for _ in range(10):
+    ...     account.step(0.12, busy=False, hook_s=0.0, user_threads=True)
+    >>> round(account.thread_change_seconds, 3)  # the 20 steps with the fit's threads saved 0.02 s each
+    -0.4
     """
 
     def __init__(self) -> None:
         self.hook_seconds = 0.0
         self.drain_seconds = 0.0
         self.fit_seconds = 0.0
-        self.previous_fits = {"hook": 0.0, "drain": 0.0, "fit": 0.0, "contention": 0.0}
+        self.thread_change = False  # training runs with other torch threads than the user's during the fit
+        self.previous_fits = {"hook": 0.0, "drain": 0.0, "fit": 0.0, "contention": 0.0, "threads": 0.0}
         self._busy: list[float] = []
         self._idle: list[float] = []
+        self._user_threads: list[float] = []  # idle steps with the user's own threads
 
-    def step(self, seconds: float, *, busy: bool, hook_s: float) -> None:
-        """One training step took ``seconds`` (between two batch ends), ``hook_s`` of them in the monitor."""
+    def step(self, seconds: float, *, busy: bool, hook_s: float, user_threads: bool = False) -> None:
+        """One training step took ``seconds`` (between two batch ends), ``hook_s`` of them in the monitor;
+        ``user_threads``: with the user's torch threads, not the fit's."""
+        if user_threads:
+            if not busy:  # beside a busy worker the user's threads measure contention, not their own speed
+                self._user_threads.append(max(seconds - hook_s, 0.0))
+            return
         (self._busy if busy else self._idle).append(max(seconds - hook_s, 0.0))
 
     @property
@@ -107,6 +127,10 @@ class OverheadAccount:
         return len(self._busy)
 
     @property
+    def n_user_thread_steps(self) -> int:
+        return len(self._user_threads)
+
+    @property
     def contention_seconds(self) -> float | None:
         if not self._busy:
             return 0.0
@@ -115,34 +139,48 @@ class OverheadAccount:
         slowdown = statistics.median(self._busy) - statistics.median(self._idle)
         return max(slowdown, 0.0) * len(self._busy)
 
+    @property
+    def thread_change_seconds(self) -> float | None:
+        """What the fit's torch threads cost training against the user's (negative: saved); 0 without a thread
+        change, None while unmeasured."""
+        if not self.thread_change:
+            return 0.0
+        if len(self._user_threads) < MIN_STEPS_FOR_CONTENTION or len(self._idle) < MIN_STEPS_FOR_CONTENTION:
+            return None
+        per_step = statistics.median(self._idle) - statistics.median(self._user_threads)
+        return per_step * (len(self._busy) + len(self._idle))
+
     def fields(self, fit_seconds: float) -> dict[str, Any]:
         """The summary's timing fields over every fit of the run (a resumed run's earlier fits included)."""
-        contention = self.contention_seconds
+        contention, threads = self.contention_seconds, self.thread_change_seconds
         hook = self.previous_fits["hook"] + self.hook_seconds
         drain = self.previous_fits["drain"] + self.drain_seconds
         fit = self.previous_fits["fit"] + fit_seconds
         measured = self.previous_fits["contention"] + (contention or 0.0)
-        cost = hook + drain + measured
+        thread_change = self.previous_fits["threads"] + (threads or 0.0)
+        cost = hook + drain + measured + thread_change
         # fit_seconds ends where the drain begins, so training alone took fit + drain - cost.
         without_monitor = fit + drain - cost
         return {
             "monitor_seconds": hook,
             "drain_seconds": drain,
             "contention_seconds": None if contention is None else measured,
+            "thread_change_seconds": None if threads is None else thread_change,
             "fit_seconds": fit,
             "monitor_overhead": cost / without_monitor if without_monitor > 1e-3 * max(fit, 1e-9) else None,
             "overhead_is_lower_bound": contention is None,
             "steps_with_worker_busy": len(self._busy),
             "steps_with_worker_idle": len(self._idle),
+            "steps_with_user_threads": len(self._user_threads),
         }
 
     def state_dict(self, fit_seconds: float) -> dict[str, float]:
         fields = self.fields(fit_seconds)
         return {"hook": fields["monitor_seconds"], "drain": fields["drain_seconds"], "fit": fields["fit_seconds"],
-                "contention": fields["contention_seconds"] or 0.0}
+                "contention": fields["contention_seconds"] or 0.0, "threads": fields["thread_change_seconds"] or 0.0}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.previous_fits = {key: float(state.get(key, 0.0)) for key in ("hook", "drain", "fit", "contention")}
+        self.previous_fits = {key: float(state.get(key, 0.0)) for key in ("hook", "drain", "fit", "contention", "threads")}
 
 
 class MonitorSession:
@@ -177,9 +215,7 @@ class MonitorSession:
         self.dropped: list[int] = []
         self.n_events = 0
         self.overhead = OverheadAccount()
-        # (torch threads before, during fit) when "auto" made room for the worker; the overhead figure does not
-        # include what fewer threads cost training (the bench case trains faster on 1 than on 2; docs/benchmarks.md).
-        self.training_threads: tuple[int, int] | None = None
+        self._training_threads: tuple[int, int] | None = None
         self.last: tuple[Snapshot | None, StepResult] | None = None
         self.restored_cycles: CycleSet | None = None
         self.runner_summaries: list[dict[str, Any]] = []
@@ -188,10 +224,23 @@ class MonitorSession:
         self._unpublished: list[Callable[[], None]] = []
         self._fit_started: float | None = None
         self._restored_analysis: tuple[dict[str, Any], list[Snapshot]] | None = None
-        self._step_clock: tuple[float, float, bool] | None = None  # (time, hook seconds, worker busy) at the last batch end
-        self._held: list[Snapshot] = []  # snapshots held back while the worker idles for a contention probe
-        self._probe = "waiting"  # "waiting", then "holding" (since step count _probe_since), then "done"
+        # (time, hook seconds, worker busy, user's threads) at the last batch end
+        self._step_clock: tuple[float, float, bool, bool] | None = None
+        self._held: list[Snapshot] = []  # snapshots held back while the worker idles for a probe
+        # "waiting", then "holding" (since step count _probe_since), "user_threads" (training on the user's torch
+        # threads while the worker idles, after a thread change only), then "done".
+        self._probe = "waiting"
         self._probe_since = 0
+
+    @property
+    def training_threads(self) -> tuple[int, int] | None:
+        """(torch threads before, during fit) when "auto" made room for the worker, else None."""
+        return self._training_threads
+
+    @training_threads.setter
+    def training_threads(self, threads: tuple[int, int] | None) -> None:
+        self._training_threads = threads
+        self.overhead.thread_change = threads is not None and threads[0] != threads[1]
 
     @classmethod
     def open(cls, settings: SessionSettings, rnn: Any, *, device: Any, mode: str, warn: Callable[[str, str], None],
@@ -296,34 +345,49 @@ class MonitorSession:
         """Account the training step that just ended: its duration, the monitor's hooks in it, and whether a
         worker was analysing meanwhile (``OverheadAccount``)."""
         if self._step_clock is not None:
-            then, hook_then, busy = self._step_clock
-            self.overhead.step(now - then, busy=busy, hook_s=self.overhead.hook_seconds - hook_then)
+            then, hook_then, busy, user_threads = self._step_clock
+            self.overhead.step(now - then, busy=busy, hook_s=self.overhead.hook_seconds - hook_then,
+                               user_threads=user_threads)
 
     def hook_ended(self, started: float) -> None:
         """The monitor's batch-end hook that began at ``started`` is done: its time, and the clock of the next step."""
+        runner = self.runner
+        self._steer_probe(runner)
         now = time.perf_counter()
         self.overhead.hook_seconds += now - started
-        runner = self.runner
         busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
-        self._step_clock = (now, self.overhead.hook_seconds, busy)
-        self._steer_probe(runner)
+        self._step_clock = (now, self.overhead.hook_seconds, busy, self._probe == "user_threads")
 
     def _steer_probe(self, runner: Runner | None) -> None:
-        """Hold new snapshots back once per fit while a worker that never idles finishes what it has, so that
-        training's step time beside an idle worker is measured too (``OverheadAccount``); then hand them over."""
+        """Once per fit, hold new snapshots back while the worker finishes what it has, so that training's step
+        time beside an idle worker is measured too: when the worker never idles, and after "auto" changed
+        training's threads, to time a few steps with the user's own threads (``OverheadAccount``); then hand the
+        snapshots over, oldest first."""
         account = self.overhead
+        steps = account.n_busy_steps + account.n_idle_steps + account.n_user_thread_steps
         if self._probe == "waiting":
-            if (runner is not None and not isinstance(runner, InlineRunner) and not runner.starting
-                    and account.n_idle_steps < MIN_STEPS_FOR_CONTENTION and account.n_busy_steps >= PROBE_AFTER_BUSY_STEPS):
-                self._probe, self._probe_since = "holding", account.n_busy_steps + account.n_idle_steps
-        elif self._probe == "holding":
-            steps = account.n_busy_steps + account.n_idle_steps - self._probe_since
-            if account.n_idle_steps >= MIN_STEPS_FOR_CONTENTION or steps >= PROBE_MAX_STEPS:
+            never_idled = account.n_idle_steps < MIN_STEPS_FOR_CONTENTION and account.n_busy_steps >= PROBE_AFTER_BUSY_STEPS
+            threads_unmeasured = account.thread_change and steps >= PROBE_AFTER_BUSY_STEPS
+            if runner is not None and not isinstance(runner, InlineRunner) and not runner.starting and (never_idled or threads_unmeasured):
+                self._probe, self._probe_since = "holding", steps
+        elif self._probe == "done":
+            return
+        elif steps - self._probe_since >= PROBE_MAX_STEPS:
+            self.release_held()
+        elif self._probe == "holding" and account.n_idle_steps >= MIN_STEPS_FOR_CONTENTION:
+            if not account.thread_change:
                 self.release_held()
+            elif not runner.busy:  # the user's threads beside a busy worker would measure contention
+                self._probe = "user_threads"
+                torch.set_num_threads(self.training_threads[0])
+        elif self._probe == "user_threads" and account.n_user_thread_steps >= MIN_STEPS_FOR_CONTENTION:
+            self.release_held()
 
     def release_held(self) -> None:
-        """End a contention probe: the held snapshots go to the runner, oldest first."""
-        if self._probe == "holding":
+        """End a probe: training's threads back to the fit's, the held snapshots to the runner, oldest first."""
+        if self._probe == "user_threads":
+            torch.set_num_threads(self.training_threads[1])
+        if self._probe in ("holding", "user_threads"):
             self._probe = "done"
         held, self._held = self._held, []
         for snapshot in held:
@@ -339,7 +403,7 @@ class MonitorSession:
 
     def submit(self, snapshot: Snapshot) -> None:
         """Hand a step's snapshot to the runner (a failing worker machinery falls back to sync)."""
-        if self._probe == "holding" and not isinstance(self.runner, InlineRunner):
+        if self._probe in ("holding", "user_threads") and not isinstance(self.runner, InlineRunner):
             self._held.append(snapshot)
             return
         if self.runner is None:  # the analyser could not be built at fit start (the warning said why)

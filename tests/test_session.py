@@ -2,6 +2,7 @@
 import time
 
 import pytest
+import torch
 
 from bifurcation_callback.analysis import take_snapshot
 from bifurcation_callback.models import PLRNN
@@ -52,6 +53,26 @@ def test_a_resumed_run_adds_the_earlier_fits_on_both_sides():
     fields = resumed.fields(3.0)
     assert fields["fit_seconds"] == pytest.approx(5.1) and fields["drain_seconds"] == pytest.approx(4.0)
     assert fields["monitor_overhead"] == pytest.approx(4.1 / (5.1 + 4.0 - 4.1))
+
+
+def test_fewer_threads_that_train_faster_lower_the_overhead_by_what_they_saved():
+    # "auto" lowered training's threads: idle steps take 0.10 s with the fit's threads, 0.12 s with the user's.
+    account = account_with(hook=0.2, drain=1.0, busy_step=0.11, idle_step=0.1, steps=20)
+    account.thread_change = True
+    assert account.fields(4.4)["thread_change_seconds"] is None  # not measured yet: left out, and said so
+    for _ in range(MIN_STEPS_FOR_CONTENTION):
+        account.step(0.12, busy=False, hook_s=0.0, user_threads=True)
+    account.step(0.5, busy=True, hook_s=0.0, user_threads=True)  # beside a busy worker: not the threads' speed
+    fit = 20 * 0.1 + 20 * 0.11 + MIN_STEPS_FOR_CONTENTION * 0.12 + 0.5 + 0.2
+    fields = account.fields(fit)
+    saved = -0.02 * 40  # every step with the fit's threads, idle or busy
+    assert fields["thread_change_seconds"] == pytest.approx(saved)
+    cost = 0.2 + 1.0 + 20 * 0.01 + saved
+    assert fields["monitor_overhead"] == pytest.approx(cost / (fit + 1.0 - cost))
+    assert fields["steps_with_user_threads"] == MIN_STEPS_FOR_CONTENTION
+    resumed = OverheadAccount()
+    resumed.load_state_dict(account.state_dict(fit))
+    assert resumed.previous_fits["threads"] == pytest.approx(saved)
 
 
 def test_no_training_time_left_gives_no_figure():
@@ -120,3 +141,37 @@ def test_a_checkpoint_during_a_probe_saves_the_held_snapshots():
     assert runner.given[-1] < PROBE_AFTER_BUSY_STEPS + 4  # some held
     session.release_held()
     assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 5))
+
+
+def test_after_a_thread_change_the_probe_times_steps_on_the_users_threads_while_the_worker_idles():
+    session, runner, model = session_with_busy_worker()
+    before = torch.get_num_threads()
+    session.training_threads = (before + 1, before)  # as if "auto" had lowered training from before + 1 threads
+    try:
+        train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 1), model)
+        train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 1, PROBE_AFTER_BUSY_STEPS + 5), model)
+        assert torch.get_num_threads() == before  # the worker is still busy: never the user's threads beside it
+        held = PROBE_AFTER_BUSY_STEPS + 5 + MIN_STEPS_FOR_CONTENTION + 1  # the first of them still ended busy
+        train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 5, held), model, idle_from=0)
+        assert torch.get_num_threads() == before + 1 and session.overhead.n_user_thread_steps == 0
+        train_steps(session, runner, range(held, held + MIN_STEPS_FOR_CONTENTION + 1), model, idle_from=0)
+        assert torch.get_num_threads() == before  # measured: the fit's threads again, the snapshots handed over
+        assert session.overhead.n_user_thread_steps == MIN_STEPS_FOR_CONTENTION
+        assert runner.given == list(range(held + MIN_STEPS_FOR_CONTENTION + 1))
+        assert session.timing_fields(1.0)["thread_change_seconds"] is not None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_checkpoint_while_training_on_the_users_threads_restores_the_fits():
+    session, runner, model = session_with_busy_worker()
+    before = torch.get_num_threads()
+    session.training_threads = (before + 1, before)
+    try:
+        runner.working = False  # a worker that idles: only the threads need measuring
+        train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 2), model, idle_from=0)
+        assert torch.get_num_threads() == before + 1
+        session.release_held()
+        assert torch.get_num_threads() == before and runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 2))
+    finally:
+        torch.set_num_threads(before)
