@@ -103,6 +103,8 @@ def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case:
         "drain_seconds": summary.get("drain_seconds"),
         "mode": summary.get("mode"),
         "training_threads": summary.get("training_threads"),
+        "contention_seconds": summary.get("contention_seconds"),
+        "thread_change_seconds": summary.get("thread_change_seconds"),
         "lag_steps": lags,
         "batch_size": batches,
     }
