@@ -535,7 +535,8 @@ def comparison_table(runs: Sequence[dict]) -> str:
         "or after, and not a mere crossing of a switching plane that changed nothing) / the others (saddles, "
         "repellers, such crossings).  jumps = loss jumps; jumps w/ ev. = loss jumps with an event "
         "within the monitor's window; p = permutation test (mean row: Fisher's combination of the runs with jumps); overhead = the "
-        "monitor's cost to training: hooks, fit-end wait and slowdown beside its worker (n/a offline).  D_stsp, D_H on held-out data (lower is better).  Mean row: "
+        "monitor's cost to training: hooks, fit-end wait, slowdown beside its worker and what fewer torch threads cost or "
+        "saved (n/a offline).  D_stsp, D_H on held-out data (lower is better).  Mean row: "
         "means, the most frequent final attractor (in k/n runs), jumps and analysed steps pooled."
     )
     tests = method_tests(runs)
