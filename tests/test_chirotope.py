@@ -36,6 +36,39 @@ def test_tracked_signs_equal_fresh_determinants_at_every_step(seed, dim, size):
     assert recomputed > 0
 
 
+def test_a_few_fast_rows_bound_only_their_own_subsets_and_no_sign_change_is_missed():
+    # Late in training a few planes move ten times faster than the rest: the bound comes from the epoch's k
+    # fastest rows (not k times the fastest), and the signs must still equal fresh determinants at every step.
+    generator = torch.Generator().manual_seed(5)
+    rows = [torch.randn(14, 3, generator=generator, dtype=torch.float64)]
+    speed = torch.full((14, 1), 1e-3, dtype=torch.float64)
+    speed[:2] = 3e-2
+    for _ in range(MAX_EPOCHS + 5):
+        rows.append(rows[-1] + speed * torch.randn(14, 3, generator=generator, dtype=torch.float64))
+    subsets = _combinations(14, 3, torch.device("cpu"))
+    tracker = SignTracker.start(rows[0], subsets)
+    flips = 0
+    for step in range(1, len(rows)):
+        before = tracker.signs.clone()
+        tracker, changed = tracker.update(rows[step])
+        fresh = torch.sign(torch.linalg.det(rows[step][subsets])).to(torch.int8)
+        assert torch.equal(tracker.signs, fresh), f"step {step}"
+        assert set(changed.tolist()) == set(torch.nonzero(fresh != before).flatten().tolist())
+        flips += int((fresh != before).sum())
+    assert flips > 0
+
+
+def test_the_bound_on_a_determinants_move_is_the_product_over_its_own_rows():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        rows = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+        scales = torch.rand(4, 1, generator=generator, dtype=torch.float64) ** 3  # very different row moves
+        delta = scales * torch.randn(4, 4, generator=generator, dtype=torch.float64)
+        rho = delta.norm(dim=1) / rows.norm(dim=1)
+        bound = (torch.prod(1 + rho) - 1) * torch.prod(rows.norm(dim=1))
+        assert abs(torch.linalg.det(rows + delta) - torch.linalg.det(rows)) <= bound * (1 + 1e-12)
+
+
 def test_an_undecided_determinant_is_reported_at_every_update():
     rows = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # rows 0 and 1 parallel
     subsets = torch.tensor([[0, 1], [0, 2]])
