@@ -287,13 +287,14 @@ class MonitorSession:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the records, the loss history, the counts, the analyser's state after the last
         analysed step and every snapshot not analysed yet (so no step is lost or analysed twice)."""
-        self.release_held()  # a checkpoint must hold every step not analysed yet
         self.collect()  # what is finished becomes records; the rest is saved as pending snapshots
         self.publish()  # the run folder holds what the checkpoint holds
         if self._restored_analysis is not None:  # saved before fit start: what was restored, unchanged
             analyser_state, pending = self._restored_analysis
         elif self.runner is not None:
-            analyser_state, pending = self.runner.state, self.runner.pending()
+            # A probe's held snapshots are saved with the rest (a checkpoint holds every step not analysed yet)
+            # and stay held: checkpoints every few steps must not keep a probe from ever measuring.
+            analyser_state, pending = self.runner.state, [*self.runner.pending(), *self._held]
         else:
             analyser_state, pending = self.analyser.state_dict() if self.analyser else {}, []
         return {

@@ -87,6 +87,10 @@ class BusyRunner(Runner):
     def __init__(self) -> None:
         self.given: list[int] = []
         self.working = True
+        self._state = {}  # the analyser's state a checkpoint saves (none here)
+
+    def pending(self):
+        return []
 
     def submit(self, snapshot) -> None:
         self.given.append(snapshot.step)
@@ -135,12 +139,18 @@ def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_i
     assert runner.given == list(range(3 * PROBE_AFTER_BUSY_STEPS + 40))
 
 
-def test_a_checkpoint_during_a_probe_saves_the_held_snapshots():
+def test_a_checkpoint_during_a_probe_saves_the_held_snapshots_and_the_probe_goes_on():
     session, runner, model = session_with_busy_worker()
     train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 5), model)
-    assert runner.given[-1] < PROBE_AFTER_BUSY_STEPS + 4  # some held
+    given = list(runner.given)
+    assert given[-1] < PROBE_AFTER_BUSY_STEPS + 4  # some held
+    saved = [entry["step"] for entry in session.state_dict()["pending"]]
+    assert saved[-len(range(given[-1] + 1, PROBE_AFTER_BUSY_STEPS + 5)):] == list(range(given[-1] + 1, PROBE_AFTER_BUSY_STEPS + 5))
+    assert runner.given == given  # still held: the probe was not ended by the checkpoint
+    train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 5, PROBE_AFTER_BUSY_STEPS + 20), model, idle_from=0)
+    assert session.overhead.n_idle_steps >= MIN_STEPS_FOR_CONTENTION
     session.release_held()
-    assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 5))
+    assert runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 20))
 
 
 def test_after_a_thread_change_the_probe_times_steps_on_the_users_threads_while_the_worker_idles():
