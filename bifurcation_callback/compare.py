@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ._jsonl import read_jsonl
 from .dashboard import step_counts
 
 __all__ = [
@@ -282,16 +283,9 @@ def _read_events(path: Path) -> tuple[list[dict] | None, bool]:
     and whether the monitor skipped the last step it was to analyse (e.g. a model with NaN weights)."""
     if not path.is_file():
         return None, False
-    events, record = [], {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: cannot be read as JSON ({error})") from None
-        events.extend(record.get("events") or [])
-    return events, "skipped" in record
+    records = read_jsonl(path)
+    events = [event for record in records for event in record.get("events") or []]
+    return events, bool(records) and "skipped" in records[-1]
 
 
 def _kinds(runs: Sequence[dict]) -> list[str]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._jsonl import read_jsonl
 from .attractors import ATTRACTOR_KINDS
 from .bifurcations.events import is_qualitative
 
@@ -413,12 +414,6 @@ def clear_run_files(folder: str | Path, extra: Sequence[str] = ()) -> None:
     for path in folder.iterdir():
         if path.is_file() and (path.name in RUN_FILES or path.name in extra or path.name.startswith(_EVENT_FILE_PREFIX)):
             path.unlink()
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read the records of an ``events.jsonl`` file (one JSON object per line)."""
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 # events.jsonl is flushed at most this often while training (and always at fit end and on close).

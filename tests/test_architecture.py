@@ -27,7 +27,7 @@ TESTS = ROOT / "tests"
 CORE = (
     "models", "protocol", "regions", "_arrangement", "_cycle_types", "_scyfi", "_search", "_stack", "_fixed_points", "_worker", "cycles", "attractors", "bifurcations", "metrics", "loss_jumps",
     "tracking", "_attractor_tracking", "analysis", "runner", "session", "_checks", "forcing", "jump_detection", "orbits",
-    "checkpoints", "offline", "run_logs",
+    "checkpoints", "offline", "run_logs", "_jsonl",
 )
 FORBIDDEN = ("lightning", "pytorch_lightning", "tensorboard")
 

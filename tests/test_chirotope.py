@@ -16,10 +16,9 @@ def moving_rows(seed: int, n_rows: int, dim: int, steps: int, size: float) -> li
     return rows
 
 
-@pytest.mark.parametrize(("seed", "dim", "size"), [(0, 3, 1e-3), (1, 4, 3e-3), (2, 2, 3e-2), (3, 3, 0.3)])
-def test_tracked_signs_equal_fresh_determinants_at_every_step(seed, dim, size):
-    rows = moving_rows(seed, 14, dim, 2 * MAX_EPOCHS + 5, size)  # long enough to start over at MAX_EPOCHS
-    subsets = _combinations(14, dim, torch.device("cpu"))
+def check_signs_along(rows: list[torch.Tensor], subsets: torch.Tensor) -> tuple[int, int]:
+    """Track the determinants' signs along ``rows``: at every step they equal fresh determinants and the
+    reported changes are exactly the flips.  Returns (flips, determinants recomputed)."""
     tracker = SignTracker.start(rows[0], subsets)
     recomputed = flips = 0
     for step in range(1, len(rows)):
@@ -30,6 +29,14 @@ def test_tracked_signs_equal_fresh_determinants_at_every_step(seed, dim, size):
         assert set(changed.tolist()) == set(torch.nonzero(fresh != before).flatten().tolist())
         flips += int((fresh != before).sum())
         recomputed += tracker.recomputed
+    return flips, recomputed
+
+
+@pytest.mark.parametrize(("seed", "dim", "size"), [(0, 3, 1e-3), (1, 4, 3e-3), (2, 2, 3e-2), (3, 3, 0.3)])
+def test_tracked_signs_equal_fresh_determinants_at_every_step(seed, dim, size):
+    rows = moving_rows(seed, 14, dim, 2 * MAX_EPOCHS + 5, size)  # long enough to start over at MAX_EPOCHS
+    subsets = _combinations(14, dim, torch.device("cpu"))
+    flips, recomputed = check_signs_along(rows, subsets)
     assert flips > 0  # the paths do change signs
     if size <= 3e-3:
         assert recomputed < 0.5 * subsets.shape[0] * (len(rows) - 1)  # small moves: most certified, not recomputed
@@ -45,16 +52,7 @@ def test_a_few_fast_rows_bound_only_their_own_subsets_and_no_sign_change_is_miss
     speed[:2] = 3e-2
     for _ in range(MAX_EPOCHS + 5):
         rows.append(rows[-1] + speed * torch.randn(14, 3, generator=generator, dtype=torch.float64))
-    subsets = _combinations(14, 3, torch.device("cpu"))
-    tracker = SignTracker.start(rows[0], subsets)
-    flips = 0
-    for step in range(1, len(rows)):
-        before = tracker.signs.clone()
-        tracker, changed = tracker.update(rows[step])
-        fresh = torch.sign(torch.linalg.det(rows[step][subsets])).to(torch.int8)
-        assert torch.equal(tracker.signs, fresh), f"step {step}"
-        assert set(changed.tolist()) == set(torch.nonzero(fresh != before).flatten().tolist())
-        flips += int((fresh != before).sum())
+    flips, _ = check_signs_along(rows, _combinations(14, 3, torch.device("cpu")))
     assert flips > 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .._checks import require_int, require_real
+from .._jsonl import read_jsonl
 from ..loss_jumps import Correlation, LossJump, summarise_run
 from .landscape import LossLandscape, _array_from_json, _array_to_json, _signatures
 from .scan import parse_param_spec
@@ -163,13 +164,7 @@ class RunPath:
         events: list[dict] = []
         events_file = run_dir / RUN_EVENTS_FILE
         if events_file.is_file():
-            for number, line in enumerate(events_file.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{events_file}, line {number}: not valid JSON ({error})") from None
+            for record in read_jsonl(events_file):
                 events.extend(event for event in record.get("events", []) if "step" in event and "kind" in event)
         summary_file = run_dir / RUN_SUMMARY_FILE
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
