@@ -17,9 +17,13 @@ step of every repetition, in training steps), the fit-end drain and the worker's
 
 ``--threads N`` sets torch's intra-op threads for every fit; ``--threads 0`` leaves torch's default (every
 core; "auto" then gives training one thread fewer for the fit, and the baseline keeps the default).
+``--checkpoints`` trains as the README's example does: epochs of 50 batches, Lightning's default checkpoint at
+every epoch end (its cost, and the monitor's state in it, timed in both configurations); else one epoch and no
+checkpoint.
 
     PYTHONPATH=. python benchmarks/bench_monitor.py --steps 300 --reps 5 --threads 1 --configs auto async
     PYTHONPATH=. python benchmarks/bench_monitor.py --steps 300 --reps 5 --threads 0 --case readme --json out.json
+    PYTHONPATH=. python benchmarks/bench_monitor.py --steps 300 --reps 3 --threads 0 --case readme --checkpoints --configs auto
     PYTHONPATH=. python benchmarks/bench_monitor.py --merge a.json b.json     # one table over several runs
 """
 
@@ -68,14 +72,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case: str) -> tuple[float, dict | None]:
-    """One fit; its wall time and, with a monitor, what the monitor said about it."""
+def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case: str,
+             checkpoints: bool = False) -> tuple[float, dict | None]:
+    """One fit; its wall time and, with a monitor, what the monitor said about it.  ``checkpoints``: epochs of
+    the data module's default 50 batches, with Lightning's default checkpoint at every epoch end (as the
+    README's example runs); else one epoch and no checkpoint."""
     latent_dim, hidden_dim, max_order, method = CASES[case]
     torch.manual_seed(0)
     rnn = ShallowPLRNN(latent_dim=latent_dim, hidden_dim=hidden_dim)
     extra = {"alpha": "adaptive"} if method == "gtf" else {}
     module = DSRModule(rnn, training=method, lr=1e-3, seq_len=200, obs_dim=data.shape[1], **extra)
-    datamodule = TimeSeriesDataModule(data, seq_len=200, batch_size=16, n_batches_per_epoch=steps, seed=0)
+    datamodule = TimeSeriesDataModule(data, seq_len=200, batch_size=16, n_batches_per_epoch=50 if checkpoints else steps,
+                                      seed=0)
     monitor = None
     if monitor_kwargs is not None:
         monitor = BifurcationMonitor(max_order=max_order, every_n_steps=monitor_kwargs.get("every_n_steps", 1),
@@ -83,7 +91,7 @@ def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case:
     trainer = pl.Trainer(
         max_steps=steps, accelerator="cpu", logger=TensorBoardLogger(log_root, name="bench"),
         callbacks=[monitor] if monitor else [], enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, log_every_n_steps=1,
+        enable_checkpointing=checkpoints, log_every_n_steps=1,
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule)
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", choices=[name for name in CONFIGS if name != "no monitor"],
                         default=["auto", "sync", "async", "async latest-wins"],
                         help="configurations to run besides 'no monitor'")
+    parser.add_argument("--checkpoints", action="store_true",
+                        help="epochs of 50 batches with Lightning's default checkpoint at every epoch end (the README's setup)")
     parser.add_argument("--json", help="write the results (with every repetition's values) here")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="only print the table over these JSON files")
     args = parser.parse_args(argv)
@@ -207,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {name: [] for name in configs}
     monitors: dict[str, list[dict]] = {name: [] for name in configs if configs[name] is not None}
     with tempfile.TemporaryDirectory() as root:
-        fit_once(data, None, 5, root, args.case)  # warm-up: imports, allocator, first TensorBoard writer
+        fit_once(data, None, 5, root, args.case, args.checkpoints)  # warm-up: imports, allocator, first TensorBoard writer
         for rep in range(args.reps):
             # ABBA: every other repetition runs the configurations backwards, so a machine that speeds up or
             # slows down during a repetition does not favour the configurations that run first.
             for name, kwargs in (list(configs.items()) if rep % 2 == 0 else list(configs.items())[::-1]):
-                seconds, said = fit_once(data, kwargs, args.steps, root, args.case)
+                seconds, said = fit_once(data, kwargs, args.steps, root, args.case, args.checkpoints)
                 times[name].append(seconds)
                 line = f"rep {rep + 1}/{args.reps}  {name:<20} {seconds:6.2f} s"
                 if said is not None:
@@ -221,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"{_percent(said['analysed_fraction'])}, drain {said['drain_seconds']:.2f} s")
                 print(line, file=sys.stderr, flush=True)
                 assert torch.get_num_threads() == threads, "a fit left torch's thread count changed"
-    run = {"steps": args.steps, "reps": args.reps, "threads": threads, "case": args.case, "fit_s": times,
-           "monitor": monitors}
+    run = {"steps": args.steps, "reps": args.reps, "threads": threads, "case": args.case, "checkpoints": args.checkpoints,
+           "fit_s": times, "monitor": monitors}
     latent_dim, hidden_dim, max_order, method = CASES[args.case]
     print_table(summarize([run]), f"\n{args.steps} steps, ShallowPLRNN({latent_dim}, {hidden_dim}), max_order {max_order}, "
-                f"{method.upper()}, seq_len 200, batch 16, {threads} torch thread(s), {args.reps} repetitions")
+                f"{method.upper()}, seq_len 200, batch 16, {threads} torch thread(s), {args.reps} repetitions"
+                + (", a checkpoint every 50 steps" if args.checkpoints else ""))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({**run, "results": summarize([run])}, handle, indent=2)
