@@ -7,15 +7,15 @@ every vertex (``regions``).  At the vertex ``v`` of the planes ``S = (i_1 .. i_r
     n_l · v + b_l = det [[N_S, b_S], [n_l, b_l]] / det N_S,
 
 so the signs at every vertex are those of two families of determinants: of the ``(r + 1)``-subsets of the
-homogeneous rows ``(n_l, b_l)`` and of the ``r``-subsets of the normals.  A determinant whose value was
-computed at some earlier planes cannot change its sign before the rows move by more than its margin: with
-``ρ_s`` the relative move of row ``s`` (Euclidean norms), ``|det(R + Δ) − det R| ≤ (Π_s (1 + ρ_s) − 1) Π ‖r_s‖``
-(multilinearity and Hadamard's inequality), at most the same product over the ``k`` rows that moved most.  ``SignTracker`` keeps each subset's relative margin, sorted
-within the rows it was computed at, so the subsets that may have changed are found by binary search; per
-training step only some thousands of the README model's 230,300 quadruples are looked at and recomputed
-(a certificate vertex by vertex left 6,000-9,000 of its 19,600 vertices, each with 47 planes, to
-recompute), and only the vertices of the determinants whose sign changed (a handful) or that
-floating point cannot decide are solved again.
+homogeneous rows ``(n_l, b_l)`` and of the ``r``-subsets of the normals.  A determinant whose value was computed at
+some earlier planes cannot change its sign before the rows move by more than its margin: with ``ρ_s`` the relative
+move of row ``s`` (Euclidean norms), ``|det(R + Δ) − det R| ≤ (Π_s (1 + ρ_s) − 1) Π ‖r_s‖`` (multilinearity and
+Hadamard's inequality), at most the same product over the ``k`` rows that moved most.  ``SignTracker`` keeps each
+subset's relative margin, sorted within the rows it was computed at, so the subsets that may have changed are found
+by binary search; per training step only some thousands of the README model's 230,300 quadruples are looked at and
+recomputed (a certificate vertex by vertex left 6,000-9,000 of its 19,600 vertices, each with 47 planes, to
+recompute), and only the vertices of the determinants whose sign changed (a handful) or that floating point cannot
+decide are solved again.
 
 Private: ``regions.CellListing`` uses it for arrangements with at most ``MAX_SUBSETS`` such subsets.
 """
@@ -110,13 +110,13 @@ class _Epoch:
 class SignTracker:
     """The exact signs of ``det rows[subsets]`` for rows that move, recomputing only what may have changed.
 
-    Each subset keeps the certain margin of its determinant at the rows it was last computed at (its epoch);
-    an update computes every row's relative move ``ρ_s`` since each epoch and recomputes the subsets whose
-    margin is at most ``Π (1 + ρ_s) − 1`` over the epoch's ``k`` fastest rows (late in a training run a few
-    planes move ten times faster than most: 10-25 % fewer recomputed than with ``(1 + max ρ)^k − 1``).  An epoch keeps its subsets sorted by margin, so those are a prefix found by
-    one binary search: an update costs what it recomputes, not the number of subsets.  ``update`` returns a
-    new tracker (the old one is left as it was, so an update that fails midway changes nothing) and the
-    subsets whose sign changed or became undecided.
+    Each subset keeps the certain margin of its determinant at the rows it was last computed at (its epoch); an
+    update computes every row's relative move ``ρ_s`` since each epoch and recomputes the subsets whose margin is at
+    most ``Π (1 + ρ_s) − 1`` over the epoch's ``k`` fastest rows (late in a training run a few planes move ten times
+    faster than most: 10-25 % fewer recomputed than with ``(1 + max ρ)^k − 1``).  An epoch keeps its subsets sorted
+    by margin, so those are a prefix found by one binary search: an update costs what it recomputes, not the number
+    of subsets.  ``update`` returns a new tracker (the old one is left as it was, so an update that fails midway
+    changes nothing) and the subsets whose sign changed or became undecided.
 
     Examples
     --------

@@ -13,13 +13,13 @@ over all cells at once), so
 
 and over several steps, by the triangle inequality, the same holds with the sums of the steps' drifts (of the
 pieces, of each switch's ``G_l`` and ``g_l``) since the cell's solve, with ``‖z‖``, ``κ`` and ``G_l`` of that solve.
-The cache keeps the running sums, and per cell their values at its solve; while the bound stays below the
-cell's margin (with a safety factor) the candidate is still outside its cell: proved, not solved.  Cells without that proof (the fixed points
-themselves, candidates near their cell's border, cells new to the listing, cells whose margin is spent) are
-solved exactly and start again from their new solve, so a cell is re-solved about as often as its own margin
-requires, not whenever the cells on average have drifted far.  When more than ``REBUILD_FRACTION`` of a step's
-cells need solving, it solves every cell.  The result is the exhaustive enumeration's, cycle for cycle: every
-real fixed point is solved exactly at every step.
+The cache keeps the running sums, and per cell their values at its solve; while the bound stays below the cell's
+margin (with a safety factor) the candidate is still outside its cell: proved, not solved.  Cells without that proof
+(the fixed points themselves, candidates near their cell's border, cells new to the listing, cells whose margin is
+spent) are solved exactly and start again from their new solve, so a cell is re-solved about as often as its own
+margin requires, not whenever the cells on average have drifted far.  When more than ``REBUILD_FRACTION`` of a step's
+cells need solving, it solves every cell.  The result is the exhaustive enumeration's, cycle for cycle: every real
+fixed point is solved exactly at every step.
 
 The sums cost one ``piece_drift`` per step and are nearly as tight as the drift from the solve's step itself
 (weights move along near-straight paths: over 49 steps of the bench case, the sum of the steps' drifts exceeds
