@@ -227,15 +227,15 @@ def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
 EXITING_AFTER_FIGURES = """
 import os, sys
 sys.path.insert(0, {root!r})
-from bifurcation_callback.analysis import StepAnalyser, take_snapshot
-from bifurcation_callback.runner import ProcessRunner, RenderJob
+from bifurcation_callback.analysis import take_snapshot
+from bifurcation_callback.runner import ProcessRunner
+from tests.test_runner import analyser_for, figure_job, with_plrnn_2d_weights
 from tests.tiny_modules import FragilePLRNN
-model = FragilePLRNN(2)
-runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="process")
+model = with_plrnn_2d_weights(FragilePLRNN(2))
+runner = ProcessRunner(analyser_for(model), kind="process")
 runner.submit(take_snapshot(model, 0))
 assert runner.drain(timeout_s=120)
-records = [{{"step": 0, "n_cycles": {{"1": 1}}, "events": []}}]
-runner.submit_job(RenderJob(7, {{"cycles": None, "records": records, "history": [[0, 1.0, None]]}}, log_dirs=({log_dir!r},)))
+runner.submit_job(figure_job(7, log_dirs=({log_dir!r},)))
 runner.close(timeout_s=60)
 print(runner.pids[-1], flush=True)
 os._exit(0)  # the script ends at once: no interpreter shutdown, nobody waits for the worker
