@@ -352,8 +352,8 @@ class MonitorSession:
 
     def hook_ended(self, started: float) -> None:
         """The monitor's batch-end hook that began at ``started`` is done: its time, and the clock of the next step."""
-        runner = self.runner
-        self._steer_probe(runner)
+        self._steer_probe(self.runner)
+        runner = self.runner  # after the probe: handing held snapshots over can fall back to sync
         now = time.perf_counter()
         self.overhead.hook_seconds += now - started
         busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
