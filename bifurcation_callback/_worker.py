@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import os
 import pickle
 import queue
 import select
+import signal
 import socket
 import struct
 import sys
@@ -24,7 +26,7 @@ from typing import Any
 
 from .analysis import Snapshot, StepAnalyser, skipped_result
 
-__all__ = ["HEADER", "RenderJob", "receive", "send", "serve", "serve_socket"]
+__all__ = ["HEADER", "RenderJob", "mkl_bitwise", "receive", "send", "serve", "serve_forked", "serve_socket"]
 
 HEADER = struct.Struct(">Q")
 
@@ -70,14 +72,9 @@ class RenderJob:
 
 
 def serve(fd: int) -> None:
-    """The worker process's main: load the analyser sent on socket ``fd``, then analyse what arrives until the
-    training process closes the connection or dies."""
-    import signal
-
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
-    torch.set_num_threads(1)
+    """The main of a worker process started as a fresh interpreter (``python -c``): load the analyser sent on
+    socket ``fd``, then analyse what arrives until the training process closes the connection or dies."""
+    _worker_signals()
     connection = socket.socket(fileno=fd)
     connection.setblocking(True)
     try:
@@ -89,13 +86,72 @@ def serve(fd: int) -> None:
     except Exception as error:
         send(connection, ("failed", f"the worker process cannot load the analyser: {type(error).__name__}: {error}"))
         return
+    _serve_ready(connection, analyser, options, parent_pid)
+
+
+def serve_forked(connection: socket.socket, analyser: StepAnalyser, options: dict[str, Any], parent_pid: int) -> None:
+    """The main of a worker process forked from the training process: torch, the package and the analyser are
+    there already, so it is ready in milliseconds instead of the 1-2 s a fresh interpreter takes to import torch.
+    The caller ends the process with ``os._exit`` whatever happens: it must never return into the training code."""
+    gc.freeze()  # the training process's objects are never traversed here, so their memory pages stay shared
+    _worker_signals()
+    os.environ.update(options["environment"])
+    _serve_ready(connection, analyser, options, parent_pid)
+
+
+def _worker_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it closes us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the training's handler (Lightning's)
+
+
+def _serve_ready(connection: socket.socket, analyser: StepAnalyser, options: dict[str, Any], parent_pid: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    bitwise = mkl_bitwise()
     if options.get("niceness"):
         try:
             os.nice(options["niceness"])
         except OSError:  # a platform without priorities: run as is
             pass
-    send(connection, ("ready", os.getpid()))
+    send(connection, ("ready", os.getpid(), bitwise))
     serve_socket(connection, analyser, options["queue_size"], options["max_batch"], parent_pid)
+
+
+# MKL's conditional numerical reproducibility (mkl_cbwr.h): the branch and mode bits of mkl_cbwr_get/set.
+_MKL_CBWR_BRANCH, _MKL_CBWR_ALL, _MKL_CBWR_AUTO, _MKL_CBWR_STRICT = 1, -1, 2, 0x10000
+
+
+def mkl_bitwise() -> bool | None:
+    """Put MKL in strict conditional-reproducibility mode if it is not yet, and say whether it is now.
+
+    In strict mode MKL's small products round the same whatever the operands' memory alignment, so steps
+    analysed in one batch give bitwise the records of steps analysed one at a time.  A fresh worker
+    interpreter gets the mode from ``MKL_CBWR`` (``runner.worker_environment``); a forked one can set it only
+    when MKL has not run in the training process before the fork (MKL then refuses the change, and this returns
+    False).  ``torch`` exports MKL's own setter (``mkl_serv_cbwr_set``) from its CPU library; a torch without
+    MKL has none (None).
+
+    Examples
+    --------
+    >>> mkl_bitwise() in (True, False, None)
+    True
+    """
+    import ctypes
+
+    import torch
+
+    try:
+        library = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get_mode, set_mode = library.mkl_serv_cbwr_get, library.mkl_serv_cbwr_set
+    except (OSError, AttributeError):
+        return None
+    get_mode.argtypes = set_mode.argtypes = [ctypes.c_int]
+    get_mode.restype = set_mode.restype = ctypes.c_int
+    if not get_mode(_MKL_CBWR_ALL) & _MKL_CBWR_STRICT:
+        branch = get_mode(_MKL_CBWR_BRANCH)  # the user's (MKL_CBWR), or "off" (MKL's fastest): then AUTO
+        set_mode(max(branch, _MKL_CBWR_AUTO) | _MKL_CBWR_STRICT)
+    return bool(get_mode(_MKL_CBWR_ALL) & _MKL_CBWR_STRICT)
 
 
 def serve_socket(

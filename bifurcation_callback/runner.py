@@ -27,19 +27,22 @@ import dataclasses
 import os
 import pickle
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
+import warnings
 from typing import Any
 
 import cloudpickle
 
-from ._worker import HEADER, RenderJob, serve_socket
+from ._worker import HEADER, RenderJob, serve_forked, serve_socket
 from .analysis import Snapshot, StepAnalyser, StepResult, skipped_result
 
-__all__ = ["RUNNER_KINDS", "WORKER_ENV", "InlineRunner", "Outcome", "ProcessRunner", "RenderJob", "Runner", "worker_environment"]
+__all__ = ["FORK_MAX_RESIDENT_BYTES", "RUNNER_KINDS", "START_METHODS", "WORKER_ENV", "InlineRunner", "Outcome", "ProcessRunner", "RenderJob", "Runner", "worker_environment"]
 
 # Where the analysis can run: "inline" (in the hook) or a worker "process" / "thread".
 RUNNER_KINDS: tuple[str, ...] = ("inline", "process", "thread")
@@ -49,6 +52,12 @@ WORKER_ENV = "BIFURCATION_MONITOR_WORKER"
 
 # How long a worker process may take to import torch and the package and load the analyser.
 STARTUP_TIMEOUT_S = 120.0
+
+# How a worker process starts (``ProcessRunner``'s ``start_method``).
+START_METHODS: tuple[str, ...] = ("auto", "fork", "exec")
+
+# "auto" forks a worker from a training process of at most this resident size, else starts a fresh interpreter.
+FORK_MAX_RESIDENT_BYTES = 4 << 30
 
 # The most snapshots a worker analyses in one batch (a long backlog is analysed in batches of this size).
 MAX_BATCH = 64
@@ -244,6 +253,13 @@ class ProcessRunner(Runner):
     niceness : int
         Added to a worker process's scheduling niceness (``os.nice``): 19 makes it run only on CPU time training
         leaves free, for training whose threads may use every core.
+    start_method : {"auto", "fork", "exec"}
+        How a worker process starts.  ``"fork"``: a copy of this process (``os.fork``), ready in milliseconds,
+        with the analyser as it is here.  ``"exec"``: a fresh interpreter (``python -c``) that imports torch and
+        unpickles the analyser, 1-2 s.  ``"auto"`` (default) forks the first worker on Linux when the analysis
+        runs on the CPU and this process's resident memory is at most ``FORK_MAX_RESIDENT_BYTES`` (a forked
+        worker keeps the pages training writes afterwards alive: up to training's working set again); restarts
+        and everything else exec.
 
     Examples
     --------
@@ -272,17 +288,23 @@ class ProcessRunner(Runner):
         max_restarts: int = 1,
         max_batch: int = MAX_BATCH,
         niceness: int = 0,
+        start_method: str = "auto",
     ) -> None:
         if kind not in ("process", "thread"):
             raise ValueError(f"ProcessRunner: kind must be 'process' or 'thread', got {kind!r}")
+        if start_method not in START_METHODS:
+            raise ValueError(f"ProcessRunner: start_method must be one of {START_METHODS}, got {start_method!r}")
         super().__init__(analyser)
         self.kind = kind
         self.queue_size = queue_size
         self.max_restarts = max_restarts
         self.max_batch = max_batch
         self.niceness = niceness
+        self.start_method = start_method
         self.restarts = 0
         self.pids: list[int] = []  # every worker process started
+        self.start_methods: list[str] = []  # how each was started: "fork" or "exec"
+        self.bitwise: bool | None = None  # the last worker's MKL strict mode (``_worker.mkl_bitwise``)
         self.failed = False
         self._submitted: collections.OrderedDict[int, Snapshot] = collections.OrderedDict()  # no outcome yet
         self._unsent: collections.deque[Snapshot | RenderJob] = collections.deque()
@@ -294,10 +316,10 @@ class ProcessRunner(Runner):
         self._write = bytearray()
         self._read = bytearray()
         self._socket: socket.socket | None = None
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen | _ForkedProcess | None = None
         self._thread: threading.Thread | None = None
         self._starting_since: float | None = None
-        self._exiting: subprocess.Popen | None = None
+        self._exiting: subprocess.Popen | _ForkedProcess | None = None
         self._closed = False
 
     # ------------------------------------------------------------------------------------------ training side
@@ -385,7 +407,8 @@ class ProcessRunner(Runner):
         return True
 
     def summary(self) -> dict[str, Any]:
-        return {"kind": self.kind, "processes": list(self.pids), "restarts": self.restarts, "fell_back_to_sync": self.failed}
+        return {"kind": self.kind, "processes": list(self.pids), "started_by": list(self.start_methods),
+                "mkl_bitwise": self.bitwise, "restarts": self.restarts, "fell_back_to_sync": self.failed}
 
     def _only_detached_left(self) -> bool:
         """Nothing is owed but fit-end figures a worker process writes itself (nobody waits for those)."""
@@ -470,6 +493,7 @@ class ProcessRunner(Runner):
         kind = message[0]
         if kind == "ready":
             self._starting_since = None
+            self.bitwise = message[2]
         elif kind == "failed":  # the worker process cannot load the analyser: a thread instead
             self._disconnect(1.0, wait=True)
             self.kind = "thread"
@@ -575,28 +599,65 @@ class ProcessRunner(Runner):
         self._socket = parent
 
     def _start_process(self, parent: socket.socket, child: socket.socket) -> None:
+        options = {"queue_size": self.queue_size, "max_batch": self.max_batch, "niceness": self.niceness}
         try:
             self.analyser.load_state_dict(self.state)
+            if self._forks():
+                self._fork(parent, child, options)
+                return
             # cloudpickle sends a class defined in the user's __main__ script by value: the worker cannot import
             # that script (importing it could start the training again) and needs the class all the same.
             payload = cloudpickle.dumps(self.analyser, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:
             child.close()
             raise _CannotStart(f"the RNN cannot be pickled ({type(error).__name__}: {error})") from None
-        environment = worker_environment()
         command = [sys.executable, "-c", f"from bifurcation_callback._worker import serve; serve({child.fileno()})"]
         try:
-            self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment, cwd=os.getcwd())
+            self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=worker_environment(), cwd=os.getcwd())
         except (OSError, ValueError) as error:  # no process here (limits, a sandbox, no pass_fds on Windows): a thread
             child.close()
             raise _CannotStart(f"no worker process could be started ({type(error).__name__}: {error})") from None
-        child.close()
-        self.pids.append(self._process.pid)
-        self._starting_since = time.monotonic()
-        self._open(parent)
-        options = {"queue_size": self.queue_size, "max_batch": self.max_batch, "niceness": self.niceness}
+        self._started_process(parent, child, "exec")
         self._write.clear()  # the init frame goes first (a restart frames the pending items again after it)
         self._frame(("init", list(sys.path), payload, options, os.getpid()))
+
+    def _forks(self) -> bool:
+        """Whether the worker is forked from this process (see ``start_method``): only the first worker, before
+        training has started threads of its own (a restart, mid-training, starts a fresh interpreter)."""
+        if self.start_method == "exec" or self.pids or not hasattr(os, "fork"):
+            return False
+        if self.start_method == "fork":
+            return True
+        return (sys.platform.startswith("linux") and not self.analyser.cycles.on_gpu
+                and _resident_bytes() <= FORK_MAX_RESIDENT_BYTES)
+
+    def _fork(self, parent: socket.socket, child: socket.socket, options: dict[str, Any]) -> None:
+        for stream in (sys.stdout, sys.stderr):  # or the child would write the buffered text a second time
+            stream.flush()
+        with warnings.catch_warnings():
+            # Python 3.12 warns about fork in a process with threads: the child uses none of their locks (only its
+            # own objects, a socket and torch with one thread), as torch's DataLoader workers do.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the worker: it never returns into the training code
+            code = 1
+            try:
+                parent.close()
+                serve_forked(child, self.analyser, {**options, "environment": worker_environment()}, os.getppid())
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        self._process = _ForkedProcess(pid)
+        self._started_process(parent, child, "fork")
+
+    def _started_process(self, parent: socket.socket, child: socket.socket, method: str) -> None:
+        child.close()
+        self.pids.append(self._process.pid)
+        self.start_methods.append(method)
+        self._starting_since = time.monotonic()
+        self._open(parent)
 
     def _disconnect(self, timeout_s: float, *, wait: bool) -> int | None:
         """Close the socket (the worker sees EOF and exits); returns the process's exit code when waited for."""
@@ -622,7 +683,47 @@ class ProcessRunner(Runner):
         return _reap(process, timeout_s)
 
 
-def _reap(process: subprocess.Popen, timeout_s: float) -> int:
+class _ForkedProcess:
+    """A forked worker, with the part of ``subprocess.Popen`` the runner uses (``pid``, ``wait``, ``kill``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: its code is gone
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _reap(process: subprocess.Popen | _ForkedProcess, timeout_s: float) -> int:
     try:
         return process.wait(timeout_s)
     except subprocess.TimeoutExpired:

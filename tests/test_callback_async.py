@@ -281,7 +281,19 @@ class NoPickle:
         raise TypeError("NoPickle cannot be pickled")
 
 
-def test_a_model_that_cannot_go_to_a_process_is_analysed_in_a_thread(tmp_path):
+def test_a_model_that_cannot_be_pickled_is_analysed_in_a_forked_worker(tmp_path):
+    rnn = plrnn_2d()
+    rnn.handle = NoPickle()  # a forked worker has the analyser as it is: nothing is pickled on the way there
+    monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
+    fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=5, logger=False)
+    assert [r["step"] for r in monitor.records] == list(range(5))
+    assert monitor.summary["worker"]["kind"] == "process" and monitor.summary["worker"]["started_by"] == ["fork"]
+
+
+def test_a_model_that_cannot_go_to_a_fresh_interpreter_is_analysed_in_a_thread(tmp_path, monkeypatch):
+    from bifurcation_callback import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "FORK_MAX_RESIDENT_BYTES", 0)  # too big a process to fork: exec
     rnn = plrnn_2d()
     rnn.handle = NoPickle()
     monitor = BifurcationMonitor(max_order=1, mode="async", queue_size=None, max_attractor_period=0)
