@@ -336,7 +336,7 @@ class BifurcationMonitor(*_CALLBACK_BASES):
                 rank_zero_info(f"{_OWNER}: training uses {threads} torch thread(s) instead of {self._threads_before} "
                                "during fit, so that the analysis has a core of its own (mode='sync' or 'async' keeps "
                                "torch's setting)")
-        # The worker process starts now: it has a second or more to import torch before the first snapshot.
+        # The worker process starts now, before the first snapshot (a fresh interpreter needs 1-2 s for torch).
         self._session = MonitorSession.open(self._settings(), self._rnn, device=_trainer.training_device(trainer),
                                             mode=mode, warn=self._warn, previous=self._session,
                                             stop=lambda: bool(getattr(trainer, "received_sigterm", False)))

@@ -40,16 +40,17 @@ def records(outcomes):
     return without_timings([outcome.result.record.to_json() for outcome in outcomes if outcome.kind == "result"])
 
 
-@pytest.mark.parametrize("kind", ["process", "thread"])
-def test_a_slow_worker_catches_up_in_batches_with_the_records_of_one_at_a_time(kind):
+@pytest.mark.parametrize("kind, start_method", [("process", "fork"), ("process", "exec"), ("thread", "auto")])
+def test_a_slow_worker_catches_up_in_batches_with_the_records_of_one_at_a_time(kind, start_method):
     model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=0.02, everywhere=True))
     snapshots = snapshots_of(model, [0.2 + 0.01 * step for step in range(10)])
-    runner = ProcessRunner(analyser_for(model), kind=kind)
+    runner = ProcessRunner(analyser_for(model), kind=kind, start_method=start_method)
     for snapshot in snapshots:
         runner.submit(snapshot)
     assert runner.drain(timeout_s=120)
     outcomes = runner.poll()
     assert [o.result.record.step for o in outcomes] == list(range(10)) and runner.pending() == []
+    assert runner.summary()["started_by"] == ([start_method] if kind == "process" else [])
     assert max(o.result.record.batch_size for o in outcomes) > 1
     inline = InlineRunner(analyser_for(model))
     for snapshot in snapshots:
@@ -100,6 +101,48 @@ def test_an_error_skips_that_step_with_its_reason_and_the_next_compares_with_the
     assert "ValueError: planted failure" in outcomes[1].result.record.skipped
     assert outcomes[2].result.record.events == [] and len(runner.pids) == 1  # compared with step 0
     runner.close()
+
+
+def test_a_forked_worker_that_fails_exits_and_a_fresh_interpreter_takes_over(monkeypatch, capfd):
+    from bifurcation_callback import runner as runner_module
+
+    def failing_serve(*args):
+        raise RuntimeError("planted failure in the forked worker")
+
+    monkeypatch.setattr(runner_module, "serve_forked", failing_serve)  # the fork copies this process, patch included
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind="process")
+    for snapshot in snapshots_of(model, [0.2] * 3):
+        runner.submit(snapshot)
+    assert runner.drain(timeout_s=120)
+    outcomes = runner.poll()
+    assert [o.result.record.step for o in outcomes if o.kind == "result"] == [0, 1, 2]
+    assert runner.summary()["started_by"] == ["fork", "exec"] and runner.restarts == 1
+    assert any("died (exit code 1) while starting" in o.message for o in outcomes if o.kind == "note")
+    assert "planted failure in the forked worker" in capfd.readouterr().err  # its traceback, then os._exit
+    runner.close()
+    assert all_exit(runner.pids)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "exec"])
+def test_a_worker_says_whether_mkl_rounds_bitwise(start_method):
+    from bifurcation_callback._worker import mkl_bitwise
+
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model), kind="process", start_method=start_method)
+    runner.submit(take_snapshot(model, 0))
+    assert runner.drain(timeout_s=120)
+    has_mkl = mkl_bitwise() is not None
+    if start_method == "exec":  # MKL_CBWR=...,STRICT in a fresh interpreter's environment
+        assert runner.summary()["mkl_bitwise"] is (True if has_mkl else None)
+    else:  # strict only if MKL had not run in this process before the fork (it has, in this test session)
+        assert runner.summary()["mkl_bitwise"] in ((True, False) if has_mkl else (None,))
+    runner.close()
+
+
+def test_start_method_is_checked():
+    with pytest.raises(ValueError, match="start_method must be one of .*'fork'.* got 'spawn'"):
+        ProcessRunner(analyser_for(plrnn_2d()), start_method="spawn")
 
 
 def test_a_worker_that_dies_is_restarted_the_batch_analysed_one_step_at_a_time_then_it_gives_up():
@@ -200,7 +243,8 @@ from bifurcation_callback.analysis import StepAnalyser, take_snapshot
 from bifurcation_callback.runner import ProcessRunner
 from tests.tiny_modules import SlowPLRNN
 model = SlowPLRNN(2, delay_s=30.0)  # an analysis that would run for minutes
-runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="process")
+runner = ProcessRunner(StepAnalyser(model, max_order=1, max_attractor_period=0), kind="process",
+                       start_method={start_method!r})
 runner.submit(take_snapshot(model, 0))
 while not runner.pids or runner.starting:
     runner.poll(); time.sleep(0.05)
@@ -209,10 +253,11 @@ time.sleep(600)
 """
 
 
-def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path):
+@pytest.mark.parametrize("start_method", ["fork", "exec"])
+def test_a_worker_process_exits_when_its_training_process_is_killed(tmp_path, start_method):
     root = str(Path(__file__).resolve().parents[1])
     script = tmp_path / "train.py"
-    script.write_text(KILLED_TRAINING.format(root=root))
+    script.write_text(KILLED_TRAINING.format(root=root, start_method=start_method))
     training = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         worker_pid = int(training.stdout.readline())
@@ -287,11 +332,16 @@ print("differing steps:", [i for i in range(len(weights)) if signature(one[i]) !
 
 
 @pytest.mark.slow
-def test_a_worker_analyses_batches_bitwise_like_one_step_at_a_time_on_a_trained_model():
-    # MKL's small products round by the operands' alignment unless MKL_CBWR is set: the worker sets it.
+@pytest.mark.parametrize("mkl", ["strict", "as in training"])
+def test_a_worker_analyses_batches_bitwise_like_one_step_at_a_time_on_a_trained_model(mkl):
+    # MKL's small products may round by the operands' alignment unless MKL_CBWR=...,STRICT: a fresh worker
+    # interpreter sets it; a worker forked after MKL ran in training cannot, and must give equal records all the same.
     from bifurcation_callback.runner import worker_environment
 
-    result = subprocess.run([sys.executable, "-c", BATCHED_EQUALS_ONE_AT_A_TIME], env=worker_environment(),
+    environment = worker_environment()
+    if mkl != "strict":
+        environment.pop("MKL_CBWR")
+    result = subprocess.run([sys.executable, "-c", BATCHED_EQUALS_ONE_AT_A_TIME], env=environment,
                             capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "differing steps: []" in result.stdout, result.stdout
