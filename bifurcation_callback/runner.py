@@ -67,6 +67,10 @@ FORK_MAX_RESIDENT_BYTES = 4 << 30
 
 # The most snapshots a worker analyses in one batch (a long backlog is analysed in batches of this size).
 MAX_BATCH = 64
+# With fewer snapshots waiting a free worker waits up to BATCH_WAIT_S for more (docs/benchmarks.md: a step costs
+# ~45 ms analysed alone, ~25 ms in a batch of 4, ~19 ms in one of 16).
+MIN_BATCH = 16
+BATCH_WAIT_S = 1.0
 
 
 
@@ -137,6 +141,9 @@ class Runner:
     def poll(self) -> list[Outcome]:
         """The outcomes finished since the last call, in submission order (never blocks)."""
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Nothing more comes soon: a worker waiting for a fuller batch analyses what waits now."""
 
     def drain(self, timeout_s: float | None) -> bool:
         """Wait until everything submitted is finished; False after ``timeout_s``."""
@@ -219,6 +226,9 @@ class InlineRunner(Runner):
         return outcomes
 
 
+_FLUSH = "flush"  # in ProcessRunner._unsent: a flush frame goes to the worker after the items before it
+
+
 class _CannotStart(RuntimeError):
     """The analyser cannot be analysed in a worker process (it cannot be pickled or unpickled)."""
 
@@ -256,6 +266,10 @@ class ProcessRunner(Runner):
         Restarts of a dead worker process before the runner gives up (``"fallback"``).
     max_batch : int
         The most snapshots analysed in one batch.
+    min_batch, batch_wait_s : int, float
+        A free worker with fewer than ``min_batch`` snapshots waiting waits up to ``batch_wait_s`` seconds for
+        more (not with latest wins): batches are cheaper per step, so the worker idles more beside training, for
+        a few more steps of lag.  :meth:`drain` (and :meth:`flush`) make it analyse what waits at once.
     niceness : int
         Added to a worker process's scheduling niceness (``os.nice``): 19 makes it run only on CPU time training
         leaves free, for training whose threads may use every core.
@@ -293,6 +307,8 @@ class ProcessRunner(Runner):
         queue_size: int | None = None,
         max_restarts: int = 1,
         max_batch: int = MAX_BATCH,
+        min_batch: int = MIN_BATCH,
+        batch_wait_s: float = BATCH_WAIT_S,
         niceness: int = 0,
         start_method: str = "auto",
     ) -> None:
@@ -305,6 +321,8 @@ class ProcessRunner(Runner):
         self.queue_size = queue_size
         self.max_restarts = max_restarts
         self.max_batch = max_batch
+        self.min_batch = 1 if queue_size is not None else max(1, min(min_batch, max_batch))
+        self.batch_wait_s = batch_wait_s
         self.niceness = niceness
         self.start_method = start_method
         self.restarts = 0
@@ -313,7 +331,7 @@ class ProcessRunner(Runner):
         self.bitwise: bool | None = None  # the last worker's MKL strict mode (``_worker.mkl_bitwise``)
         self.failed = False
         self._submitted: collections.OrderedDict[int, Snapshot] = collections.OrderedDict()  # no outcome yet
-        self._unsent: collections.deque[Snapshot | RenderJob] = collections.deque()
+        self._unsent: collections.deque[Snapshot | RenderJob | str] = collections.deque()  # str: _FLUSH
         self._jobs = 0  # figure jobs sent that still owe a reply
         self._detached: RenderJob | None = None  # fit-end figures a worker process writes itself
         self._started: tuple[int, ...] = ()  # the batch the worker is analysing (it said so)
@@ -370,9 +388,18 @@ class ProcessRunner(Runner):
         """The steps of the batch the worker said it is analysing now (as of the last :meth:`poll`)."""
         return self._started
 
+    def flush(self) -> None:
+        if self._submitted:
+            self._unsent.append(_FLUSH)
+            self._pump()
+
     def drain(self, timeout_s: float | None) -> bool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        flushed_for = None
         while self.busy and not self._only_detached_left():
+            if flushed_for != self.pids[-1:]:  # once per worker (a restarted one has not seen it)
+                flushed_for = self.pids[-1:]
+                self.flush()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
@@ -442,6 +469,9 @@ class ProcessRunner(Runner):
             if isinstance(head, Snapshot) and not head.is_ready():
                 break  # a copy from CUDA still on its way: sent at a later call, the training thread never waits
             item = self._unsent.popleft()
+            if item is _FLUSH:
+                self._frame(("flush",))
+                continue
             if isinstance(item, Snapshot):
                 item.wait()
             else:
@@ -596,6 +626,7 @@ class ProcessRunner(Runner):
         self._open(parent)
         self._thread = threading.Thread(
             target=serve_socket, args=(child, self.analyser, self.queue_size, self.max_batch),
+            kwargs={"min_batch": self.min_batch, "batch_wait_s": self.batch_wait_s},
             name="bifurcation-monitor-worker", daemon=True,
         )
         self._thread.start()
@@ -605,7 +636,8 @@ class ProcessRunner(Runner):
         self._socket = parent
 
     def _start_process(self, parent: socket.socket, child: socket.socket) -> None:
-        options = {"queue_size": self.queue_size, "max_batch": self.max_batch, "niceness": self.niceness}
+        options = {"queue_size": self.queue_size, "max_batch": self.max_batch, "min_batch": self.min_batch,
+                   "batch_wait_s": self.batch_wait_s, "niceness": self.niceness}
         try:
             self.analyser.load_state_dict(self.state)
             if self._forks():

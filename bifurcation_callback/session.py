@@ -371,6 +371,7 @@ class MonitorSession:
             threads_unmeasured = account.thread_change and steps >= PROBE_AFTER_BUSY_STEPS
             if runner is not None and not isinstance(runner, InlineRunner) and not runner.starting and (never_idled or threads_unmeasured):
                 self._probe, self._probe_since = "holding", steps
+                runner.flush()  # what it has is all it gets for a while: no waiting for a fuller batch
         elif self._probe == "done":
             return
         elif steps - self._probe_since >= PROBE_MAX_STEPS:
