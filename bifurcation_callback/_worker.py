@@ -106,8 +106,12 @@ def _worker_signals() -> None:
 
 def _serve_ready(connection: socket.socket, analyser: StepAnalyser, options: dict[str, Any], parent_pid: int) -> None:
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    # A forked worker inherits numpy's OpenBLAS pool as training sized it (every core), whose spinning second
+    # thread took 2 s of CPU from training over a 300-step fit: one thread in every BLAS and OpenMP library.
+    threadpool_limits(1)
     bitwise = mkl_bitwise()
     if options.get("niceness"):
         try:
