@@ -59,6 +59,30 @@ def test_a_slow_worker_catches_up_in_batches_with_the_records_of_one_at_a_time(k
     runner.close()
 
 
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_free_worker_waits_for_a_fuller_batch_until_a_drain_flushes(kind):
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    snapshots = snapshots_of(model, [0.2 + 0.01 * step for step in range(6)])
+    runner = ProcessRunner(analyser_for(model), kind=kind, min_batch=4, batch_wait_s=60.0)
+    for snapshot in snapshots[:4]:  # a full batch goes at once
+        runner.submit(snapshot)
+    deadline = time.monotonic() + 60
+    outcomes = []
+    while len(outcomes) < 4 and time.monotonic() < deadline:
+        outcomes += runner.poll()
+        time.sleep(0.01)
+    assert [o.result.record.batch_size for o in outcomes] == [4] * 4
+    for snapshot in snapshots[4:]:  # two are not a batch: they wait (60 s) ...
+        runner.submit(snapshot)
+    time.sleep(0.5)
+    assert runner.poll() == [] and [s.step for s in runner.pending()] == [4, 5]
+    started = time.monotonic()
+    assert runner.drain(timeout_s=30)  # ... until the drain says nothing more comes
+    assert time.monotonic() - started < 20
+    assert [o.result.record.step for o in runner.poll()] == [4, 5]
+    runner.close()
+
+
 def test_latest_wins_keeps_the_first_step_and_the_newest():
     # A thread worker that takes at least 0.2 s per batch: while it analyses step 0, steps 1..4 arrive.
     model = with_plrnn_2d_weights(SlowPLRNN(2, delay_s=0.05, everywhere=True))
