@@ -172,7 +172,7 @@ def serve_socket(
     """Analyse snapshots in batches (all that wait, at most ``max_batch``), draw figure jobs, until EOF.
 
     With fewer than ``min_batch`` snapshots waiting, the worker waits up to ``batch_wait_s`` for more before it
-    analyses them: a step costs 2.4x as much analysed alone as in a batch of 16, so a worker that analysed each
+    analyses them: a step costs 2.2x as much analysed alone as in a batch of 8, so a worker that analysed each
     step as it came would stay busy beside training (and slow it) for no gain but a few steps' lag.  A
     ``("flush",)`` frame (the fit-end drain, a probe) means nothing more comes soon: analyse what waits now."""
     analyser.cycles.progress = False  # nobody waits for the first search here: no progress bar beside training

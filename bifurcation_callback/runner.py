@@ -68,8 +68,8 @@ FORK_MAX_RESIDENT_BYTES = 4 << 30
 # The most snapshots a worker analyses in one batch (a long backlog is analysed in batches of this size).
 MAX_BATCH = 64
 # With fewer snapshots waiting a free worker waits up to BATCH_WAIT_S for more (docs/benchmarks.md: a step costs
-# ~45 ms analysed alone, ~25 ms in a batch of 4, ~19 ms in one of 16).
-MIN_BATCH = 16
+# ~45 ms analysed alone, ~25 ms in a batch of 4, ~20 ms in one of 8, ~19 ms in one of 16).
+MIN_BATCH = 8
 BATCH_WAIT_S = 1.0
 
 
