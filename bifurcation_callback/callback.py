@@ -150,9 +150,11 @@ class BifurcationMonitor(*_CALLBACK_BASES):
         worker process starts at ``setup``.  Only global rank zero runs a worker.
     worker : {"process", "thread"}
         In async mode: a worker process (default; its own interpreter and CPU thread, so it shares no GIL with
-        training) or a thread of the training process.  A model class defined in the training script
-        (``__main__``) is sent to the process by value; a model that cannot be pickled at all is analysed in a
-        thread, with a warning.
+        training) or a thread of the training process.  On Linux, with the analysis on the CPU, the process
+        is forked from training at ``setup`` and has the model as it is; otherwise (and for a restarted
+        worker) it is a fresh interpreter, to which a model class defined in the training script
+        (``__main__``) is sent by value, and a model that cannot be pickled at all is analysed in a thread,
+        with a warning (``runner.ProcessRunner``'s ``start_method``).
     queue_size : int or None
         In async mode.  None (default): every monitored step is analysed; a worker that falls behind catches up
         in batches, and the end of fit waits for it (``drain_timeout_s``).  An int opts into latest wins: when
