@@ -277,9 +277,9 @@ class ProcessRunner(Runner):
         How a worker process starts.  ``"fork"``: a copy of this process (``os.fork``), ready in milliseconds,
         with the analyser as it is here.  ``"exec"``: a fresh interpreter (``python -c``) that imports torch and
         unpickles the analyser, 1-2 s.  ``"auto"`` (default) forks the first worker on Linux when the analysis
-        runs on the CPU and this process's resident memory is at most ``FORK_MAX_RESIDENT_BYTES`` (a forked
-        worker keeps the pages training writes afterwards alive: up to training's working set again); restarts
-        and everything else exec.
+        runs on the CPU, CUDA is not initialised here, and this process's resident memory is at most
+        ``FORK_MAX_RESIDENT_BYTES`` (a forked worker keeps the pages training writes afterwards alive: up to
+        training's working set again); restarts and everything else exec.
 
     Examples
     --------
@@ -666,8 +666,10 @@ class ProcessRunner(Runner):
             return False
         if self.start_method == "fork":
             return True
+        # A process that has initialised CUDA is not forked even for CPU analysis: CUDA cannot be used in the
+        # child, and nothing on this machine tested that the analysis never touches it.
         return (sys.platform.startswith("linux") and not self.analyser.cycles.on_gpu
-                and _resident_bytes() <= FORK_MAX_RESIDENT_BYTES)
+                and not _cuda_initialised() and _resident_bytes() <= FORK_MAX_RESIDENT_BYTES)
 
     def _fork(self, parent: socket.socket, child: socket.socket, options: dict[str, Any]) -> None:
         for stream in (sys.stdout, sys.stderr):  # or the child would write the buffered text a second time
@@ -750,6 +752,12 @@ class _ForkedProcess:
     def kill(self) -> None:
         if self.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
+
+
+def _cuda_initialised() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_initialized())
 
 
 def _resident_bytes() -> int:

@@ -369,3 +369,19 @@ def test_a_worker_analyses_batches_bitwise_like_one_step_at_a_time_on_a_trained_
                             capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "differing steps: []" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("cuda, max_resident, expected", [(False, None, "fork"), (True, None, "exec"), (False, 0, "exec")])
+def test_auto_starts_a_fresh_interpreter_when_cuda_is_initialised_or_the_process_is_large(monkeypatch, cuda, max_resident, expected):
+    from bifurcation_callback import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_cuda_initialised", lambda: cuda)
+    if max_resident is not None:
+        monkeypatch.setattr(runner_module, "FORK_MAX_RESIDENT_BYTES", max_resident)
+    model = with_plrnn_2d_weights(FragilePLRNN(2))
+    runner = ProcessRunner(analyser_for(model))
+    runner.submit(take_snapshot(model, 0))
+    assert runner.drain(timeout_s=120)
+    assert [o.kind for o in runner.poll()] == ["result"]
+    assert runner.summary()["started_by"] == [expected if sys.platform.startswith("linux") else "exec"]
+    runner.close()
