@@ -192,10 +192,10 @@ def serve_socket(
                 break
         _wait_for_a_batch(inbox, waiting, min_batch, batch_wait_s)
         if None in waiting:  # the connection closed: only figures the worker writes itself are still wanted
-            for kind, item in [entry for entry in waiting if entry is not None]:
-                if kind == "job" and item.log_dirs:
-                    current[0] = item
-                    _run_job(connection, item, analyser)
+            for entry in waiting:  # frames of every shape: a flush is a 1-tuple
+                if entry is not None and entry[0] == "job" and entry[1].log_dirs:
+                    current[0] = entry[1]
+                    _run_job(connection, entry[1], analyser)
             return
         if waiting[0][0] == "flush":
             waiting.popleft()

@@ -385,3 +385,21 @@ def test_auto_starts_a_fresh_interpreter_when_cuda_is_initialised_or_the_process
     assert [o.kind for o in runner.poll()] == ["result"]
     assert runner.summary()["started_by"] == [expected if sys.platform.startswith("linux") else "exec"]
     runner.close()
+
+
+def test_a_worker_at_eof_writes_detached_figures_whatever_frames_wait_beside_them(tmp_path):
+    # A drain's flush (a 1-tuple frame) can wait beside the fit-end figures' job when the connection closes.
+    import pickle
+    import socket
+
+    from bifurcation_callback._worker import HEADER, serve_socket
+
+    ours, theirs = socket.socketpair()
+    for message in [("flush",), ("job", figure_job(5, log_dirs=(str(tmp_path),))), ("flush",)]:
+        payload = pickle.dumps(message)
+        ours.sendall(HEADER.pack(len(payload)) + payload)
+    ours.shutdown(socket.SHUT_WR)  # EOF after the frames: they all wait together
+    serve_socket(theirs, analyser_for(with_plrnn_2d_weights(FragilePLRNN(2))), None, 64)  # returns at EOF
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    ours.close()
+    theirs.close()
