@@ -159,8 +159,13 @@ class Runner:
 
     @property
     def busy(self) -> bool:
-        """Whether the analysis is working (or has work waiting); contention with training happens then."""
+        """Whether anything submitted is unfinished (a drain waits for it)."""
         return False
+
+    @property
+    def working(self) -> bool:
+        """Whether the analysis computes now or starts at once, beside training: contention happens then."""
+        return self.busy
 
     @property
     def starting(self) -> bool:
@@ -335,6 +340,7 @@ class ProcessRunner(Runner):
         self._jobs = 0  # figure jobs sent that still owe a reply
         self._detached: RenderJob | None = None  # fit-end figures a worker process writes itself
         self._started: tuple[int, ...] = ()  # the batch the worker is analysing (it said so)
+        self._flushed_through = -1  # the last step a flush asked the worker to analyse without a fuller batch
         self._solo: set[int] = set()  # steps of a batch that killed its worker: analysed one at a time
         self._outbox: collections.deque[Outcome] = collections.deque()
         self._write = bytearray()
@@ -380,6 +386,17 @@ class ProcessRunner(Runner):
         return bool(self._submitted or self._jobs or self._unsent) and not self.failed
 
     @property
+    def working(self) -> bool:
+        """As of the last poll: a batch the worker said it started, figures it owes, or a batch it starts at
+        once (``min_batch`` snapshots, or snapshots a flush covers).  Fewer waiting keep a free worker idle."""
+        if self.failed:
+            return False
+        if self._started or self._jobs:
+            return True
+        first = next(iter(self._submitted), None)
+        return first is not None and (len(self._submitted) >= self.min_batch or first <= self._flushed_through)
+
+    @property
     def starting(self) -> bool:
         return self._starting_since is not None
 
@@ -390,6 +407,7 @@ class ProcessRunner(Runner):
 
     def flush(self) -> None:
         if self._submitted:
+            self._flushed_through = max(self._flushed_through, next(reversed(self._submitted)))
             self._unsent.append(_FLUSH)
             self._pump()
 
@@ -605,6 +623,7 @@ class ProcessRunner(Runner):
         jobs = [item for item in self._unsent if isinstance(item, RenderJob)]
         self._unsent = collections.deque([*self._submitted.values(), *jobs])
         self._jobs = 0
+        self._flushed_through = -1  # the new worker has seen no flush
         self._write.clear()
         self._read.clear()
 

@@ -356,7 +356,7 @@ class MonitorSession:
         runner = self.runner  # after the probe: handing held snapshots over can fall back to sync
         now = time.perf_counter()
         self.overhead.hook_seconds += now - started
-        busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.busy or runner.starting)
+        busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.working or runner.starting)
         self._step_clock = (now, self.overhead.hook_seconds, busy, self._probe == "user_threads")
 
     def _steer_probe(self, runner: Runner | None) -> None:
@@ -379,7 +379,7 @@ class MonitorSession:
         elif self._probe == "holding" and account.n_idle_steps >= MIN_STEPS_FOR_CONTENTION:
             if not account.thread_change:
                 self.release_held()
-            elif not runner.busy:  # the user's threads beside a busy worker would measure contention
+            elif not runner.working:  # the user's threads beside a working one would measure contention
                 self._probe = "user_threads"
                 torch.set_num_threads(self.training_threads[0])
         elif self._probe == "user_threads" and account.n_user_thread_steps >= MIN_STEPS_FOR_CONTENTION:

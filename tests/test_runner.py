@@ -66,6 +66,7 @@ def test_a_free_worker_waits_for_a_fuller_batch_until_a_drain_flushes(kind):
     runner = ProcessRunner(analyser_for(model), kind=kind, min_batch=4, batch_wait_s=60.0)
     for snapshot in snapshots[:4]:  # a full batch goes at once
         runner.submit(snapshot)
+    assert runner.working
     deadline = time.monotonic() + 60
     outcomes = []
     while len(outcomes) < 4 and time.monotonic() < deadline:
@@ -76,10 +77,17 @@ def test_a_free_worker_waits_for_a_fuller_batch_until_a_drain_flushes(kind):
         runner.submit(snapshot)
     time.sleep(0.5)
     assert runner.poll() == [] and [s.step for s in runner.pending()] == [4, 5]
+    # Waiting for a fuller batch is no work beside training: the contention account counts these steps idle.
+    assert runner.busy and not runner.working
     started = time.monotonic()
     assert runner.drain(timeout_s=30)  # ... until the drain says nothing more comes
     assert time.monotonic() - started < 20
     assert [o.result.record.step for o in runner.poll()] == [4, 5]
+    assert not runner.busy and not runner.working
+    runner.submit(take_snapshot(model, 6))
+    assert not runner.working
+    runner.flush()  # the worker analyses step 6 at once: working until its result is in
+    assert runner.working
     runner.close()
 
 

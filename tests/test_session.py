@@ -86,7 +86,7 @@ class BusyRunner(Runner):
 
     def __init__(self) -> None:
         self.given: list[int] = []
-        self.working = True
+        self.computing = True
         self._state = {}  # the analyser's state a checkpoint saves (none here)
 
     def pending(self):
@@ -100,7 +100,11 @@ class BusyRunner(Runner):
 
     @property
     def busy(self) -> bool:
-        return self.working
+        return self.computing
+
+    @property
+    def working(self) -> bool:
+        return self.computing
 
 
 def session_with_busy_worker() -> tuple[MonitorSession, BusyRunner, PLRNN]:
@@ -117,7 +121,7 @@ def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model
         session.step_ended(started)
         session.submit(take_snapshot(model, step, loss=1.0))
         if idle_from is not None and step >= idle_from:
-            runner.working = False  # the worker got through what it had
+            runner.computing = False  # the worker got through what it had
         session.hook_ended(started)
 
 
@@ -134,7 +138,7 @@ def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_i
     assert session.overhead.n_idle_steps >= MIN_STEPS_FOR_CONTENTION
     assert session.overhead.contention_seconds is not None
     # Once per fit: a worker busy again is not held back a second time.
-    runner.working = True
+    runner.computing = True
     train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 40, 3 * PROBE_AFTER_BUSY_STEPS + 40), model)
     assert runner.given == list(range(3 * PROBE_AFTER_BUSY_STEPS + 40))
 
@@ -178,7 +182,7 @@ def test_a_checkpoint_while_training_on_the_users_threads_restores_the_fits():
     before = torch.get_num_threads()
     session.training_threads = (before + 1, before)
     try:
-        runner.working = False  # a worker that idles: only the threads need measuring
+        runner.computing = False  # a worker that idles: only the threads need measuring
         train_steps(session, runner, range(PROBE_AFTER_BUSY_STEPS + 2), model, idle_from=0)
         assert torch.get_num_threads() == before + 1
         session.release_held()
