@@ -1,7 +1,7 @@
 """StepAnalyser: the whole analysis of one monitored step, from a snapshot of the RNN's weights to the step's
 record, without Lightning.
 
-This is the part of ``BifurcationMonitor`` that may run off the training thread (``worker.py``): the training
+This is the part of ``BifurcationMonitor`` that may run off the training thread (``runner.ProcessRunner``): the training
 process only takes a :class:`Snapshot` (detached copies of the RNN's parameters and buffers, the step's loss
 and gradient norm, the module's reference states) and the analyser, wherever it runs, loads the snapshot into
 its own copy of the RNN, runs the cycle tracker (finder, comparison, localisation) and the attractor tracker,
