@@ -22,6 +22,7 @@ __all__ = [
     "default_mode",
     "find_rnn",
     "gradient_norm",
+    "last_step",
     "lightning_step",
     "reference_states",
     "resolve_mode",
@@ -129,6 +130,27 @@ def lightning_step(trainer: Any) -> int:
     the common single-optimizer loop."""
     stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
     return int(stepped) if stepped is not None else max(int(trainer.global_step) - 1, 0)
+
+
+def last_step(trainer: Any) -> int | None:
+    """The fit's last step as ``lightning_step`` counts (``max_steps``, else Lightning's estimate of the
+    optimizer steps over ``max_epochs``); None when neither bounds the fit.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> last_step(SimpleNamespace(max_steps=300, estimated_stepping_batches=1000))
+    299
+    >>> last_step(SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))) is None
+    True
+    """
+    steps = getattr(trainer, "max_steps", -1)
+    if steps is None or steps < 0:
+        try:
+            steps = trainer.estimated_stepping_batches
+        except Exception:  # no datamodule length yet, an iterable dataset: the fit's length is unknown
+            return None
+    return int(steps) - 1 if steps is not None and 0 < steps < float("inf") else None
 
 
 def accumulating(trainer: Any, pl_module: Any) -> bool:

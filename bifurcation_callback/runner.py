@@ -382,6 +382,10 @@ class ProcessRunner(Runner):
         return list(self._submitted.values())
 
     @property
+    def n_waiting(self) -> int:
+        return len(self._submitted)  # read at every batch end: no list of a long queue
+
+    @property
     def busy(self) -> bool:
         return bool(self._submitted or self._jobs or self._unsent) and not self.failed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import statistics
 import time
 import warnings
@@ -25,6 +26,7 @@ from .analysis import Snapshot, StepAnalyser, StepRecord, StepResult
 from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import Dashboard, events_markdown, fold_events, running_scalars, summary_scalars, summary_markdown
+from ._pace import PaceWatch, step_spans
 from .loss_jumps import summarise_run
 from .runner import InlineRunner, Outcome, ProcessRunner, RenderJob, Runner
 
@@ -43,6 +45,8 @@ PROBE_MAX_STEPS = 1000
 
 # How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
 FIGURES_TIMEOUT_S = 60.0
+# A projected fit-end wait longer than this (or than drain_timeout_s) is warned about while training runs.
+PACE_WARN_WAIT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +235,7 @@ class MonitorSession:
         # threads while the worker idles, after a thread change only), then "done".
         self._probe = "waiting"
         self._probe_since = 0
+        self.pace: PaceWatch | None = None  # a worker that falls behind is told about once per fit
 
     @property
     def training_threads(self) -> tuple[int, int] | None:
@@ -324,10 +329,13 @@ class MonitorSession:
         pending = [Snapshot.from_dict(entry) for entry in state.get("pending", [])]
         self._restored_analysis = ({"tracker": tracker, "attractor": state.get("attractor")}, pending)
 
-    def start_fit(self, dashboard: Dashboard, layout: dict[str, Any]) -> None:
+    def start_fit(self, dashboard: Dashboard, layout: dict[str, Any], last_step: int | None = None) -> None:
         """Fit start: the dashboard (with its layout), the records written afresh (a resumed run's replace what the
-        interrupted run wrote after its checkpoint), and a restored analyser state with its pending snapshots."""
+        interrupted run wrote after its checkpoint), and a restored analyser state with its pending snapshots.
+        ``last_step``: the fit's last step, for the projection of the fit-end wait (``_pace``)."""
         self._fit_started, self._step_clock = time.perf_counter(), None
+        every, latest_wins = self.settings.every_n_steps, self.settings.queue_size is not None
+        self.pace = PaceWatch(last_step, every) if every and not latest_wins and self.mode == "async" else None
         self.dashboard = dashboard
         dashboard.log_layout(layout)
         restored, self._restored_analysis = self._restored_analysis, None
@@ -358,6 +366,12 @@ class MonitorSession:
         self.overhead.hook_seconds += now - started
         busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.working or runner.starting)
         self._step_clock = (now, self.overhead.hook_seconds, busy, self._probe == "user_threads")
+        if self.pace is not None and runner is not None and not isinstance(runner, InlineRunner) and self.history:
+            projection = self.pace.sample(int(self.history[-1][0]), runner.n_waiting + len(self._held), now)
+            timeout = self.settings.drain_timeout_s
+            if projection is not None and projection.wait_seconds > min(PACE_WARN_WAIT_S, timeout or math.inf):
+                self.warn("pace", projection.message(timeout))
+                self.pace = None  # once per fit
 
     def _steer_probe(self, runner: Runner | None) -> None:
         """Once per fit, hold new snapshots back while the worker finishes what it has, so that training's step
@@ -646,8 +660,8 @@ class MonitorSession:
         waiting, _ = self.runner.take_pending()
         unanalysed = [snapshot.step for snapshot in waiting]
         self.dropped.extend(unanalysed)
-        self.warn("drain", f"BifurcationMonitor: the worker had not analysed steps {unanalysed} after drain_timeout_s="
-                  f"{timeout}; they are counted as dropped")
+        self.warn("drain", f"BifurcationMonitor: the worker had not analysed {len(unanalysed)} steps "
+                  f"({step_spans(unanalysed)}) after drain_timeout_s={timeout}; they are counted as dropped")
 
     def close_runner(self, *, finish_figures: bool = False) -> None:
         """Stop a worker and make the analyser in this process hold the state of the last analysed step again: a

@@ -213,13 +213,28 @@ def test_the_drain_at_fit_end_times_out_instead_of_hanging(tmp_path):
     rnn = slow_rnn(0.5)  # seconds per analysis
     monitor = BifurcationMonitor(max_order=2, mode="async", queue_size=None, drain_timeout_s=0.5, max_attractor_period=0)
     started = time.perf_counter()
-    with pytest.warns(RuntimeWarning, match=r"had not analysed steps \[.*\] after drain_timeout_s=0.5"):
+    with pytest.warns(RuntimeWarning, match=r"had not analysed \d+ steps \([0-9, -]+.*\) after drain_timeout_s=0.5"):
         fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=6, logger=False)
     assert time.perf_counter() - started < 30
     analysed = [r["step"] for r in monitor.records]
     assert monitor.dropped_steps and sorted(analysed + monitor.dropped_steps) == list(range(6))
     assert all_exit(monitor.summary["worker"]["processes"])
 
+
+
+def test_a_worker_that_falls_behind_is_told_about_while_training_runs(tmp_path):
+    # 10 ms per step of a batch in the worker: a few times training's pace, so the queue grows all fit long.
+    rnn = with_weights(SlowPLRNN(2, delay_s=0.01, per_step=True), plrnn_2d(A=(-0.8, 0.5), W=((0.0, 0.0), (0.0, 0.0)), h=(0.3, 0.2)))
+    monitor = BifurcationMonitor(max_order=1, mode="async", drain_timeout_s=0.5, max_attractor_period=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, TinyRNNModule(rnn), monitor, max_steps=400, logger=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    pace = [m for m in messages if "steps wait now and at least" in m]
+    assert len(pace) == 1, messages  # once per fit, while training ran
+    assert "more than drain_timeout_s=0.5 allows (the rest would be dropped)" in pace[0] and "every_n_steps" in pace[0]
+    assert any("had not analysed" in m for m in messages)  # and so it was
+    assert monitor.dropped_steps and all_exit(monitor.summary["worker"]["processes"])
 
 @pytest.mark.parametrize("worker", ["process", "thread"])
 def test_fit_end_figures_come_from_a_worker_process_after_fit_or_from_this_one_before(tmp_path, worker):

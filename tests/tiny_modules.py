@@ -105,18 +105,21 @@ def in_worker_process() -> bool:
 
 class SlowPLRNN(PLRNN):
     """A PLRNN whose region pieces take ``delay_s`` longer in the analysis worker process (with ``everywhere``,
-    in any process), so the worker falls behind training; in the training process it is as fast as a PLRNN."""
+    in any process), so the worker falls behind training; in the training process it is as fast as a PLRNN.
+    With ``per_step`` the delay is per step of a batch (a batch is then no cheaper per step than one step)."""
 
-    def __init__(self, dim: int = 2, delay_s: float = 0.01, everywhere: bool = False) -> None:
+    def __init__(self, dim: int = 2, delay_s: float = 0.01, everywhere: bool = False, per_step: bool = False) -> None:
         super().__init__(dim)
         self.delay_s = delay_s
         self.everywhere = everywhere
+        self.per_step = per_step
 
     def affine_pieces(self, codes):
         if self.everywhere or in_worker_process():
             import time
 
-            time.sleep(self.delay_s)
+            steps = self.A.reshape(-1, self.state_dim).shape[0] if self.per_step else 1  # a stack's steps
+            time.sleep(self.delay_s * steps)
         return super().affine_pieces(codes)
 
 
