@@ -31,14 +31,14 @@ class PaceProjection:
     Attributes
     ----------
     pace : float
-        At most this share of the monitored steps does the analysis get through in the time training takes to
-        make them (below 1: the queue grows).
+        The share of the monitored steps the analysis gets through in the time training takes to make them
+        (below 1: the queue grows); rounded up by the sawtooth allowance (see ``PaceWatch``).
     waiting : int
         Snapshots waiting now.
     remaining_steps : int
         Training steps left in the fit.
     waiting_at_end : int
-        Snapshots projected to wait when training ends, at least.
+        Snapshots projected to wait when training ends, should the pace stay as it is.
     step_seconds : float
         Training's median step time over the window.
     analysis_seconds : float
@@ -64,7 +64,7 @@ class PaceProjection:
         Examples
         --------
         >>> print(PaceProjection(0.5, 40, 1000, 540, 0.02, 0.04, 21.6).message(10.0))
-        BifurcationMonitor: the analysis keeps at most 50 % of training's pace (about 40 ms per monitored step against 20 ms per training step): 40 steps wait now and at least 540 will when training ends in 1000 steps, ~22 s of analysis, more than drain_timeout_s=10.0 allows (the rest would be dropped). every_n_steps=2 halves the work; queue_size=1 keeps up by dropping older waiting steps; drain_timeout_s=None waits for all.
+        BifurcationMonitor: the analysis keeps about 50 % of training's pace (40 ms per monitored step against 20 ms per training step): 40 steps wait now and, at this pace, about 540 will when training ends in 1000 steps, ~22 s of analysis, more than drain_timeout_s=10.0 allows (the rest would be dropped). every_n_steps=2 halves the work; queue_size=1 keeps up by dropping older waiting steps; drain_timeout_s=None waits for all.
         """
         if drain_timeout_s is None:
             limit = "all waited for at fit end (drain_timeout_s=None)"
@@ -77,13 +77,13 @@ class PaceProjection:
             fewer = "every_n_steps reduces the work (queue_size=1 keeps up by dropping older waiting steps)"
         else:
             factor = max(2, math.ceil(1.0 / self.pace))
-            pace = (f"the analysis keeps at most {100 * self.pace:.0f} % of training's pace (about "
+            pace = (f"the analysis keeps about {100 * self.pace:.0f} % of training's pace ("
                     f"{1e3 * self.analysis_seconds:.0f} ms per monitored step against {1e3 * self.step_seconds:.0f} ms "
                     "per training step)")
             fewer = (f"every_n_steps={factor * self.every_n_steps} {'halves' if factor == 2 else 'cuts'} the work; "
                      "queue_size=1 keeps up by dropping older waiting steps")
         wait = f"~{self.wait_seconds:.0f} s of analysis" if math.isfinite(self.wait_seconds) else "a wait with no end in sight"
-        return (f"BifurcationMonitor: {pace}: {self.waiting} steps wait now and at least {self.waiting_at_end} will "
+        return (f"BifurcationMonitor: {pace}: {self.waiting} steps wait now and, at this pace, about {self.waiting_at_end} will "
                 f"when training ends in {self.remaining_steps} steps, {wait}, {limit}. "
                 f"{fewer}; drain_timeout_s=None waits for all.")
 

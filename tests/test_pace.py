@@ -49,8 +49,8 @@ def test_no_projection_without_a_known_end_or_enough_samples():
 ])
 def test_the_message_says_what_the_fit_end_will_do(timeout, says):
     message = PaceProjection(0.3, 40, 1000, 740, 0.02, 0.067, 49.3).message(timeout)
-    assert says in message and "keeps at most 30 % of training's pace" in message
-    assert "at least 740 will when training ends in 1000 steps, ~49 s" in message
+    assert says in message and "keeps about 30 % of training's pace" in message
+    assert "at this pace, about 740 will when training ends in 1000 steps, ~49 s" in message
     assert "every_n_steps=4 cuts the work" in message and "queue_size=1" in message
 
 
