@@ -160,8 +160,9 @@ class AttractorTracker:
         batch first starts every step from the attractor before the batch, then repeats the steps whose
         starting points turned out different with the points their predecessor reached, until every step
         started from exactly the points a one-at-a-time analysis gives it (a step whose predecessor reached the
-        same cycle needs no repeat: the cycle's points are solved exactly).  Usually two rounds; never more
-        rounds than steps.
+        same cycle needs no repeat: the cycle's points are solved exactly).  A repeat takes the steps up to the
+        first whose predecessor reached an orbit rather than a cycle (one step at a time on quasi-periodic or
+        chaotic dynamics).  Usually one or two rounds; never more rounds than steps.
         """
         steps = [int(step) for step in steps]
         references = list(references) if references is not None else [None] * len(steps)
@@ -174,15 +175,17 @@ class AttractorTracker:
         models = [stack.model(i) for i in range(n_steps)]
         n_transient = self.n_transient if self.previous is not None else 4 * self.n_transient
         expected, known = self._expected_points(models[:-1], stack.dtype, stack.device)
-        used: list[Any] = [self._previous_points()] + expected
+        starts: list[Any] = [self._previous_points()] + expected  # where each step starts in the next round
+        used: list[Any] = [None] * n_steps  # where each step started when it was last simulated
         known.append({})
         reached: list[tuple[AttractorReport, Attractor | None, np.ndarray | None]] = [None] * n_steps  # type: ignore[list-item]
-        final = 0
+        final, todo = 0, list(range(n_steps))
         while final < n_steps:
-            todo = list(range(final, n_steps))
+            for i in todo:
+                used[i] = starts[i]
             states = [self.starting_states(models[i], steps[i], references[i], used[i]) for i in todo]
             reports = find_attractors_many(
-                stack if final == 0 else stack.select(todo),
+                stack if len(todo) == n_steps else stack.select(todo),
                 [batch.to(device=stack.device, dtype=stack.dtype) for batch in states],
                 max_period=self.max_period,
                 n_transient=n_transient,
@@ -196,10 +199,18 @@ class AttractorTracker:
             # A step is done once it started from the points its (done) predecessors lead to.  To rounding: a
             # cycle's points solved alone or among other sequences may differ in the last bit, which changes
             # nothing the step reports (the attractor reached is solved exactly from its region sequence).
-            while final < n_steps and _same_points(used[final], self._points_before(final, reached)):
+            while final < n_steps and used[final] is not None and _same_points(used[final], self._points_before(final, reached)):
                 final += 1
-            for i in range(final, n_steps):
-                used[i] = self._points_before(i, reached)
+            # The next round goes from the first step not done up to the first that starts from a predecessor's
+            # orbit rather than a cycle: an orbit's points move whenever its step is simulated from other points,
+            # so the steps after it would be simulated for nothing (on quasi-periodic dynamics every step is such
+            # a step, and a batch of n repeated n, n - 1, ... 1 steps).
+            end = min(final + 1, n_steps)
+            while end < n_steps and reached[end - 1] is not None and reached[end - 1][1] is not None and reached[end - 1][1].cycle is not None:
+                end += 1
+            todo = list(range(final, end))
+            for i in todo:
+                starts[i] = self._points_before(i, reached)
         elapsed_ms = 1e3 * (time.perf_counter() - started) / n_steps
         return [self._advance(step, report, primary, points, elapsed_ms) for step, (report, primary, points) in zip(steps, reached)]
 

@@ -230,3 +230,43 @@ def test_finder_dtype_override_is_used():
     result = tracker.update(linear_1d(0.5), step=0)
     assert len(result.cycles) == 1
     assert tracker.dtype == torch.float32 and result.cycles.by_order(1)[0].residual < 1e-3
+
+
+def tent_path(slopes: list[float]):
+    """1-D tent maps z' = s z - 2 s relu(z - 0.5), one per step: chaotic for s > 1, a stable fixed point at 0 below."""
+    from bifurcation_callback.models import ShallowPLRNN, model_tensors
+
+    model = ShallowPLRNN(latent_dim=1, hidden_dim=1).double()
+    weights = []
+    for slope in slopes:
+        with torch.no_grad():
+            model.A.fill_(slope), model.W1.fill_(-2 * slope), model.W2.fill_(1.0), model.h2.fill_(-0.5), model.h1.zero_()
+        weights.append([t.detach().clone() for t in model_tensors(model)])
+    return model, weights
+
+
+def test_attractor_batches_on_aperiodic_dynamics_equal_one_at_a_time_and_repeat_only_what_can_be_done(monkeypatch):
+    from bifurcation_callback import _attractor_tracking
+    from bifurcation_callback._stack import ModelStack
+    from bifurcation_callback.tracking import AttractorTracker
+
+    # Chaotic at the first step and the next four (each step starts from where the orbit before it ended, which
+    # a batch cannot know in advance), then a stable fixed point for three steps (its point is solved exactly).
+    model, weights = tent_path([1.9, 1.88, 1.86, 1.84, 1.82, 0.8, 0.78, 0.76, 0.74])
+    stack = lambda rows: ModelStack(model, [weights[i] for i in rows], dtype=torch.float64, device=torch.device("cpu"))
+    inside = [[0.1234], [0.3], [0.71]]  # states in [0, 1], where the orbits stay bounded (outside they escape)
+    alone = AttractorTracker(max_period=16)
+    one_at_a_time = [alone.update_many(stack([i]), [i], [inside])[0] for i in range(9)]
+    rounds: list[int] = []
+    simulate = _attractor_tracking.find_attractors_many
+    monkeypatch.setattr(_attractor_tracking, "find_attractors_many",
+                        lambda batch, states, **kwargs: rounds.append(batch.n_steps) or simulate(batch, states, **kwargs))
+    together = AttractorTracker(max_period=16)
+    batched = together.update_many(stack([0]), [0], [inside]) + together.update_many(stack(range(1, 9)), list(range(1, 9)), [inside] * 8)
+    describe = lambda tracked: (tracked.step, tracked.primary.kind, tracked.primary.largest_lyapunov,
+                                tracked.event and tracked.event.description)
+    assert [describe(t) for t in batched] == [describe(t) for t in one_at_a_time]
+    assert [t.primary.kind for t in batched] == ["chaotic"] * 5 + ["fixed_point"] * 4
+    # The batch: all 8 steps, then the chaotic ones one by one (steps 2-4; step 1 started right), then the three
+    # fixed-point steps together, the first of them now from the last chaotic orbit.
+    assert rounds == [1, 8, 1, 1, 1, 4]
