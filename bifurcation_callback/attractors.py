@@ -251,13 +251,22 @@ def _code_periods(codes: np.ndarray, candidates: np.ndarray, max_period: int) ->
     words = padded.view(np.uint64)  # (B, W, n_words)
     periods = np.zeros(batch, dtype=np.int64)
     open_rows = np.flatnonzero(candidates)
-    for period in range(1, min(max_period, window - 1) + 1):
-        if open_rows.size == 0:
-            break
-        rows = words[open_rows]
+    top = min(max_period, window - 1)
+    if open_rows.size == 0 or top < 1:
+        return periods
+    # A period must repeat the last few codes: one vectorised test of every period prunes most of them (an
+    # aperiodic orbit kept every row open through all max_period full-window comparisons, ~2.6 ms a step's book).
+    last = np.arange(window - min(8, window - top), window)
+    back = last[None, :] - np.arange(1, top + 1)[:, None]  # (top, k): the codes each period compares the last with
+    tail = words[open_rows]
+    possible = (tail[:, back] == tail[:, last][:, None]).all(axis=(2, 3))  # (rows, top)
+    for period in np.flatnonzero(possible.any(axis=0)) + 1:
+        chosen = possible[:, period - 1] & (periods[open_rows] == 0)
+        if not chosen.any():
+            continue
+        rows = words[open_rows[chosen]]
         repeats = (rows[:, period:] == rows[:, :-period]).all(axis=(1, 2))
-        periods[open_rows[repeats]] = period
-        open_rows = open_rows[~repeats]
+        periods[open_rows[chosen][repeats]] = period
     return periods
 
 

@@ -377,3 +377,34 @@ def test_summary_lists_each_attractor() -> None:
     report = find_attractors(BISTABLE_2D.build(), [[3.0, -1.0], [-1.0, 3.0]], max_period=8)
     lines = report.summary().splitlines()
     assert len(lines) == 3 and lines[1].split()[:3] == ["fixed_point", "1", "0.5"]
+
+
+def test_code_periods_are_the_smallest_full_window_repetition() -> None:
+    from bifurcation_callback.attractors import _code_periods
+
+    def brute(codes, candidates, max_period):  # the definition, period by period, row by row
+        found = np.zeros(len(codes), dtype=np.int64)
+        for b, row in enumerate(codes):
+            if candidates[b]:
+                found[b] = next((p for p in range(1, min(max_period, len(row) - 1) + 1)
+                                 if all(np.array_equal(row[t + p], row[t]) for t in range(len(row) - p))), 0)
+        return found
+
+    rng = np.random.default_rng(0)
+    periodic_rows = 0
+    for _ in range(150):
+        n_switches, window, max_period = int(rng.integers(1, 130)), int(rng.integers(2, 60)), int(rng.integers(1, 40))
+        codes = rng.random((10, window, n_switches)) < 0.5  # aperiodic rows
+        for b in range(1, 10):  # periodic after a transient; some broken once late, some constant
+            period, start = int(rng.integers(1, 10)), int(rng.integers(0, window))
+            cycle = rng.random((period, n_switches)) < 0.5
+            codes[b, start:] = cycle[np.arange(window - start) % period]
+            if b % 4 == 0:
+                codes[b, int(rng.integers(0, window)), 0] ^= True
+            if b % 5 == 0:
+                codes[b] = codes[b, :1]
+        candidates = rng.random(10) < 0.8
+        expected = brute(codes, candidates, max_period)
+        np.testing.assert_array_equal(_code_periods(codes, candidates, max_period), expected)
+        periodic_rows += int((expected > 0).sum())
+    assert periodic_rows > 100  # the cases do exercise periods, not only aperiodic rows
