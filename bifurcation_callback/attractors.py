@@ -241,7 +241,9 @@ def _code_periods(codes: np.ndarray, candidates: np.ndarray, max_period: int) ->
     """Smallest ``p <= max_period`` with ``codes[b, t + p] == codes[b, t]`` over the whole window, 0 if none.
 
     ``codes`` is (B, W, S) bool; only rows where ``candidates`` is True are examined.  Codes are packed into
-    64-bit words first, so each period costs one vectorised comparison over all open rows.
+    64-bit words first; a period must repeat the window's first and last few codes, which one vectorised test
+    checks for every period and row, and a row's remaining periods are then compared over the whole window
+    together (a settled orbit's smallest one first).
     """
     batch, window, _ = codes.shape
     packed = np.packbits(codes, axis=-1)  # (B, W, ceil(S / 8)) bytes
@@ -254,19 +256,26 @@ def _code_periods(codes: np.ndarray, candidates: np.ndarray, max_period: int) ->
     top = min(max_period, window - 1)
     if open_rows.size == 0 or top < 1:
         return periods
-    # A period must repeat the last few codes: one vectorised test of every period prunes most of them (an
-    # aperiodic orbit kept every row open through all max_period full-window comparisons, ~2.6 ms a step's book).
-    last = np.arange(window - min(8, window - top), window)
-    back = last[None, :] - np.arange(1, top + 1)[:, None]  # (top, k): the codes each period compares the last with
-    tail = words[open_rows]
-    possible = (tail[:, back] == tail[:, last][:, None]).all(axis=(2, 3))  # (rows, top)
-    for period in np.flatnonzero(possible.any(axis=0)) + 1:
-        chosen = possible[:, period - 1] & (periods[open_rows] == 0)
-        if not chosen.any():
+    # A period must repeat the first few codes and the last few: one vectorised test of every period prunes most
+    # of them (an aperiodic orbit kept every row open through all max_period full-window comparisons, ~2.6 ms a
+    # step's book; the head catches an orbit that settled within the window, whose tail repeats at every lag).
+    edge = min(8, window - top)
+    every_lag = np.arange(1, top + 1)[:, None]
+    rows = words[open_rows]
+    first, last = np.arange(edge), np.arange(window - edge, window)
+    possible = ((rows[:, first + every_lag] == rows[:, first][:, None]).all(axis=(2, 3))
+                & (rows[:, last - every_lag] == rows[:, last][:, None]).all(axis=(2, 3)))  # (rows, top)
+    steps = np.arange(window)
+    for index in np.flatnonzero(possible.any(axis=1)):
+        row, lags = words[open_rows[index]], np.flatnonzero(possible[index]) + 1
+        if np.array_equal(row[lags[0]:], row[: window - lags[0]]):  # a settled orbit: its smallest lag at once
+            periods[open_rows[index]] = lags[0]
             continue
-        rows = words[open_rows[chosen]]
-        repeats = (rows[:, period:] == rows[:, :-period]).all(axis=(1, 2))
-        periods[open_rows[chosen][repeats]] = period
+        # Every remaining lag in one comparison (an orbit that keeps returning to a few regions leaves dozens).
+        ahead = steps[None, :] + lags[1:, None]
+        repeat = ((row[np.minimum(ahead, window - 1)] == row[None]).all(axis=-1) | (ahead >= window)).all(axis=-1)
+        if repeat.any():
+            periods[open_rows[index]] = lags[1:][np.argmax(repeat)]
     return periods
 
 
