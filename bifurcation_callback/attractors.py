@@ -367,12 +367,33 @@ def _stretch(stack: ModelStack, codes: Tensor, vectors: np.ndarray, chunk: int =
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for begin in range(0, codes.shape[2], chunk):
             jacobians = stack.affine_pieces(codes[:, :, begin : begin + chunk])[0].cpu().double().numpy()
-            for j in range(jacobians.shape[2]):
-                vectors = np.einsum("nbij,nbj->nbi", jacobians[:, :, j], vectors)
+            for product in _block_products(jacobians):
+                vectors = np.einsum("nbij,nbj->nbi", product, vectors)
                 norms = np.sqrt(np.einsum("nbi,nbi->nb", vectors, vectors))
                 log_stretch += np.log(norms)
                 vectors /= np.maximum(norms, 1e-300)[..., None]
     return log_stretch, vectors
+
+
+# Jacobians multiplied together before the vector is pushed through and renormalised (a few steps of an orbit
+# stretch it by far less than float64's range; one renormalisation per step cost 4 numpy calls a step).
+STRETCH_BLOCK = 8
+
+
+def _block_products(jacobians: np.ndarray) -> list[np.ndarray]:
+    """The products of ``STRETCH_BLOCK`` consecutive Jacobians of ``(N, B, T, M, M)`` (the later on the left),
+    and the ones left over at the end alone, in order: ``(N, B, M, M)`` each."""
+    steps = jacobians.shape[2]
+    whole = steps - steps % STRETCH_BLOCK
+    products: list[np.ndarray] = []
+    if whole:
+        blocks = jacobians[:, :, :whole].reshape(jacobians.shape[:2] + (whole // STRETCH_BLOCK, STRETCH_BLOCK) + jacobians.shape[3:])
+        product = blocks[:, :, :, 0]
+        for j in range(1, STRETCH_BLOCK):
+            product = blocks[:, :, :, j] @ product
+        products.extend(product[:, :, k] for k in range(product.shape[2]))
+    products.extend(jacobians[:, :, j] for j in range(whole, steps))
+    return products
 
 
 def _group_by_overlap(code_sets: dict[int, set[bytes]]) -> list[list[int]]:
