@@ -133,23 +133,21 @@ def lightning_step(trainer: Any) -> int:
 
 
 def last_step(trainer: Any) -> int | None:
-    """The fit's last step as ``lightning_step`` counts (``max_steps``, else Lightning's estimate of the
-    optimizer steps over ``max_epochs``); None when neither bounds the fit.
+    """The fit's last step as ``lightning_step`` counts: Lightning's estimate of the optimizer steps (``max_steps``
+    and ``max_epochs`` both bound it), else ``max_steps``; None when nothing bounds the fit.
 
     Examples
     --------
     >>> from types import SimpleNamespace
-    >>> last_step(SimpleNamespace(max_steps=300, estimated_stepping_batches=1000))
-    299
+    >>> last_step(SimpleNamespace(max_steps=-1, estimated_stepping_batches=1000))  # 1000 optimizer steps
+    999
     >>> last_step(SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))) is None
     True
     """
-    steps = getattr(trainer, "max_steps", -1)
-    if steps is None or steps < 0:
-        try:
-            steps = trainer.estimated_stepping_batches
-        except Exception:  # no datamodule length yet, an iterable dataset: the fit's length is unknown
-            return None
+    try:
+        steps = trainer.estimated_stepping_batches
+    except Exception:  # no length yet, or accumulation that varies by epoch: max_steps alone, if set
+        steps = getattr(trainer, "max_steps", -1)
     return int(steps) - 1 if steps is not None and 0 < steps < float("inf") else None
 
 
