@@ -164,9 +164,9 @@ class BifurcationMonitor(*_CALLBACK_BASES):
     drain_timeout_s : float or None
         In async mode: how long the end of fit waits for the snapshots still queued before the summary is
         written; what is left is counted as dropped, with a warning.  None waits for all of them.  It also
-        bounds how long a worker process may take for the fit-end figures after fit (60 s when None).  A worker
-        that falls behind is said to while training runs (once per fit), when the queue's growth projects a
-        fit-end wait over this timeout or 30 s, with the options (``every_n_steps``, ``queue_size``).
+        bounds how long a worker process may take for the fit-end figures after fit (60 s when None).  When the
+        worker falls behind, the monitor warns while training runs (once per fit) if the queue's growth projects a
+        fit-end wait over this timeout or 30 s, and names the options (``every_n_steps``, ``queue_size``).
     verbose : bool
         Print a one-line summary at the end of fit on rank zero (``rank_zero_info``, like Lightning's
         ModelCheckpoint / EarlyStopping): events by kind, loss jumps, how many have an event nearby, the
