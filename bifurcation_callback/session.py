@@ -42,6 +42,9 @@ MIN_STEPS_FOR_CONTENTION = 8
 PROBE_AFTER_BUSY_STEPS = 30
 # A probe that has not seen enough idle steps after this many training steps gives up (the snapshots go on).
 PROBE_MAX_STEPS = 1000
+# The first steps of a fit are slower (allocations, caches) and the worker idles through them waiting for its
+# first batch: timed as idle steps they made the contention of a never-idling worker look like none.
+ACCOUNT_WARMUP_STEPS = 10
 
 # How long a worker process may take to write the fit-end figures after fit (with drain_timeout_s=None).
 FIGURES_TIMEOUT_S = 60.0
@@ -236,6 +239,8 @@ class MonitorSession:
         self._probe = "waiting"
         self._probe_since = 0
         self.pace: PaceWatch | None = None  # a worker that falls behind is told about once per fit
+        self.warmup_steps = ACCOUNT_WARMUP_STEPS  # steps of a fit left out of the step-time account
+        self._steps_this_fit = 0
 
     @property
     def training_threads(self) -> tuple[int, int] | None:
@@ -333,7 +338,7 @@ class MonitorSession:
         """Fit start: the dashboard (with its layout), the records written afresh (a resumed run's replace what the
         interrupted run wrote after its checkpoint), and a restored analyser state with its pending snapshots.
         ``last_step``: the fit's last step, for the projection of the fit-end wait (``_pace``)."""
-        self._fit_started, self._step_clock = time.perf_counter(), None
+        self._fit_started, self._step_clock, self._steps_this_fit = time.perf_counter(), None, 0
         every, latest_wins = self.settings.every_n_steps, self.settings.queue_size is not None
         self.pace = PaceWatch(last_step, every) if every and not latest_wins and self.mode == "async" else None
         self.dashboard = dashboard
@@ -355,8 +360,10 @@ class MonitorSession:
         worker was analysing meanwhile (``OverheadAccount``)."""
         if self._step_clock is not None:
             then, hook_then, busy, user_threads = self._step_clock
-            self.overhead.step(now - then, busy=busy, hook_s=self.overhead.hook_seconds - hook_then,
-                               user_threads=user_threads)
+            self._steps_this_fit += 1
+            if self._steps_this_fit > self.warmup_steps:
+                self.overhead.step(now - then, busy=busy, hook_s=self.overhead.hook_seconds - hook_then,
+                                   user_threads=user_threads)
 
     def hook_ended(self, started: float) -> None:
         """The monitor's batch-end hook that began at ``started`` is done: its time, and the clock of the next step."""

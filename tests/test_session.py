@@ -8,6 +8,7 @@ from bifurcation_callback.analysis import take_snapshot
 from bifurcation_callback.models import PLRNN
 from bifurcation_callback.runner import Runner
 from bifurcation_callback.session import (
+    ACCOUNT_WARMUP_STEPS,
     MIN_STEPS_FOR_CONTENTION,
     PROBE_AFTER_BUSY_STEPS,
     MonitorSession,
@@ -112,7 +113,9 @@ def session_with_busy_worker() -> tuple[MonitorSession, BusyRunner, PLRNN]:
                                jump_min_change=1.0, jump_scales=(1,), log_figures_every_n_steps=0,
                                max_attractor_period=0, show_all_events=False, seed=0)
     runner = BusyRunner()
-    return MonitorSession(settings, None, runner, None, warn=lambda category, message: None), runner, PLRNN(2)
+    session = MonitorSession(settings, None, runner, None, warn=lambda category, message: None)
+    session.warmup_steps = 0  # these tests count the probe's steps from the first
+    return session, runner, PLRNN(2)
 
 
 def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model, *, idle_from: int | None = None) -> None:
@@ -124,6 +127,18 @@ def train_steps(session: MonitorSession, runner: BusyRunner, steps: range, model
             runner.computing = False  # the worker got through what it had
         session.hook_ended(started)
 
+
+
+def test_the_first_steps_of_a_fit_are_left_out_of_the_step_time_account():
+    # They are slow (allocations, caches) while the worker waits for its first batch: timed as idle steps they
+    # made a never-idling worker's contention look like none.
+    session, runner, model = session_with_busy_worker()
+    session.warmup_steps = ACCOUNT_WARMUP_STEPS
+    runner.computing = False
+    train_steps(session, runner, range(ACCOUNT_WARMUP_STEPS + 1), model)  # the first step has no duration
+    assert session.overhead.n_idle_steps == 0 and session.overhead.n_busy_steps == 0
+    train_steps(session, runner, range(ACCOUNT_WARMUP_STEPS + 1, ACCOUNT_WARMUP_STEPS + 3), model)
+    assert session.overhead.n_idle_steps == 2
 
 def test_a_worker_that_never_idles_is_made_to_idle_once_so_the_slowdown_beside_it_is_measured():
     session, runner, model = session_with_busy_worker()
