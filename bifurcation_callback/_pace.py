@@ -143,6 +143,7 @@ class PaceWatch:
         wait = at_end * per_snapshot if at_end else 0.0
         return PaceProjection(pace, queue[-1], remaining, at_end, step_seconds, per_snapshot, wait, self.every_n_steps)
 
+
 def step_spans(steps: list[int]) -> str:
     """Steps as runs, for a message: ``[1, 2, 3, 7]`` → ``"1-3, 7"`` (at most 5 runs, then a count).
 
