@@ -376,7 +376,7 @@ class MonitorSession:
         if self.pace is not None and runner is not None and not isinstance(runner, InlineRunner) and self.history:
             projection = self.pace.sample(int(self.history[-1][0]), runner.n_waiting + len(self._held), now)
             timeout = self.settings.drain_timeout_s
-            if projection is not None and projection.wait_seconds > min(PACE_WARN_WAIT_S, timeout or math.inf):
+            if projection is not None and projection.wait_seconds > min(PACE_WARN_WAIT_S, math.inf if timeout is None else timeout):
                 self.warn("pace", projection.message(timeout))
                 self.pace = None  # once per fit
 
