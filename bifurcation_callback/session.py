@@ -371,9 +371,10 @@ class MonitorSession:
         runner = self.runner  # after the probe: handing held snapshots over can fall back to sync
         now = time.perf_counter()
         self.overhead.hook_seconds += now - started
-        busy = runner is not None and not isinstance(runner, InlineRunner) and (runner.working or runner.starting)
+        worker = runner is not None and not isinstance(runner, InlineRunner)
+        busy = worker and (runner.working or runner.starting)
         self._step_clock = (now, self.overhead.hook_seconds, busy, self._probe == "user_threads")
-        if self.pace is not None and runner is not None and not isinstance(runner, InlineRunner) and self.history:
+        if self.pace is not None and worker and self.history:
             projection = self.pace.sample(int(self.history[-1][0]), runner.n_waiting + len(self._held), now)
             timeout = self.settings.drain_timeout_s
             if projection is not None and projection.wait_seconds > min(PACE_WARN_WAIT_S, math.inf if timeout is None else timeout):
