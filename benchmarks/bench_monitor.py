@@ -55,6 +55,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "async": {"mode": "async"},
     "async latest-wins": {"mode": "async", "queue_size": 1},
     "async no-attractor": {"mode": "async", "max_attractor_period": 0},
+    # A floor: the default monitor doing about half the work (fixed points only, no searches of higher orders,
+    # no attractor search), to tell what the hooks, the fit-end wait and a busy neighbour cost on their own.
+    "auto fixed-points-only": {"max_order": 1, "max_attractor_period": 0},
     "sync every-10": {"mode": "sync", "every_n_steps": 10},
 }
 # The cases: (latent_dim, hidden_dim, max_order, training method).
@@ -86,8 +89,8 @@ def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case:
                                       seed=0)
     monitor = None
     if monitor_kwargs is not None:
-        monitor = BifurcationMonitor(max_order=max_order, every_n_steps=monitor_kwargs.get("every_n_steps", 1),
-                                     verbose=False, **{k: v for k, v in monitor_kwargs.items() if k != "every_n_steps"})
+        options = {"max_order": max_order, "every_n_steps": 1, "verbose": False, **monitor_kwargs}
+        monitor = BifurcationMonitor(**options)
     trainer = pl.Trainer(
         max_steps=steps, accelerator="cpu", logger=TensorBoardLogger(log_root, name="bench"),
         callbacks=[monitor] if monitor else [], enable_progress_bar=False, enable_model_summary=False,
@@ -112,6 +115,7 @@ def fit_once(data, monitor_kwargs: dict | None, steps: int, log_root: str, case:
         "mode": summary.get("mode"),
         "training_threads": summary.get("training_threads"),
         "contention_seconds": summary.get("contention_seconds"),
+        "hook_seconds": summary.get("monitor_seconds"),
         "thread_change_seconds": summary.get("thread_change_seconds"),
         "lag_steps": lags,
         "batch_size": batches,
@@ -146,6 +150,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 dropped=sum(m["n_dropped_steps"] or 0 for m in monitors),
                 lag_p50=percentile(lags, 50), lag_p95=percentile(lags, 95),
                 drain_s=statistics.median(m["drain_seconds"] or 0.0 for m in monitors),
+                hooks_s=statistics.median(m.get("hook_seconds") or 0.0 for m in monitors),
+                contention_s=statistics.median(m["contention_seconds"] or 0.0 for m in monitors),
                 batch=statistics.median(batches) if batches else None,
                 mode=monitors[0]["mode"], training_threads=monitors[0]["training_threads"],
             )
@@ -161,14 +167,15 @@ def print_table(rows: list[dict], header: str) -> None:
     print(header)
     width = max(len(row["configuration"]) for row in rows) + 1
     print(f"{'configuration':<{width}} {'fit s':>7} {'ms/step':>8} {'measured':>9} {'reported':>9} {'analysed':>9} "
-          f"{'dropped':>8} {'lag p50/p95':>12} {'drain s':>8} {'batch':>6}  mode")
+          f"{'dropped':>8} {'lag p50/p95':>12} {'drain s':>8} {'hooks s':>8} {'slowed s':>8} {'batch':>6}  mode")
     for row in rows:
         if "analysed" in row:
             threads = row["training_threads"]
             mode = row["mode"] + (f", training threads {threads['before']}->{threads['during_fit']}" if threads else "")
             bound = "≥" if any(row["lower_bound_all"]) else ""
             monitor = (f"{bound + _percent(row['reported']):>9} {100 * row['analysed']:8.1f}% {row['dropped']:>8} "
-                       f"{row['lag_p50']:>5.1f}/{row['lag_p95']:<6.1f} {row['drain_s']:8.2f} "
+                       f"{row['lag_p50']:>5.1f}/{row['lag_p95']:<6.1f} {row['drain_s']:8.2f} {row['hooks_s']:8.2f} "
+                       f"{row['contention_s']:8.2f} "
                        f"{row['batch'] if row['batch'] is not None else '-':>6}  {mode}")
         else:
             monitor = ""
@@ -182,7 +189,8 @@ def print_table(rows: list[dict], header: str) -> None:
     print("(measured: median over repetitions of fit time / the same repetition's no-monitor time - 1; reported: the "
           "monitor's own summary['monitor_overhead'], ≥: a lower bound (the worker never idled, so the slowdown beside it "
           "was not measured); analysed: median fraction of monitored steps with a record; "
-          "lag in training steps over every step of every repetition; drain: fit-end wait, median)")
+          "lag in training steps over every step of every repetition; drain: fit-end wait, hooks: the monitor's time on the "
+          "training thread, slowed: training's slowdown beside the working analysis as the monitor measured it; medians)")
 
 
 def main(argv: list[str] | None = None) -> int:
