@@ -154,8 +154,9 @@ _NOT_SETTINGS = ("training", "seed", "seeds")
 
 
 def _run_settings(run: Mapping[str, Any]) -> dict[str, str]:
-    """What the run was trained and analysed with, as text: its hyperparameters (or the demo's configuration)
-    and the analysis' ``max_order`` and ``max_attractor_period``."""
+    """What the run was trained and analysed with, as text: its hyperparameters (or the demo's configuration),
+    the analysis' ``max_order`` and ``max_attractor_period``, and whether it was analysed by the monitor during
+    training or offline from checkpoints."""
     hyperparameters = run.get("hyperparameters") or (run.get("demo") or {}).get("config") or {}
     settings = {key: json.dumps(value, sort_keys=True, default=str) for key, value in hyperparameters.items()
                 if key not in _NOT_SETTINGS}
@@ -163,6 +164,9 @@ def _run_settings(run: Mapping[str, Any]) -> dict[str, str]:
     for key in ("max_order", "max_attractor_period"):
         if summary.get(key) is not None:
             settings[key] = json.dumps(summary[key])
+    # A run analysed during training and the same run analysed from its checkpoints are two analyses of one
+    # training, never replicates to average.
+    settings["analysis"] = "offline" if summary.get("mode") == "offline" else "monitor"
     return settings
 
 

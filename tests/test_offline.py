@@ -335,12 +335,13 @@ def test_compare_lists_the_online_and_offline_analyses_of_a_run_with_what_each_a
     assert main(["compare", str(trained_run / "tb"), str(tmp_path / "offline")]) == 0
     out = capsys.readouterr().out
     rows, column = table_rows(out), table_columns(out)
-    # One group (the same training method and settings: DSRModule's hyperparameters, from hparams.yaml online and
-    # from the checkpoints offline), each row saying how many of the 60 training steps it analysed.
+    # The same training method and settings (DSRModule's hyperparameters, from hparams.yaml online and from the
+    # checkpoints offline), but two analyses of one training: two groups named by the analysis, never one mean,
+    # each row saying how many of the 60 training steps it analysed.
     assert sorted((row[0], row[1], row[column["analysed"]]) for row in rows) == [
-        ("GTF", "-", "6/60 (10 %)"), ("GTF", "-", "60/60 (100 %)"), ("GTF", "mean", "66/120 (55 %)")
+        ("GTF (analysis=monitor)", "-", "60/60 (100 %)"), ("GTF (analysis=offline)", "-", "6/60 (10 %)")
     ]
-    online, offline = sorted(rows[:2], key=lambda row: row[column["analysed"]] == "6/60 (10 %)")
+    online, offline = sorted(rows, key=lambda row: row[column["analysed"]] == "6/60 (10 %)")
     assert online[column["final loss"]] == offline[column["final loss"]]  # the same run's last logged loss
     assert offline[column["overhead"]] == "n/a" and online[column["overhead"]].endswith(" %")
     assert "Note: these runs were analysed at 10 % to 100 % of their training steps" in out
