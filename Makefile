@@ -32,9 +32,9 @@ test: $(STAMP) $(DOCS_STAMP) browser-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
-# BPTT vs GTF on the 2-D PLRNN teacher with the BifurcationMonitor attached (3 seeds each, a few minutes on a
-# laptop CPU); prints the comparison table and the tensorboard command.  `bifurcation-callback demo --fast` is the
-# one-minute version.
+# BPTT vs GTF on the 2-D PLRNN teacher with the BifurcationMonitor attached (3 seeds each, about 2 minutes on a
+# 2-core CPU); prints the comparison table and the tensorboard command.  `bifurcation-callback demo --fast` is a
+# seconds-long smoke test.
 demo: $(STAMP)
 	$(VENV)/bin/bifurcation-callback demo
 

@@ -7,6 +7,7 @@ private state, with fallbacks should a release change it.
 from __future__ import annotations
 
 import os
+import sys
 from operator import attrgetter
 from typing import Any
 
@@ -28,8 +29,12 @@ __all__ = [
     "resolve_mode",
     "step_loss",
     "training_device",
+    "user_stacklevel",
     "worker_core_plan",
 ]
+
+# Frames of these packages are not the user's: a warning points past them (see ``user_stacklevel``).
+_LIBRARY_PACKAGES = frozenset({"bifurcation_callback", "lightning", "pytorch_lightning", "lightning_fabric", "torch"})
 
 # At most this many states of ``bifurcation_reference_states`` are drawn.
 MAX_REFERENCE_STATES = 2000
@@ -274,3 +279,23 @@ def gradient_norm(parameters: Any) -> float | None:
         return None
     # One fused kernel for all the norms (as torch.nn.utils.clip_grad_norm_ does), then one host sync.
     return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` at which ``warnings.warn``, called by the caller of this function, names the first frame
+    outside this package, Lightning and torch: the user's ``trainer.fit(...)`` line rather than a line of the
+    monitor, whose source line alone (printed under the warning) would tell the user nothing.  1 (the caller
+    itself) when every frame is the library's (a worker thread).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> def on_step():  # in the package: the warning names the line outside it that led here
+    ...     warnings.warn("the analysis falls behind", RuntimeWarning, stacklevel=user_stacklevel())
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] not in _LIBRARY_PACKAGES:
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._jsonl import read_jsonl
+from ._trainer import user_stacklevel
 from .attractors import ATTRACTOR_KINDS
 from .bifurcations.events import is_qualitative
 
@@ -331,11 +332,15 @@ def _overhead_text(summary: Mapping[str, Any]) -> str:
     (an offline analysis of checkpoints)."""
     if summary.get("monitor_overhead") is None:
         return "n/a"
-    text = f"{100 * summary['monitor_overhead']:.1f} %"
+    unmeasured = []
     if summary.get("overhead_is_lower_bound"):
-        text += " (lower bound: the slowdown of training beside the worker was not measured)"
+        unmeasured.append("the slowdown of training beside the worker")
     if summary.get("training_threads") and "thread_change_seconds" in summary and summary["thread_change_seconds"] is None:
-        text += " (what training's fewer torch threads cost or saved was not measured)"
+        unmeasured.append("what training's fewer torch threads cost or saved")
+    text = f"{100 * summary['monitor_overhead']:.1f} %"
+    if unmeasured:  # one note: a short fit may miss both measurements
+        bound = "lower bound: " if summary.get("overhead_is_lower_bound") else ""
+        text += f" ({bound}{' and '.join(unmeasured)} {'were' if len(unmeasured) > 1 else 'was'} not measured)"
     return text
 
 
@@ -521,7 +526,7 @@ class Dashboard:
                 f"BifurcationMonitor overwrites {self.jsonl_path} (and summary.json beside it) left by an earlier run; "
                 "pass a new jsonl_path or a logger with a fresh version to keep it",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self._write_lines(records, mode="w")
         self.close_files()  # the next record opens it again to append; a dashboard discarded now leaks nothing

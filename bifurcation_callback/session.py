@@ -27,6 +27,7 @@ from .bifurcations import BIFURCATION_KINDS, BifurcationEvent
 from .cycles import CycleSet
 from .dashboard import Dashboard, events_markdown, fold_events, running_scalars, summary_scalars, summary_markdown
 from ._pace import PaceWatch, step_spans
+from ._trainer import user_stacklevel
 from .loss_jumps import summarise_run
 from .runner import InlineRunner, Outcome, ProcessRunner, RenderJob, Runner
 
@@ -789,6 +790,7 @@ def warn_once(warned: set[str]) -> Callable[[str, str], None]:
     def warn(category: str, message: str) -> None:
         if category not in warned:
             warned.add(category)
-            warnings.warn(message + " (further warnings of this kind are suppressed)", RuntimeWarning, stacklevel=3)
+            warnings.warn(message + " (further warnings of this kind are suppressed)", RuntimeWarning,
+                          stacklevel=user_stacklevel())
 
     return warn

@@ -177,6 +177,19 @@ def test_summary_line(overrides, show_all, expected):
     assert summary_line(folded_summary(**overrides), show_all_events=show_all) == expected
 
 
+def test_summary_line_says_in_one_note_what_the_overhead_leaves_out():
+    threads = {"training_threads": {"before": 2, "during_fit": 1}, "thread_change_seconds": None}
+    line = summary_line(folded_summary(overhead_is_lower_bound=True, **threads))
+    assert line.endswith("overhead 25.0 % (lower bound: the slowdown of training beside the worker and what "
+                         "training's fewer torch threads cost or saved were not measured)")
+    assert summary_line(folded_summary(**threads)).endswith(
+        "overhead 25.0 % (what training's fewer torch threads cost or saved was not measured)")
+    assert summary_line(folded_summary(overhead_is_lower_bound=True)).endswith(
+        "overhead 25.0 % (lower bound: the slowdown of training beside the worker was not measured)")
+    measured = folded_summary(**{**threads, "thread_change_seconds": -0.5})
+    assert summary_line(measured).endswith("overhead 25.0 %")
+
+
 def test_local_tensorboard_dirs_only_for_writers_in_local_folders(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
