@@ -333,6 +333,13 @@ def test_help_and_version_exit_0(argv, capsys):
     assert "find" in out or "bifurcation-callback" in out
 
 
+def test_python_dash_m_runs_the_same_command():
+    done = subprocess.run([sys.executable, "-m", "bifurcation_callback", "find", "examples/models/plrnn_2d_16cycles.json",
+                           "--orders", "16"], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "counts: order 16: ≥ 2 (searched)" in done.stdout
+
+
 def test_help_lists_find_options(capsys):
     with pytest.raises(SystemExit):
         main(["find", "--help"])
