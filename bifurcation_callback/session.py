@@ -785,12 +785,15 @@ class MonitorSession:
 
 
 def warn_once(warned: set[str]) -> Callable[[str, str], None]:
-    """A ``warn(category, message)`` that warns once per category (a NaN model would warn at every step)."""
+    """A ``warn(category, message)`` that warns once per category (a NaN model would warn at every step): a
+    ``RuntimeWarning`` whose text starts with "BifurcationMonitor" (one prefix to filter them all by), located
+    at the user's line that led to it (``user_stacklevel``)."""
 
     def warn(category: str, message: str) -> None:
         if category not in warned:
             warned.add(category)
-            warnings.warn(message + " (further warnings of this kind are suppressed)", RuntimeWarning,
+            prefix = "" if message.startswith("BifurcationMonitor") else "BifurcationMonitor: "
+            warnings.warn(f"{prefix}{message} (further warnings of this kind are suppressed)", RuntimeWarning,
                           stacklevel=user_stacklevel())
 
     return warn

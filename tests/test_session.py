@@ -14,6 +14,7 @@ from bifurcation_callback.session import (
     MonitorSession,
     OverheadAccount,
     SessionSettings,
+    warn_once,
 )
 
 
@@ -204,3 +205,14 @@ def test_a_checkpoint_while_training_on_the_users_threads_restores_the_fits():
         assert torch.get_num_threads() == before and runner.given == list(range(PROBE_AFTER_BUSY_STEPS + 2))
     finally:
         torch.set_num_threads(before)
+
+
+def test_warnings_start_with_the_monitor_name_and_come_once_per_category():
+    warn = warn_once(set())
+    with pytest.warns(RuntimeWarning) as caught:
+        warn("lower bounds", "order 3 is a lower bound")
+        warn("lower bounds", "order 4 is a lower bound")  # the same kind: suppressed
+        warn("pace", "BifurcationMonitor: the analysis falls behind")
+    suffix = " (further warnings of this kind are suppressed)"
+    assert [str(w.message) for w in caught] == ["BifurcationMonitor: order 3 is a lower bound" + suffix,
+                                                "BifurcationMonitor: the analysis falls behind" + suffix]
