@@ -199,14 +199,14 @@ class AttractorTracker:
             # A step is done once it started from the points its (done) predecessors lead to.  To rounding: a
             # cycle's points solved alone or among other sequences may differ in the last bit, which changes
             # nothing the step reports (the attractor reached is solved exactly from its region sequence).
-            while final < n_steps and used[final] is not None and _same_points(used[final], self._points_before(final, reached)):
+            while final < n_steps and _same_points(used[final], self._points_before(final, reached)):
                 final += 1
             # The next round goes from the first step not done up to the first that starts from a predecessor's
             # orbit rather than a cycle: an orbit's points move whenever its step is simulated from other points,
             # so the steps after it would be simulated for nothing (on quasi-periodic dynamics every step is such
             # a step, and a batch of n repeated n, n - 1, ... 1 steps).
             end = min(final + 1, n_steps)
-            while end < n_steps and reached[end - 1] is not None and reached[end - 1][1] is not None and reached[end - 1][1].cycle is not None:
+            while end < n_steps and reached[end - 1][1] is not None and reached[end - 1][1].cycle is not None:
                 end += 1
             todo = list(range(final, end))
             for i in todo:
